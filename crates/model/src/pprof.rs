@@ -1,0 +1,204 @@
+//! The pprof profile messages (`google.v1`) and their decoding from the bytes
+//! agents send: gzip-compressed or plain, with a limit on the decompressed
+//! size so a small body can never expand into unbounded memory.
+
+use std::io::Read;
+
+use flate2::read::MultiGzDecoder;
+use prost::Message;
+
+/// Generated from `proto/google/v1/profile.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/google.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/google.v1.serde.rs"));
+}
+
+pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Why bytes could not be read as a pprof profile.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("uncompressed profile payload size exceeds limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("invalid gzip data: {source}")]
+    Gzip { source: std::io::Error },
+    #[error("invalid utf8 string hex: {hex}")]
+    InvalidUtf8 { hex: String },
+    #[error("invalid pprof protobuf: {source}")]
+    Protobuf { source: prost::DecodeError },
+}
+
+/// Returns whether `bytes` start with the gzip magic number.
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&GZIP_MAGIC)
+}
+
+/// Decompresses `raw` if it is gzip, checking the decompressed (or plain)
+/// size against `max_bytes`; `0` means no limit.
+pub fn decompress(raw: &[u8], max_bytes: usize) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    let limit = if max_bytes == 0 { usize::MAX } else { max_bytes };
+    if !is_gzip(raw) {
+        if raw.len() > limit {
+            return Err(DecodeError::TooLarge { limit: max_bytes });
+        }
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    // The gzip trailer holds the uncompressed size modulo 2^32: a good
+    // capacity hint that is never trusted beyond the limit.
+    let size_hint = raw
+        .len()
+        .checked_sub(4)
+        .and_then(|start| raw.get(start..))
+        .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
+        .map_or(0, |tail| u32::from_le_bytes(tail) as usize);
+    let mut out = Vec::with_capacity(size_hint.min(limit).min(64 << 20));
+    let read_limit = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    MultiGzDecoder::new(raw)
+        .take(read_limit)
+        .read_to_end(&mut out)
+        .map_err(|source| DecodeError::Gzip { source })?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge { limit: max_bytes });
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Decodes a pprof profile from gzip-compressed or plain bytes; the
+/// decompressed size must not exceed `max_bytes` (`0`: no limit).
+pub fn decode(raw: &[u8], max_bytes: usize) -> Result<Profile, DecodeError> {
+    let bytes = decompress(raw, max_bytes)?;
+    decode_plain(&bytes)
+}
+
+/// Decodes an uncompressed pprof profile.
+pub fn decode_plain(bytes: &[u8]) -> Result<Profile, DecodeError> {
+    Profile::decode(bytes).map_err(|source| match find_invalid_utf8_string(bytes) {
+        Some(invalid) => DecodeError::InvalidUtf8 { hex: to_hex(invalid) },
+        None => DecodeError::Protobuf { source },
+    })
+}
+
+/// Encodes a profile as plain pprof bytes.
+pub fn encode(profile: &Profile) -> Vec<u8> {
+    profile.encode_to_vec()
+}
+
+/// Finds the first string table entry (field 6 of `Profile`) that is not
+/// valid UTF-8. Only called after decoding failed, to name the culprit.
+fn find_invalid_utf8_string(mut bytes: &[u8]) -> Option<&[u8]> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    const STRING_TABLE_FIELD: u32 = 6;
+    while !bytes.is_empty() {
+        let (field, wire_type) = decode_key(&mut bytes).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut bytes).ok()?;
+            }
+            WireType::SixtyFourBit => bytes = bytes.get(8..)?,
+            WireType::ThirtyTwoBit => bytes = bytes.get(4..)?,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
+                let value = bytes.get(..len)?;
+                if field == STRING_TABLE_FIELD && std::str::from_utf8(value).is_err() {
+                    return Some(value);
+                }
+                bytes = bytes.get(len..)?;
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        }
+    }
+    None
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+/// Returns the string at `index` in the profile's string table, or `""` when
+/// the index is out of range.
+pub fn string_at(profile: &Profile, index: i64) -> &str {
+    usize::try_from(index)
+        .ok()
+        .and_then(|index| profile.string_table.get(index))
+        .map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::{Compression, write::GzEncoder};
+
+    use super::*;
+
+    fn sample_profile() -> Profile {
+        Profile {
+            sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+            string_table: vec!["".into(), "cpu".into(), "nanoseconds".into()],
+            sample: vec![Sample {
+                location_id: vec![],
+                value: vec![5],
+                label: vec![],
+            }],
+            ..Profile::default()
+        }
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn test_decode_plain_and_gzip_give_the_same_profile() {
+        let plain = encode(&sample_profile());
+        assert_eq!(decode(&plain, 0).unwrap(), sample_profile());
+        assert_eq!(decode(&gzip(&plain), 0).unwrap(), sample_profile());
+    }
+
+    #[test]
+    fn test_decode_limit_applies_after_decompression() {
+        let plain = encode(&sample_profile());
+        let compressed = gzip(&plain);
+        assert!(decode(&compressed, plain.len()).is_ok());
+        let err = decode(&compressed, plain.len() - 1).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        let err = decode(&plain, plain.len() - 1).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn test_decode_gzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        assert!(bomb.len() < 100 << 10);
+        let err = decode(&bomb, 1 << 20).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20));
+    }
+
+    #[test]
+    fn test_decode_names_the_invalid_utf8_string() {
+        let mut bytes = encode(&sample_profile());
+        // Append a string table entry with an invalid byte.
+        bytes.extend_from_slice(&[0x32, 0x02, b'a', 0xff]);
+        let err = decode(&bytes, 0).unwrap_err();
+        assert_eq!(err.to_string(), "invalid utf8 string hex: 61ff");
+    }
+
+    #[test]
+    fn test_decode_rejects_garbage() {
+        let err = decode(&[0x0a, 0xff, 0xff], 0).unwrap_err();
+        assert!(matches!(err, DecodeError::Protobuf { .. }), "{err}");
+        let err = decode(&[0x1f, 0x8b, 0x00], 0).unwrap_err();
+        assert!(matches!(err, DecodeError::Gzip { .. }), "{err}");
+    }
+}
