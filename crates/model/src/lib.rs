@@ -15,6 +15,7 @@
 //!
 //! Nothing here does I/O; everything is deterministic given `now`.
 
+pub mod gzip;
 mod ingest;
 mod ingest_name;
 mod labels;

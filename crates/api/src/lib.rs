@@ -1,0 +1,56 @@
+//! flamedb's wire API: the generated protobuf messages (with proto3 JSON),
+//! the protocol layer that serves them over HTTP, tenants and error codes.
+//!
+//! ```text
+//!  HTTP :4040 (HTTP/1.1 + h2c)
+//!     │  POST /<package.Service>/<Method>
+//!     ▼
+//!  RpcRouter ── Connect (proto | JSON, gzip) / gRPC / gRPC-Web
+//!     │  Tenancy: X-Scope-OrgID → TenantId (401)
+//!     ▼
+//!  handler(RequestContext, Req) -> Result<Resp, RpcError>
+//!                                            │
+//!                     ErrorCode ─▶ HTTP status | Connect code | gRPC status
+//! ```
+
+mod convert;
+mod error;
+mod rpc;
+mod tenant;
+
+/// Generated protobuf messages, one module per proto package; tonic
+/// clients for every service (`*_client`).
+#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]
+pub mod pb {
+    pub use flamedb_model::pprof::proto as google;
+
+    pub mod types {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/types.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/types.v1.serde.rs"));
+        }
+    }
+    pub mod push {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/push.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/push.v1.serde.rs"));
+        }
+    }
+    pub mod querier {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/querier.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/querier.v1.serde.rs"));
+        }
+    }
+    pub mod ingester {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ingester.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/ingester.v1.serde.rs"));
+        }
+    }
+}
+
+pub use convert::{labels_from_pairs, labels_to_pairs, profile_type_to_proto};
+pub use error::{ErrorCode, RpcError};
+pub use rpc::{RequestContext, RpcOptions, RpcRouter};
+pub use tenant::{DEFAULT_TENANT, ORG_ID_HEADER, Tenancy, TenantError, TenantId};

@@ -1,0 +1,108 @@
+//! gzip decompression with a ceiling on the output, so a small body can
+//! never expand into unbounded memory (gzip bombs). Every compressed input
+//! flamedb accepts goes through here.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use flate2::read::MultiGzDecoder;
+
+const MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Why compressed input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GzipError {
+    #[error("decompressed size exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("invalid gzip data: {source}")]
+    Invalid { source: std::io::Error },
+}
+
+/// Returns whether `bytes` start with the gzip magic number.
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC)
+}
+
+/// Decompresses gzip `input`, failing once the output would exceed `limit`
+/// bytes (`0`: no limit).
+pub fn gunzip(input: &[u8], limit: usize) -> Result<Vec<u8>, GzipError> {
+    let max = if limit == 0 { usize::MAX } else { limit };
+    // The gzip trailer holds the uncompressed size modulo 2^32: a good
+    // capacity hint, never trusted beyond the limit.
+    let size_hint = input
+        .len()
+        .checked_sub(4)
+        .and_then(|start| input.get(start..))
+        .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
+        .map_or(0, |tail| u32::from_le_bytes(tail) as usize);
+    let mut out = Vec::with_capacity(size_hint.min(max).min(64 << 20));
+    let read_limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    MultiGzDecoder::new(input)
+        .take(read_limit)
+        .read_to_end(&mut out)
+        .map_err(|source| GzipError::Invalid { source })?;
+    if out.len() > max {
+        return Err(GzipError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Decompresses `input` if it starts with the gzip magic number, else
+/// returns it as it is; either way the result may not exceed `limit` bytes
+/// (`0`: no limit).
+pub fn gunzip_if_compressed(input: &[u8], limit: usize) -> Result<Cow<'_, [u8]>, GzipError> {
+    if is_gzip(input) {
+        return gunzip(input, limit).map(Cow::Owned);
+    }
+    if limit != 0 && input.len() > limit {
+        return Err(GzipError::TooLarge { limit });
+    }
+    Ok(Cow::Borrowed(input))
+}
+
+/// Compresses `input` with gzip at the fastest level (for responses and
+/// tests; speed matters more than size there).
+pub fn gzip(input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(input.len() / 4 + 64), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(input);
+    encoder.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_gunzip_round_trip_and_limit() {
+        let data = b"hello hello hello".repeat(100);
+        let compressed = gzip(&data);
+        assert!(is_gzip(&compressed));
+        assert_eq!(gunzip(&compressed, 0).unwrap(), data);
+        assert_eq!(gunzip(&compressed, data.len()).unwrap(), data);
+        assert!(matches!(
+            gunzip(&compressed, data.len() - 1),
+            Err(GzipError::TooLarge { .. })
+        ));
+        assert!(matches!(gunzip(&[0x1f, 0x8b, 1], 0), Err(GzipError::Invalid { .. })));
+    }
+
+    #[test]
+    fn test_gunzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 20 << 20]);
+        assert!(bomb.len() < 200 << 10);
+        assert!(matches!(gunzip(&bomb, 1 << 20), Err(GzipError::TooLarge { limit }) if limit == 1 << 20));
+    }
+
+    #[test]
+    fn test_gunzip_if_compressed_passes_plain_input_through() {
+        assert_eq!(&*gunzip_if_compressed(b"plain", 5).unwrap(), b"plain");
+        assert!(matches!(
+            gunzip_if_compressed(b"plain", 4),
+            Err(GzipError::TooLarge { limit: 4 })
+        ));
+        assert_eq!(&*gunzip_if_compressed(&gzip(b"zipped"), 6).unwrap(), b"zipped");
+    }
+}
