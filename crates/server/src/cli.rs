@@ -1,0 +1,416 @@
+//! Command-line flags. Every flag is one row of [`FLAGS`]: its
+//! Pyroscope-style name, the YAML key it sets and its help text. Go-style
+//! `-flag.name=value` and `-flag.name value` are accepted as well as
+//! `--flag.name value`; bool flags take `-flag` or `-flag=false`. Flags
+//! override the YAML file, which overrides the defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches};
+use serde_norway::{Mapping, Value};
+
+use crate::config::{Config, ConfigError};
+
+/// What a flag's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    Bool,
+    /// A non-negative whole number.
+    Int,
+    /// A duration such as `30s`, `1m30s` or `2h`.
+    Duration,
+    String,
+}
+
+/// A command-line flag and the configuration key it sets.
+#[derive(Debug)]
+pub struct Flag {
+    pub name: &'static str,
+    /// The YAML key path, e.g. `server.http_listen_port`.
+    pub path: &'static str,
+    pub kind: FlagKind,
+    pub help: &'static str,
+}
+
+const fn flag(name: &'static str, path: &'static str, kind: FlagKind, help: &'static str) -> Flag {
+    Flag { name, path, kind, help }
+}
+
+/// Every flag that sets a configuration key.
+pub const FLAGS: &[Flag] = &[
+    flag(
+        "target",
+        "target",
+        FlagKind::String,
+        "Modules to run: all, or a comma-separated list of distributor, ingester, querier.",
+    ),
+    flag(
+        "auth.multitenancy-enabled",
+        "multitenancy_enabled",
+        FlagKind::Bool,
+        "Require the X-Scope-OrgID header and keep tenants apart; off, every request is tenant \"anonymous\".",
+    ),
+    flag(
+        "server.http-listen-address",
+        "server.http_listen_address",
+        FlagKind::String,
+        "IP address to listen on; empty for every interface.",
+    ),
+    flag(
+        "server.http-listen-port",
+        "server.http_listen_port",
+        FlagKind::Int,
+        "Port of the HTTP server (HTTP/1.1 and h2c: Connect, gRPC, operator pages); 0 picks a free port.",
+    ),
+    flag(
+        "server.graceful-shutdown-timeout",
+        "server.graceful_shutdown_timeout",
+        FlagKind::Duration,
+        "How long in-flight requests may take to finish on SIGTERM or SIGINT.",
+    ),
+    flag(
+        "log.level",
+        "server.log_level",
+        FlagKind::String,
+        "Log level: debug, info, warn or error.",
+    ),
+    flag(
+        "log.format",
+        "server.log_format",
+        FlagKind::String,
+        "Log format: logfmt (lines for people) or json.",
+    ),
+    flag(
+        "validation.max-length-label-name",
+        "limits.max_label_name_length",
+        FlagKind::Int,
+        "Longest label name in bytes (0: no limit).",
+    ),
+    flag(
+        "validation.max-length-label-value",
+        "limits.max_label_value_length",
+        FlagKind::Int,
+        "Longest label value in bytes (0: no limit).",
+    ),
+    flag(
+        "validation.max-label-names-per-series",
+        "limits.max_label_names_per_series",
+        FlagKind::Int,
+        "Most labels per series (0: no limit).",
+    ),
+    flag(
+        "validation.max-profile-size-bytes",
+        "limits.max_profile_size_bytes",
+        FlagKind::Int,
+        "Largest profile after decompression, in bytes (0: no limit).",
+    ),
+    flag(
+        "validation.max-profile-stacktrace-samples",
+        "limits.max_profile_stacktrace_samples",
+        FlagKind::Int,
+        "Most samples per profile (0: no limit).",
+    ),
+    flag(
+        "validation.max-profile-stacktrace-sample-labels",
+        "limits.max_profile_stacktrace_sample_labels",
+        FlagKind::Int,
+        "Most labels per sample (0: no limit).",
+    ),
+    flag(
+        "validation.max-profile-stacktrace-depth",
+        "limits.max_profile_stacktrace_depth",
+        FlagKind::Int,
+        "Deeper stacks keep the frames closest to the root (0: no limit).",
+    ),
+    flag(
+        "validation.max-profile-symbol-value-length",
+        "limits.max_profile_symbol_value_length",
+        FlagKind::Int,
+        "Longer symbols keep their last bytes (0: no limit).",
+    ),
+    flag(
+        "validation.reject-older-than",
+        "limits.reject_older_than",
+        FlagKind::Duration,
+        "Reject profiles older than this (0s: accept any age).",
+    ),
+    flag(
+        "validation.reject-newer-than",
+        "limits.reject_newer_than",
+        FlagKind::Duration,
+        "Reject profiles dated further ahead than this (0s: accept any).",
+    ),
+    flag(
+        "validation.disable-label-sanitization",
+        "limits.disable_label_sanitization",
+        FlagKind::Bool,
+        "Accept any UTF-8 label name; when false, names follow [A-Za-z_.][A-Za-z0-9_.]* and dots become underscores.",
+    ),
+];
+
+const CONFIG_FILE: &str = "config.file";
+const VERSION: &str = "version";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    /// Print this text (help or version) and exit successfully.
+    Print(String),
+}
+
+/// Why the command line could not be used; printed as is, exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("invalid value {value:?} for flag -{flag}: {expected}")]
+    InvalidValue {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// Parses the command line (without the program name) into what to do.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, CliError> {
+    let argv = std::iter::once(OsString::from("flamedb")).chain(args.into_iter().map(go_style_to_long));
+    let matches = match command().try_get_matches_from(argv) {
+        Ok(matches) => matches,
+        Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => {
+            return Ok(Invocation::Print(err.render().to_string()));
+        }
+        Err(err) => return Err(CliError::Usage(err.render().to_string().trim_end().to_owned())),
+    };
+    if matches.get_flag(VERSION) {
+        return Ok(Invocation::Print(format!("flamedb {}\n", env!("CARGO_PKG_VERSION"))));
+    }
+    let config_file = matches.get_one::<PathBuf>(CONFIG_FILE);
+    let mut tree = Config::read_yaml(config_file.map(PathBuf::as_path))?;
+    apply_flags(&matches, &mut tree)?;
+    Ok(Invocation::Run(Box::new(Config::from_yaml(tree)?)))
+}
+
+/// `-name...` (Go style) becomes `--name...`; `-h` and values such as
+/// `-1` stay as they are.
+fn go_style_to_long(arg: OsString) -> OsString {
+    match arg.to_str() {
+        Some(text) if text.len() > 2 && text.starts_with('-') && text.as_bytes()[1].is_ascii_alphabetic() => {
+            OsString::from(format!("-{text}"))
+        }
+        _ => arg,
+    }
+}
+
+fn command() -> clap::Command {
+    let defaults = serde_norway::to_value(Config::default()).unwrap_or(Value::Null);
+    let mut command = clap::Command::new("flamedb")
+        .about("flamedb: a continuous-profiling database that speaks Grafana Pyroscope's APIs.")
+        .after_help(
+            "Flags may be written Go-style (-server.http-listen-port=4040) or with two dashes.\n\
+             Flags override the config file, which overrides the defaults.",
+        )
+        .disable_version_flag(true)
+        .arg(
+            Arg::new(CONFIG_FILE)
+                .long(CONFIG_FILE)
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("YAML configuration file (keys as in Pyroscope's: target, server, limits, ...)."),
+        )
+        .arg(
+            Arg::new(VERSION)
+                .long(VERSION)
+                .action(ArgAction::SetTrue)
+                .help("Print the version and exit."),
+        );
+    for flag in FLAGS {
+        let default = lookup(&defaults, flag.path).map(render_default).unwrap_or_default();
+        let arg = Arg::new(flag.name)
+            .long(flag.name)
+            .help(format!("{} [default: {default}] (YAML: {})", flag.help, flag.path));
+        let arg = match flag.kind {
+            FlagKind::Bool => arg
+                .value_name("BOOL")
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true"),
+            FlagKind::Int => arg.value_name("N"),
+            FlagKind::Duration => arg.value_name("DURATION"),
+            FlagKind::String => arg.value_name("VALUE"),
+        };
+        command = command.arg(arg);
+    }
+    command
+}
+
+fn lookup<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(tree, |node, key| node.get(key))
+}
+
+fn render_default(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.is_empty() => "\"\"".to_owned(),
+        Value::String(text) => text.clone(),
+        other => serde_norway::to_string(other).unwrap_or_default().trim_end().to_owned(),
+    }
+}
+
+/// Writes every flag given on the command line into the YAML tree.
+fn apply_flags(matches: &ArgMatches, tree: &mut Value) -> Result<(), CliError> {
+    for flag in FLAGS {
+        if matches.value_source(flag.name) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(text) = matches.get_one::<String>(flag.name) else {
+            continue;
+        };
+        let invalid = |expected| CliError::InvalidValue {
+            flag: flag.name,
+            value: text.clone(),
+            expected,
+        };
+        let value = match flag.kind {
+            FlagKind::Bool => match text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(invalid("expected true or false")),
+            },
+            FlagKind::Int => Value::Number(
+                text.parse::<u64>()
+                    .map_err(|_| invalid("expected a whole number"))?
+                    .into(),
+            ),
+            FlagKind::Duration => {
+                humantime::parse_duration(text).map_err(|_| invalid("expected a duration such as 30s, 5m or 1h30m"))?;
+                Value::String(text.clone())
+            }
+            FlagKind::String => Value::String(text.clone()),
+        };
+        set(tree, flag.path, value);
+    }
+    Ok(())
+}
+
+/// Sets `path` (dot-separated keys) in `tree`, creating mappings on the way.
+fn set(tree: &mut Value, path: &str, value: Value) {
+    let mut node = tree;
+    for key in path.split('.') {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(mapping) = node else { return };
+        node = mapping.entry(Value::String(key.to_owned())).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Target;
+
+    fn run(args: &[&str]) -> Result<Config, CliError> {
+        match parse(args.iter().map(OsString::from))? {
+            Invocation::Run(config) => Ok(*config),
+            Invocation::Print(text) => panic!("printed {text}"),
+        }
+    }
+
+    #[test]
+    fn test_no_arguments_gives_the_defaults() {
+        assert_eq!(run(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn test_go_style_and_gnu_style_flags() {
+        let config = run(&[
+            "-server.http-listen-port=4100",
+            "--target",
+            "ingester",
+            "-auth.multitenancy-enabled",
+            "-validation.reject-older-than",
+            "2h",
+            "--log.format=json",
+        ])
+        .unwrap();
+        assert_eq!(config.server.http_listen_port, 4100);
+        assert_eq!(config.target.0, [Target::Ingester]);
+        assert!(config.multitenancy_enabled);
+        assert_eq!(config.limits.reject_older_than, Duration::from_secs(7200));
+        assert_eq!(config.server.log_format, crate::config::LogFormat::Json);
+        assert!(!run(&["-auth.multitenancy-enabled=false"]).unwrap().multitenancy_enabled);
+    }
+
+    #[test]
+    fn test_flags_override_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "server:\n  http_listen_port: 5000\n  log_level: debug\ntarget: querier"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let config = run(&["-config.file", &path, "-server.http-listen-port=6000"]).unwrap();
+        assert_eq!(config.server.http_listen_port, 6000);
+        assert_eq!(config.server.log_level, crate::config::LogLevel::Debug);
+        assert_eq!(config.target.0, [Target::Querier]);
+    }
+
+    #[test]
+    fn test_errors_name_the_flag_or_key() {
+        let message = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(message(&["-no.such-flag=1"]).contains("--no.such-flag"));
+        assert!(message(&["stray"]).contains("stray"));
+        assert_eq!(
+            message(&["-server.http-listen-port=abc"]),
+            r#"invalid value "abc" for flag -server.http-listen-port: expected a whole number"#
+        );
+        assert!(message(&["-server.http-listen-port=70000"]).contains("server.http_listen_port"));
+        assert!(message(&["-validation.reject-older-than=soon"]).contains("-validation.reject-older-than"));
+        assert!(message(&["-auth.multitenancy-enabled=yes"]).contains("expected true or false"));
+        assert!(message(&["-target=storage"]).contains("unknown target"));
+        assert!(message(&["-log.level=loud"]).contains("server.log_level"));
+        assert!(message(&["-config.file=/nonexistent/flamedb.yaml"]).contains("/nonexistent/flamedb.yaml"));
+    }
+
+    #[test]
+    fn test_help_lists_every_flag_with_its_default() {
+        let Invocation::Print(help) = parse([OsString::from("-h")]).unwrap() else {
+            panic!("expected help");
+        };
+        for flag in FLAGS {
+            assert!(
+                help.contains(&format!("--{}", flag.name)),
+                "{} missing from help",
+                flag.name
+            );
+        }
+        assert!(help.contains("[default: 4040]"), "{help}");
+        assert!(help.contains("--config.file"));
+        let Invocation::Print(long) = parse([OsString::from("-help")]).unwrap() else {
+            panic!("expected help");
+        };
+        assert_eq!(long, help);
+    }
+
+    #[test]
+    fn test_every_flag_sets_an_existing_key() {
+        let defaults = serde_norway::to_value(Config::default()).unwrap();
+        for flag in FLAGS {
+            assert!(
+                lookup(&defaults, flag.path).is_some(),
+                "{} sets unknown key {}",
+                flag.name,
+                flag.path
+            );
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The configuration of a `flamedb` process: YAML keys follow Pyroscope's
+//! (`target`, `server`, `limits`, `multitenancy_enabled`, ...), so a
+//! Pyroscope configuration reads the same here. Precedence: built-in
+//! defaults < the `-config.file` YAML < command-line flags.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use flamedb_model::ValidationLimits;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_norway::{Mapping, Value};
+
+/// Everything one process is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The modules this process runs.
+    pub target: Targets,
+    /// Require `X-Scope-OrgID` on every request and keep tenants apart.
+    pub multitenancy_enabled: bool,
+    pub server: ServerConfig,
+    /// Per-tenant limits (the defaults for every tenant).
+    pub limits: ValidationLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            target: Targets(vec![Target::All]),
+            multitenancy_enabled: false,
+            server: ServerConfig::default(),
+            limits: ValidationLimits::default(),
+        }
+    }
+}
+
+/// The HTTP server and process-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; empty means every interface.
+    pub http_listen_address: String,
+    /// Port for HTTP/1.1 and h2c (Connect, gRPC, operator pages); `0`
+    /// picks a free port, logged at start.
+    pub http_listen_port: u16,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+    /// `debug`, `info`, `warn` or `error`.
+    pub log_level: LogLevel,
+    /// `logfmt` (human-readable lines) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_listen_address: String::new(),
+            http_listen_port: 4040,
+            graceful_shutdown_timeout: Duration::from_secs(30),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Logfmt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// A module a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Every module in one process.
+    All,
+    Distributor,
+    Ingester,
+    Querier,
+}
+
+impl Target {
+    const ALL: [Self; 4] = [Self::All, Self::Distributor, Self::Ingester, Self::Querier];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Distributor => "distributor",
+            Self::Ingester => "ingester",
+            Self::Querier => "querier",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|target| target.as_str() == name)
+    }
+}
+
+/// The modules of a process: `all`, or a comma-separated list (YAML: a
+/// string or a list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(pub Vec<Target>);
+
+impl Targets {
+    /// The modules these targets run, with `all` spelled out.
+    pub fn modules(&self) -> Vec<Target> {
+        if self.0.contains(&Target::All) {
+            return vec![Target::Distributor, Target::Ingester, Target::Querier];
+        }
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for Targets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|target| target.as_str()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl Serialize for Targets {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            List(Vec<String>),
+        }
+        let names: Vec<String> = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text.split(',').map(|name| name.trim().to_owned()).collect(),
+            Raw::List(list) => list,
+        };
+        let mut targets = Vec::with_capacity(names.len());
+        for name in names.iter().filter(|name| !name.is_empty()) {
+            let target = Target::parse(name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown target {name:?}; targets are all, distributor, ingester and querier"
+                ))
+            })?;
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        if targets.is_empty() {
+            return Err(serde::de::Error::custom("no target given"));
+        }
+        targets.sort();
+        Ok(Targets(targets))
+    }
+}
+
+/// A configuration that cannot be used; the message names the key or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml { path: String, source: serde_norway::Error },
+    #[error("config file {path} must hold a mapping of keys at the top level")]
+    NotAMapping { path: String },
+    #[error("invalid configuration at {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads the YAML tree of a config file (an empty mapping if `None`).
+    pub fn read_yaml(path: Option<&Path>) -> Result<Value, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Value::Mapping(Mapping::new()));
+        };
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let value: Value = serde_norway::from_str(&text).map_err(|source| ConfigError::Yaml {
+            path: display.clone(),
+            source,
+        })?;
+        match value {
+            Value::Null => Ok(Value::Mapping(Mapping::new())),
+            Value::Mapping(_) => Ok(value),
+            _ => Err(ConfigError::NotAMapping { path: display }),
+        }
+    }
+
+    /// Builds the configuration from a YAML tree (file plus flag
+    /// overrides), filling in defaults, then validates it.
+    pub fn from_yaml(tree: Value) -> Result<Self, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|err| ConfigError::Invalid {
+            path: err.path().to_string(),
+            message: err.into_inner().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if !self.server.http_listen_address.is_empty() && self.server.http_listen_address.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "server.http_listen_address",
+                format!("{:?} is not an IP address", self.server.http_listen_address),
+            ));
+        }
+        if self.targets_all_with_others() {
+            return Err(invalid(
+                "target",
+                "all already runs every module; list modules without all".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn targets_all_with_others(&self) -> bool {
+        self.target.0.len() > 1 && self.target.0.contains(&Target::All)
+    }
+
+    /// The configuration as YAML, for `/api/v1/status/config`.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n"))
+    }
+}
+
+/// The key paths (`server.http_listen_port`) of every setting, for docs.
+#[cfg(test)]
+fn leaf_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Mapping(mapping) => {
+            for (key, child) in mapping {
+                let key = key.as_str().unwrap_or_default();
+                let path = if prefix.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(serde_norway::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn test_defaults() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.http_listen_port, 4040);
+        assert_eq!(
+            config.target.modules(),
+            [Target::Distributor, Target::Ingester, Target::Querier]
+        );
+        assert!(!config.multitenancy_enabled);
+    }
+
+    #[test]
+    fn test_pyroscope_style_yaml() {
+        let config = parse(
+            "target: distributor, querier\nmultitenancy_enabled: true\nserver:\n  http_listen_port: 4100\n  \
+             graceful_shutdown_timeout: 1m30s\nlimits:\n  max_label_names_per_series: 40\n  reject_older_than: 2h\n",
+        )
+        .unwrap();
+        assert_eq!(config.target.0, [Target::Distributor, Target::Querier]);
+        assert_eq!(config.target.modules(), [Target::Distributor, Target::Querier]);
+        assert_eq!(config.server.graceful_shutdown_timeout, Duration::from_secs(90));
+        assert_eq!(config.limits.max_label_names_per_series, 40);
+        assert_eq!(config.limits.reject_older_than, Duration::from_secs(7200));
+        assert_eq!(config.limits.max_label_value_length, 2048);
+        let list = parse("target: [ingester]").unwrap();
+        assert_eq!(list.target.0, [Target::Ingester]);
+    }
+
+    #[test]
+    fn test_errors_name_the_key() {
+        let message = |yaml: &str| parse(yaml).unwrap_err().to_string();
+        assert!(message("server:\n  http_listen_port: x").contains("at server.http_listen_port"));
+        assert!(message("server:\n  http_listen_port: 70000").contains("at server.http_listen_port"));
+        assert!(message("server:\n  nope: 1").contains("unknown field `nope`"));
+        assert!(message("limits:\n  reject_older_than: soon").contains("at limits.reject_older_than"));
+        assert!(message("target: storage").contains("unknown target \"storage\""));
+        assert!(message("target: all,ingester").contains("at target"));
+        assert!(message("server:\n  http_listen_address: localhost").contains("not an IP address"));
+        assert!(message("server:\n  log_level: loud").contains("at server.log_level"));
+    }
+
+    /// Every setting and every flag is documented in docs/configuration.md.
+    #[test]
+    fn test_configuration_reference_lists_every_key_and_flag() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
+        let mut paths = Vec::new();
+        leaf_paths(&serde_norway::to_value(Config::default()).unwrap(), "", &mut paths);
+        assert!(paths.len() > 10);
+        for path in paths {
+            assert!(
+                doc.contains(&format!("`{path}`")),
+                "docs/configuration.md does not list `{path}`"
+            );
+        }
+        for flag in crate::cli::FLAGS {
+            assert!(
+                doc.contains(&format!("`-{}`", flag.name)),
+                "docs/configuration.md does not list -{}",
+                flag.name
+            );
+        }
+    }
+
+    #[test]
+    fn test_yaml_round_trip() {
+        let config = parse("target: ingester\nserver:\n  log_format: json\n").unwrap();
+        let back = Config::from_yaml(serde_norway::from_str(&config.to_yaml()).unwrap()).unwrap();
+        assert_eq!(back, config);
+    }
+}

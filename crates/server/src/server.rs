@@ -1,0 +1,97 @@
+//! Starting and stopping a `flamedb` process, top to bottom: metrics, the
+//! modules of its targets, the HTTP server (HTTP/1.1 and h2c on one port),
+//! then, on the shutdown signal, refuse traffic (`/ready` fails), let
+//! in-flight requests finish within the grace period, and return.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::response::IntoResponse;
+use flamedb_api::{ErrorCode, RpcError};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::build_info::BuildInfo;
+use crate::config::Config;
+use crate::metrics::{HttpMetrics, record_requests};
+use crate::status::{Readiness, StatusState};
+
+/// Runs the process until `shutdown` completes, then stops gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let build = BuildInfo::CURRENT;
+    let modules: Vec<&str> = config.target.modules().iter().map(|module| module.as_str()).collect();
+    info!(
+        version = build.version,
+        revision = build.revision,
+        target = %config.target,
+        modules = modules.join(","),
+        "starting flamedb"
+    );
+
+    let mut registry = Registry::default();
+    let http_metrics = HttpMetrics::register(&mut registry, &build);
+    let readiness = Arc::new(Readiness::default());
+
+    let address = listen_address(&config)?;
+    let grace = config.server.graceful_shutdown_timeout;
+    let status = Arc::new(StatusState {
+        readiness: readiness.clone(),
+        registry,
+        config,
+    });
+    let app = crate::status::routes(status)
+        .fallback(route_not_found)
+        .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
+
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let local_address = listener.local_addr().context("cannot read the listening address")?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, app, stop.clone()));
+    info!(address = %local_address, "listening for HTTP/1.1 and h2c");
+    readiness.set_ready();
+
+    shutdown.await;
+    info!(grace_period = %humantime::format_duration(grace), "shutting down");
+    readiness.set_stopping();
+    stop.cancel();
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result.context("the HTTP server failed")?,
+        Ok(Err(join_error)) => return Err(join_error).context("the HTTP server task failed"),
+        Err(_) => warn!(
+            grace_period = %humantime::format_duration(grace),
+            "requests still running after the grace period; stopping anyway"
+        ),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+fn listen_address(config: &Config) -> anyhow::Result<SocketAddr> {
+    let ip = if config.server.http_listen_address.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        config
+            .server
+            .http_listen_address
+            .parse()
+            .with_context(|| format!("invalid listen address {:?}", config.server.http_listen_address))?
+    };
+    Ok(SocketAddr::new(ip, config.server.http_listen_port))
+}
+
+async fn route_not_found(uri: axum::http::Uri) -> axum::response::Response {
+    RpcError::new(ErrorCode::NotFound, format!("no route for {}", uri.path())).into_response()
+}
