@@ -173,13 +173,20 @@ async fn post(
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", server.base))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    post_with(server, path, &[("content-type", content_type)], body).await
+}
+
+async fn post_with(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = client().post(format!("{}{path}", server.base)).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
 }
 
 async fn json_error(response: reqwest::Response) -> (u16, String, String) {
@@ -264,14 +271,13 @@ async fn test_connect_gzip_requests_and_responses() {
         name: "zipped".into(),
         ..LabelValuesRequest::default()
     };
-    let response = client()
-        .post(format!("{}/querier.v1.QuerierService/LabelValues", server.base))
-        .header("content-type", "application/proto")
-        .header("content-encoding", "gzip")
-        .body(gzip(&request.encode_to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        "/querier.v1.QuerierService/LabelValues",
+        &[("content-type", "application/proto"), ("content-encoding", "gzip")],
+        gzip(&request.encode_to_vec()),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         LabelValuesResponse::decode(response.bytes().await.unwrap())
@@ -281,14 +287,16 @@ async fn test_connect_gzip_requests_and_responses() {
     );
 
     // Large responses are compressed when the client accepts gzip.
-    let response = client()
-        .post(format!("{}/querier.v1.QuerierService/ProfileTypes", server.base))
-        .header("content-type", "application/proto")
-        .header("accept-encoding", "br, gzip;q=0.9")
-        .body(Vec::new())
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        "/querier.v1.QuerierService/ProfileTypes",
+        &[
+            ("content-type", "application/proto"),
+            ("accept-encoding", "br, gzip;q=0.9"),
+        ],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-encoding"], "gzip");
     let body = gunzip(&response.bytes().await.unwrap(), 0).unwrap();
@@ -321,14 +329,13 @@ async fn test_connect_size_limits_and_bad_encodings() {
     // A gzip bomb: small on the wire, over the limit once decompressed.
     let bomb = gzip(&vec![0u8; 10 * MAX_MESSAGE_BYTES]);
     assert!(bomb.len() < MAX_MESSAGE_BYTES);
-    let response = client()
-        .post(format!("{}{path}", server.base))
-        .header("content-type", "application/proto")
-        .header("content-encoding", "gzip")
-        .body(bomb)
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        path,
+        &[("content-type", "application/proto"), ("content-encoding", "gzip")],
+        bomb,
+    )
+    .await;
     let (status, code, message) = json_error(response).await;
     assert_eq!((status, code.as_str()), (413, "resource_exhausted"), "{message}");
     assert!(message.contains(&MAX_MESSAGE_BYTES.to_string()), "{message}");
@@ -336,24 +343,22 @@ async fn test_connect_size_limits_and_bad_encodings() {
     let response = post(&server, path, "application/proto", vec![0u8; MAX_MESSAGE_BYTES + 1]).await;
     assert_eq!(json_error(response).await.0, 413);
     // Not gzip at all.
-    let response = client()
-        .post(format!("{}{path}", server.base))
-        .header("content-type", "application/proto")
-        .header("content-encoding", "gzip")
-        .body("plain")
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        path,
+        &[("content-type", "application/proto"), ("content-encoding", "gzip")],
+        "plain",
+    )
+    .await;
     assert_eq!(json_error(response).await.0, 400);
     // An encoding nobody speaks here.
-    let response = client()
-        .post(format!("{}{path}", server.base))
-        .header("content-type", "application/proto")
-        .header("content-encoding", "br")
-        .body(Vec::new())
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        path,
+        &[("content-type", "application/proto"), ("content-encoding", "br")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(json_error(response).await.1, "unimplemented");
     // Not protobuf.
     let response = post(&server, path, "application/proto", vec![0x0a, 0xff]).await;
@@ -402,25 +407,23 @@ async fn test_method_and_content_type_checks() {
 #[tokio::test]
 async fn test_connect_timeouts() {
     let server = start(false).await;
-    let url = format!("{}/querier.v1.QuerierService/LabelNames", server.base);
-    let response = client()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("connect-timeout-ms", "50")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let path = "/querier.v1.QuerierService/LabelNames";
+    let response = post_with(
+        &server,
+        path,
+        &[("content-type", "application/json"), ("connect-timeout-ms", "50")],
+        "{}",
+    )
+    .await;
     let (status, code, message) = json_error(response).await;
     assert_eq!((status, code.as_str()), (504, "deadline_exceeded"), "{message}");
-    let response = client()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("connect-timeout-ms", "soon")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        path,
+        &[("content-type", "application/json"), ("connect-timeout-ms", "soon")],
+        "{}",
+    )
+    .await;
     assert_eq!(json_error(response).await.0, 400);
 }
 
@@ -434,14 +437,8 @@ async fn test_multitenancy_on() {
     assert_eq!((status, code.as_str()), (401, "unauthenticated"));
     assert!(message.contains("X-Scope-OrgID"), "{message}");
     for (org_id, status) in [("team-a", 200), ("bad/tenant", 401), ("a|b", 401)] {
-        let response = client()
-            .post(format!("{}{path}", server.base))
-            .header("content-type", "application/proto")
-            .header("x-scope-orgid", org_id)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let headers = [("content-type", "application/proto"), ("x-scope-orgid", org_id)];
+        let response = post_with(&server, path, &headers, body.clone()).await;
         assert_eq!(response.status(), status, "{org_id}");
         if status == 200 {
             let names = LabelValuesResponse::decode(response.bytes().await.unwrap())
@@ -467,14 +464,13 @@ async fn test_multitenancy_on() {
 #[tokio::test]
 async fn test_multitenancy_off_ignores_the_header() {
     let server = start(false).await;
-    let response = client()
-        .post(format!("{}/querier.v1.QuerierService/LabelValues", server.base))
-        .header("content-type", "application/proto")
-        .header("x-scope-orgid", "someone")
-        .body(Vec::new())
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(
+        &server,
+        "/querier.v1.QuerierService/LabelValues",
+        &[("content-type", "application/proto"), ("x-scope-orgid", "someone")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         LabelValuesResponse::decode(response.bytes().await.unwrap())

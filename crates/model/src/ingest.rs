@@ -33,3 +33,96 @@ pub fn prepare_profile(
     }
     Ok(series)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gzip::gzip;
+    use crate::pprof::{Function, Line, Location, Profile, Sample, ValueType, encode};
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn raw_profile() -> Vec<u8> {
+        encode(&Profile {
+            sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+            string_table: ["", "cpu", "nanoseconds", "main"].map(String::from).to_vec(),
+            function: vec![Function {
+                id: 1,
+                name: 3,
+                ..Function::default()
+            }],
+            location: vec![Location {
+                id: 1,
+                line: vec![Line {
+                    function_id: 1,
+                    ..Line::default()
+                }],
+                ..Location::default()
+            }],
+            sample: vec![
+                Sample {
+                    location_id: vec![1],
+                    value: vec![7],
+                    label: vec![],
+                },
+                Sample {
+                    location_id: vec![1],
+                    value: vec![0],
+                    label: vec![],
+                },
+            ],
+            time_nanos: NOW,
+            ..Profile::default()
+        })
+    }
+
+    #[test]
+    fn test_prepare_profile_defaults_service_name_and_normalizes() {
+        let labels = Labels::from_pairs([("__name__", "process_cpu")]);
+        let series = prepare_profile(&gzip(&raw_profile()), &labels, &ValidationLimits::default(), NOW).unwrap();
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].labels.get(SERVICE_NAME), Some(UNKNOWN_SERVICE));
+        assert_eq!(series[0].profile.sample.len(), 1);
+    }
+
+    #[test]
+    fn test_prepare_profile_size_limit_boundary() {
+        let raw = raw_profile();
+        let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app")]);
+        let at_limit = ValidationLimits {
+            max_profile_size_bytes: raw.len(),
+            ..ValidationLimits::default()
+        };
+        assert!(prepare_profile(&gzip(&raw), &labels, &at_limit, NOW).is_ok());
+        let below = ValidationLimits {
+            max_profile_size_bytes: raw.len() - 1,
+            ..ValidationLimits::default()
+        };
+        let err = prepare_profile(&gzip(&raw), &labels, &below, NOW).unwrap_err();
+        assert_eq!(err.reason(), "profile_size_limit");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"profile of series {{__name__="process_cpu", service_name="app"}} exceeds max_profile_size_bytes: it is larger than {} bytes uncompressed"#,
+                raw.len() - 1
+            )
+        );
+    }
+
+    #[test]
+    fn test_prepare_profile_without_samples_stores_nothing() {
+        let profile = Profile {
+            sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+            string_table: ["", "cpu", "nanoseconds"].map(String::from).to_vec(),
+            sample: vec![Sample {
+                location_id: vec![],
+                value: vec![0],
+                label: vec![],
+            }],
+            ..Profile::default()
+        };
+        let labels = Labels::from_pairs([("__name__", "process_cpu")]);
+        let series = prepare_profile(&encode(&profile), &labels, &ValidationLimits::default(), NOW).unwrap();
+        assert!(series.is_empty());
+    }
+}
