@@ -180,18 +180,15 @@ async fn call(
     body: Body,
 ) -> Result<Bytes, RpcError> {
     let tenants = options.tenancy.tenants(&headers)?;
-    let timeout = protocol.timeout(&headers)?;
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
-    let body = read_body(body, options.max_message_bytes).await?;
-    let message = protocol.request_message(&headers, body, options.max_message_bytes)?;
-    let ctx = RequestContext {
-        tenants,
-        headers,
-        deadline,
+    let Some(timeout) = protocol.timeout(&headers)? else {
+        return read_and_call(procedure, options, protocol, headers, body, tenants, None).await;
     };
-    let response = procedure.call(ctx, protocol.codec(), message);
-    match timeout {
-        Some(timeout) => tokio::time::timeout(timeout, response).await.unwrap_or_else(|_| {
+    // The caller's timeout covers reading and decompressing the body too.
+    let deadline = Instant::now() + timeout;
+    let call = read_and_call(procedure, options, protocol, headers, body, tenants, Some(deadline));
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or_else(|_| {
             Err(RpcError::new(
                 ErrorCode::DeadlineExceeded,
                 format!(
@@ -199,9 +196,26 @@ async fn call(
                     format_duration(timeout)
                 ),
             ))
-        }),
-        None => response.await,
-    }
+        })
+}
+
+async fn read_and_call(
+    procedure: &dyn Procedure,
+    options: RpcOptions,
+    protocol: Protocol,
+    headers: HeaderMap,
+    body: Body,
+    tenants: Vec<TenantId>,
+    deadline: Option<Instant>,
+) -> Result<Bytes, RpcError> {
+    let body = read_body(body, options.max_message_bytes).await?;
+    let message = protocol.request_message(&headers, body, options.max_message_bytes)?;
+    let ctx = RequestContext {
+        tenants,
+        headers,
+        deadline,
+    };
+    procedure.call(ctx, protocol.codec(), message).await
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {

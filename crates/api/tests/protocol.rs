@@ -490,7 +490,7 @@ async fn test_grpc_on_the_same_path_and_port() {
         assert_eq!(status.code(), grpc_code, "{name}");
         assert_eq!(status.message(), format!("failing with {name} as asked"));
     }
-    // Compressed requests and responses.
+    // Compressed requests (responses go uncompressed, which gRPC allows).
     let mut querier = QuerierServiceClient::connect(server.base.clone())
         .await
         .unwrap()

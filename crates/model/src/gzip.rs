@@ -28,14 +28,16 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 pub fn gunzip(input: &[u8], limit: usize) -> Result<Vec<u8>, GzipError> {
     let max = if limit == 0 { usize::MAX } else { limit };
     // The gzip trailer holds the uncompressed size modulo 2^32: a good
-    // capacity hint, never trusted beyond the limit.
+    // capacity hint, but the sender writes it, so it is trusted only up to
+    // the limit and a plausible compression ratio.
+    const PLAUSIBLE_RATIO: usize = 32;
     let size_hint = input
         .len()
         .checked_sub(4)
         .and_then(|start| input.get(start..))
         .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
         .map_or(0, |tail| u32::from_le_bytes(tail) as usize);
-    let mut out = Vec::with_capacity(size_hint.min(max).min(64 << 20));
+    let mut out = Vec::with_capacity(size_hint.min(max).min(input.len().saturating_mul(PLAUSIBLE_RATIO)));
     let read_limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     MultiGzDecoder::new(input)
         .take(read_limit)

@@ -25,6 +25,7 @@ pub mod pprof;
 mod profile_type;
 mod selector;
 mod split;
+mod symbols;
 mod validate;
 
 pub use ingest::prepare_profile;

@@ -1,6 +1,5 @@
 //! The per-tenant limits a profile and its series labels are validated
-//! against. Names and defaults follow Pyroscope's `limits` block, so a
-//! Pyroscope configuration carries over.
+//! against. Names and defaults follow Pyroscope's `limits` block.
 
 use std::time::Duration;
 

@@ -31,28 +31,23 @@ pub struct ProfileTypeError {
 }
 
 impl ProfileType {
-    /// Parses an ID; a sixth part `delta` is tolerated and ignored.
+    /// Parses an ID of five `:`-separated parts; a sixth part (`delta`) is
+    /// tolerated and ignored. Parts may be empty, as in Pyroscope.
     pub fn parse(id: &str) -> Result<Self, ProfileTypeError> {
         let parts: Vec<&str> = id.split(':').collect();
-        let error = || ProfileTypeError {
-            parts: parts.len(),
-            id: id.to_owned(),
-        };
         match parts.as_slice() {
             [name, sample_type, sample_unit, period_type, period_unit]
-            | [name, sample_type, sample_unit, period_type, period_unit, "delta"] => {
-                if name.is_empty() {
-                    return Err(error());
-                }
-                Ok(Self {
-                    name: (*name).to_owned(),
-                    sample_type: (*sample_type).to_owned(),
-                    sample_unit: (*sample_unit).to_owned(),
-                    period_type: (*period_type).to_owned(),
-                    period_unit: (*period_unit).to_owned(),
-                })
-            }
-            _ => Err(error()),
+            | [name, sample_type, sample_unit, period_type, period_unit, _] => Ok(Self {
+                name: (*name).to_owned(),
+                sample_type: (*sample_type).to_owned(),
+                sample_unit: (*sample_unit).to_owned(),
+                period_type: (*period_type).to_owned(),
+                period_unit: (*period_unit).to_owned(),
+            }),
+            _ => Err(ProfileTypeError {
+                parts: parts.len(),
+                id: id.to_owned(),
+            }),
         }
     }
 
@@ -163,7 +158,8 @@ mod tests {
                 .id(),
             "memory:alloc_space:bytes:space:bytes"
         );
-        for bad in ["", "cpu", "a:b:c:d", "a:b:c:d:e:f", ":b:c:d:e", "a:b:c:d:e:f:g"] {
+        assert_eq!(ProfileType::parse(":b:c:d:e").unwrap().name, "");
+        for bad in ["", "cpu", "a:b:c:d", "a:b:c:d:e:f:g"] {
             let err = ProfileType::parse(bad).unwrap_err();
             assert!(err.to_string().contains("must be of the form"), "{err}");
         }

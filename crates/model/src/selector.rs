@@ -262,14 +262,15 @@ impl Parser {
     }
 
     /// Reads a Go-style string literal: "..." or '...' with escapes, or
-    /// `...` raw.
+    /// `...` raw. As in Go, `\x` and octal escapes are bytes, and the
+    /// result must be valid UTF-8.
     fn string(&mut self) -> Result<String, SelectorError> {
         let Some(quote) = self.peek() else {
             return Err(self.error("unexpected end of input, expected a string"));
         };
         let start = self.pos;
         self.pos += 1;
-        let mut out = String::new();
+        let mut out = Vec::new();
         loop {
             let Some(c) = self.peek() else {
                 return Err(SelectorError {
@@ -279,21 +280,24 @@ impl Parser {
             };
             self.pos += 1;
             if c == quote {
-                return Ok(out);
+                return String::from_utf8(out).map_err(|_| SelectorError {
+                    position: start,
+                    message: "quoted string is not valid UTF-8".to_owned(),
+                });
             }
             if c == '\\' && quote != '`' {
                 self.escape(quote, &mut out)?;
             } else if c == '\n' && quote != '`' {
                 return Err(self.error("newline in quoted string"));
             } else {
-                out.push(c);
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
             }
         }
     }
 
     /// Reads the escape sequence after a backslash; errors point at the
     /// backslash.
-    fn escape(&mut self, quote: char, out: &mut String) -> Result<(), SelectorError> {
+    fn escape(&mut self, quote: char, out: &mut Vec<u8>) -> Result<(), SelectorError> {
         let backslash = self.pos - 1;
         let error = |message: &str| SelectorError {
             position: backslash,
@@ -316,7 +320,7 @@ impl Parser {
             _ => None,
         };
         if let Some(unescaped) = simple {
-            out.push(unescaped);
+            out.extend_from_slice(unescaped.encode_utf8(&mut [0; 4]).as_bytes());
             return Ok(());
         }
         let (digits, radix) = match c {
@@ -336,8 +340,14 @@ impl Parser {
             .filter(|_| text.len() == digits)
             .ok_or_else(|| error("invalid escape sequence"))?;
         self.pos = end;
-        let unescaped = char::from_u32(code).ok_or_else(|| error("escape sequence is not a valid character"))?;
-        out.push(unescaped);
+        if matches!(c, 'u' | 'U') {
+            let unescaped = char::from_u32(code).ok_or_else(|| error("escape sequence is not a valid character"))?;
+            out.extend_from_slice(unescaped.encode_utf8(&mut [0; 4]).as_bytes());
+        } else {
+            // \x and octal escapes are single bytes.
+            let byte = u8::try_from(code).map_err(|_| error("octal escape value is larger than 255"))?;
+            out.push(byte);
+        }
         Ok(())
     }
 }
@@ -386,13 +396,19 @@ mod tests {
 
     #[test]
     fn test_parse_selector_quoted_utf8_names_and_escapes() {
-        let selector = parse_selector(r#"{"service.name"="x\"y\u00e9", `raw`=`a\b`, 'sq'='\x41\101'}"#).unwrap();
+        let selector =
+            parse_selector(r#"{"service.name"="x\"y\u00e9", `raw`=`a\b`, 'sq'='\x41\101', b="\xc3\xa9"}"#).unwrap();
         let got: Vec<_> = selector
             .matchers
             .iter()
             .map(|m| (m.name.as_str(), m.value.as_str()))
             .collect();
-        assert_eq!(got, [("service.name", "x\"yé"), ("raw", "a\\b"), ("sq", "AA")]);
+        assert_eq!(
+            got,
+            [("service.name", "x\"yé"), ("raw", "a\\b"), ("sq", "AA"), ("b", "é")]
+        );
+        assert!(parse_selector(r#"{a="\400"}"#).is_err());
+        assert!(parse_selector(r#"{a="\xff"}"#).is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use foldhash::{HashMap, HashMapExt};
 
 use crate::labels::{Label, Labels, PROFILE_ID, SPAN_ID, TRACE_ID};
-use crate::normalize::compact_symbols;
-use crate::pprof::{Profile, Sample};
+use crate::pprof::{Profile, Sample, string_at};
+use crate::symbols::SymbolTables;
 
 /// One series of a pushed profile: its labels and its part of the profile.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,85 +19,75 @@ pub struct SeriesProfile {
     pub profile: Profile,
 }
 
+/// The series labels of a sample group: sorted (name, value) pairs.
+type GroupKey<'a> = Vec<(&'a str, &'a str)>;
+
 /// Splits a normalized `profile` pushed under `series` by its sample labels.
-/// A profile without such labels is returned whole, as one series.
+/// A profile without such labels is returned whole, as one series. Each
+/// part holds only the symbols its samples use.
 pub fn split_by_sample_labels(mut profile: Profile, series: &Labels) -> Vec<SeriesProfile> {
     rename_profile_id_labels(&mut profile);
-    let kept_on_samples = [string_index(&profile, SPAN_ID), string_index(&profile, TRACE_ID)];
-    let is_series_label = |label: &crate::pprof::Label| label.str != 0 && !kept_on_samples.contains(&Some(label.key));
-    if !profile
-        .sample
-        .iter()
-        .any(|sample| sample.label.iter().any(is_series_label))
-    {
+    let samples = std::mem::take(&mut profile.sample);
+    let source = &profile;
+    let is_series_label = |label: &crate::pprof::Label| {
+        let key = string_at(source, label.key);
+        let value = string_at(source, label.str);
+        !key.is_empty() && !value.is_empty() && key != SPAN_ID && key != TRACE_ID
+    };
+    if !samples.iter().any(|sample| sample.label.iter().any(is_series_label)) {
+        let mut whole = profile;
+        whole.sample = samples;
         return vec![SeriesProfile {
             labels: series.clone(),
-            profile,
+            profile: whole,
         }];
     }
 
-    // Group samples by their series labels (as string table indexes, sorted
-    // by name so the order in a sample does not matter).
-    let mut groups: Vec<(GroupKey, Vec<Sample>)> = Vec::new();
-    let mut group_of: HashMap<GroupKey, usize> = HashMap::new();
-    for mut sample in std::mem::take(&mut profile.sample) {
-        let mut key: GroupKey = sample
+    let mut groups: Vec<(GroupKey<'_>, Vec<Sample>)> = Vec::new();
+    let mut group_of: HashMap<GroupKey<'_>, usize> = HashMap::new();
+    for mut sample in samples {
+        let mut key: GroupKey<'_> = sample
             .label
             .iter()
             .filter(|label| is_series_label(label))
-            .map(|label| (label.key, label.str))
+            .map(|label| (string_at(source, label.key), string_at(source, label.str)))
             .collect();
-        key.sort_by(|a, b| string(&profile, a.0).cmp(string(&profile, b.0)).then(a.1.cmp(&b.1)));
+        key.sort_unstable();
         sample.label.retain(|label| !is_series_label(label));
-        let index = *group_of.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        });
+        let index = match group_of.get(&key) {
+            Some(&index) => index,
+            None => {
+                group_of.insert(key.clone(), groups.len());
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            }
+        };
         groups[index].1.push(sample);
     }
 
-    let template = profile;
+    let tables = SymbolTables::new(source);
     groups
         .into_iter()
         .map(|(key, samples)| {
             let mut labels = series.clone();
             for (name, value) in key {
-                labels.set_if_absent(string(&template, name), string(&template, value));
+                labels.set_if_absent(name, value);
             }
-            let mut profile = Profile {
-                sample: samples,
-                ..template.clone()
-            };
-            compact_symbols(&mut profile);
-            SeriesProfile { labels, profile }
+            SeriesProfile {
+                labels,
+                profile: tables.extract(samples),
+            }
         })
         .collect()
 }
 
-/// The series labels of a sample group, as (name, value) string indexes.
-type GroupKey = Vec<(i64, i64)>;
-
-fn string(profile: &Profile, index: i64) -> &str {
-    crate::pprof::string_at(profile, index)
-}
-
-fn string_index(profile: &Profile, value: &str) -> Option<i64> {
-    profile
-        .string_table
-        .iter()
-        .position(|string| string == value)
-        .map(|index| index as i64)
-}
-
 /// Renames the `profile_id` sample label to `span_id`.
 fn rename_profile_id_labels(profile: &mut Profile) {
-    let Some(profile_id) = string_index(profile, PROFILE_ID) else {
-        return;
-    };
+    let is_profile_id = |profile: &Profile, key: i64| string_at(profile, key) == PROFILE_ID;
     let used = profile
         .sample
         .iter()
-        .any(|sample| sample.label.iter().any(|label| label.key == profile_id));
+        .any(|sample| sample.label.iter().any(|label| is_profile_id(profile, label.key)));
     if !used {
         return;
     }
@@ -108,11 +98,12 @@ fn rename_profile_id_labels(profile: &mut Profile) {
             profile.string_table.len() as i64 - 1
         }
     };
-    for sample in &mut profile.sample {
-        for label in &mut sample.label {
-            if label.key == profile_id {
-                label.key = span_id;
-            }
+    let profile_id_indexes: Vec<i64> = (0..profile.string_table.len() as i64)
+        .filter(|&index| is_profile_id(profile, index))
+        .collect();
+    for label in profile.sample.iter_mut().flat_map(|sample| sample.label.iter_mut()) {
+        if profile_id_indexes.contains(&label.key) {
+            label.key = span_id;
         }
     }
 }
@@ -123,7 +114,7 @@ pub fn sample_labels(profile: &Profile, sample: &Sample) -> Vec<Label> {
         .label
         .iter()
         .filter(|label| label.str != 0)
-        .map(|label| Label::new(string(profile, label.key), string(profile, label.str)))
+        .map(|label| Label::new(string_at(profile, label.key), string_at(profile, label.str)))
         .collect()
 }
 
@@ -220,11 +211,11 @@ mod tests {
         assert_eq!(sample_labels(first, &first.sample[0]), [Label::new("span_id", "1234")]);
         // Unused symbols are gone from each part.
         assert_eq!(first.function.len(), 1);
-        assert_eq!(string(first, first.function[0].name), "main");
+        assert_eq!(string_at(first, first.function[0].name), "main");
         // profile_id became span_id.
         let third = &out[2].profile;
         assert_eq!(sample_labels(third, &third.sample[0]), [Label::new("span_id", "5678")]);
-        assert_eq!(string(third, third.function[0].name), "idle");
+        assert_eq!(string_at(third, third.function[0].name), "idle");
     }
 
     #[test]

@@ -377,20 +377,33 @@ fn sanitize_label_names(labels: &mut Labels) -> Result<(), ValidationError> {
         return Ok(());
     }
     let original = labels.render();
-    let mut sanitized: Vec<Label> = std::mem::take(labels)
+    // (sanitized name, value, original name)
+    let mut sanitized: Vec<(String, String, String)> = std::mem::take(labels)
         .into_vec()
         .into_iter()
-        .map(|label| Label::new(label.name.replace('.', "_"), label.value))
+        .map(|label| (label.name.replace('.', "_"), label.value, label.name))
         .collect();
     sanitized.sort();
-    sanitized.dedup();
-    if let Some(pair) = sanitized.windows(2).find(|pair| pair[0].name == pair[1].name) {
-        return Err(ValidationError::DuplicateLabelName {
-            series: original,
-            name: pair[0].name.clone(),
-        });
+    let mut kept: Vec<Label> = Vec::with_capacity(sanitized.len());
+    let mut previous: Option<&(String, String, String)> = None;
+    for entry in &sanitized {
+        if let Some(prev) = previous.filter(|prev| prev.0 == entry.0) {
+            if prev.1 != entry.1 {
+                return Err(ValidationError::DuplicateLabelName {
+                    series: original,
+                    name: entry.0.clone(),
+                });
+            }
+            // Two names made equal by the rewrite, with one value: keep one.
+            // A name given twice stays twice, for the duplicate check.
+            if prev.2 != entry.2 {
+                continue;
+            }
+        }
+        kept.push(Label::new(entry.0.clone(), entry.1.clone()));
+        previous = Some(entry);
     }
-    *labels = Labels::new(sanitized);
+    *labels = Labels::new(kept);
     Ok(())
 }
 

@@ -219,15 +219,8 @@ fn connect_response(codec: Codec, request_headers: &HeaderMap, message: Bytes) -
         Codec::Proto => "application/proto",
         Codec::Json => "application/json",
     };
-    let accepts_gzip = header_str(request_headers, &ACCEPT_ENCODING).is_some_and(|accepted| {
-        accepted.split(',').any(|encoding| {
-            encoding
-                .split(';')
-                .next()
-                .is_some_and(|name| name.trim().eq_ignore_ascii_case("gzip"))
-        })
-    });
-    if accepts_gzip && message.len() >= MIN_COMPRESSED_RESPONSE_BYTES {
+    let gzip_accepted = header_str(request_headers, &ACCEPT_ENCODING).is_some_and(accepts_gzip);
+    if gzip_accepted && message.len() >= MIN_COMPRESSED_RESPONSE_BYTES {
         let compressed = flamedb_model::gzip::gzip(&message);
         return (
             StatusCode::OK,
@@ -237,6 +230,21 @@ fn connect_response(codec: Codec, request_headers: &HeaderMap, message: Bytes) -
             .into_response();
     }
     (StatusCode::OK, [(CONTENT_TYPE, content_type)], message).into_response()
+}
+
+/// Returns whether an `Accept-Encoding` value accepts gzip (`q=0` refuses).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|encoding| {
+        let mut parts = encoding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let refused = parts.any(|parameter| {
+            parameter
+                .strip_prefix("q=")
+                .and_then(|quality| quality.parse::<f32>().ok())
+                .is_some_and(|quality| quality <= 0.0)
+        });
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
 }
 
 fn grpc_status_headers(outcome: &Result<Bytes, RpcError>) -> HeaderMap {
@@ -395,6 +403,16 @@ mod tests {
             map.insert(GRPC_TIMEOUT, HeaderValue::from_str(bad).unwrap());
             assert!(grpc.timeout(&map).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn test_accept_encoding() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("br, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip; q=0.0, br"));
+        assert!(!accepts_gzip("identity"));
     }
 
     #[test]

@@ -14,11 +14,21 @@ type StackKey = (Vec<Vec<(String, i64)>>, Vec<(String, String)>);
 /// Sum of values per stack over the samples normalization keeps (no
 /// negative value, not all zero).
 fn stack_totals(profile: &Profile) -> BTreeMap<StackKey, Vec<i64>> {
-    let locations: HashMap<u64, &Location> = profile.location.iter().map(|l| (l.id, l)).collect();
-    let functions: HashMap<u64, &Function> = profile.function.iter().map(|f| (f.id, f)).collect();
+    // The first of duplicated ids counts.
+    let mut locations: HashMap<u64, &Location> = HashMap::new();
+    for location in &profile.location {
+        locations.entry(location.id).or_insert(location);
+    }
+    let mut functions: HashMap<u64, &Function> = HashMap::new();
+    for function in &profile.function {
+        functions.entry(function.id).or_insert(function);
+    }
     let mut totals = BTreeMap::new();
     for sample in &profile.sample {
-        if sample.value.iter().any(|&v| v < 0) || sample.value.iter().all(|&v| v == 0) {
+        if sample.value.iter().any(|&v| v < 0)
+            || sample.value.iter().all(|&v| v == 0)
+            || sample.location_id.iter().any(|id| !locations.contains_key(id))
+        {
             continue;
         }
         let frames = sample
@@ -55,6 +65,25 @@ fn stack_totals(profile: &Profile) -> BTreeMap<StackKey, Vec<i64>> {
     totals
 }
 
+/// Every string index the profile refers to.
+fn string_refs(profile: &Profile) -> Vec<i64> {
+    let mut refs = vec![profile.drop_frames, profile.keep_frames, profile.default_sample_type];
+    refs.extend(profile.comment.iter().copied());
+    for value_type in profile.sample_type.iter().chain(profile.period_type.iter()) {
+        refs.extend([value_type.r#type, value_type.unit]);
+    }
+    for label in profile.sample.iter().flat_map(|sample| sample.label.iter()) {
+        refs.extend([label.key, label.str, label.num_unit]);
+    }
+    for mapping in &profile.mapping {
+        refs.extend([mapping.filename, mapping.build_id]);
+    }
+    for function in &profile.function {
+        refs.extend([function.name, function.system_name, function.filename]);
+    }
+    refs
+}
+
 fn arb_profile() -> impl Strategy<Value = Profile> {
     let value_count = 1..=3usize;
     (value_count, 1..=6u64, 1..=8u64, 0..=2u64).prop_flat_map(|(values, functions, locations, mappings)| {
@@ -63,7 +92,7 @@ fn arb_profile() -> impl Strategy<Value = Profile> {
         ]
         .map(String::from)
         .to_vec();
-        let function = prop::collection::vec((9..=11i64, 0..=12i64, 0..100i64), functions as usize).prop_map(|specs| {
+        let function = prop::collection::vec((9..=14i64, 0..=14i64, 0..100i64), functions as usize).prop_map(|specs| {
             specs
                 .into_iter()
                 .enumerate()
@@ -90,11 +119,14 @@ fn arb_profile() -> impl Strategy<Value = Profile> {
                 })
                 .collect::<Vec<_>>()
         });
+        // Some locations repeat the previous id; some lines and mappings
+        // point at ids that do not exist.
         let location = prop::collection::vec(
             (
-                0..=mappings,
+                0..=mappings + 1,
                 0..0x10000u64,
-                prop::collection::vec((1..=functions, 0..50i64), 0..=2),
+                prop::collection::vec((1..=functions + 1, 0..50i64), 0..=2),
+                prop::bool::weighted(0.1),
             ),
             locations as usize,
         )
@@ -102,8 +134,8 @@ fn arb_profile() -> impl Strategy<Value = Profile> {
             specs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (mapping_id, address, lines))| Location {
-                    id: i as u64 + 1,
+                .map(|(i, (mapping_id, address, lines, repeat_id))| Location {
+                    id: if repeat_id && i > 0 { i as u64 } else { i as u64 + 1 },
                     mapping_id,
                     address,
                     line: lines
@@ -120,7 +152,7 @@ fn arb_profile() -> impl Strategy<Value = Profile> {
         });
         let sample = prop::collection::vec(
             (
-                prop::collection::vec(1..=locations, 0..=5),
+                prop::collection::vec(1..=locations + 1, 0..=5),
                 prop::collection::vec(-2..8i64, values),
                 prop::collection::vec((5..=6i64, prop_oneof![Just(0i64), 7..=8i64]), 0..=2),
             ),
@@ -216,10 +248,12 @@ proptest! {
             prop_assert!(sample.label.iter().all(|l| l.str != 0 && l.key < strings && l.str < strings));
             prop_assert!(seen.insert((sample.location_id.clone(), sample.label.clone())));
         }
-        // Every string but the leading "" is referenced.
-        let mut referenced = vec![false; profile.string_table.len()];
-        for_each_string_ref(&mut profile.clone(), |index| referenced[*index as usize] = true);
-        prop_assert!(referenced.iter().skip(1).all(|&used| used));
+        // Every string but the leading "" is referenced, and only once in
+        // the table.
+        let referenced = string_refs(&profile);
+        prop_assert!((1..strings).all(|index| referenced.contains(&index)));
+        let distinct: std::collections::HashSet<&String> = profile.string_table.iter().collect();
+        prop_assert_eq!(distinct.len(), profile.string_table.len());
     }
 }
 
@@ -302,17 +336,18 @@ fn test_normalize_merges_drops_and_compacts() {
     };
     normalize(&mut profile, NOW);
     assert_eq!(profile.time_nanos, NOW);
+    // Symbols are renumbered in the order samples first use them.
     assert_eq!(
         profile.sample,
         vec![Sample {
-            location_id: vec![2, 1],
+            location_id: vec![1, 2],
             value: vec![7],
             label: vec![]
         }]
     );
     let names: Vec<&str> = profile.function.iter().map(|f| string_at(&profile, f.name)).collect();
-    assert_eq!(names, ["main", "work"]);
-    assert_eq!(profile.string_table, ["", "cpu", "ns", "main", "work"]);
+    assert_eq!(names, ["work", "main"]);
+    assert_eq!(profile.string_table, ["", "cpu", "ns", "work", "main"]);
     assert_eq!(profile.location.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2]);
 }
 

@@ -261,6 +261,18 @@ fn test_validate_profile_sets_missing_time_and_truncates() {
 }
 
 #[test]
+fn test_validate_profile_keeps_what_is_at_the_limits() {
+    let mut profile = base_profile();
+    profile.sample[0].location_id = vec![2, 1]; // depth 2, the limit
+    profile.string_table.push("abcdéf".into()); // 7 bytes
+    profile.string_table.push("abcdef".into()); // 6 bytes, the limit
+    check(&mut profile).unwrap();
+    assert_eq!(profile.sample[0].location_id, [2, 1]);
+    assert_eq!(profile.string_table[profile.string_table.len() - 2], "bcdéf");
+    assert_eq!(profile.string_table.last().unwrap(), "abcdef");
+}
+
+#[test]
 fn test_validate_profile_zero_limits_mean_unlimited() {
     let mut profile = base_profile();
     for _ in 0..100 {
@@ -333,6 +345,25 @@ fn test_validate_labels_rules_at_their_boundaries() {
 }
 
 #[test]
+fn test_validate_labels_rule_order() {
+    // Too many labels is reported before the missing service name, which
+    // is reported before a long value.
+    let err = labels_check(&[
+        ("__name__", "cpu"),
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("d", "0123456789x"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.reason(), "max_label_names_per_series");
+    let err = labels_check(&[("__name__", "cpu"), ("a", "0123456789x")]).unwrap_err();
+    assert_eq!(err.reason(), "missing_labels");
+    let err = labels_check(&[("service_name", "app"), ("a", "0123456789x")]).unwrap_err();
+    assert_eq!(err.reason(), "invalid_labels");
+}
+
+#[test]
 fn test_validate_labels_message() {
     let err = labels_check(&[("__name__", "cpu"), ("service_name", "app"), ("a", "0123456789x")]).unwrap_err();
     assert_eq!(
@@ -358,6 +389,13 @@ fn test_label_sanitization_when_enabled() {
     let mut clash = Labels::from_pairs([("__name__", "cpu"), ("service_name", "app"), ("k.a", "v"), ("k_a", "w")]);
     assert_eq!(
         validate_labels(&mut clash, &sanitizing).unwrap_err().reason(),
+        "duplicate_label_names"
+    );
+
+    // A name given twice stays a duplicate, dots or not.
+    let mut twice = Labels::from_pairs([("__name__", "cpu"), ("service_name", "app"), ("a.b", "1"), ("a.b", "1")]);
+    assert_eq!(
+        validate_labels(&mut twice, &sanitizing).unwrap_err().reason(),
         "duplicate_label_names"
     );
 
