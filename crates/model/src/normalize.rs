@@ -20,7 +20,7 @@ pub fn normalize(profile: &mut Profile, now_nanos: i64) {
     }
     let samples = std::mem::take(&mut profile.sample);
     let source = std::mem::take(profile);
-    let tables = SymbolTables::new(&source);
+    let mut tables = SymbolTables::new(&source);
     let kept = samples
         .into_iter()
         .filter(|sample| {

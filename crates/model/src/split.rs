@@ -65,7 +65,7 @@ pub fn split_by_sample_labels(mut profile: Profile, series: &Labels) -> Vec<Seri
         groups[index].1.push(sample);
     }
 
-    let tables = SymbolTables::new(source);
+    let mut tables = SymbolTables::new(source);
     groups
         .into_iter()
         .map(|(key, samples)| {

@@ -7,142 +7,210 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType, string_at};
+use crate::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
-/// Lookups over the symbol tables of a source profile (the first entry of
-/// a duplicated id wins).
+/// Finds table entries by id: by position when ids are `1..=n` in order
+/// (the usual case), else through a map (the first of a duplicated id wins).
+#[derive(Debug)]
+enum IdIndex {
+    Dense(usize),
+    Sparse(HashMap<u64, usize>),
+}
+
+impl IdIndex {
+    fn new(ids: impl ExactSizeIterator<Item = u64> + Clone) -> Self {
+        let len = ids.len();
+        if ids.clone().enumerate().all(|(position, id)| id == position as u64 + 1) {
+            return Self::Dense(len);
+        }
+        let mut map = HashMap::with_capacity(len);
+        for (position, id) in ids.enumerate() {
+            map.entry(id).or_insert(position);
+        }
+        Self::Sparse(map)
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        match self {
+            Self::Dense(len) => usize::try_from(id).ok().filter(|&id| id >= 1 && id <= *len).map(|id| id - 1),
+            Self::Sparse(map) => map.get(&id).copied(),
+        }
+    }
+}
+
+/// Old position → new value, reset in O(1) between extractions.
+#[derive(Debug)]
+struct Remap {
+    values: Vec<u32>,
+    stamps: Vec<u32>,
+    generation: u32,
+}
+
+impl Remap {
+    fn new(len: usize) -> Self {
+        Self {
+            values: vec![0; len],
+            stamps: vec![0; len],
+            generation: 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamps.fill(0);
+            self.generation = 1;
+        }
+    }
+
+    fn get(&self, position: usize) -> Option<u32> {
+        (self.stamps.get(position) == Some(&self.generation)).then(|| self.values[position])
+    }
+
+    fn set(&mut self, position: usize, value: u32) {
+        if let (Some(stamp), Some(slot)) = (self.stamps.get_mut(position), self.values.get_mut(position)) {
+            *stamp = self.generation;
+            *slot = value;
+        }
+    }
+}
+
+/// The symbol tables of a source profile, and the scratch space to copy
+/// parts of them.
 #[derive(Debug)]
 pub(crate) struct SymbolTables<'a> {
     source: &'a Profile,
-    locations: HashMap<u64, &'a Location>,
-    functions: HashMap<u64, &'a Function>,
-    mappings: HashMap<u64, &'a Mapping>,
+    location_index: IdIndex,
+    function_index: IdIndex,
+    mapping_index: IdIndex,
+    locations: Remap,
+    functions: Remap,
+    mappings: Remap,
+    strings: Remap,
 }
 
 impl<'a> SymbolTables<'a> {
     pub(crate) fn new(source: &'a Profile) -> Self {
-        fn index<T>(entries: &[T], id: impl Fn(&T) -> u64) -> HashMap<u64, &T> {
-            let mut map = HashMap::with_capacity(entries.len());
-            for entry in entries {
-                map.entry(id(entry)).or_insert(entry);
-            }
-            map
-        }
         Self {
             source,
-            locations: index(&source.location, |location| location.id),
-            functions: index(&source.function, |function| function.id),
-            mappings: index(&source.mapping, |mapping| mapping.id),
+            location_index: IdIndex::new(source.location.iter().map(|location| location.id)),
+            function_index: IdIndex::new(source.function.iter().map(|function| function.id)),
+            mapping_index: IdIndex::new(source.mapping.iter().map(|mapping| mapping.id)),
+            locations: Remap::new(source.location.len()),
+            functions: Remap::new(source.function.len()),
+            mappings: Remap::new(source.mapping.len()),
+            strings: Remap::new(source.string_table.len()),
         }
     }
 
     /// Returns whether the source has a location with this id.
     pub(crate) fn has_location(&self, id: u64) -> bool {
-        self.locations.contains_key(&id)
+        self.location_index.position(id).is_some()
     }
 
     /// A profile holding `samples` (location ids and string indexes of the
     /// source) and the metadata of the source, with only the symbols the
     /// samples use. Frames of unknown locations and lines of unknown
-    /// functions are dropped; unknown mappings become 0.
-    pub(crate) fn extract(&self, samples: Vec<Sample>) -> Profile {
+    /// functions are dropped; unknown mappings become 0; out-of-range
+    /// string indexes become `""`.
+    pub(crate) fn extract(&mut self, samples: Vec<Sample>) -> Profile {
+        for remap in [&mut self.locations, &mut self.functions, &mut self.mappings, &mut self.strings] {
+            remap.reset();
+        }
         let source = self.source;
         let mut builder = Builder {
             tables: self,
-            strings: Strings::new(),
-            locations: HashMap::new(),
-            functions: HashMap::new(),
-            mappings: HashMap::new(),
+            table: vec![String::new()],
+            by_content: HashMap::new(),
             out: Profile::default(),
         };
-        let strings = &mut builder.strings;
-        let mut value_type = |value_type: &ValueType| ValueType {
-            r#type: strings.intern(source, value_type.r#type),
-            unit: strings.intern(source, value_type.unit),
-        };
-        let sample_type = source.sample_type.iter().map(&mut value_type).collect();
-        let period_type = source.period_type.as_ref().map(&mut value_type);
+        let sample_type = source.sample_type.iter().map(|value| builder.value_type(value)).collect();
+        let period_type = source.period_type.as_ref().map(|value| builder.value_type(value));
+        let comment = source.comment.iter().map(|&comment| builder.string(comment)).collect();
         builder.out = Profile {
             sample_type,
             period_type,
-            drop_frames: strings.intern(source, source.drop_frames),
-            keep_frames: strings.intern(source, source.keep_frames),
-            default_sample_type: strings.intern(source, source.default_sample_type),
-            comment: source
-                .comment
-                .iter()
-                .map(|&comment| strings.intern(source, comment))
-                .collect(),
+            comment,
+            drop_frames: builder.string(source.drop_frames),
+            keep_frames: builder.string(source.keep_frames),
+            default_sample_type: builder.string(source.default_sample_type),
             time_nanos: source.time_nanos,
             duration_nanos: source.duration_nanos,
             period: source.period,
             ..Profile::default()
         };
         builder.out.sample = samples.into_iter().map(|sample| builder.sample(sample)).collect();
-        builder.out.string_table = builder.strings.table;
+        builder.out.string_table = builder.table;
         builder.out
     }
 }
 
-/// The string table being built: content → index, `""` at 0.
-#[derive(Debug)]
-struct Strings<'a> {
-    table: Vec<String>,
-    index: HashMap<&'a str, i64>,
-}
-
-impl<'a> Strings<'a> {
-    fn new() -> Self {
-        Self {
-            table: vec![String::new()],
-            index: HashMap::new(),
-        }
-    }
-
-    /// The new index of the source's string `old` (out of range: `""`).
-    fn intern(&mut self, source: &'a Profile, old: i64) -> i64 {
-        let value = string_at(source, old);
-        if value.is_empty() {
-            return 0;
-        }
-        if let Some(&index) = self.index.get(value) {
-            return index;
-        }
-        let index = self.table.len() as i64;
-        self.table.push(value.to_owned());
-        self.index.insert(value, index);
-        index
-    }
-}
-
 struct Builder<'t, 'a> {
-    tables: &'t SymbolTables<'a>,
-    strings: Strings<'a>,
-    /// Old id → new id, for what was copied so far.
-    locations: HashMap<u64, u64>,
-    functions: HashMap<u64, u64>,
-    mappings: HashMap<u64, u64>,
+    tables: &'t mut SymbolTables<'a>,
+    /// The new string table and its content index.
+    table: Vec<String>,
+    by_content: HashMap<&'a str, u32>,
     out: Profile,
 }
 
-impl Builder<'_, '_> {
+impl<'a> Builder<'_, 'a> {
+    /// The new index of the source's string `old`; `""` and out-of-range
+    /// indexes are 0.
+    fn string(&mut self, old: i64) -> i64 {
+        let Ok(position) = usize::try_from(old) else {
+            return 0;
+        };
+        if let Some(new) = self.tables.strings.get(position) {
+            return i64::from(new);
+        }
+        let source: &'a Profile = self.tables.source;
+        let Some(value) = source.string_table.get(position).filter(|value| !value.is_empty()) else {
+            return 0;
+        };
+        let new = match self.by_content.get(value.as_str()) {
+            Some(&new) => new,
+            None => {
+                let new = self.table.len() as u32;
+                self.table.push(value.clone());
+                self.by_content.insert(value, new);
+                new
+            }
+        };
+        self.tables.strings.set(position, new);
+        i64::from(new)
+    }
+
+    fn value_type(&mut self, value_type: &ValueType) -> ValueType {
+        ValueType {
+            r#type: self.string(value_type.r#type),
+            unit: self.string(value_type.unit),
+        }
+    }
+
     fn sample(&mut self, mut sample: Sample) -> Sample {
-        sample.location_id = sample.location_id.iter().filter_map(|&id| self.location(id)).collect();
-        let source = self.tables.source;
+        sample.location_id.retain_mut(|id| match self.location(*id) {
+            Some(new) => {
+                *id = new;
+                true
+            }
+            None => false,
+        });
         for label in &mut sample.label {
             let Label { key, str, num_unit, .. } = label;
-            *key = self.strings.intern(source, *key);
-            *str = self.strings.intern(source, *str);
-            *num_unit = self.strings.intern(source, *num_unit);
+            *key = self.string(*key);
+            *str = self.string(*str);
+            *num_unit = self.string(*num_unit);
         }
         sample
     }
 
     fn location(&mut self, old: u64) -> Option<u64> {
-        if let Some(&new) = self.locations.get(&old) {
-            return Some(new);
+        let position = self.tables.location_index.position(old)?;
+        if let Some(new) = self.tables.locations.get(position) {
+            return Some(u64::from(new));
         }
-        let location = *self.tables.locations.get(&old)?;
+        let source: &'a Profile = self.tables.source;
+        let location: &Location = &source.location[position];
         let mapping_id = self.mapping(location.mapping_id);
         let line = location
             .line
@@ -154,53 +222,60 @@ impl Builder<'_, '_> {
                 })
             })
             .collect();
-        let new = self.out.location.len() as u64 + 1;
+        let new = self.out.location.len() as u32 + 1;
         self.out.location.push(Location {
-            id: new,
+            id: u64::from(new),
             mapping_id,
             address: location.address,
             line,
             is_folded: location.is_folded,
         });
-        self.locations.insert(old, new);
-        Some(new)
+        self.tables.locations.set(position, new);
+        Some(u64::from(new))
     }
 
     fn function(&mut self, old: u64) -> Option<u64> {
-        if let Some(&new) = self.functions.get(&old) {
-            return Some(new);
+        let position = self.tables.function_index.position(old)?;
+        if let Some(new) = self.tables.functions.get(position) {
+            return Some(u64::from(new));
         }
-        let function = *self.tables.functions.get(&old)?;
-        let source = self.tables.source;
-        let new = self.out.function.len() as u64 + 1;
-        self.out.function.push(Function {
-            id: new,
-            name: self.strings.intern(source, function.name),
-            system_name: self.strings.intern(source, function.system_name),
-            filename: self.strings.intern(source, function.filename),
+        let source: &'a Profile = self.tables.source;
+        let function: &Function = &source.function[position];
+        let new = self.out.function.len() as u32 + 1;
+        let copy = Function {
+            id: u64::from(new),
+            name: self.string(function.name),
+            system_name: self.string(function.system_name),
+            filename: self.string(function.filename),
             start_line: function.start_line,
-        });
-        self.functions.insert(old, new);
-        Some(new)
+        };
+        self.out.function.push(copy);
+        self.tables.functions.set(position, new);
+        Some(u64::from(new))
     }
 
     /// The new id of a mapping; 0 (none) for 0 and unknown ids.
     fn mapping(&mut self, old: u64) -> u64 {
-        if let Some(&new) = self.mappings.get(&old) {
-            return new;
+        if old == 0 {
+            return 0;
         }
-        let Some(&mapping) = self.tables.mappings.get(&old).filter(|_| old != 0) else {
+        let Some(position) = self.tables.mapping_index.position(old) else {
             return 0;
         };
-        let source = self.tables.source;
-        let new = self.out.mapping.len() as u64 + 1;
-        self.out.mapping.push(Mapping {
-            id: new,
-            filename: self.strings.intern(source, mapping.filename),
-            build_id: self.strings.intern(source, mapping.build_id),
+        if let Some(new) = self.tables.mappings.get(position) {
+            return u64::from(new);
+        }
+        let source: &'a Profile = self.tables.source;
+        let mapping: &Mapping = &source.mapping[position];
+        let new = self.out.mapping.len() as u32 + 1;
+        let copy = Mapping {
+            id: u64::from(new),
+            filename: self.string(mapping.filename),
+            build_id: self.string(mapping.build_id),
             ..*mapping
-        });
-        self.mappings.insert(old, new);
-        new
+        };
+        self.out.mapping.push(copy);
+        self.tables.mappings.set(position, new);
+        u64::from(new)
     }
 }
