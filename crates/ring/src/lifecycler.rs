@@ -1,0 +1,393 @@
+//! The lifecycler takes an instance through the ring: it registers
+//! (PENDING), takes tokens (from the tokens file, from its own previous
+//! registration, or freshly generated), optionally holds them in JOINING
+//! for an observe period to settle conflicts, turns ACTIVE and heartbeats.
+//! On stop it turns LEAVING (no new writes, reads still served), keeps
+//! heartbeating while the owner's shutdown work (a flush) runs, then leaves
+//! the ring. While ACTIVE it also forgets instances whose heartbeat is
+//! older than the auto-forget period.
+//!
+//! ```text
+//!  PENDING ──(tokens)──▶ [JOINING ──observe──▶] ACTIVE ──stop──▶ LEAVING ──work done──▶ (left)
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{LifecyclerConfig, RingConfig};
+use crate::desc::{InstanceDesc, InstanceState, now_ms};
+use crate::ring::Ring;
+use crate::store::{Members, RingStore, StoreError};
+use crate::tokens::{TokensFileError, generate_tokens, load_tokens, save_tokens};
+
+/// How long to wait for gossip to deliver the ring before taking tokens.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rounds of conflict resolution in JOINING before giving up.
+const MAX_OBSERVE_ROUNDS: usize = 10;
+
+/// Why the lifecycler stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecyclerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    TokensFile(#[from] TokensFileError),
+    #[error("the lifecycler task of {instance_id} failed: {message}")]
+    Task { instance_id: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Leaving,
+    Finish,
+}
+
+/// Starts lifecyclers.
+#[derive(Debug)]
+pub struct Lifecycler;
+
+impl Lifecycler {
+    /// Registers the instance in `ring` and runs its life in a task.
+    pub fn start(ring: &'static str, config: LifecyclerConfig, store: Arc<dyn RingStore>) -> LifecyclerHandle {
+        let (state_tx, state_rx) = watch::channel(InstanceState::Pending);
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let members = store.watch(ring);
+        let task = Task {
+            ring,
+            config: config.clone(),
+            store,
+            state: state_tx,
+            phase: phase_rx,
+            tokens: Vec::new(),
+            registered_ms: now_ms(),
+        };
+        let join = tokio::spawn(task.run());
+        LifecyclerHandle {
+            ring,
+            instance_id: config.instance_id,
+            state: state_rx,
+            members,
+            phase: phase_tx,
+            join,
+        }
+    }
+}
+
+/// Controls a running lifecycler.
+#[must_use = "the instance leaves the ring only through stop()"]
+#[derive(Debug)]
+pub struct LifecyclerHandle {
+    ring: &'static str,
+    instance_id: String,
+    state: watch::Receiver<InstanceState>,
+    members: watch::Receiver<Members>,
+    phase: watch::Sender<Phase>,
+    join: JoinHandle<Result<(), LifecyclerError>>,
+}
+
+impl LifecyclerHandle {
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn ring(&self) -> &'static str {
+        self.ring
+    }
+
+    pub fn state(&self) -> InstanceState {
+        *self.state.borrow()
+    }
+
+    /// Ready: ACTIVE, and the ring as this process sees it says so too.
+    pub fn is_ready(&self) -> bool {
+        self.state() == InstanceState::Active
+            && self
+                .members
+                .borrow()
+                .iter()
+                .any(|desc| desc.id == self.instance_id && desc.state == InstanceState::Active)
+    }
+
+    /// Waits until the instance is in `state`.
+    pub async fn wait_for_state(&mut self, state: InstanceState) {
+        let _ = self.state.wait_for(|current| *current == state).await;
+    }
+
+    /// Turns LEAVING, runs `shutdown_work` while still heartbeating, waits
+    /// the final sleep and leaves the ring.
+    pub async fn stop<F: Future<Output = ()>>(mut self, shutdown_work: F) -> Result<(), LifecyclerError> {
+        let _ = self.phase.send(Phase::Leaving);
+        if !self.join.is_finished() {
+            let _ = self.state.wait_for(|state| *state == InstanceState::Leaving).await;
+        }
+        shutdown_work.await;
+        let _ = self.phase.send(Phase::Finish);
+        match self.join.await {
+            Ok(result) => result,
+            Err(err) => Err(LifecyclerError::Task {
+                instance_id: self.instance_id,
+                message: err.to_string(),
+            }),
+        }
+    }
+}
+
+struct Task {
+    ring: &'static str,
+    config: LifecyclerConfig,
+    store: Arc<dyn RingStore>,
+    state: watch::Sender<InstanceState>,
+    phase: watch::Receiver<Phase>,
+    tokens: Vec<u32>,
+    registered_ms: i64,
+}
+
+impl Task {
+    async fn run(mut self) -> Result<(), LifecyclerError> {
+        let result = self.live().await;
+        if let Err(err) = &result {
+            warn!(ring = self.ring, instance = %self.config.instance_id, error = %err, "lifecycler failed");
+        }
+        result
+    }
+
+    async fn live(&mut self) -> Result<(), LifecyclerError> {
+        if !self.store.wait_until_synced(SYNC_TIMEOUT).await {
+            warn!(
+                ring = self.ring,
+                "did not hear from other members in time; taking tokens from what is known"
+            );
+        }
+        self.register().await?;
+        if self.state() == InstanceState::Pending && self.join().await?.is_none() {
+            return self.leave().await;
+        }
+        self.heartbeat_until_stopped().await
+    }
+
+    fn state(&self) -> InstanceState {
+        *self.state.borrow()
+    }
+
+    fn members(&self) -> Members {
+        self.store.watch(self.ring).borrow().clone()
+    }
+
+    fn desc(&self) -> InstanceDesc {
+        InstanceDesc {
+            id: self.config.instance_id.clone(),
+            addr: self.config.addr.clone(),
+            zone: self.config.zone.clone(),
+            state: self.state(),
+            tokens: self.tokens.clone(),
+            heartbeat_ms: now_ms(),
+            registered_ms: self.registered_ms,
+        }
+    }
+
+    async fn set_state(&mut self, state: InstanceState) -> Result<(), LifecyclerError> {
+        self.state.send_replace(state);
+        self.store.publish(self.ring, self.desc()).await?;
+        info!(ring = self.ring, instance = %self.config.instance_id, %state, tokens = self.tokens.len(), "ring state");
+        Ok(())
+    }
+
+    /// Takes tokens from the tokens file or a previous registration of the
+    /// same instance, and registers.
+    async fn register(&mut self) -> Result<(), LifecyclerError> {
+        let previous = self
+            .members()
+            .iter()
+            .find(|desc| desc.id == self.config.instance_id)
+            .cloned();
+        let from_file = match &self.config.tokens_file {
+            Some(path) => match load_tokens(path) {
+                Ok(tokens) => tokens.filter(|tokens| !tokens.is_empty()),
+                Err(err) => {
+                    warn!(error = %err, "ignoring the tokens file; taking new tokens");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(previous) = &previous {
+            self.registered_ms = previous.registered_ms;
+        }
+        let state = match (from_file, previous) {
+            (Some(tokens), _) => {
+                info!(ring = self.ring, tokens = tokens.len(), "tokens from the tokens file");
+                self.tokens = tokens;
+                InstanceState::Active
+            }
+            (None, Some(previous))
+                if !previous.tokens.is_empty()
+                    && matches!(previous.state, InstanceState::Active | InstanceState::Leaving) =>
+            {
+                info!(
+                    ring = self.ring,
+                    tokens = previous.tokens.len(),
+                    "taking back the tokens of the previous registration"
+                );
+                self.tokens = previous.tokens;
+                InstanceState::Active
+            }
+            _ => InstanceState::Pending,
+        };
+        if state == InstanceState::Active {
+            self.top_up_tokens();
+            self.save_tokens()?;
+        }
+        self.set_state(state).await
+    }
+
+    /// Brings the token count to what is configured (fewer: new ones are
+    /// generated; more: the extra are dropped).
+    fn top_up_tokens(&mut self) {
+        let wanted = self.config.num_tokens;
+        if self.tokens.len() > wanted {
+            self.tokens.truncate(wanted);
+        } else if self.tokens.len() < wanted {
+            let taken = self.taken_tokens();
+            let mut taken: Vec<(u32, &str)> = taken.iter().map(|(token, owner)| (*token, owner.as_str())).collect();
+            taken.extend(
+                self.tokens
+                    .iter()
+                    .map(|&token| (token, self.config.instance_id.as_str())),
+            );
+            let extra = generate_tokens(wanted - self.tokens.len(), &taken, &mut rand::rng());
+            self.tokens.extend(extra);
+        }
+        self.tokens.sort_unstable();
+        self.tokens.dedup();
+    }
+
+    /// Tokens of the other members, with their owners.
+    fn taken_tokens(&self) -> Vec<(u32, String)> {
+        self.members()
+            .iter()
+            .filter(|desc| desc.id != self.config.instance_id)
+            .flat_map(|desc| desc.tokens.iter().map(|&token| (token, desc.id.clone())))
+            .collect()
+    }
+
+    fn save_tokens(&self) -> Result<(), LifecyclerError> {
+        if let Some(path) = &self.config.tokens_file {
+            save_tokens(path, &self.tokens)?;
+        }
+        Ok(())
+    }
+
+    /// PENDING → (JOINING →) ACTIVE. `None` when stopped on the way.
+    async fn join(&mut self) -> Result<Option<()>, LifecyclerError> {
+        if !self.sleep_unless_stopped(self.config.join_after).await {
+            return Ok(None);
+        }
+        self.tokens.clear();
+        self.top_up_tokens();
+        if !self.config.observe_period.is_zero() {
+            self.set_state(InstanceState::Joining).await?;
+            for _ in 0..MAX_OBSERVE_ROUNDS {
+                if !self.sleep_unless_stopped(self.config.observe_period).await {
+                    return Ok(None);
+                }
+                let ring = Ring::new(self.members().to_vec(), RingConfig::default());
+                let before = self.tokens.len();
+                self.tokens
+                    .retain(|&token| ring.token_holder(token) == Some(self.config.instance_id.as_str()));
+                if self.tokens.len() == before {
+                    break;
+                }
+                warn!(
+                    ring = self.ring,
+                    lost = before - self.tokens.len(),
+                    "tokens lost to conflicts; taking others"
+                );
+                self.top_up_tokens();
+                self.set_state(InstanceState::Joining).await?;
+            }
+        }
+        self.save_tokens()?;
+        self.set_state(InstanceState::Active).await?;
+        Ok(Some(()))
+    }
+
+    /// Sleeps `duration`; false if a stop arrived first.
+    async fn sleep_unless_stopped(&mut self, duration: Duration) -> bool {
+        if *self.phase.borrow() != Phase::Running {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(duration) => true,
+            _ = self.phase.wait_for(|phase| *phase != Phase::Running) => false,
+        }
+    }
+
+    async fn heartbeat_until_stopped(&mut self) -> Result<(), LifecyclerError> {
+        let mut interval = tokio::time::interval(self.config.heartbeat_period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let phase = *self.phase.borrow_and_update();
+            match phase {
+                Phase::Leaving if self.state() != InstanceState::Leaving => {
+                    self.set_state(InstanceState::Leaving).await?;
+                }
+                Phase::Finish => return self.leave().await,
+                Phase::Running | Phase::Leaving => {}
+            }
+            tokio::select! {
+                _ = interval.tick() => {
+                    let heartbeat = self.store.heartbeat(self.ring, &self.config.instance_id, now_ms()).await;
+                    if let Err(err) = heartbeat {
+                        warn!(ring = self.ring, error = %err, "heartbeat failed");
+                    }
+                    if self.state() == InstanceState::Active {
+                        self.forget_dead_members().await;
+                    }
+                }
+                _ = self.phase.changed() => {}
+            }
+        }
+    }
+
+    /// Forgets members unhealthy for longer than the auto-forget period.
+    async fn forget_dead_members(&self) {
+        let now = now_ms();
+        let dead: Vec<InstanceDesc> = self
+            .members()
+            .iter()
+            .filter(|desc| desc.id != self.config.instance_id)
+            .filter(|desc| desc.heartbeat_age(now) > self.config.auto_forget_unhealthy_period)
+            .cloned()
+            .collect();
+        for desc in dead {
+            match self.store.forget(self.ring, &desc.id).await {
+                Ok(()) => info!(
+                    ring = self.ring,
+                    instance = %desc.id,
+                    heartbeat_age_seconds = desc.heartbeat_age(now).as_secs(),
+                    "forgot an instance unhealthy for longer than the auto-forget period"
+                ),
+                Err(err) => warn!(ring = self.ring, instance = %desc.id, error = %err, "cannot forget instance"),
+            }
+        }
+    }
+
+    async fn leave(&mut self) -> Result<(), LifecyclerError> {
+        if self.state() != InstanceState::Leaving {
+            self.set_state(InstanceState::Leaving).await?;
+        }
+        tokio::time::sleep(self.config.final_sleep).await;
+        self.store.leave(self.ring, &self.config.instance_id).await?;
+        info!(ring = self.ring, instance = %self.config.instance_id, "left the ring");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
