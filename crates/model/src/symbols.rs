@@ -32,7 +32,10 @@ impl IdIndex {
 
     fn position(&self, id: u64) -> Option<usize> {
         match self {
-            Self::Dense(len) => usize::try_from(id).ok().filter(|&id| id >= 1 && id <= *len).map(|id| id - 1),
+            Self::Dense(len) => usize::try_from(id)
+                .ok()
+                .filter(|&id| id >= 1 && id <= *len)
+                .map(|id| id - 1),
             Self::Sparse(map) => map.get(&id).copied(),
         }
     }
@@ -114,7 +117,12 @@ impl<'a> SymbolTables<'a> {
     /// functions are dropped; unknown mappings become 0; out-of-range
     /// string indexes become `""`.
     pub(crate) fn extract(&mut self, samples: Vec<Sample>) -> Profile {
-        for remap in [&mut self.locations, &mut self.functions, &mut self.mappings, &mut self.strings] {
+        for remap in [
+            &mut self.locations,
+            &mut self.functions,
+            &mut self.mappings,
+            &mut self.strings,
+        ] {
             remap.reset();
         }
         let source = self.source;
@@ -124,7 +132,11 @@ impl<'a> SymbolTables<'a> {
             by_content: HashMap::new(),
             out: Profile::default(),
         };
-        let sample_type = source.sample_type.iter().map(|value| builder.value_type(value)).collect();
+        let sample_type = source
+            .sample_type
+            .iter()
+            .map(|value| builder.value_type(value))
+            .collect();
         let period_type = source.period_type.as_ref().map(|value| builder.value_type(value));
         let comment = source.comment.iter().map(|&comment| builder.string(comment)).collect();
         builder.out = Profile {

@@ -31,35 +31,19 @@ struct RingLabel {
     ring: &'static str,
 }
 
+/// The ring metrics of a process, shared by its ring views (each labels
+/// its series with its ring name).
 #[derive(Debug, Clone)]
-struct RingMetrics {
+pub struct RingMetrics {
     members: Family<MemberLabels, Gauge>,
     oldest_heartbeat: Family<RingLabel, Gauge>,
 }
 
-/// The latest snapshot of a ring.
-#[derive(Debug, Clone)]
-pub struct RingClient {
-    name: &'static str,
-    snapshot: watch::Receiver<Arc<Ring>>,
-}
-
-impl RingClient {
-    /// Follows ring `name` in `store` until `cancel`; registers the ring
-    /// metrics (labelled with the ring name) on `registry`.
-    pub fn start(
-        name: &'static str,
-        store: &Arc<dyn RingStore>,
-        config: RingConfig,
-        registry: &mut Registry,
-        cancel: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
-        let mut members = store.watch(name);
-        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Ring::new(
-            members.borrow_and_update().to_vec(),
-            config.clone(),
-        )));
-        let metrics = RingMetrics {
+impl RingMetrics {
+    /// Registers `flamedb_ring_members` and
+    /// `flamedb_ring_oldest_heartbeat_age_seconds`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
             members: Family::default(),
             oldest_heartbeat: Family::default(),
         };
@@ -73,6 +57,30 @@ impl RingClient {
             "Age of the oldest heartbeat of any instance in the ring",
             metrics.oldest_heartbeat.clone(),
         );
+        metrics
+    }
+}
+
+/// The latest snapshot of a ring.
+#[derive(Debug, Clone)]
+pub struct RingClient {
+    name: &'static str,
+    snapshot: watch::Receiver<Arc<Ring>>,
+}
+
+impl RingClient {
+    /// Follows ring `name` in `store` until `cancel`, recording its
+    /// metrics in `metrics`.
+    pub fn start(
+        name: &'static str,
+        store: &Arc<dyn RingStore>,
+        config: RingConfig,
+        metrics: RingMetrics,
+        cancel: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let mut members = store.watch(name);
+        let initial = Ring::new(members.borrow_and_update().to_vec(), config.clone());
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(initial));
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_INTERVAL);
             loop {

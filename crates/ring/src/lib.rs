@@ -18,7 +18,7 @@ mod ring;
 mod store;
 mod tokens;
 
-pub use client::RingClient;
+pub use client::{RingClient, RingMetrics};
 pub use config::{LifecyclerConfig, MemberlistConfig, RingConfig};
 pub use desc::{InstanceDesc, InstanceState, now_ms};
 pub use lifecycler::{Lifecycler, LifecyclerError, LifecyclerHandle};

@@ -106,12 +106,13 @@ impl LifecyclerHandle {
 
     /// Ready: ACTIVE, and the ring as this process sees it says so too.
     pub fn is_ready(&self) -> bool {
-        self.state() == InstanceState::Active
-            && self
-                .members
-                .borrow()
-                .iter()
-                .any(|desc| desc.id == self.instance_id && desc.state == InstanceState::Active)
+        is_ready(&self.state, &self.members, &self.instance_id)
+    }
+
+    /// [`Self::is_ready`] as a function that outlives the handle.
+    pub fn readiness_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (state, members, instance_id) = (self.state.clone(), self.members.clone(), self.instance_id.clone());
+        move || is_ready(&state, &members, &instance_id)
     }
 
     /// Waits until the instance is in `state`.
@@ -136,6 +137,14 @@ impl LifecyclerHandle {
             }),
         }
     }
+}
+
+fn is_ready(state: &watch::Receiver<InstanceState>, members: &watch::Receiver<Members>, instance_id: &str) -> bool {
+    *state.borrow() == InstanceState::Active
+        && members
+            .borrow()
+            .iter()
+            .any(|desc| desc.id == instance_id && desc.state == InstanceState::Active)
 }
 
 struct Task {

@@ -22,6 +22,8 @@ pub enum FlagKind {
     /// A duration such as `30s`, `1m30s` or `2h`.
     Duration,
     String,
+    /// Comma-separated values; the flag may also be given several times.
+    List,
 }
 
 /// A command-line flag and the configuration key it sets.
@@ -148,6 +150,174 @@ pub const FLAGS: &[Flag] = &[
         FlagKind::Bool,
         "Accept any UTF-8 label name; when false, names follow [A-Za-z_.][A-Za-z0-9_.]* and dots become underscores.",
     ),
+    flag(
+        "ingester.lifecycler.ID",
+        "ingester.lifecycler.id",
+        FlagKind::String,
+        "Instance ID of the ingester in the ring; empty: the hostname.",
+    ),
+    flag(
+        "ingester.lifecycler.addr",
+        "ingester.lifecycler.address",
+        FlagKind::String,
+        "Address advertised in the ring; empty: the HTTP listen address if it is an IP, else the first private IP.",
+    ),
+    flag(
+        "ingester.lifecycler.port",
+        "ingester.lifecycler.port",
+        FlagKind::Int,
+        "Port advertised in the ring; 0: the HTTP port.",
+    ),
+    flag(
+        "ingester.availability-zone",
+        "ingester.lifecycler.availability_zone",
+        FlagKind::String,
+        "Availability zone of the ingester (with zone awareness, one replica per zone).",
+    ),
+    flag(
+        "ingester.num-tokens",
+        "ingester.lifecycler.num_tokens",
+        FlagKind::Int,
+        "Tokens each ingester holds in the ring.",
+    ),
+    flag(
+        "ingester.heartbeat-period",
+        "ingester.lifecycler.heartbeat_period",
+        FlagKind::Duration,
+        "How often an ingester heartbeats in the ring.",
+    ),
+    flag(
+        "ingester.join-after",
+        "ingester.lifecycler.join_after",
+        FlagKind::Duration,
+        "Wait before taking tokens, to see the ring first.",
+    ),
+    flag(
+        "ingester.observe-period",
+        "ingester.lifecycler.observe_period",
+        FlagKind::Duration,
+        "Hold new tokens in JOINING this long and replace any lost to a conflict; 0s: turn ACTIVE at once.",
+    ),
+    flag(
+        "ingester.final-sleep",
+        "ingester.lifecycler.final_sleep",
+        FlagKind::Duration,
+        "Pause in LEAVING after the shutdown flush, before leaving the ring.",
+    ),
+    flag(
+        "ingester.tokens-file-path",
+        "ingester.lifecycler.tokens_file_path",
+        FlagKind::String,
+        "File that keeps the ingester's tokens across restarts; empty: not kept.",
+    ),
+    flag(
+        "ring.store",
+        "ingester.lifecycler.ring.kvstore.store",
+        FlagKind::String,
+        "Where rings are kept: inmemory (one process) or memberlist (gossip); unset: inmemory for -target=all, else memberlist.",
+    ),
+    flag(
+        "ring.heartbeat-timeout",
+        "ingester.lifecycler.ring.heartbeat_timeout",
+        FlagKind::Duration,
+        "An ingester whose last heartbeat is older is UNHEALTHY.",
+    ),
+    flag(
+        "ring.auto-forget-unhealthy-period",
+        "ingester.lifecycler.ring.auto_forget_unhealthy_period",
+        FlagKind::Duration,
+        "Ingesters unhealthy this long are removed from the ring; unset: 10 x the heartbeat timeout.",
+    ),
+    flag(
+        "distributor.replication-factor",
+        "ingester.lifecycler.ring.replication_factor",
+        FlagKind::Int,
+        "Copies of each series; a write succeeds once a quorum (RF/2+1) has it. Unset: 1 for -target=all, else 3.",
+    ),
+    flag(
+        "distributor.zone-awareness-enabled",
+        "ingester.lifecycler.ring.zone_awareness_enabled",
+        FlagKind::Bool,
+        "Place the replicas of a series in different availability zones.",
+    ),
+    flag(
+        "distributor.ring.instance-id",
+        "distributor.ring.instance_id",
+        FlagKind::String,
+        "Instance ID of the distributor in the distributor ring; empty: the hostname.",
+    ),
+    flag(
+        "distributor.ring.instance-addr",
+        "distributor.ring.instance_addr",
+        FlagKind::String,
+        "Address advertised in the distributor ring; empty: as for ingesters.",
+    ),
+    flag(
+        "distributor.ring.heartbeat-period",
+        "distributor.ring.heartbeat_period",
+        FlagKind::Duration,
+        "How often a distributor heartbeats in the distributor ring.",
+    ),
+    flag(
+        "distributor.ring.heartbeat-timeout",
+        "distributor.ring.heartbeat_timeout",
+        FlagKind::Duration,
+        "A distributor whose last heartbeat is older is UNHEALTHY (and forgotten after 10 x this).",
+    ),
+    flag(
+        "memberlist.nodename",
+        "memberlist.node_name",
+        FlagKind::String,
+        "Name of this process in gossip; empty: the hostname.",
+    ),
+    flag(
+        "memberlist.randomize-node-name",
+        "memberlist.randomize_node_name",
+        FlagKind::Bool,
+        "Add a random suffix to the gossip name.",
+    ),
+    flag(
+        "memberlist.join",
+        "memberlist.join_members",
+        FlagKind::List,
+        "Members to join, host:port, comma-separated or repeated.",
+    ),
+    flag(
+        "memberlist.bind-addr",
+        "memberlist.bind_addr",
+        FlagKind::String,
+        "IP address gossip listens on; empty: every interface.",
+    ),
+    flag(
+        "memberlist.bind-port",
+        "memberlist.bind_port",
+        FlagKind::Int,
+        "UDP port for gossip; 0 picks a free port.",
+    ),
+    flag(
+        "memberlist.advertise-addr",
+        "memberlist.advertise_addr",
+        FlagKind::String,
+        "Address peers gossip to; empty: as for ingesters.",
+    ),
+    flag(
+        "memberlist.advertise-port",
+        "memberlist.advertise_port",
+        FlagKind::Int,
+        "Port peers gossip to; 0: the bind port.",
+    ),
+    flag(
+        "memberlist.cluster-label",
+        "memberlist.cluster_label",
+        FlagKind::String,
+        "Clusters with different labels never merge, even on one network.",
+    ),
+    flag(
+        "memberlist.gossip-interval",
+        "memberlist.gossip_interval",
+        FlagKind::Duration,
+        "How often each process gossips.",
+    ),
 ];
 
 const CONFIG_FILE: &str = "config.file";
@@ -233,6 +403,13 @@ fn command() -> clap::Command {
         let arg = Arg::new(flag.name)
             .long(flag.name)
             .help(format!("{} [default: {default}] (YAML: {})", flag.help, flag.path));
+        // As with Go's flags, a flag given twice takes its last value (a
+        // list collects them all).
+        let arg = if flag.kind == FlagKind::List {
+            arg
+        } else {
+            arg.overrides_with(flag.name)
+        };
         let arg = match flag.kind {
             FlagKind::Bool => arg
                 .value_name("BOOL")
@@ -242,6 +419,7 @@ fn command() -> clap::Command {
             FlagKind::Int => arg.value_name("N"),
             FlagKind::Duration => arg.value_name("DURATION"),
             FlagKind::String => arg.value_name("VALUE"),
+            FlagKind::List => arg.value_name("VALUES").action(ArgAction::Append),
         };
         command = command.arg(arg);
     }
@@ -254,6 +432,8 @@ fn lookup<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
 
 fn render_default(value: &Value) -> String {
     match value {
+        Value::Null => "depends on -target".to_owned(),
+        Value::Sequence(values) if values.is_empty() => "none".to_owned(),
         Value::String(text) if text.is_empty() => "\"\"".to_owned(),
         Value::String(text) => text.clone(),
         other => serde_norway::to_string(other).unwrap_or_default().trim_end().to_owned(),
@@ -264,6 +444,19 @@ fn render_default(value: &Value) -> String {
 fn apply_flags(matches: &ArgMatches, tree: &mut Value) -> Result<(), CliError> {
     for flag in FLAGS {
         if matches.value_source(flag.name) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        if flag.kind == FlagKind::List {
+            let values = matches
+                .get_many::<String>(flag.name)
+                .into_iter()
+                .flatten()
+                .flat_map(|value| value.split(','))
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+                .map(|value| Value::String(value.to_owned()))
+                .collect();
+            set(tree, flag.path, Value::Sequence(values));
             continue;
         }
         let Some(text) = matches.get_one::<String>(flag.name) else {
@@ -290,6 +483,7 @@ fn apply_flags(matches: &ArgMatches, tree: &mut Value) -> Result<(), CliError> {
                 Value::String(text.clone())
             }
             FlagKind::String => Value::String(text.clone()),
+            FlagKind::List => continue,
         };
         set(tree, flag.path, value);
     }
@@ -326,7 +520,7 @@ mod tests {
 
     #[test]
     fn test_no_arguments_gives_the_defaults() {
-        assert_eq!(run(&[]).unwrap(), Config::default());
+        assert_eq!(run(&[]).unwrap(), Config::default().resolved());
     }
 
     #[test]
@@ -347,6 +541,17 @@ mod tests {
         assert_eq!(config.limits.reject_older_than, Duration::from_secs(7200));
         assert_eq!(config.server.log_format, crate::config::LogFormat::Json);
         assert!(!run(&["-auth.multitenancy-enabled=false"]).unwrap().multitenancy_enabled);
+        let twice = run(&["-server.http-listen-port=1", "-server.http-listen-port=2"]).unwrap();
+        assert_eq!(twice.server.http_listen_port, 2);
+        let joined = run(&[
+            "-memberlist.join=a:1,b:2",
+            "-memberlist.join",
+            "c:3",
+            "-distributor.replication-factor=2",
+        ])
+        .unwrap();
+        assert_eq!(joined.memberlist.join_members, ["a:1", "b:2", "c:3"]);
+        assert_eq!(joined.ingester.lifecycler.ring.replication_factor, Some(2));
     }
 
     #[test]

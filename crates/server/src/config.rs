@@ -1,7 +1,10 @@
 //! The configuration of a `flamedb` process: YAML keys follow Pyroscope's
-//! (`target`, `server`, `limits`, `multitenancy_enabled`, ...), so a
-//! Pyroscope configuration reads the same here. Precedence: built-in
-//! defaults < the `-config.file` YAML < command-line flags.
+//! (`target`, `server`, `limits`, `ingester`, `memberlist`, ...).
+//! Precedence: built-in defaults < the `-config.file` YAML < command-line
+//! flags. Settings whose default depends on the target are resolved after
+//! loading, so the running configuration shows what is used.
+
+mod membership;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -9,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use flamedb_model::ValidationLimits;
+pub use membership::{DistributorSettings, IngesterSettings, MemberlistSettings, StoreKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
 
@@ -23,6 +27,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Per-tenant limits (the defaults for every tenant).
     pub limits: ValidationLimits,
+    pub ingester: IngesterSettings,
+    pub distributor: DistributorSettings,
+    pub memberlist: MemberlistSettings,
 }
 
 impl Default for Config {
@@ -32,6 +39,9 @@ impl Default for Config {
             multitenancy_enabled: false,
             server: ServerConfig::default(),
             limits: ValidationLimits::default(),
+            ingester: IngesterSettings::default(),
+            distributor: DistributorSettings::default(),
+            memberlist: MemberlistSettings::default(),
         }
     }
 }
@@ -223,7 +233,35 @@ impl Config {
             message: err.into_inner().to_string(),
         })?;
         config.validate()?;
-        Ok(config)
+        Ok(config.resolved())
+    }
+
+    /// Fills in the settings whose default depends on the target: the ring
+    /// store (in memory for `all`, gossip otherwise), the replication
+    /// factor (1 for `all`, else 3) and the auto-forget period (10 × the
+    /// heartbeat timeout).
+    pub fn resolved(mut self) -> Self {
+        let single_binary = self.target.0 == [Target::All];
+        let ring = &mut self.ingester.lifecycler.ring;
+        ring.kvstore.store.get_or_insert(if single_binary {
+            StoreKind::Inmemory
+        } else {
+            StoreKind::Memberlist
+        });
+        ring.replication_factor.get_or_insert(if single_binary { 1 } else { 3 });
+        let timeout = ring.heartbeat_timeout;
+        ring.auto_forget_unhealthy_period.get_or_insert(timeout * 10);
+        self
+    }
+
+    /// The defaults this configuration is compared with: the built-in
+    /// ones, for the same target, resolved.
+    pub fn defaults_for_target(&self) -> Self {
+        Self {
+            target: self.target.clone(),
+            ..Self::default()
+        }
+        .resolved()
     }
 
     /// Checks what the types alone cannot.
@@ -243,6 +281,47 @@ impl Config {
                 "target",
                 "all already runs every module; list modules without all".to_owned(),
             ));
+        }
+        let lifecycler = &self.ingester.lifecycler;
+        if lifecycler.num_tokens == 0 {
+            return Err(invalid(
+                "ingester.lifecycler.num_tokens",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        for (path, period) in [
+            ("ingester.lifecycler.heartbeat_period", lifecycler.heartbeat_period),
+            (
+                "ingester.lifecycler.ring.heartbeat_timeout",
+                lifecycler.ring.heartbeat_timeout,
+            ),
+            (
+                "distributor.ring.heartbeat_period",
+                self.distributor.ring.heartbeat_period,
+            ),
+            (
+                "distributor.ring.heartbeat_timeout",
+                self.distributor.ring.heartbeat_timeout,
+            ),
+            ("memberlist.gossip_interval", self.memberlist.gossip_interval),
+        ] {
+            if period.is_zero() {
+                return Err(invalid(path, "must be longer than 0s".to_owned()));
+            }
+        }
+        if lifecycler.ring.replication_factor == Some(0) {
+            return Err(invalid(
+                "ingester.lifecycler.ring.replication_factor",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        for (path, address) in [
+            ("memberlist.bind_addr", &self.memberlist.bind_addr),
+            ("memberlist.advertise_addr", &self.memberlist.advertise_addr),
+        ] {
+            if !address.is_empty() && address.parse::<IpAddr>().is_err() {
+                return Err(invalid(path, format!("{address:?} is not an IP address")));
+            }
         }
         Ok(())
     }
@@ -287,7 +366,7 @@ mod tests {
     #[test]
     fn test_defaults() {
         let config = parse("{}").unwrap();
-        assert_eq!(config, Config::default());
+        assert_eq!(config, Config::default().resolved());
         assert_eq!(config.server.http_listen_port, 4040);
         assert_eq!(
             config.target.modules(),
@@ -314,6 +393,43 @@ mod tests {
     }
 
     #[test]
+    fn test_target_dependent_defaults() {
+        let all = parse("{}").unwrap();
+        let ring = &all.ingester.lifecycler.ring;
+        assert_eq!(
+            (ring.kvstore.store, ring.replication_factor),
+            (Some(StoreKind::Inmemory), Some(1))
+        );
+        assert_eq!(ring.auto_forget_unhealthy_period, Some(Duration::from_secs(600)));
+        let cluster =
+            parse("target: distributor\ningester:\n  lifecycler:\n    ring:\n      heartbeat_timeout: 10s").unwrap();
+        let ring = &cluster.ingester.lifecycler.ring;
+        assert_eq!(
+            (ring.kvstore.store, ring.replication_factor),
+            (Some(StoreKind::Memberlist), Some(3))
+        );
+        assert_eq!(ring.auto_forget_unhealthy_period, Some(Duration::from_secs(100)));
+        let explicit = parse(
+            "target: ingester\ningester:\n  lifecycler:\n    ring:\n      replication_factor: 2\n      kvstore:\n        store: inmemory",
+        )
+        .unwrap();
+        let ring = &explicit.ingester.lifecycler.ring;
+        assert_eq!(
+            (ring.kvstore.store, ring.replication_factor),
+            (Some(StoreKind::Inmemory), Some(2))
+        );
+        assert_eq!(
+            cluster
+                .defaults_for_target()
+                .ingester
+                .lifecycler
+                .ring
+                .replication_factor,
+            Some(3)
+        );
+    }
+
+    #[test]
     fn test_errors_name_the_key() {
         let message = |yaml: &str| parse(yaml).unwrap_err().to_string();
         assert!(message("server:\n  http_listen_port: x").contains("at server.http_listen_port"));
@@ -324,6 +440,12 @@ mod tests {
         assert!(message("target: all,ingester").contains("at target"));
         assert!(message("server:\n  http_listen_address: localhost").contains("not an IP address"));
         assert!(message("server:\n  log_level: loud").contains("at server.log_level"));
+        assert!(message("ingester:\n  lifecycler:\n    num_tokens: 0").contains("ingester.lifecycler.num_tokens"));
+        assert!(
+            message("ingester:\n  lifecycler:\n    ring:\n      kvstore:\n        store: consul")
+                .contains("ingester.lifecycler.ring.kvstore.store")
+        );
+        assert!(message("memberlist:\n  bind_addr: somewhere").contains("memberlist.bind_addr"));
     }
 
     /// Every setting and every flag is documented in docs/configuration.md.

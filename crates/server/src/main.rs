@@ -5,7 +5,9 @@ mod build_info;
 mod cli;
 mod config;
 mod logging;
+mod membership;
 mod metrics;
+mod ring_pages;
 mod server;
 mod status;
 

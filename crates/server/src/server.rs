@@ -1,7 +1,8 @@
 //! Starting and stopping a `flamedb` process, top to bottom: metrics, the
-//! modules of its targets, the HTTP server (HTTP/1.1 and h2c on one port),
-//! then, on the shutdown signal, refuse traffic (`/ready` fails), let
-//! in-flight requests finish within the grace period, and return.
+//! HTTP listener, ring membership (store, lifecyclers, ring views), the
+//! routes; then, on the shutdown signal, refuse traffic (`/ready` fails),
+//! take the ingester out of the ring, let in-flight requests finish within
+//! the grace period, leave the distributor ring, stop gossip.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::build_info::BuildInfo;
 use crate::config::Config;
+use crate::membership::Membership;
 use crate::metrics::{HttpMetrics, record_requests};
 use crate::status::{Readiness, StatusState};
 
@@ -38,20 +40,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let readiness = Arc::new(Readiness::default());
 
     let address = listen_address(&config)?;
-    let grace = config.server.graceful_shutdown_timeout;
-    let status = Arc::new(StatusState {
-        readiness: readiness.clone(),
-        registry,
-        config,
-    });
-    let app = crate::status::routes(status)
-        .fallback(route_not_found)
-        .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
-
     let listener = TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local_address = listener.local_addr().context("cannot read the listening address")?;
+
+    let mut membership = Membership::start(&config, local_address.port(), &mut registry).await?;
+
+    let grace = config.server.graceful_shutdown_timeout;
+    let status = Arc::new(StatusState {
+        readiness: readiness.clone(),
+        checks: membership.readiness_checks(),
+        registry,
+        config,
+    });
+    let app = crate::status::routes(status)
+        .merge(crate::ring_pages::routes(&membership))
+        .fallback(route_not_found)
+        .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
+
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(listener, app, stop.clone()));
     info!(address = %local_address, "listening for HTTP/1.1 and h2c");
@@ -60,6 +67,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     info!(grace_period = %humantime::format_duration(grace), "shutting down");
     readiness.set_stopping();
+    // Backend first: the ingester leaves the write path (LEAVING, flush,
+    // leave the ring) while HTTP still serves reads; then HTTP stops; then
+    // the distributor leaves its ring and gossip stops.
+    membership.stop_ingester(async {}).await;
     stop.cancel();
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(result)) => result.context("the HTTP server failed")?,
@@ -69,6 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "requests still running after the grace period; stopping anyway"
         ),
     }
+    membership.shutdown().await;
     info!("stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde_norway::{Mapping, Value};
 
 use crate::build_info::BuildInfo;
 use crate::config::Config;
+use crate::membership::ReadinessCheck;
 
 /// Whether the process takes traffic; `/ready` answers from it.
 #[derive(Debug)]
@@ -49,9 +50,10 @@ impl Readiness {
 }
 
 /// What the status routes read.
-#[derive(Debug)]
 pub struct StatusState {
     pub readiness: Arc<Readiness>,
+    /// Module checks `/ready` also runs (lifecyclers ACTIVE, ...).
+    pub checks: Vec<ReadinessCheck>,
     pub registry: Registry,
     pub config: Config,
 }
@@ -68,9 +70,16 @@ pub fn routes(state: Arc<StatusState>) -> Router {
 }
 
 async fn ready(State(state): State<Arc<StatusState>>) -> Response {
-    match state.readiness.state() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+    let failing = state.readiness.state().err().or_else(|| {
+        state
+            .checks
+            .iter()
+            .find(|(_, check)| !check())
+            .map(|(reason, _)| *reason)
+    });
+    match failing {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
     }
 }
 
@@ -94,14 +103,14 @@ async fn config(State(state): State<Arc<StatusState>>) -> Response {
     yaml(state.config.to_yaml())
 }
 
-async fn config_default() -> Response {
-    yaml(Config::default().to_yaml())
+async fn config_default(State(state): State<Arc<StatusState>>) -> Response {
+    yaml(state.config.defaults_for_target().to_yaml())
 }
 
 /// Only the settings that differ from the defaults.
 async fn config_diff(State(state): State<Arc<StatusState>>) -> Response {
     let current = serde_norway::to_value(&state.config).unwrap_or(Value::Null);
-    let defaults = serde_norway::to_value(Config::default()).unwrap_or(Value::Null);
+    let defaults = serde_norway::to_value(state.config.defaults_for_target()).unwrap_or(Value::Null);
     let diff = difference(&current, &defaults).unwrap_or(Value::Mapping(Mapping::new()));
     yaml(serde_norway::to_string(&diff).unwrap_or_default())
 }

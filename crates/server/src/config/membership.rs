@@ -1,0 +1,180 @@
+//! The YAML of ring membership: the ingester's lifecycler and ring
+//! (`ingester.lifecycler`), the distributors' ring (`distributor.ring`) and
+//! gossip (`memberlist`), with Pyroscope's key names and defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `ingester:`; storage settings join with the ingester module.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngesterSettings {
+    pub lifecycler: LifecyclerSettings,
+}
+
+/// `ingester.lifecycler`: how an ingester takes part in the ring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecyclerSettings {
+    /// Instance ID in the ring; empty: the hostname.
+    pub id: String,
+    /// Address other processes reach the ingester at; empty: the HTTP
+    /// listen address if it is a specific IP, else this host's first
+    /// private IP.
+    pub address: String,
+    /// Port advertised in the ring; 0: the HTTP port.
+    pub port: u16,
+    pub availability_zone: String,
+    pub num_tokens: usize,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub join_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub observe_period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub final_sleep: Duration,
+    /// Where tokens are kept across restarts; empty: not kept.
+    pub tokens_file_path: String,
+    pub ring: RingSettings,
+}
+
+impl Default for LifecyclerSettings {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            address: String::new(),
+            port: 0,
+            availability_zone: String::new(),
+            num_tokens: 128,
+            heartbeat_period: Duration::from_secs(5),
+            join_after: Duration::ZERO,
+            observe_period: Duration::ZERO,
+            final_sleep: Duration::ZERO,
+            tokens_file_path: String::new(),
+            ring: RingSettings::default(),
+        }
+    }
+}
+
+/// `ingester.lifecycler.ring`: the ingester ring, as everyone reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingSettings {
+    pub kvstore: KvStoreSettings,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Copies of each series; unset: 1 with `-target=all`, else 3.
+    pub replication_factor: Option<usize>,
+    pub zone_awareness_enabled: bool,
+    /// Instances unhealthy this long leave the ring; unset: 10 × the
+    /// heartbeat timeout.
+    #[serde(with = "humantime_serde::option")]
+    pub auto_forget_unhealthy_period: Option<Duration>,
+}
+
+impl Default for RingSettings {
+    fn default() -> Self {
+        Self {
+            kvstore: KvStoreSettings::default(),
+            heartbeat_timeout: Duration::from_secs(60),
+            replication_factor: None,
+            zone_awareness_enabled: false,
+            auto_forget_unhealthy_period: None,
+        }
+    }
+}
+
+/// `ingester.lifecycler.ring.kvstore`: where every ring of the process is
+/// kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvStoreSettings {
+    /// `inmemory` or `memberlist`; unset: `inmemory` with `-target=all`,
+    /// else `memberlist`.
+    pub store: Option<StoreKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process only (a single binary).
+    Inmemory,
+    /// Gossip between processes.
+    Memberlist,
+}
+
+/// `distributor:`; limits and replication settings join with the
+/// distributor module.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributorSettings {
+    pub ring: DistributorRingSettings,
+}
+
+/// `distributor.ring`: distributors count each other (for global limits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributorRingSettings {
+    /// Instance ID; empty: the hostname.
+    pub instance_id: String,
+    /// Advertised address; empty: as for ingesters.
+    pub instance_addr: String,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for DistributorRingSettings {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            instance_addr: String::new(),
+            heartbeat_period: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `memberlist:`: gossip between processes (UDP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemberlistSettings {
+    /// Name of this process in gossip; empty: the hostname.
+    pub node_name: String,
+    /// Add a random suffix to the name, so restarts and several processes
+    /// per host never collide.
+    pub randomize_node_name: bool,
+    /// `host:port` of members to join (the bind port if no port is given).
+    pub join_members: Vec<String>,
+    /// IP to listen on; empty: every interface.
+    pub bind_addr: String,
+    /// UDP port; 0 picks a free one, logged at start.
+    pub bind_port: u16,
+    /// Address peers gossip to; empty: as for ingesters.
+    pub advertise_addr: String,
+    /// Port peers gossip to; 0: the bind port.
+    pub advertise_port: u16,
+    /// Clusters with different labels never merge.
+    pub cluster_label: String,
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+}
+
+impl Default for MemberlistSettings {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            randomize_node_name: true,
+            join_members: Vec::new(),
+            bind_addr: String::new(),
+            bind_port: 7946,
+            advertise_addr: String::new(),
+            advertise_port: 0,
+            cluster_label: String::new(),
+            gossip_interval: Duration::from_millis(200),
+        }
+    }
+}

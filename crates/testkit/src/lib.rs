@@ -1,0 +1,247 @@
+//! Dev-only harness: starts the real `flamedb` binary on 127.0.0.1 (free
+//! ports: the process picks them and logs them) in a temporary directory,
+//! talks to it over HTTP, signals it, and stops it by PID when dropped
+//! (SIGTERM, then SIGKILL), printing its log if the test failed.
+//!
+//! ```text
+//!  Flamedb::start(binary, name, args) ─▶ child process ─▶ "listening ... 127.0.0.1:PORT"
+//!      │                                   └─ stderr collected (printed on failure)
+//!      ├─ get / get_json / post_form ─▶ HTTP
+//!      └─ signal(SIGTERM|SIGSTOP|SIGCONT) / kill() / wait_exit()
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `flamedb` process.
+pub struct Flamedb {
+    name: String,
+    child: Child,
+    /// `127.0.0.1:PORT` of its HTTP server.
+    pub http: String,
+    /// `127.0.0.1:PORT` of its gossip, when it gossips.
+    pub gossip: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    workdir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Flamedb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flamedb")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Flamedb {
+    /// Starts `binary` with `args` in a fresh temporary directory, on
+    /// 127.0.0.1 with a free HTTP port (and a free gossip port), and waits
+    /// until it listens. It is not necessarily ready (see [`Self::wait_ready`]).
+    pub fn start(binary: &str, name: &str, args: &[&str]) -> Self {
+        let workdir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(binary);
+        command.args([
+            "-server.http-listen-address=127.0.0.1",
+            "-server.http-listen-port=0",
+            "-memberlist.bind-addr=127.0.0.1",
+            "-memberlist.bind-port=0",
+        ]);
+        let mut child = command
+            .args(args)
+            .current_dir(workdir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {binary}: {err}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addresses_tx, addresses_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("gossip membership started")
+                    && let Some(address) = address_after(&line, "bind")
+                {
+                    let _ = addresses_tx.send(("gossip", address));
+                } else if line.contains("listening for HTTP/1.1 and h2c")
+                    && let Some(address) = address_after(&line, "address")
+                {
+                    let _ = addresses_tx.send(("http", address));
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut process = Self {
+            name: name.to_owned(),
+            child,
+            http: String::new(),
+            gossip: None,
+            log,
+            workdir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while process.http.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match addresses_rx.recv_timeout(remaining) {
+                Ok(("gossip", address)) => process.gossip = Some(address),
+                Ok((_, address)) => process.http = address,
+                Err(_) => panic!("{name} did not start listening:\n{}", process.log()),
+            }
+        }
+        process
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's working directory (removed when dropped).
+    pub fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// GET `path`: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let response = client().get(self.url(path)).send().map_err(|err| err.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().map_err(|err| err.to_string())?))
+    }
+
+    /// GET `path` with `Accept: application/json`, expecting 200.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = client()
+            .get(self.url(path))
+            .header("accept", "application/json")
+            .send()
+            .unwrap_or_else(|err| panic!("GET {path} on {}: {err}", self.name));
+        assert_eq!(response.status(), 200, "GET {path} on {}", self.name);
+        response.json().unwrap()
+    }
+
+    /// POST an HTML form to `path`: status and body.
+    pub fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let response = client()
+            .post(self.url(path))
+            .header("accept", "application/json")
+            .form(form)
+            .send()
+            .unwrap_or_else(|err| panic!("POST {path} on {}: {err}", self.name));
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_default())
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_until(timeout, &format!("{} ready", self.name), || {
+            matches!(self.get("/ready"), Ok((200, _))).then_some(())
+        });
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        wait_until(timeout, &format!("{name} exits"), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Flamedb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of {} (pid {}) ---\n{}\n---", self.name, self.pid(), self.log());
+        }
+        if self.is_running() {
+            // A stopped process must be continued to handle SIGTERM.
+            self.signal(Signal::SIGCONT);
+            self.signal(Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.kill();
+        }
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `127.0.0.1:PORT` following `key` in a log line (logfmt or JSON).
+fn address_after(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)?;
+    let rest = &line[start..];
+    let at = rest.find("127.0.0.1:")?;
+    let digits: String = rest[at + 10..].chars().take_while(char::is_ascii_digit).collect();
+    (!digits.is_empty()).then(|| format!("127.0.0.1:{digits}"))
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after
+/// `timeout`. Use instead of sleeping then asserting.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A directory that outlives the processes of a test (tokens files, data).
+pub fn shared_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// `dir/name` as a string, for flags.
+pub fn path_in(dir: &Path, name: &str) -> String {
+    PathBuf::from(dir).join(name).display().to_string()
+}
