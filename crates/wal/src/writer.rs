@@ -1,0 +1,394 @@
+//! The writing side: one thread owns the open segment, takes appends from a
+//! bounded queue, writes every queued record in one go, fsyncs once, and
+//! only then answers each appender (group commit). A failed write or fsync
+//! answers every record of the batch with an error and cuts the segment
+//! back to its last durable length, so nothing unacknowledged is replayed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::{self, MAX_RECORD_BYTES};
+use crate::replay::Replay;
+use crate::segment::{self, SegmentId};
+
+/// Where a record starts: its segment and byte offset. Positions order
+/// records as they were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub segment: SegmentId,
+    pub offset: u64,
+}
+
+/// WAL settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    /// A segment that grows past this size is closed and the next begun.
+    pub segment_bytes: u64,
+    /// Appends waiting for the WAL thread; more wait for room.
+    pub queue_capacity: usize,
+}
+
+impl WalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 * 1024 * 1024,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// Why the WAL could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL: cannot {action} {path}: {message}")]
+    Io {
+        action: &'static str,
+        path: String,
+        message: String,
+        kind: std::io::ErrorKind,
+    },
+    #[error("WAL: record of {size} bytes is larger than the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+    #[error("WAL: closed")]
+    Closed,
+}
+
+impl WalError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.display().to_string(),
+            message: source.to_string(),
+            kind: source.kind(),
+        }
+    }
+}
+
+/// Counters of the writing side.
+#[derive(Debug, Default)]
+struct Counters {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    failed_writes: AtomicU64,
+    segment: AtomicU64,
+}
+
+/// A snapshot of the WAL's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub records: u64,
+    pub bytes: u64,
+    /// fsyncs done; records per fsync shows how well commits group.
+    pub fsyncs: u64,
+    pub failed_writes: u64,
+    /// The segment being written.
+    pub segment: SegmentId,
+}
+
+enum Request {
+    Append {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Position, WalError>>,
+    },
+    Rotate {
+        reply: oneshot::Sender<Result<SegmentId, WalError>>,
+    },
+    RemoveBefore {
+        segment: SegmentId,
+        reply: oneshot::Sender<Result<usize, WalError>>,
+    },
+}
+
+/// An open WAL. Dropping it (or [`Wal::close`]) stops its thread after the
+/// queued appends are written.
+#[derive(Debug)]
+pub struct Wal {
+    queue: mpsc::Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    dir: PathBuf,
+}
+
+impl Wal {
+    /// Opens the WAL in `config.dir` (created if missing): the records
+    /// already there come back through the [`Replay`], and new appends go
+    /// to a new segment after them.
+    pub fn open(config: WalConfig) -> Result<(Self, Replay), WalError> {
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| WalError::io("create directory", &dir, source))?;
+        let existing = segment::list(&dir).map_err(|source| WalError::io("list", &dir, source))?;
+        let next = SegmentId(existing.last().map_or(1, |last| last.0 + 1));
+        let writer = SegmentWriter::create(&dir, next)?;
+        let counters = Arc::new(Counters::default());
+        counters.segment.store(next.0, Ordering::Relaxed);
+        let (queue, requests) = mpsc::channel(config.queue_capacity.max(1));
+        let thread_counters = counters.clone();
+        let thread_dir = dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("wal".to_owned())
+            .spawn(move || run(thread_dir, config.segment_bytes, writer, requests, &thread_counters))
+            .map_err(|source| WalError::io("start the writer thread for", &dir, source))?;
+        let replay = Replay::new(dir.clone(), existing);
+        Ok((
+            Self {
+                queue,
+                thread: Some(thread),
+                counters,
+                dir,
+            },
+            replay,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a record; returns once it is durable (fsync'd), with where
+    /// it starts.
+    pub async fn append(&self, payload: Vec<u8>) -> Result<Position, WalError> {
+        if payload.len() > MAX_RECORD_BYTES {
+            return Err(WalError::RecordTooLarge {
+                size: payload.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Append { payload, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Closes the current segment and starts the next; returns the new
+    /// segment. Every record appended before is in an older segment.
+    pub async fn rotate(&self) -> Result<SegmentId, WalError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Rotate { reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Deletes the segments older than `segment` (never the one being
+    /// written); returns how many were deleted.
+    pub async fn remove_segments_before(&self, segment: SegmentId) -> Result<usize, WalError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::RemoveBefore { segment, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            records: self.counters.records.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+            fsyncs: self.counters.fsyncs.load(Ordering::Relaxed),
+            failed_writes: self.counters.failed_writes.load(Ordering::Relaxed),
+            segment: SegmentId(self.counters.segment.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Stops the writer thread after the queued appends; waits for it.
+    pub fn close(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Closing the queue ends the thread's loop.
+        let (closed, _) = mpsc::channel(1);
+        self.queue = closed;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The open segment.
+struct SegmentWriter {
+    id: SegmentId,
+    path: PathBuf,
+    file: File,
+    /// Length known to be durable.
+    durable_len: u64,
+}
+
+impl SegmentWriter {
+    fn create(dir: &Path, id: SegmentId) -> Result<Self, WalError> {
+        let path = segment::path(dir, id);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| WalError::io("create segment", &path, source))?;
+        let durable_len = file
+            .metadata()
+            .map_err(|source| WalError::io("read segment size", &path, source))?
+            .len();
+        segment::sync_dir(dir).map_err(|source| WalError::io("sync directory", dir, source))?;
+        Ok(Self {
+            id,
+            path,
+            file,
+            durable_len,
+        })
+    }
+
+    /// Writes and fsyncs `bytes`; on failure cuts the file back to its last
+    /// durable length.
+    fn write_durably(&mut self, bytes: &[u8]) -> Result<(), WalError> {
+        let written = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| WalError::io("write to segment", &self.path, source));
+        match written {
+            Ok(()) => {
+                self.durable_len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(truncate) = self.file.set_len(self.durable_len).and_then(|()| self.file.sync_all()) {
+                    tracing::error!(
+                        segment = %self.path.display(),
+                        error = %truncate,
+                        "cannot cut a failed WAL write back; the next write starts a new segment"
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+fn run(
+    dir: PathBuf,
+    segment_bytes: u64,
+    mut writer: SegmentWriter,
+    mut requests: mpsc::Receiver<Request>,
+    counters: &Counters,
+) {
+    let mut buffer = Vec::new();
+    let mut appends: Vec<(oneshot::Sender<Result<Position, WalError>>, Position)> = Vec::new();
+    let mut broken = false;
+    while let Some(first) = requests.blocking_recv() {
+        let mut next = Some(first);
+        // Take everything queued: one write and one fsync for all of it.
+        while let Some(request) = next.take().or_else(|| requests.try_recv().ok()) {
+            match request {
+                Request::Append { payload, reply } => {
+                    let position = Position {
+                        segment: writer.id,
+                        offset: writer.durable_len + buffer.len() as u64,
+                    };
+                    record::encode(&payload, &mut buffer);
+                    appends.push((reply, position));
+                    counters
+                        .bytes
+                        .fetch_add(record::framed_len(&payload), Ordering::Relaxed);
+                    if buffer.len() as u64 >= segment_bytes {
+                        break;
+                    }
+                }
+                Request::Rotate { reply } => {
+                    commit(&mut writer, &mut buffer, &mut appends, counters, &mut broken);
+                    let rotated = rotate(&dir, &mut writer, counters);
+                    broken = broken && rotated.is_err();
+                    let _ = reply.send(rotated);
+                }
+                Request::RemoveBefore { segment, reply } => {
+                    let _ = reply.send(remove_before(&dir, segment.min(writer.id)));
+                }
+            }
+        }
+        commit(&mut writer, &mut buffer, &mut appends, counters, &mut broken);
+        if writer.durable_len >= segment_bytes || broken {
+            match rotate(&dir, &mut writer, counters) {
+                Ok(_) => broken = false,
+                Err(err) => tracing::error!(error = %err, "cannot start a new WAL segment"),
+            }
+        }
+    }
+    let _ = writer.file.sync_all();
+}
+
+/// Writes the buffered records durably and answers their appenders.
+fn commit(
+    writer: &mut SegmentWriter,
+    buffer: &mut Vec<u8>,
+    appends: &mut Vec<(oneshot::Sender<Result<Position, WalError>>, Position)>,
+    counters: &Counters,
+    broken: &mut bool,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let result = writer.write_durably(buffer);
+    buffer.clear();
+    counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            counters.records.fetch_add(appends.len() as u64, Ordering::Relaxed);
+            for (reply, position) in appends.drain(..) {
+                let _ = reply.send(Ok(position));
+            }
+        }
+        Err(err) => {
+            *broken = true;
+            counters
+                .failed_writes
+                .fetch_add(appends.len() as u64, Ordering::Relaxed);
+            for (reply, _) in appends.drain(..) {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+fn rotate(dir: &Path, writer: &mut SegmentWriter, counters: &Counters) -> Result<SegmentId, WalError> {
+    let next = SegmentId(writer.id.0 + 1);
+    let fresh = SegmentWriter::create(dir, next)?;
+    let old = std::mem::replace(writer, fresh);
+    let _ = old.file.sync_all();
+    counters.segment.store(next.0, Ordering::Relaxed);
+    Ok(next)
+}
+
+fn remove_before(dir: &Path, before: SegmentId) -> Result<usize, WalError> {
+    let segments = segment::list(dir).map_err(|source| WalError::io("list", dir, source))?;
+    let mut removed = 0;
+    for id in segments.into_iter().filter(|id| *id < before) {
+        let path = segment::path(dir, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(WalError::io("remove segment", &path, source)),
+        }
+    }
+    if removed > 0 {
+        segment::sync_dir(dir).map_err(|source| WalError::io("sync directory", dir, source))?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;
