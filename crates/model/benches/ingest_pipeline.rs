@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use divan::Bencher;
 use divan::counter::{BytesCount, ItemsCount};
-use flamedb_model::{Labels, ValidationLimits, gzip, pprof, prepare_profile};
+use flamedb_model::{Labels, Limits, gzip, pprof, prepare_profile};
 
 /// The accepted profiles with their `__name__`.
 const FILES: &[&str] = &[
@@ -87,6 +87,6 @@ fn decode_only(bencher: Bencher, file: &str) {
 fn pipeline(bencher: Bencher, file: &str) {
     let input = &INPUTS[file];
     let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "bench")]);
-    let limits = ValidationLimits::default();
+    let limits = Limits::default();
     counters(bencher, input).bench(|| prepare_profile(divan::black_box(&input.raw), &labels, &limits, input.now));
 }

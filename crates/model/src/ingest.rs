@@ -3,7 +3,7 @@
 //! → normalize → split by sample labels → validate each series' labels.
 
 use crate::labels::{Labels, SERVICE_NAME, UNKNOWN_SERVICE};
-use crate::limits::ValidationLimits;
+use crate::limits::Limits;
 use crate::normalize::normalize;
 use crate::pprof;
 use crate::split::{SeriesProfile, split_by_sample_labels};
@@ -15,7 +15,7 @@ use crate::validate::{ValidationError, validate_labels, validate_profile};
 pub fn prepare_profile(
     raw: &[u8],
     labels: &Labels,
-    limits: &ValidationLimits,
+    limits: &Limits,
     now_nanos: i64,
 ) -> Result<Vec<SeriesProfile>, ValidationError> {
     let mut labels = labels.clone();
@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn test_prepare_profile_defaults_service_name_and_normalizes() {
         let labels = Labels::from_pairs([("__name__", "process_cpu")]);
-        let series = prepare_profile(&gzip(&raw_profile()), &labels, &ValidationLimits::default(), NOW).unwrap();
+        let series = prepare_profile(&gzip(&raw_profile()), &labels, &Limits::default(), NOW).unwrap();
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].labels.get(SERVICE_NAME), Some(UNKNOWN_SERVICE));
         assert_eq!(series[0].profile.sample.len(), 1);
@@ -89,14 +89,14 @@ mod tests {
     fn test_prepare_profile_size_limit_boundary() {
         let raw = raw_profile();
         let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app")]);
-        let at_limit = ValidationLimits {
+        let at_limit = Limits {
             max_profile_size_bytes: raw.len(),
-            ..ValidationLimits::default()
+            ..Limits::default()
         };
         assert!(prepare_profile(&gzip(&raw), &labels, &at_limit, NOW).is_ok());
-        let below = ValidationLimits {
+        let below = Limits {
             max_profile_size_bytes: raw.len() - 1,
-            ..ValidationLimits::default()
+            ..Limits::default()
         };
         let err = prepare_profile(&gzip(&raw), &labels, &below, NOW).unwrap_err();
         assert_eq!(err.reason(), "profile_size_limit");
@@ -122,7 +122,7 @@ mod tests {
             ..Profile::default()
         };
         let labels = Labels::from_pairs([("__name__", "process_cpu")]);
-        let series = prepare_profile(&encode(&profile), &labels, &ValidationLimits::default(), NOW).unwrap();
+        let series = prepare_profile(&encode(&profile), &labels, &Limits::default(), NOW).unwrap();
         assert!(series.is_empty());
     }
 }

@@ -13,7 +13,9 @@
 //!                                             (one stored series per sample type)
 //! ```
 //!
-//! Nothing here does I/O; everything is deterministic given `now`.
+//! Merged profiles become a [`Tree`] by function name (Pyroscope's tree
+//! bytes on the wire). Nothing here does I/O; everything is deterministic
+//! given `now`.
 
 pub mod gzip;
 mod ingest;
@@ -26,6 +28,7 @@ mod profile_type;
 mod selector;
 mod split;
 mod symbols;
+mod tree;
 mod validate;
 
 pub use ingest::prepare_profile;
@@ -35,9 +38,10 @@ pub use labels::{
     PROFILE_TYPE, SAMPLE_TYPE, SAMPLE_UNIT, SERVICE_NAME, SESSION_ID, SPAN_ID, TRACE_ID, UNKNOWN_SERVICE,
     is_legacy_label_name,
 };
-pub use limits::ValidationLimits;
+pub use limits::Limits;
 pub use normalize::normalize;
 pub use profile_type::{ProfileType, ProfileTypeError, TypedSeries, typed_series};
 pub use selector::{MatchOp, Matcher, Selector, SelectorError, parse_selector};
 pub use split::{SeriesProfile, sample_labels, split_by_sample_labels};
+pub use tree::{OTHER, Tree, TreeDecodeError};
 pub use validate::{ValidationError, now_nanos, validate_labels, validate_profile};

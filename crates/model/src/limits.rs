@@ -1,15 +1,16 @@
-//! The per-tenant limits a profile and its series labels are validated
-//! against. Names and defaults follow Pyroscope's `limits` block.
+//! The per-tenant limits: what a profile and its series labels are
+//! validated against, and how many series a tenant may keep active. Names
+//! and defaults follow Pyroscope's `limits` block.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Validation limits; a count or size of `0` means "no limit", a duration of
-/// `0s` turns that window check off.
+/// Per-tenant limits; a count or size of `0` means "no limit", a duration
+/// of `0s` turns that window check off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ValidationLimits {
+pub struct Limits {
     /// Longest label name, in bytes.
     pub max_label_name_length: usize,
     /// Longest label value, in bytes.
@@ -35,9 +36,15 @@ pub struct ValidationLimits {
     /// When false, label names must follow the legacy Prometheus rules
     /// (dots allowed) and dots are replaced by underscores.
     pub disable_label_sanitization: bool,
+    /// Most active series (seen in the last 10 minutes) of the tenant on
+    /// one ingester.
+    pub max_local_series_per_tenant: usize,
+    /// Most active series of the tenant in the whole cluster; each
+    /// ingester takes its share (`limit / healthy ingesters × RF`).
+    pub max_global_series_per_tenant: usize,
 }
 
-impl Default for ValidationLimits {
+impl Default for Limits {
     fn default() -> Self {
         Self {
             max_label_name_length: 1024,
@@ -51,11 +58,13 @@ impl Default for ValidationLimits {
             reject_older_than: Duration::from_secs(3600),
             reject_newer_than: Duration::from_secs(600),
             disable_label_sanitization: true,
+            max_local_series_per_tenant: 0,
+            max_global_series_per_tenant: 5000,
         }
     }
 }
 
-impl ValidationLimits {
+impl Limits {
     /// Limits that accept anything a well-formed profile can hold; for
     /// tools and tests that read old recordings.
     pub fn unlimited() -> Self {
@@ -71,6 +80,8 @@ impl ValidationLimits {
             reject_older_than: Duration::ZERO,
             reject_newer_than: Duration::ZERO,
             disable_label_sanitization: true,
+            max_local_series_per_tenant: 0,
+            max_global_series_per_tenant: 0,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Validation of profiles and series labels against [`ValidationLimits`].
+//! Validation of profiles and series labels against [`Limits`].
 //! Every failure is a typed error that names the limit, the value found and
 //! the series; `reason()` gives the discard reason used in metrics (the same
 //! strings as Pyroscope's).
@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::labels::{Label, Labels, METRIC_NAME, SERVICE_NAME};
-use crate::limits::{ValidationLimits, exceeds};
+use crate::limits::{Limits, exceeds};
 use crate::pprof::{DecodeError, Profile};
 
 /// Why a profile or its series was rejected.
@@ -142,7 +142,7 @@ impl ValidationError {
 pub fn validate_profile(
     profile: &mut Profile,
     series: &Labels,
-    limits: &ValidationLimits,
+    limits: &Limits,
     now_nanos: i64,
 ) -> Result<(), ValidationError> {
     let series_name = || series.render();
@@ -213,7 +213,7 @@ pub fn validate_profile(
 fn check_ingestion_window(
     time_nanos: i64,
     series: &Labels,
-    limits: &ValidationLimits,
+    limits: &Limits,
     now_nanos: i64,
 ) -> Result<(), ValidationError> {
     let nanos = |duration: Duration| i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
@@ -301,7 +301,7 @@ fn check_string_indexes(profile: &Profile, series: &Labels) -> Result<(), Valida
 /// Checks a series' final labels (after splitting), in Pyroscope's order.
 /// With `disable_label_sanitization` off, label names follow the legacy
 /// rules and dots become underscores first.
-pub fn validate_labels(labels: &mut Labels, limits: &ValidationLimits) -> Result<(), ValidationError> {
+pub fn validate_labels(labels: &mut Labels, limits: &Limits) -> Result<(), ValidationError> {
     if !limits.disable_label_sanitization {
         sanitize_label_names(labels)?;
     }

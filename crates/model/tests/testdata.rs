@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use flamedb_model::{Labels, ProfileType, ValidationLimits, pprof, prepare_profile, sample_labels, typed_series};
+use flamedb_model::{Labels, Limits, ProfileType, pprof, prepare_profile, sample_labels, typed_series};
 
 fn testdata_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
@@ -27,7 +27,7 @@ fn push(
     let time = pprof::decode(&raw, 0).map(|p| p.time_nanos).unwrap_or(0);
     let now = if time > 0 { time } else { flamedb_model::now_nanos() };
     let labels = Labels::from_pairs([("__name__", name), ("service_name", "testdata")]);
-    prepare_profile(&raw, &labels, &ValidationLimits::default(), now)
+    prepare_profile(&raw, &labels, &Limits::default(), now)
 }
 
 /// The profile types of the series stored for a pushed profile.

@@ -151,6 +151,18 @@ pub const FLAGS: &[Flag] = &[
         "Accept any UTF-8 label name; when false, names follow [A-Za-z_.][A-Za-z0-9_.]* and dots become underscores.",
     ),
     flag(
+        "ingester.max-local-series-per-tenant",
+        "limits.max_local_series_per_tenant",
+        FlagKind::Int,
+        "Most active series of a tenant on one ingester (0: no limit).",
+    ),
+    flag(
+        "ingester.max-global-series-per-tenant",
+        "limits.max_global_series_per_tenant",
+        FlagKind::Int,
+        "Most active series of a tenant in the cluster; each ingester takes its share (0: no limit).",
+    ),
+    flag(
         "ingester.lifecycler.ID",
         "ingester.lifecycler.id",
         FlagKind::String,

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use flamedb_model::ValidationLimits;
+use flamedb_model::Limits;
 pub use membership::{DistributorSettings, IngesterSettings, MemberlistSettings, StoreKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
@@ -26,7 +26,7 @@ pub struct Config {
     pub multitenancy_enabled: bool,
     pub server: ServerConfig,
     /// Per-tenant limits (the defaults for every tenant).
-    pub limits: ValidationLimits,
+    pub limits: Limits,
     pub ingester: IngesterSettings,
     pub distributor: DistributorSettings,
     pub memberlist: MemberlistSettings,
@@ -38,7 +38,7 @@ impl Default for Config {
             target: Targets(vec![Target::All]),
             multitenancy_enabled: false,
             server: ServerConfig::default(),
-            limits: ValidationLimits::default(),
+            limits: Limits::default(),
             ingester: IngesterSettings::default(),
             distributor: DistributorSettings::default(),
             memberlist: MemberlistSettings::default(),

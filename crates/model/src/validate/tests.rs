@@ -7,8 +7,8 @@ use crate::pprof::{Function, Label as PprofLabel, Line, Location, Mapping, Sampl
 const NOW: i64 = 1_700_000_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;
 
-fn limits() -> ValidationLimits {
-    ValidationLimits {
+fn limits() -> Limits {
+    Limits {
         max_label_name_length: 12,
         max_label_value_length: 10,
         max_label_names_per_series: 4,
@@ -20,6 +20,7 @@ fn limits() -> ValidationLimits {
         reject_older_than: Duration::from_secs(3600),
         reject_newer_than: Duration::from_secs(600),
         disable_label_sanitization: true,
+        ..Limits::default()
     }
 }
 
@@ -279,7 +280,7 @@ fn test_validate_profile_zero_limits_mean_unlimited() {
         profile.sample.push(profile.sample[0].clone());
     }
     profile.time_nanos = 1;
-    validate_profile(&mut profile, &series(), &ValidationLimits::unlimited(), NOW).unwrap();
+    validate_profile(&mut profile, &series(), &Limits::unlimited(), NOW).unwrap();
     assert_eq!(profile.sample[0].location_id.len(), 3);
 }
 
@@ -374,7 +375,7 @@ fn test_validate_labels_message() {
 
 #[test]
 fn test_label_sanitization_when_enabled() {
-    let sanitizing = ValidationLimits {
+    let sanitizing = Limits {
         disable_label_sanitization: false,
         ..limits()
     };

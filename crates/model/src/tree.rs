@@ -1,0 +1,368 @@
+//! Call trees by function name: what a merge of profiles produces and what
+//! flame graphs are drawn from. Stacks are inserted root first; a node's
+//! `self` is the value of stacks ending there, its total the sum below it.
+//!
+//! The wire form is Pyroscope's tree bytes: a depth-first walk from a
+//! virtual root (empty name, self 0), each node written as
+//! `uvarint(len(name)) · name · uvarint(self) · uvarint(child count)`,
+//! children in reverse name order; with a node limit, nodes whose total is
+//! below the limit's cut-off fold into a child named `other`.
+
+use foldhash::{HashMap, HashMapExt};
+use prost::encoding::{decode_varint, encode_varint};
+
+/// The name truncated nodes fold into.
+pub const OTHER: &str = "other";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Node {
+    name: u32,
+    self_value: i64,
+    total: i64,
+    children: Vec<u32>,
+}
+
+/// A call tree. Node 0 is the root (no name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree {
+    nodes: Vec<Node>,
+    names: Vec<String>,
+    name_index: HashMap<String, u32>,
+    child_index: HashMap<(u32, u32), u32>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Tree bytes that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tree bytes at offset {offset}: {message}")]
+pub struct TreeDecodeError {
+    pub offset: usize,
+    pub message: &'static str,
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let mut tree = Self {
+            nodes: vec![Node::default()],
+            names: Vec::new(),
+            name_index: HashMap::new(),
+            child_index: HashMap::new(),
+        };
+        tree.intern("");
+        tree
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&index) = self.name_index.get(name) {
+            return index;
+        }
+        let index = self.names.len() as u32;
+        self.names.push(name.to_owned());
+        self.name_index.insert(name.to_owned(), index);
+        index
+    }
+
+    fn child(&mut self, parent: u32, name: &str) -> u32 {
+        let name = self.intern(name);
+        if let Some(&child) = self.child_index.get(&(parent, name)) {
+            return child;
+        }
+        let child = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            name,
+            ..Node::default()
+        });
+        self.nodes[parent as usize].children.push(child);
+        self.child_index.insert((parent, name), child);
+        child
+    }
+
+    /// Adds `value` to the stack `frames` (root first).
+    pub fn insert<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
+        let mut node = 0;
+        self.nodes[0].total += value;
+        for frame in frames {
+            node = self.child(node, frame);
+            self.nodes[node as usize].total += value;
+        }
+        self.nodes[node as usize].self_value += value;
+    }
+
+    /// Adds every stack of `other` to this tree.
+    pub fn merge(&mut self, other: &Tree) {
+        self.merge_node(0, other, 0);
+    }
+
+    fn merge_node(&mut self, into: u32, other: &Tree, from: u32) {
+        let source = &other.nodes[from as usize];
+        let node = &mut self.nodes[into as usize];
+        node.total += source.total;
+        node.self_value += source.self_value;
+        for &child in &source.children {
+            let name = &other.names[other.nodes[child as usize].name as usize];
+            let target = self.child(into, name);
+            self.merge_node(target, other, child);
+        }
+    }
+
+    /// The sum of all values.
+    pub fn total(&self) -> i64 {
+        self.nodes[0].total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    /// The stacks of the tree (root first) with their self values, in
+    /// name order; for tests and exports.
+    pub fn stacks(&self) -> Vec<(Vec<String>, i64)> {
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        self.collect_stacks(0, &mut path, &mut out);
+        out
+    }
+
+    fn collect_stacks(&self, node: u32, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, i64)>) {
+        let current = &self.nodes[node as usize];
+        if node != 0 {
+            path.push(self.names[current.name as usize].clone());
+            if current.self_value != 0 {
+                out.push((path.clone(), current.self_value));
+            }
+        }
+        for child in self.sorted_children(node) {
+            self.collect_stacks(child, path, out);
+        }
+        if node != 0 {
+            path.pop();
+        }
+    }
+
+    fn sorted_children(&self, node: u32) -> Vec<u32> {
+        let mut children = self.nodes[node as usize].children.clone();
+        children.sort_by(|a, b| self.name_of(*a).cmp(self.name_of(*b)));
+        children
+    }
+
+    fn name_of(&self, node: u32) -> &str {
+        &self.names[self.nodes[node as usize].name as usize]
+    }
+
+    /// The smallest total a node may have to be kept with `max_nodes`
+    /// (0 = keep everything): the `max_nodes`-th largest total.
+    fn cutoff(&self, max_nodes: usize) -> i64 {
+        if max_nodes == 0 || self.nodes.len() - 1 <= max_nodes {
+            return i64::MIN;
+        }
+        let mut totals: Vec<i64> = self.nodes[1..].iter().map(|node| node.total).collect();
+        let at = max_nodes - 1;
+        totals.select_nth_unstable_by(at, |a, b| b.cmp(a));
+        totals[at]
+    }
+
+    /// Pyroscope's tree bytes, keeping at most about `max_nodes` nodes
+    /// (0: all); the rest fold into `other` children.
+    pub fn encode(&self, max_nodes: usize) -> Vec<u8> {
+        let cutoff = self.cutoff(max_nodes);
+        let mut out = Vec::new();
+        // (node, or a folded `other` with its value)
+        enum Item {
+            Node(u32),
+            Other(i64),
+        }
+        let mut stack = vec![Item::Node(0)];
+        while let Some(item) = stack.pop() {
+            match item {
+                Item::Other(value) => write_node(&mut out, OTHER, value.max(0) as u64, 0),
+                Item::Node(node) => {
+                    let current = &self.nodes[node as usize];
+                    let mut kept = Vec::new();
+                    let mut folded = 0i64;
+                    for child in self.sorted_children(node) {
+                        if self.nodes[child as usize].total >= cutoff {
+                            kept.push(child);
+                        } else {
+                            folded += self.nodes[child as usize].total;
+                        }
+                    }
+                    let count = kept.len() + usize::from(folded != 0);
+                    let name = if node == 0 { "" } else { self.name_of(node) };
+                    write_node(&mut out, name, current.self_value.max(0) as u64, count as u64);
+                    // Pushed in name order, so popped (written) in reverse.
+                    for child in kept {
+                        stack.push(Item::Node(child));
+                    }
+                    if folded != 0 {
+                        stack.push(Item::Other(folded));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads Pyroscope's tree bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, TreeDecodeError> {
+        let mut tree = Tree::new();
+        let mut input = bytes;
+        let offset = |input: &[u8]| bytes.len() - input.len();
+        let error = |input: &[u8], message| TreeDecodeError {
+            offset: offset(input),
+            message,
+        };
+        // (node in this tree, children still to read)
+        let mut open: Vec<(u32, u64)> = Vec::new();
+        let mut first = true;
+        while !input.is_empty() || first {
+            let name_length = decode_varint(&mut input).map_err(|_| error(input, "bad name length"))? as usize;
+            if input.len() < name_length {
+                return Err(error(input, "name runs past the end"));
+            }
+            let name = std::str::from_utf8(&input[..name_length]).map_err(|_| error(input, "name is not UTF-8"))?;
+            input = &input[name_length..];
+            let self_value = decode_varint(&mut input).map_err(|_| error(input, "bad self value"))?;
+            let children = decode_varint(&mut input).map_err(|_| error(input, "bad child count"))?;
+            let self_value = i64::try_from(self_value).map_err(|_| error(input, "self value too large"))?;
+            let node = if first {
+                first = false;
+                0
+            } else {
+                let Some((parent, remaining)) = open.last_mut() else {
+                    return Err(error(input, "node outside the tree"));
+                };
+                *remaining -= 1;
+                let parent = *parent;
+                let name = name.to_owned();
+                tree.child(parent, &name)
+            };
+            tree.nodes[node as usize].self_value += self_value;
+            open.push((node, children));
+            while open.last().is_some_and(|(_, remaining)| *remaining == 0) {
+                open.pop();
+            }
+            if open.is_empty() {
+                break;
+            }
+        }
+        if !open.is_empty() {
+            return Err(error(input, "tree ends before all children"));
+        }
+        tree.compute_totals(0);
+        Ok(tree)
+    }
+
+    fn compute_totals(&mut self, node: u32) -> i64 {
+        let children = self.nodes[node as usize].children.clone();
+        let below: i64 = children.into_iter().map(|child| self.compute_totals(child)).sum();
+        let current = &mut self.nodes[node as usize];
+        current.total = current.self_value + below;
+        current.total
+    }
+}
+
+fn write_node(out: &mut Vec<u8>, name: &str, self_value: u64, children: u64) {
+    encode_varint(name.len() as u64, out);
+    out.extend_from_slice(name.as_bytes());
+    encode_varint(self_value, out);
+    encode_varint(children, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tree(stacks: &[(&[&str], i64)]) -> Tree {
+        let mut tree = Tree::new();
+        for (frames, value) in stacks {
+            tree.insert(frames.iter().copied(), *value);
+        }
+        tree
+    }
+
+    #[test]
+    fn test_insert_sums_and_keeps_self_values() {
+        let tree = tree(&[
+            (&["main", "work"], 3),
+            (&["main", "work"], 2),
+            (&["main"], 1),
+            (&["idle"], 4),
+        ]);
+        assert_eq!(tree.total(), 10);
+        assert_eq!(
+            tree.stacks(),
+            [
+                (vec!["idle".to_owned()], 4),
+                (vec!["main".to_owned()], 1),
+                (vec!["main".to_owned(), "work".to_owned()], 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn test_tree_bytes_layout() {
+        let tree = tree(&[(&["a", "b"], 2), (&["a", "c"], 3)]);
+        let bytes = tree.encode(0);
+        // root("", 0, 1 child) → a(0, 2 children) → c(3, 0) then b(2, 0):
+        // children are written in reverse name order.
+        let expected = [0, 0, 1, 1, b'a', 0, 2, 1, b'c', 3, 0, 1, b'b', 2, 0];
+        assert_eq!(bytes, expected);
+        assert_eq!(Tree::decode(&bytes).unwrap().stacks(), tree.stacks());
+    }
+
+    #[test]
+    fn test_max_nodes_folds_small_nodes_into_other() {
+        let tree = tree(&[(&["a", "big"], 100), (&["a", "small"], 1), (&["tiny"], 2)]);
+        let decoded = Tree::decode(&tree.encode(2)).unwrap();
+        assert_eq!(decoded.total(), tree.total());
+        assert_eq!(
+            decoded.stacks(),
+            [
+                (vec!["a".to_owned(), "big".to_owned()], 100),
+                (vec!["a".to_owned(), "other".to_owned()], 1),
+                (vec!["other".to_owned()], 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn test_decode_rejects_garbage() {
+        assert!(Tree::decode(&[0, 0, 2, 1, b'a', 0, 0]).is_err());
+        assert!(Tree::decode(&[5, b'a']).is_err());
+        assert!(Tree::decode(&[]).is_err());
+    }
+
+    fn arb_stacks() -> impl Strategy<Value = Vec<(Vec<String>, i64)>> {
+        let frame = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+        prop::collection::vec((prop::collection::vec(frame, 1..5), 1..100i64), 0..30)
+    }
+
+    proptest! {
+        /// Invariants: merging two trees equals inserting all their stacks
+        /// into one; totals add up; bytes round-trip.
+        #[test]
+        fn test_merge_and_round_trip(left in arb_stacks(), right in arb_stacks()) {
+            let build = |stacks: &[(Vec<String>, i64)]| {
+                let mut tree = Tree::new();
+                for (frames, value) in stacks {
+                    tree.insert(frames.iter().map(String::as_str), *value);
+                }
+                tree
+            };
+            let mut merged = build(&left);
+            merged.merge(&build(&right));
+            let all: Vec<_> = left.iter().chain(right.iter()).cloned().collect();
+            let expected = build(&all);
+            prop_assert_eq!(merged.stacks(), expected.stacks());
+            prop_assert_eq!(merged.total(), expected.total());
+            prop_assert_eq!(Tree::decode(&merged.encode(0)).unwrap().stacks(), merged.stacks());
+        }
+    }
+}
