@@ -22,4 +22,4 @@ mod writer;
 pub use record::MAX_RECORD_BYTES;
 pub use replay::{Record, Replay, ReplayStats};
 pub use segment::SegmentId;
-pub use writer::{Position, Wal, WalConfig, WalError, WalStats};
+pub use writer::{Completion, Position, Wal, WalConfig, WalError, WalStats};

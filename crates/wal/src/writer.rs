@@ -3,6 +3,11 @@
 //! only then answers each appender (group commit). A failed write or fsync
 //! answers every record of the batch with an error and cuts the segment
 //! back to its last durable length, so nothing unacknowledged is replayed.
+//!
+//! Durable records are handed, in position order, to a second thread that
+//! runs each append's completion ([`Wal::append_then`]) before answering:
+//! what a caller does with its record happens in WAL order, whatever the
+//! scheduling of the callers.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -94,10 +99,16 @@ pub struct WalStats {
     pub segment: SegmentId,
 }
 
+/// Runs once a record is durable, on the completion thread, in WAL order.
+pub type Completion = Box<dyn FnOnce(Position) + Send>;
+
+type Reply = oneshot::Sender<Result<Position, WalError>>;
+
 enum Request {
     Append {
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<Position, WalError>>,
+        then: Option<Completion>,
+        reply: Reply,
     },
     Rotate {
         reply: oneshot::Sender<Result<SegmentId, WalError>>,
@@ -113,7 +124,7 @@ enum Request {
 #[derive(Debug)]
 pub struct Wal {
     queue: mpsc::Sender<Request>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
     dir: PathBuf,
 }
@@ -131,17 +142,38 @@ impl Wal {
         let counters = Arc::new(Counters::default());
         counters.segment.store(next.0, Ordering::Relaxed);
         let (queue, requests) = mpsc::channel(config.queue_capacity.max(1));
+        let (completions, completed) = std::sync::mpsc::channel::<(Option<Completion>, Position, Reply)>();
+        let completer = std::thread::Builder::new()
+            .name("wal-completion".to_owned())
+            .spawn(move || {
+                for (then, position, reply) in completed {
+                    if let Some(then) = then {
+                        then(position);
+                    }
+                    let _ = reply.send(Ok(position));
+                }
+            })
+            .map_err(|source| WalError::io("start the completion thread for", &dir, source))?;
         let thread_counters = counters.clone();
         let thread_dir = dir.clone();
-        let thread = std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("wal".to_owned())
-            .spawn(move || run(thread_dir, config.segment_bytes, writer, requests, &thread_counters))
+            .spawn(move || {
+                run(
+                    thread_dir,
+                    config.segment_bytes,
+                    writer,
+                    requests,
+                    &completions,
+                    &thread_counters,
+                );
+            })
             .map_err(|source| WalError::io("start the writer thread for", &dir, source))?;
         let replay = Replay::new(dir.clone(), existing);
         Ok((
             Self {
                 queue,
-                thread: Some(thread),
+                threads: vec![writer_thread, completer],
                 counters,
                 dir,
             },
@@ -156,6 +188,21 @@ impl Wal {
     /// Appends a record; returns once it is durable (fsync'd), with where
     /// it starts.
     pub async fn append(&self, payload: Vec<u8>) -> Result<Position, WalError> {
+        self.append_inner(payload, None).await
+    }
+
+    /// Appends a record; once it is durable, runs `then` with its position
+    /// (on the WAL's completion thread, in WAL order, also if this future
+    /// is dropped), then returns. `then` does not run if the append fails.
+    pub async fn append_then(
+        &self,
+        payload: Vec<u8>,
+        then: impl FnOnce(Position) + Send + 'static,
+    ) -> Result<Position, WalError> {
+        self.append_inner(payload, Some(Box::new(then))).await
+    }
+
+    async fn append_inner(&self, payload: Vec<u8>, then: Option<Completion>) -> Result<Position, WalError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(WalError::RecordTooLarge {
                 size: payload.len(),
@@ -164,7 +211,7 @@ impl Wal {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request::Append { payload, reply })
+            .send(Request::Append { payload, then, reply })
             .await
             .map_err(|_| WalError::Closed)?;
         answer.await.map_err(|_| WalError::Closed)?
@@ -208,10 +255,11 @@ impl Wal {
     }
 
     fn stop(&mut self) {
-        // Closing the queue ends the thread's loop.
+        // Closing the queue ends the writer's loop, which closes the
+        // completion thread's channel in turn.
         let (closed, _) = mpsc::channel(1);
         self.queue = closed;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -280,28 +328,32 @@ impl SegmentWriter {
     }
 }
 
+type Pending = (Option<Completion>, Position, Reply);
+type Completions = std::sync::mpsc::Sender<Pending>;
+
 fn run(
     dir: PathBuf,
     segment_bytes: u64,
     mut writer: SegmentWriter,
     mut requests: mpsc::Receiver<Request>,
+    completions: &Completions,
     counters: &Counters,
 ) {
     let mut buffer = Vec::new();
-    let mut appends: Vec<(oneshot::Sender<Result<Position, WalError>>, Position)> = Vec::new();
+    let mut appends: Vec<Pending> = Vec::new();
     let mut broken = false;
     while let Some(first) = requests.blocking_recv() {
         let mut next = Some(first);
         // Take everything queued: one write and one fsync for all of it.
         while let Some(request) = next.take().or_else(|| requests.try_recv().ok()) {
             match request {
-                Request::Append { payload, reply } => {
+                Request::Append { payload, then, reply } => {
                     let position = Position {
                         segment: writer.id,
                         offset: writer.durable_len + buffer.len() as u64,
                     };
                     record::encode(&payload, &mut buffer);
-                    appends.push((reply, position));
+                    appends.push((then, position, reply));
                     counters
                         .bytes
                         .fetch_add(record::framed_len(&payload), Ordering::Relaxed);
@@ -310,7 +362,14 @@ fn run(
                     }
                 }
                 Request::Rotate { reply } => {
-                    commit(&mut writer, &mut buffer, &mut appends, counters, &mut broken);
+                    commit(
+                        &mut writer,
+                        &mut buffer,
+                        &mut appends,
+                        completions,
+                        counters,
+                        &mut broken,
+                    );
                     let rotated = rotate(&dir, &mut writer, counters);
                     broken = broken && rotated.is_err();
                     let _ = reply.send(rotated);
@@ -320,7 +379,14 @@ fn run(
                 }
             }
         }
-        commit(&mut writer, &mut buffer, &mut appends, counters, &mut broken);
+        commit(
+            &mut writer,
+            &mut buffer,
+            &mut appends,
+            completions,
+            counters,
+            &mut broken,
+        );
         if writer.durable_len >= segment_bytes || broken {
             match rotate(&dir, &mut writer, counters) {
                 Ok(_) => broken = false,
@@ -331,11 +397,13 @@ fn run(
     let _ = writer.file.sync_all();
 }
 
-/// Writes the buffered records durably and answers their appenders.
+/// Writes the buffered records durably; hands them to the completion
+/// thread in order, or answers them with the error.
 fn commit(
     writer: &mut SegmentWriter,
     buffer: &mut Vec<u8>,
-    appends: &mut Vec<(oneshot::Sender<Result<Position, WalError>>, Position)>,
+    appends: &mut Vec<Pending>,
+    completions: &Completions,
     counters: &Counters,
     broken: &mut bool,
 ) {
@@ -348,8 +416,11 @@ fn commit(
     match result {
         Ok(()) => {
             counters.records.fetch_add(appends.len() as u64, Ordering::Relaxed);
-            for (reply, position) in appends.drain(..) {
-                let _ = reply.send(Ok(position));
+            for pending in appends.drain(..) {
+                // Without the completion thread (closing), answer directly.
+                if let Err(std::sync::mpsc::SendError((_, position, reply))) = completions.send(pending) {
+                    let _ = reply.send(Ok(position));
+                }
             }
         }
         Err(err) => {
@@ -357,7 +428,7 @@ fn commit(
             counters
                 .failed_writes
                 .fetch_add(appends.len() as u64, Ordering::Relaxed);
-            for (reply, _) in appends.drain(..) {
+            for (_, _, reply) in appends.drain(..) {
                 let _ = reply.send(Err(err.clone()));
             }
         }

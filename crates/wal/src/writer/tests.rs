@@ -74,6 +74,39 @@ fn last_segment(dir: &Path) -> PathBuf {
 }
 
 #[tokio::test]
+async fn test_completions_run_in_wal_order_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open(dir.path());
+    let wal = Arc::new(wal);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..100u32)
+        .map(|i| {
+            let (wal, seen) = (wal.clone(), seen.clone());
+            tokio::spawn(async move {
+                let record = seen.clone();
+                let position = wal
+                    .append_then(i.to_le_bytes().to_vec(), move |position| {
+                        record.lock().unwrap().push(position)
+                    })
+                    .await
+                    .unwrap();
+                // The completion ran before the answer.
+                assert!(seen.lock().unwrap().contains(&position));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 100);
+    assert!(
+        seen.windows(2).all(|pair| pair[0] < pair[1]),
+        "completions out of order"
+    );
+}
+
+#[tokio::test]
 async fn test_torn_tail_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = open(dir.path());
