@@ -38,9 +38,7 @@ pub struct LifecyclerConfig {
     /// Tokens to hold (128 for ingesters, 1 for distributors).
     pub num_tokens: usize,
     pub heartbeat_period: Duration,
-    /// An instance whose heartbeat is older is UNHEALTHY (for auto-forget).
-    pub heartbeat_timeout: Duration,
-    /// Unhealthy instances are removed from the ring after this long.
+    /// Instances whose heartbeat is older are removed from the ring.
     pub auto_forget_unhealthy_period: Duration,
     /// Wait before taking tokens, to see the ring first.
     pub join_after: Duration,
@@ -62,7 +60,6 @@ impl LifecyclerConfig {
             zone: String::new(),
             num_tokens,
             heartbeat_period: Duration::from_millis(50),
-            heartbeat_timeout: Duration::from_secs(60),
             auto_forget_unhealthy_period: Duration::from_secs(600),
             join_after: Duration::ZERO,
             observe_period: Duration::ZERO,

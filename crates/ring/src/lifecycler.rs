@@ -37,8 +37,8 @@ pub enum LifecyclerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     TokensFile(#[from] TokensFileError),
-    #[error("the lifecycler task of {instance_id} failed: {message}")]
-    Task { instance_id: String, message: String },
+    #[error("the lifecycler task of {instance_id} panicked or was cancelled")]
+    Task { instance_id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,9 @@ impl Lifecycler {
     pub fn start(ring: &'static str, config: LifecyclerConfig, store: Arc<dyn RingStore>) -> LifecyclerHandle {
         let (state_tx, state_rx) = watch::channel(InstanceState::Pending);
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let (failure_tx, failure_rx) = watch::channel(None);
         let members = store.watch(ring);
+        let probe_store = store.clone();
         let task = Task {
             ring,
             config: config.clone(),
@@ -66,6 +68,7 @@ impl Lifecycler {
             phase: phase_rx,
             tokens: Vec::new(),
             registered_ms: now_ms(),
+            failure: failure_tx,
         };
         let join = tokio::spawn(task.run());
         LifecyclerHandle {
@@ -73,21 +76,25 @@ impl Lifecycler {
             instance_id: config.instance_id,
             state: state_rx,
             members,
+            store: probe_store,
             phase: phase_tx,
+            failure: failure_rx,
             join,
         }
     }
 }
 
 /// Controls a running lifecycler.
-#[must_use = "the instance leaves the ring only through stop()"]
+#[must_use = "the instance leaves the ring through stop() (or when the handle is dropped)"]
 #[derive(Debug)]
 pub struct LifecyclerHandle {
     ring: &'static str,
     instance_id: String,
     state: watch::Receiver<InstanceState>,
     members: watch::Receiver<Members>,
+    store: Arc<dyn RingStore>,
     phase: watch::Sender<Phase>,
+    failure: watch::Receiver<Option<String>>,
     join: JoinHandle<Result<(), LifecyclerError>>,
 }
 
@@ -104,15 +111,38 @@ impl LifecyclerHandle {
         *self.state.borrow()
     }
 
-    /// Ready: ACTIVE, and the ring as this process sees it says so too.
+    /// Ready: ACTIVE, the ring as this process sees it says so too, and
+    /// the store has heard from the rest of the cluster.
     pub fn is_ready(&self) -> bool {
-        is_ready(&self.state, &self.members, &self.instance_id)
+        is_ready(&self.state, &self.members, &*self.store, &self.instance_id)
     }
 
     /// [`Self::is_ready`] as a function that outlives the handle.
     pub fn readiness_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let (state, members, instance_id) = (self.state.clone(), self.members.clone(), self.instance_id.clone());
-        move || is_ready(&state, &members, &instance_id)
+        let (state, members, store, instance_id) = (
+            self.state.clone(),
+            self.members.clone(),
+            self.store.clone(),
+            self.instance_id.clone(),
+        );
+        move || is_ready(&state, &members, &*store, &instance_id)
+    }
+
+    /// Completes with the error if the lifecycler fails (the instance is
+    /// then out of the ring, or stale in it): the process should stop.
+    pub fn failure(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failure = self.failure.clone();
+        async move {
+            let failed = failure
+                .wait_for(Option::is_some)
+                .await
+                .map(|message| message.clone().unwrap_or_default());
+            match failed {
+                Ok(message) => message,
+                // The lifecycler ended without failing: never complete.
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 
     /// Waits until the instance is in `state`.
@@ -131,20 +161,25 @@ impl LifecyclerHandle {
         let _ = self.phase.send(Phase::Finish);
         match self.join.await {
             Ok(result) => result,
-            Err(err) => Err(LifecyclerError::Task {
+            Err(_) => Err(LifecyclerError::Task {
                 instance_id: self.instance_id,
-                message: err.to_string(),
             }),
         }
     }
 }
 
-fn is_ready(state: &watch::Receiver<InstanceState>, members: &watch::Receiver<Members>, instance_id: &str) -> bool {
+fn is_ready(
+    state: &watch::Receiver<InstanceState>,
+    members: &watch::Receiver<Members>,
+    store: &dyn RingStore,
+    instance_id: &str,
+) -> bool {
     *state.borrow() == InstanceState::Active
         && members
             .borrow()
             .iter()
             .any(|desc| desc.id == instance_id && desc.state == InstanceState::Active)
+        && store.is_synced()
 }
 
 struct Task {
@@ -155,13 +190,17 @@ struct Task {
     phase: watch::Receiver<Phase>,
     tokens: Vec<u32>,
     registered_ms: i64,
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Task {
     async fn run(mut self) -> Result<(), LifecyclerError> {
         let result = self.live().await;
         if let Err(err) = &result {
-            warn!(ring = self.ring, instance = %self.config.instance_id, error = %err, "lifecycler failed");
+            warn!(ring = self.ring, instance = %self.config.instance_id, error = %err, "lifecycler failed; leaving the ring");
+            // Best effort: a stale entry would hold its tokens until forgotten.
+            let _ = self.store.leave(self.ring, &self.config.instance_id).await;
+            self.failure.send_replace(Some(err.to_string()));
         }
         result
     }
@@ -188,21 +227,23 @@ impl Task {
         self.store.watch(self.ring).borrow().clone()
     }
 
-    fn desc(&self) -> InstanceDesc {
+    fn desc(&self, state: InstanceState) -> InstanceDesc {
         InstanceDesc {
             id: self.config.instance_id.clone(),
             addr: self.config.addr.clone(),
             zone: self.config.zone.clone(),
-            state: self.state(),
+            state,
             tokens: self.tokens.clone(),
             heartbeat_ms: now_ms(),
             registered_ms: self.registered_ms,
         }
     }
 
+    /// Publishes the new state, then takes it locally: whoever waits for
+    /// the local state (stop, readiness) finds the ring already says so.
     async fn set_state(&mut self, state: InstanceState) -> Result<(), LifecyclerError> {
+        self.store.publish(self.ring, self.desc(state)).await?;
         self.state.send_replace(state);
-        self.store.publish(self.ring, self.desc()).await?;
         info!(ring = self.ring, instance = %self.config.instance_id, %state, tokens = self.tokens.len(), "ring state");
         Ok(())
     }
@@ -337,31 +378,61 @@ impl Task {
         }
     }
 
+    /// Heartbeats (and forgets dead members) until told to finish: on
+    /// Leaving it turns LEAVING; on Finish it keeps heartbeating through
+    /// the final sleep, then leaves. A dropped handle counts as Finish.
     async fn heartbeat_until_stopped(&mut self) -> Result<(), LifecyclerError> {
         let mut interval = tokio::time::interval(self.config.heartbeat_period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leave_at: Option<tokio::time::Instant> = None;
+        let mut handle_gone = false;
         loop {
-            let phase = *self.phase.borrow_and_update();
-            match phase {
-                Phase::Leaving if self.state() != InstanceState::Leaving => {
-                    self.set_state(InstanceState::Leaving).await?;
-                }
-                Phase::Finish => return self.leave().await,
-                Phase::Running | Phase::Leaving => {}
+            let phase = if handle_gone {
+                Phase::Finish
+            } else {
+                *self.phase.borrow_and_update()
+            };
+            if phase != Phase::Running && self.state() != InstanceState::Leaving {
+                self.set_state(InstanceState::Leaving).await?;
             }
+            if phase == Phase::Finish && leave_at.is_none() {
+                leave_at = Some(tokio::time::Instant::now() + self.config.final_sleep);
+            }
+            if leave_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                return self.leave().await;
+            }
+            let wake = leave_at.unwrap_or_else(|| tokio::time::Instant::now() + self.config.heartbeat_period);
             tokio::select! {
-                _ = interval.tick() => {
-                    let heartbeat = self.store.heartbeat(self.ring, &self.config.instance_id, now_ms()).await;
-                    if let Err(err) = heartbeat {
-                        warn!(ring = self.ring, error = %err, "heartbeat failed");
-                    }
-                    if self.state() == InstanceState::Active {
-                        self.forget_dead_members().await;
-                    }
+                _ = interval.tick() => self.heartbeat().await?,
+                changed = self.phase.changed(), if !handle_gone => {
+                    // The handle is gone: nobody will stop this instance.
+                    handle_gone = changed.is_err();
                 }
-                _ = self.phase.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), LifecyclerError> {
+        let present = self.members().iter().any(|desc| desc.id == self.config.instance_id);
+        if present {
+            if let Err(err) = self
+                .store
+                .heartbeat(self.ring, &self.config.instance_id, now_ms())
+                .await
+            {
+                warn!(ring = self.ring, error = %err, "heartbeat failed");
+            }
+        } else {
+            // Forgotten while alive (an operator's Forget): register again.
+            warn!(ring = self.ring, instance = %self.config.instance_id, "not in the ring any more; registering again");
+            let state = self.state();
+            self.set_state(state).await?;
+        }
+        if self.state() == InstanceState::Active {
+            self.forget_dead_members().await;
+        }
+        Ok(())
     }
 
     /// Forgets members unhealthy for longer than the auto-forget period.
@@ -391,7 +462,6 @@ impl Task {
         if self.state() != InstanceState::Leaving {
             self.set_state(InstanceState::Leaving).await?;
         }
-        tokio::time::sleep(self.config.final_sleep).await;
         self.store.leave(self.ring, &self.config.instance_id).await?;
         info!(ring = self.ring, instance = %self.config.instance_id, "left the ring");
         Ok(())

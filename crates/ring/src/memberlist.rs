@@ -99,8 +99,9 @@ impl MemberlistStore {
         };
         let handle = chitchat::spawn_chitchat(chitchat_config, Vec::new(), transport)
             .await
-            .map_err(|err| StoreError {
-                message: format!("cannot start gossip on {}: {err:#}", config.bind_addr),
+            .map_err(|err| StoreError::Gossip {
+                address: config.bind_addr.to_string(),
+                reason: format!("{err:#}"),
             })?;
         info!(
             node = %config.node_name,
@@ -148,7 +149,8 @@ impl MemberlistStore {
     /// a few rounds to spread.
     pub async fn shutdown(&self) {
         tokio::time::sleep(self.config.gossip_interval * 3).await;
-        if let Some(handle) = self.handle.lock().await.take()
+        let handle = self.handle.lock().await.take();
+        if let Some(handle) = handle
             && let Err(err) = handle.shutdown().await
         {
             warn!(error = %err, "gossip did not stop cleanly");
@@ -236,6 +238,27 @@ fn forget_key(ring: &str, instance_id: &str) -> String {
     format!("forget/{ring}/{instance_id}")
 }
 
+/// The newest heartbeat any process gossips for an instance.
+fn newest_heartbeat<'a>(
+    states: impl Iterator<Item = &'a chitchat::NodeState>,
+    ring: &str,
+    instance_id: &str,
+) -> Option<i64> {
+    let ring_key = ring_key(ring, instance_id);
+    let heartbeat_key = heartbeat_key(ring, instance_id);
+    states
+        .filter(|state| state.get(&ring_key).is_some())
+        .filter_map(|state| {
+            let from_desc = state
+                .get(&ring_key)
+                .and_then(|json| serde_json::from_str::<InstanceDesc>(json).ok())
+                .map(|desc| desc.heartbeat_ms);
+            let from_key = state.get(&heartbeat_key).and_then(|ms| ms.parse::<i64>().ok());
+            from_desc.max(from_key)
+        })
+        .max()
+}
+
 /// Every ring's members from the key-value states of all processes.
 fn build_views<'a>(states: impl Iterator<Item = &'a chitchat::NodeState>) -> BTreeMap<String, Vec<InstanceDesc>> {
     let mut instances: BTreeMap<(String, String), InstanceDesc> = BTreeMap::new();
@@ -288,8 +311,10 @@ fn build_views<'a>(states: impl Iterator<Item = &'a chitchat::NodeState>) -> BTr
 impl RingStore for MemberlistStore {
     fn publish<'a>(&'a self, ring: &'a str, desc: InstanceDesc) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&desc).map_err(|err| StoreError {
-                message: format!("cannot encode instance {}: {err}", desc.id),
+            let json = serde_json::to_string(&desc).map_err(|err| StoreError::Encode {
+                ring: ring.to_owned(),
+                instance: desc.id.clone(),
+                reason: err.to_string(),
             })?;
             self.with_self_state(|state| {
                 state.set(ring_key(ring, &desc.id), json);
@@ -315,33 +340,39 @@ impl RingStore for MemberlistStore {
 
     fn leave<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            self.with_self_state(|state| {
-                for key in [ring_key(ring, instance_id), heartbeat_key(ring, instance_id)] {
-                    if state.get(&key).is_some() {
-                        state.delete(&key);
-                    }
+            let mut chitchat = self.chitchat.lock().await;
+            // Older registrations of the instance (a process killed before
+            // a restart) still gossip; a forget marker hides them too.
+            let newest = newest_heartbeat(chitchat.node_states().values(), ring, instance_id);
+            let state = chitchat.self_node_state();
+            for key in [ring_key(ring, instance_id), heartbeat_key(ring, instance_id)] {
+                if state.get(&key).is_some() {
+                    state.delete(&key);
                 }
-            })
-            .await;
+            }
+            if let Some(heartbeat) = newest {
+                state.set_with_ttl(forget_key(ring, instance_id), heartbeat);
+            }
             Ok(())
         })
     }
 
     fn forget<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let heartbeat = self
-                .sender(ring)
-                .borrow()
-                .iter()
-                .find(|desc| desc.id == instance_id)
-                .map(|desc| desc.heartbeat_ms);
-            let Some(heartbeat) = heartbeat else {
-                return Err(StoreError {
-                    message: format!("instance {instance_id} is not in ring {ring}"),
-                });
-            };
-            self.with_self_state(|state| state.set_with_ttl(forget_key(ring, instance_id), heartbeat))
-                .await;
+            {
+                // The marker takes the newest heartbeat gossip holds now, in
+                // the same critical section that sets it.
+                let mut chitchat = self.chitchat.lock().await;
+                let Some(heartbeat) = newest_heartbeat(chitchat.node_states().values(), ring, instance_id) else {
+                    return Err(StoreError::NotInRing {
+                        ring: ring.to_owned(),
+                        instance: instance_id.to_owned(),
+                    });
+                };
+                chitchat
+                    .self_node_state()
+                    .set_with_ttl(forget_key(ring, instance_id), heartbeat);
+            }
             self.refresh().await;
             Ok(())
         })
@@ -349,6 +380,14 @@ impl RingStore for MemberlistStore {
 
     fn watch(&self, ring: &str) -> watch::Receiver<Members> {
         self.sender(ring).subscribe()
+    }
+
+    fn is_synced(&self) -> bool {
+        self.config.join_members.is_empty()
+            || self
+                .chitchat
+                .try_lock()
+                .is_ok_and(|chitchat| chitchat.live_nodes().count() > 1)
     }
 
     fn wait_until_synced(&self, timeout: Duration) -> BoxFuture<'_, bool> {

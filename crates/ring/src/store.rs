@@ -24,9 +24,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A ring store could not take a change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("ring store: {message}")]
-pub struct StoreError {
-    pub message: String,
+pub enum StoreError {
+    #[error("cannot encode instance {instance} of ring {ring}: {reason}")]
+    Encode {
+        ring: String,
+        instance: String,
+        reason: String,
+    },
+    #[error("instance {instance} is not in ring {ring}")]
+    NotInRing { ring: String, instance: String },
+    #[error("cannot start gossip on {address}: {reason}")]
+    Gossip { address: String, reason: String },
 }
 
 /// Keeps ring members and tells every process about changes.
@@ -46,7 +54,8 @@ pub trait RingStore: Send + Sync + fmt::Debug {
     fn leave<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Removes another instance, as it is now, from the ring for every
-    /// process (an instance that heartbeats again comes back).
+    /// process. A live instance notices and registers again (its
+    /// lifecycler republishes itself when it is missing).
     fn forget<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The ring's members, updated on every change.
@@ -55,6 +64,10 @@ pub trait RingStore: Send + Sync + fmt::Debug {
     /// Waits until the store has heard from the rest of the cluster (or
     /// `timeout` passed); returns whether it did.
     fn wait_until_synced(&self, timeout: Duration) -> BoxFuture<'_, bool>;
+
+    /// Whether the store has heard from the rest of the cluster (always,
+    /// when there is nobody to hear from).
+    fn is_synced(&self) -> bool;
 }
 
 /// Rings kept in this process's memory: every lifecycler and reader of the
@@ -112,7 +125,21 @@ impl RingStore for InMemoryStore {
     }
 
     fn forget<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.leave(ring, instance_id)
+        let mut found = false;
+        self.update(ring, |members| {
+            let before = members.len();
+            members.retain(|member| member.id != instance_id);
+            found = members.len() != before;
+        });
+        let result = if found {
+            Ok(())
+        } else {
+            Err(StoreError::NotInRing {
+                ring: ring.to_owned(),
+                instance: instance_id.to_owned(),
+            })
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn watch(&self, ring: &str) -> watch::Receiver<Members> {
@@ -125,6 +152,10 @@ impl RingStore for InMemoryStore {
 
     fn wait_until_synced(&self, _timeout: Duration) -> BoxFuture<'_, bool> {
         Box::pin(std::future::ready(true))
+    }
+
+    fn is_synced(&self) -> bool {
+        true
     }
 }
 
@@ -159,6 +190,7 @@ mod tests {
         assert_eq!(members.borrow_and_update()[0].heartbeat_ms, 9);
         store.leave("ingester", "a").await.unwrap();
         store.forget("ingester", "b").await.unwrap();
+        assert!(store.forget("ingester", "b").await.is_err());
         assert!(members.borrow_and_update().is_empty());
         assert_eq!(store.watch("distributor").borrow().len(), 1);
     }

@@ -130,6 +130,27 @@ impl Membership {
         })
     }
 
+    /// Completes when a lifecycler fails (its instance is out of the ring):
+    /// the process should stop rather than run unseen.
+    pub fn failure(&self) -> impl Future<Output = String> + Send + 'static {
+        fn watch(handle: Option<&LifecyclerHandle>) -> impl Future<Output = String> + Send + 'static {
+            let failure = handle.map(|handle| (handle.ring(), handle.failure()));
+            async move {
+                match failure {
+                    Some((ring, failure)) => format!("{ring} ring: {}", failure.await),
+                    None => std::future::pending().await,
+                }
+            }
+        }
+        let (ingester, distributor) = (watch(self.ingester.as_ref()), watch(self.distributor.as_ref()));
+        async move {
+            tokio::select! {
+                message = ingester => message,
+                message = distributor => message,
+            }
+        }
+    }
+
     /// What `/ready` waits for: every lifecycler ACTIVE and seen so.
     pub fn readiness_checks(&self) -> Vec<ReadinessCheck> {
         let mut checks: Vec<ReadinessCheck> = Vec::new();
@@ -232,7 +253,6 @@ fn ingester_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerConf
         zone: settings.availability_zone.clone(),
         num_tokens: settings.num_tokens,
         heartbeat_period: settings.heartbeat_period,
-        heartbeat_timeout: settings.ring.heartbeat_timeout,
         auto_forget_unhealthy_period: settings
             .ring
             .auto_forget_unhealthy_period
@@ -256,7 +276,6 @@ fn distributor_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerC
         zone: String::new(),
         num_tokens: DISTRIBUTOR_TOKENS,
         heartbeat_period: ring.heartbeat_period,
-        heartbeat_timeout: ring.heartbeat_timeout,
         auto_forget_unhealthy_period: ring.heartbeat_timeout * DISTRIBUTOR_FORGET_TIMEOUTS,
         join_after: Duration::ZERO,
         observe_period: Duration::ZERO,

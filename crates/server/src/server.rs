@@ -15,7 +15,7 @@ use flamedb_api::{ErrorCode, RpcError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::build_info::BuildInfo;
 use crate::config::Config;
@@ -64,7 +64,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!(address = %local_address, "listening for HTTP/1.1 and h2c");
     readiness.set_ready();
 
-    shutdown.await;
+    let failure = membership.failure();
+    let failed = tokio::select! {
+        () = shutdown => None,
+        message = failure => Some(message),
+    };
+    if let Some(message) = &failed {
+        error!(error = %message, "a module failed; stopping");
+    }
     info!(grace_period = %humantime::format_duration(grace), "shutting down");
     readiness.set_stopping();
     // Backend first: the ingester leaves the write path (LEAVING, flush,
@@ -72,17 +79,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // the distributor leaves its ring and gossip stops.
     membership.stop_ingester(async {}).await;
     stop.cancel();
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(result)) => result.context("the HTTP server failed")?,
-        Ok(Err(join_error)) => return Err(join_error).context("the HTTP server task failed"),
-        Err(_) => warn!(
-            grace_period = %humantime::format_duration(grace),
-            "requests still running after the grace period; stopping anyway"
-        ),
-    }
+    let abort = server.abort_handle();
+    let served = match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result.context("the HTTP server failed"),
+        Ok(Err(join_error)) => Err(join_error).context("the HTTP server task failed"),
+        Err(_) => {
+            warn!(
+                grace_period = %humantime::format_duration(grace),
+                "requests still running after the grace period; stopping anyway"
+            );
+            abort.abort();
+            Ok(())
+        }
+    };
     membership.shutdown().await;
     info!("stopped");
-    Ok(())
+    served?;
+    match failed {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => Ok(()),
+    }
 }
 
 async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) -> std::io::Result<()> {

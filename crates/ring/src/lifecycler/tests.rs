@@ -165,6 +165,14 @@ async fn test_dead_instances_are_forgotten_after_the_period() {
     };
     store.publish("ingester", dead).await.unwrap();
     store.publish("ingester", recent).await.unwrap();
+    // The recent one stays alive: it heartbeats.
+    let beating = store.clone();
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let _ = beating.heartbeat("ingester", "ingester-recent", now_ms()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let config = LifecyclerConfig {
         auto_forget_unhealthy_period: Duration::from_secs(1),
         ..LifecyclerConfig::for_test("ingester-1", 4)
@@ -175,7 +183,82 @@ async fn test_dead_instances_are_forgotten_after_the_period() {
         .unwrap();
     wait_until(|| member(&store, "ingester-dead").is_none()).await;
     assert!(member(&store, "ingester-recent").is_some());
+    heartbeats.abort();
     handle.stop(async {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn test_a_forgotten_live_instance_registers_again() {
+    let store = InMemoryStore::new();
+    let mut handle = Lifecycler::start("ingester", LifecyclerConfig::for_test("ingester-1", 8), store.clone());
+    tokio::time::timeout(WAIT, handle.wait_for_state(InstanceState::Active))
+        .await
+        .unwrap();
+    let tokens = member(&store, "ingester-1").unwrap().tokens;
+    store.forget("ingester", "ingester-1").await.unwrap();
+    wait_until(|| member(&store, "ingester-1").is_some()).await;
+    let back = member(&store, "ingester-1").unwrap();
+    assert_eq!((back.state, back.tokens), (InstanceState::Active, tokens));
+    wait_until(|| handle.is_ready()).await;
+    handle.stop(async {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn test_dropping_the_handle_leaves_the_ring() {
+    let store = InMemoryStore::new();
+    let mut handle = Lifecycler::start("ingester", LifecyclerConfig::for_test("ingester-1", 8), store.clone());
+    tokio::time::timeout(WAIT, handle.wait_for_state(InstanceState::Active))
+        .await
+        .unwrap();
+    drop(handle);
+    wait_until(|| member(&store, "ingester-1").is_none()).await;
+}
+
+#[tokio::test]
+async fn test_heartbeats_go_on_during_the_final_sleep() {
+    let store = InMemoryStore::new();
+    let config = LifecyclerConfig {
+        final_sleep: Duration::from_millis(600),
+        ..LifecyclerConfig::for_test("ingester-1", 8)
+    };
+    let mut handle = Lifecycler::start("ingester", config, store.clone());
+    tokio::time::timeout(WAIT, handle.wait_for_state(InstanceState::Active))
+        .await
+        .unwrap();
+    let watcher = store.clone();
+    let observed = tokio::spawn(async move {
+        // Heartbeats seen while LEAVING.
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            match member(&watcher, "ingester-1") {
+                Some(desc) if desc.state == InstanceState::Leaving => {
+                    seen.insert(desc.heartbeat_ms);
+                }
+                Some(_) => {}
+                None => return seen,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    handle.stop(async {}).await.unwrap();
+    let seen = observed.await.unwrap();
+    assert!(seen.len() >= 3, "heartbeats while LEAVING: {seen:?}");
+}
+
+#[tokio::test]
+async fn test_a_failed_lifecycler_reports_and_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tokens file's directory does not exist: saving tokens fails.
+    let config = LifecyclerConfig {
+        tokens_file: Some(dir.path().join("missing").join("tokens.json")),
+        ..LifecyclerConfig::for_test("ingester-1", 8)
+    };
+    let store = InMemoryStore::new();
+    let handle = Lifecycler::start("ingester", config, store.clone());
+    let message = tokio::time::timeout(WAIT, handle.failure()).await.unwrap();
+    assert!(message.contains("tokens file"), "{message}");
+    assert!(member(&store, "ingester-1").is_none());
+    assert!(handle.stop(async {}).await.is_err());
 }
 
 #[tokio::test]

@@ -154,6 +154,25 @@ async fn test_clusters_with_different_labels_never_merge() {
     assert_eq!(a.members().await.len(), 1);
 }
 
+#[tokio::test]
+async fn test_leaving_hides_older_registrations_of_the_instance() {
+    let transport = ChannelTransport::default();
+    let a = node(&transport, 5001, &[], "test").await;
+    // An earlier process of ingester-x was killed: its state still gossips.
+    let old = node(&transport, 5002, &[5001], "test").await;
+    old.publish("ingester", desc("ingester-x", 10)).await.unwrap();
+    wait_for(&a, "ingester", |members| members.len() == 1).await;
+    // The restarted process registers, then leaves cleanly.
+    let restarted = node(&transport, 5003, &[5001], "test").await;
+    restarted.publish("ingester", desc("ingester-x", 20)).await.unwrap();
+    wait_for(&a, "ingester", |members| {
+        heartbeat_of(members, "ingester-x") == Some(20)
+    })
+    .await;
+    restarted.leave("ingester", "ingester-x").await.unwrap();
+    wait_for(&a, "ingester", <[InstanceDesc]>::is_empty).await;
+}
+
 #[test]
 fn test_the_newest_registration_of_an_instance_wins() {
     // Two processes (an old generation and its restart) claim one
