@@ -24,6 +24,7 @@ mod labels;
 mod limits;
 mod normalize;
 pub mod pprof;
+mod profile_id;
 mod profile_type;
 mod selector;
 mod split;
@@ -40,6 +41,7 @@ pub use labels::{
 };
 pub use limits::Limits;
 pub use normalize::normalize;
+pub use profile_id::{ProfileId, ProfileIdError};
 pub use profile_type::{ProfileType, ProfileTypeError, TypedSeries, typed_series};
 pub use selector::{MatchOp, Matcher, Selector, SelectorError, parse_selector};
 pub use split::{SeriesProfile, sample_labels, split_by_sample_labels};

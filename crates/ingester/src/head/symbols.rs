@@ -1,0 +1,290 @@
+//! The symbols of a head, each stored once: strings, functions, mappings,
+//! locations, and stack traces as a prefix tree (each node is a parent node
+//! and a location, so shared stack prefixes are stored once).
+//!
+//! A location without source lines gets one synthetic line whose function
+//! is named after its address (`0x4f2a10`), so every frame has a name.
+
+use flamedb_model::pprof::Profile;
+use indexmap::IndexSet;
+
+/// A function: string ids of its names and file, and its first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Function {
+    pub name: u32,
+    pub system_name: u32,
+    pub filename: u32,
+    pub start_line: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Mapping {
+    pub filename: u32,
+    pub build_id: u32,
+    pub memory_start: u64,
+    pub memory_limit: u64,
+    pub file_offset: u64,
+    pub has_functions: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Line {
+    pub function: u32,
+    pub line: i64,
+}
+
+/// A location: its mapping (0 = none, else mapping index + 1), address and
+/// lines (innermost first, as in pprof).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Location {
+    pub mapping: u32,
+    pub address: u64,
+    pub lines: Box<[Line]>,
+}
+
+/// Rough sizes of what each entry costs in memory (the value, the index
+/// slot and the hash table slot).
+const STRING_OVERHEAD: usize = 56;
+const FUNCTION_BYTES: usize = 56;
+const MAPPING_BYTES: usize = 80;
+const LOCATION_BYTES: usize = 64;
+const LINE_BYTES: usize = 16;
+const STACK_NODE_BYTES: usize = 32;
+
+/// The symbol store of one head.
+#[derive(Debug)]
+pub(crate) struct Symbols {
+    strings: IndexSet<String>,
+    functions: IndexSet<Function>,
+    mappings: IndexSet<Mapping>,
+    locations: IndexSet<Location>,
+    /// Stack node `i + 1` is `(parent node, location index)`; node 0 is the
+    /// empty stack.
+    stacks: IndexSet<(u32, u32)>,
+    bytes: usize,
+}
+
+impl Symbols {
+    pub(crate) fn new() -> Self {
+        let mut strings = IndexSet::new();
+        strings.insert(String::new());
+        Self {
+            strings,
+            functions: IndexSet::new(),
+            mappings: IndexSet::new(),
+            locations: IndexSet::new(),
+            stacks: IndexSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Memory held, in bytes (estimated from the entries).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn string(&mut self, value: &str) -> u32 {
+        if let Some(index) = self.strings.get_index_of(value) {
+            return index as u32;
+        }
+        self.bytes += value.len() + STRING_OVERHEAD;
+        self.strings.insert_full(value.to_owned()).0 as u32
+    }
+
+    pub(crate) fn string_at(&self, index: u32) -> &str {
+        self.strings.get_index(index as usize).map_or("", String::as_str)
+    }
+
+    /// Adds a profile's symbols; returns the stack id of each sample.
+    /// References that do not resolve (a profile that was not normalized)
+    /// are skipped, never trusted.
+    pub(crate) fn add_profile(&mut self, profile: &Profile) -> Vec<u32> {
+        let strings: Vec<u32> = profile.string_table.iter().map(|value| self.string(value)).collect();
+        let string = |index: i64| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|index| strings.get(index).copied())
+                .unwrap_or(0)
+        };
+        // pprof ids, as normalized: 1..=n in table order. Each table maps
+        // by position; an id out of range resolves to nothing.
+        let functions: Vec<u32> = profile
+            .function
+            .iter()
+            .map(|function| {
+                let function = Function {
+                    name: string(function.name),
+                    system_name: string(function.system_name),
+                    filename: string(function.filename),
+                    start_line: function.start_line,
+                };
+                self.function(function)
+            })
+            .collect();
+        let mappings: Vec<u32> = profile
+            .mapping
+            .iter()
+            .map(|mapping| {
+                let mapping = Mapping {
+                    filename: string(mapping.filename),
+                    build_id: string(mapping.build_id),
+                    memory_start: mapping.memory_start,
+                    memory_limit: mapping.memory_limit,
+                    file_offset: mapping.file_offset,
+                    has_functions: mapping.has_functions,
+                };
+                self.mapping(mapping)
+            })
+            .collect();
+        let by_id = |table: &[u32], id: u64| -> Option<u32> {
+            usize::try_from(id)
+                .ok()
+                .and_then(|id| id.checked_sub(1))
+                .and_then(|index| table.get(index).copied())
+        };
+        let locations: Vec<u32> = profile
+            .location
+            .iter()
+            .map(|location| {
+                let mut lines: Vec<Line> = location
+                    .line
+                    .iter()
+                    .filter_map(|line| {
+                        Some(Line {
+                            function: by_id(&functions, line.function_id)?,
+                            line: line.line,
+                        })
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    let name = self.string(&format!("{:#x}", location.address));
+                    let function = self.function(Function {
+                        name,
+                        system_name: name,
+                        filename: 0,
+                        start_line: 0,
+                    });
+                    lines.push(Line { function, line: 0 });
+                }
+                let mapping = by_id(&mappings, location.mapping_id).map_or(0, |index| index + 1);
+                self.location(Location {
+                    mapping,
+                    address: location.address,
+                    lines: lines.into_boxed_slice(),
+                })
+            })
+            .collect();
+        profile
+            .sample
+            .iter()
+            .map(|sample| {
+                // pprof stacks are leaf first; the tree grows from the root.
+                sample
+                    .location_id
+                    .iter()
+                    .rev()
+                    .filter_map(|&id| by_id(&locations, id))
+                    .fold(0, |parent, location| self.stack_node(parent, location))
+            })
+            .collect()
+    }
+
+    fn function(&mut self, function: Function) -> u32 {
+        let (index, added) = self.functions.insert_full(function);
+        if added {
+            self.bytes += FUNCTION_BYTES;
+        }
+        index as u32
+    }
+
+    fn mapping(&mut self, mapping: Mapping) -> u32 {
+        let (index, added) = self.mappings.insert_full(mapping);
+        if added {
+            self.bytes += MAPPING_BYTES;
+        }
+        index as u32
+    }
+
+    fn location(&mut self, location: Location) -> u32 {
+        if let Some(index) = self.locations.get_index_of(&location) {
+            return index as u32;
+        }
+        self.bytes += LOCATION_BYTES + location.lines.len() * LINE_BYTES;
+        self.locations.insert_full(location).0 as u32
+    }
+
+    fn stack_node(&mut self, parent: u32, location: u32) -> u32 {
+        let (index, added) = self.stacks.insert_full((parent, location));
+        if added {
+            self.bytes += STACK_NODE_BYTES;
+        }
+        index as u32 + 1
+    }
+
+    /// The function names of a stack, root first (inlined calls expanded,
+    /// caller before callee).
+    pub(crate) fn frames(&self, stack: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let mut node = stack;
+        // Walk leaf to root, then reverse.
+        while node != 0 {
+            let Some(&(parent, location)) = self.stacks.get_index(node as usize - 1) else {
+                break;
+            };
+            if let Some(location) = self.locations.get_index(location as usize) {
+                for line in location.lines.iter() {
+                    if let Some(function) = self.functions.get_index(line.function as usize) {
+                        out.push(function.name);
+                    }
+                }
+            }
+            node = parent;
+        }
+        out.reverse();
+    }
+
+    /// A hash of what a stack says (function names, files, lines), the
+    /// same in every head: the key of server-side delta computation.
+    pub(crate) fn stack_hash(&self, stack: u32) -> u64 {
+        let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+        let mut node = stack;
+        while node != 0 {
+            let Some(&(parent, location)) = self.stacks.get_index(node as usize - 1) else {
+                break;
+            };
+            if let Some(location) = self.locations.get_index(location as usize) {
+                for line in location.lines.iter() {
+                    if let Some(function) = self.functions.get_index(line.function as usize) {
+                        hasher.update(self.string_at(function.name).as_bytes());
+                        hasher.update(&[0xff]);
+                        hasher.update(self.string_at(function.filename).as_bytes());
+                        hasher.update(&line.line.to_le_bytes());
+                    }
+                }
+            }
+            hasher.update(&[0xfe]);
+            node = parent;
+        }
+        hasher.digest()
+    }
+
+    pub(crate) fn counts(&self) -> SymbolCounts {
+        SymbolCounts {
+            strings: self.strings.len(),
+            functions: self.functions.len(),
+            mappings: self.mappings.len(),
+            locations: self.locations.len(),
+            stacks: self.stacks.len(),
+        }
+    }
+}
+
+/// How many symbols a head holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SymbolCounts {
+    pub strings: usize,
+    pub functions: usize,
+    pub mappings: usize,
+    pub locations: usize,
+    pub stacks: usize,
+}

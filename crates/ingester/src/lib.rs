@@ -1,0 +1,27 @@
+//! The ingester: keeps the recent profiles of each tenant in heads (one per
+//! tenant and time window), durable through a write-ahead log, and answers
+//! queries over them.
+//!
+//! ```text
+//!  push(tenant, profiles)
+//!    │  memory ceiling, active series limit (refuse early: 429)
+//!    ▼
+//!  WAL append (group commit, fsync) ──▶ completion, in WAL order ──▶ heads
+//!                                                                     │
+//!  start: WAL replay ──────────────────────────────────────────────▶ heads
+//!  queries: label names/values, series, profile types, profiles, merged trees
+//! ```
+
+mod delta;
+mod head;
+mod ingester;
+mod limiter;
+mod metrics;
+mod record;
+
+pub use head::{Head, ProfileQuery, SelectedProfile, SymbolCounts, TimeRange};
+pub use ingester::{
+    IncomingProfile, Ingester, IngesterConfig, PushError, ReplayReport, ShareOfCluster, StartError, TenantLimits,
+};
+pub use limiter::{ClusterShare, SeriesLimit};
+pub use metrics::IngesterMetrics;

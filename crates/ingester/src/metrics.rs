@@ -1,0 +1,115 @@
+//! The ingester's metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::ingester::ReplayReport;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Tenant {
+    tenant: String,
+}
+
+/// Registered once per process, shared by the ingester's parts.
+#[derive(Debug, Clone)]
+pub struct IngesterMetrics {
+    head_bytes: Gauge,
+    profiles: Counter,
+    ingested_bytes: Counter,
+    refused: Family<Reason, Counter>,
+    active_series: Family<Tenant, Gauge>,
+    replayed_records: Counter,
+    repaired_segments: Counter,
+    unreadable_records: Counter,
+}
+
+impl IngesterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            head_bytes: Gauge::default(),
+            profiles: Counter::default(),
+            ingested_bytes: Counter::default(),
+            refused: Family::default(),
+            active_series: Family::default(),
+            replayed_records: Counter::default(),
+            repaired_segments: Counter::default(),
+            unreadable_records: Counter::default(),
+        };
+        registry.register(
+            "flamedb_ingester_head_bytes",
+            "Memory held by the heads of all tenants, as measured from their structures",
+            metrics.head_bytes.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_profiles",
+            "Profiles applied to the heads (replayed ones included)",
+            metrics.profiles.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_head_growth_bytes",
+            "Bytes the heads grew by when profiles were applied",
+            metrics.ingested_bytes.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_pushes_refused",
+            "Pushes refused by the ingester, by reason (memory_limit, series_limit, wal)",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_active_series",
+            "Series of each tenant that got a profile in the last 10 minutes (what the series limit counts)",
+            metrics.active_series.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_wal_replayed_records",
+            "WAL records replayed at start",
+            metrics.replayed_records.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_wal_repaired_segments",
+            "WAL segments whose torn or corrupt tail was cut off at start",
+            metrics.repaired_segments.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_wal_unreadable_records",
+            "WAL records skipped at start because they could not be decoded",
+            metrics.unreadable_records.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn ingested(&self, grown_bytes: usize) {
+        self.profiles.inc();
+        self.ingested_bytes.inc_by(grown_bytes as u64);
+    }
+
+    pub(crate) fn set_head_bytes(&self, bytes: usize) {
+        self.head_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub(crate) fn set_active_series(&self, tenant: &str, active: usize) {
+        self.active_series
+            .get_or_create(&Tenant {
+                tenant: tenant.to_owned(),
+            })
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn record_replay(&self, report: &ReplayReport) {
+        self.replayed_records.inc_by(report.wal.records);
+        self.repaired_segments.inc_by(report.wal.repaired_segments);
+        self.unreadable_records.inc_by(report.unreadable_records);
+    }
+}

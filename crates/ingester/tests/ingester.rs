@@ -1,0 +1,322 @@
+//! The ingester through its public API: pushes, restarts with WAL replay,
+//! limits, and queries, with the real profiles of ../shared/testdata.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flamedb_ingester::{
+    ClusterShare, IncomingProfile, Ingester, IngesterConfig, IngesterMetrics, ProfileQuery, PushError, TimeRange,
+};
+use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::{Labels, Limits, ProfileId, Selector, parse_selector, prepare_profile};
+use prometheus_client::registry::Registry;
+
+const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+
+struct TestContext {
+    dir: tempfile::TempDir,
+}
+
+impl TestContext {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn start_with(&self, config: IngesterConfig, limits: Limits) -> Ingester {
+        let limits = Arc::new(limits);
+        let (ingester, _) = Ingester::start(
+            config,
+            Arc::new(move |_| limits.clone()),
+            Arc::new(|| ClusterShare::ALONE),
+            IngesterMetrics::register(&mut Registry::default()),
+        )
+        .unwrap();
+        ingester
+    }
+
+    fn start(&self) -> Ingester {
+        self.start_with(IngesterConfig::new(self.dir.path()), Limits::default())
+    }
+}
+
+/// A CPU profile: `main` with `value`, at `time_ms`.
+fn cpu_profile(time_ms: i64, value: i64) -> Profile {
+    Profile {
+        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+        period_type: Some(ValueType { r#type: 1, unit: 2 }),
+        string_table: ["", "cpu", "nanoseconds", "main"].map(String::from).to_vec(),
+        function: vec![Function {
+            id: 1,
+            name: 3,
+            ..Function::default()
+        }],
+        location: vec![Location {
+            id: 1,
+            line: vec![Line {
+                function_id: 1,
+                ..Line::default()
+            }],
+            ..Location::default()
+        }],
+        sample: vec![Sample {
+            location_id: vec![1],
+            value: vec![value],
+            label: vec![],
+        }],
+        time_nanos: time_ms * 1_000_000,
+        ..Profile::default()
+    }
+}
+
+fn incoming(service: &str, id: u8, time_ms: i64, value: i64) -> IncomingProfile {
+    IncomingProfile {
+        labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", service)]),
+        id: ProfileId([id; 16]),
+        profile: cpu_profile(time_ms, value),
+    }
+}
+
+fn cpu_query(selector: &str) -> ProfileQuery {
+    ProfileQuery {
+        profile_type: CPU.to_owned(),
+        selector: parse_selector(selector).unwrap(),
+        range: TimeRange::ALL,
+    }
+}
+
+fn total(ingester: &Ingester, tenant: &str) -> i64 {
+    ingester.merge(tenant, &cpu_query("{}"), None).total()
+}
+
+#[tokio::test]
+async fn test_push_query_restart_replay() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    ingester
+        .push(
+            "tenant-a",
+            vec![incoming("api", 1, 1_000, 10), incoming("db", 2, 2_000, 20)],
+        )
+        .await
+        .unwrap();
+    ingester
+        .push("tenant-b", vec![incoming("api", 3, 3_000, 5)])
+        .await
+        .unwrap();
+    ingester
+        .push("tenant-a", vec![incoming("api", 4, 3_600_001, 1)])
+        .await
+        .unwrap();
+
+    let check = |ingester: &Ingester| {
+        assert_eq!(total(ingester, "tenant-a"), 31);
+        assert_eq!(total(ingester, "tenant-b"), 5);
+        assert_eq!(
+            ingester.label_values("tenant-a", "service_name", &[], TimeRange::ALL),
+            ["api", "db"]
+        );
+        let types: Vec<String> = ingester
+            .profile_types("tenant-a", TimeRange::ALL)
+            .iter()
+            .map(|profile_type| profile_type.id())
+            .collect();
+        assert_eq!(types, [CPU]);
+        let selected = ingester.select_profiles("tenant-a", &cpu_query(r#"{service_name="api"}"#));
+        let mut ids: Vec<u8> = selected.iter().map(|profile| profile.id.0[0]).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 4]);
+        let series = ingester.series("tenant-a", &[], &["service_name".to_owned()], TimeRange::ALL);
+        assert_eq!(series.len(), 2);
+    };
+    check(&ingester);
+    let head_bytes = ingester.head_bytes();
+    assert!(head_bytes > 0);
+    drop(ingester);
+
+    // A restart replays the WAL: the same answers.
+    let restarted = context.start();
+    check(&restarted);
+    assert_eq!(restarted.head_bytes(), head_bytes);
+}
+
+#[tokio::test]
+async fn test_only_some_profile_ids() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    ingester
+        .push("t", vec![incoming("api", 1, 1_000, 10), incoming("api", 2, 2_000, 20)])
+        .await
+        .unwrap();
+    let only = [ProfileId([2; 16])].into_iter().collect();
+    assert_eq!(ingester.merge("t", &cpu_query("{}"), Some(&only)).total(), 20);
+    let early = ProfileQuery {
+        range: TimeRange {
+            start_ms: 0,
+            end_ms: 1_500,
+        },
+        ..cpu_query("{}")
+    };
+    assert_eq!(ingester.merge("t", &early, None).total(), 10);
+}
+
+#[tokio::test]
+async fn test_memory_ceiling_refuses_pushes_and_stores_nothing_more() {
+    let context = TestContext::new();
+    let config = IngesterConfig {
+        max_head_memory_bytes: 4_000,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let ingester = context.start_with(config.clone(), Limits::default());
+    let mut accepted = 0;
+    let mut refused = 0;
+    for i in 0..200u8 {
+        match ingester
+            .push("t", vec![incoming(&format!("service-{i}"), i, 1_000, 1)])
+            .await
+        {
+            Ok(()) => accepted += 1,
+            Err(PushError::MemoryLimit { used, limit }) => {
+                assert!(used >= limit);
+                refused += 1;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused}");
+    // The ceiling holds (overshoot: at most the last accepted push).
+    assert!(ingester.head_bytes() < 4_000 + 2_000, "{}", ingester.head_bytes());
+    assert_eq!(total(&ingester, "t"), accepted);
+    drop(ingester);
+    // Everything acknowledged is still there after a restart.
+    let restarted = context.start_with(config, Limits::default());
+    assert_eq!(total(&restarted, "t"), accepted);
+}
+
+#[tokio::test]
+async fn test_series_limit() {
+    let context = TestContext::new();
+    let limits = Limits {
+        max_global_series_per_tenant: 2,
+        ..Limits::default()
+    };
+    let ingester = context.start_with(IngesterConfig::new(context.dir.path()), limits);
+    ingester.push("t", vec![incoming("a", 1, 1_000, 1)]).await.unwrap();
+    ingester.push("t", vec![incoming("b", 2, 1_000, 1)]).await.unwrap();
+    // Known series are fine, a new one is not, nor in another tenant's name.
+    ingester.push("t", vec![incoming("a", 3, 2_000, 1)]).await.unwrap();
+    let err = ingester.push("t", vec![incoming("c", 4, 1_000, 1)]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PushError::SeriesLimit {
+                active: 2,
+                new: 1,
+                limit: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_global_series_per_tenant 2"), "{err}");
+    ingester.push("other", vec![incoming("c", 5, 1_000, 1)]).await.unwrap();
+    assert_eq!(total(&ingester, "t"), 3);
+}
+
+#[tokio::test]
+async fn test_concurrent_pushes_all_land_and_replay() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    let tasks: Vec<_> = (0..100u8)
+        .map(|i| {
+            let ingester = ingester.clone();
+            tokio::spawn(async move {
+                ingester
+                    .push("t", vec![incoming(&format!("s{}", i % 7), i, 1_000 + i64::from(i), 1)])
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(total(&ingester, "t"), 100);
+    drop(ingester);
+    assert_eq!(total(&context.start(), "t"), 100);
+}
+
+#[tokio::test]
+async fn test_torn_wal_tail_after_a_crash_is_repaired() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    ingester.push("t", vec![incoming("api", 1, 1_000, 7)]).await.unwrap();
+    drop(ingester);
+    // A crash mid-write of the next record.
+    let wal_dir = context.dir.path().join("wal");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    let last = segments.iter().rev().find(|path| file_len(path) > 0).unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(last, bytes).unwrap();
+    let (restarted, report) = Ingester::start(
+        IngesterConfig::new(context.dir.path()),
+        Arc::new(|_| Arc::new(Limits::default())),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+    )
+    .unwrap();
+    assert_eq!(report.wal.repaired_segments, 1);
+    assert_eq!(total(&restarted, "t"), 7);
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)
+}
+
+fn testdata_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
+    dir.is_dir().then_some(dir).or_else(|| {
+        eprintln!("skipping: ../shared/testdata/pprof is absent");
+        None
+    })
+}
+
+#[tokio::test]
+async fn test_real_profiles_keep_their_totals() {
+    let Some(dir) = testdata_dir() else { return };
+    let context = TestContext::new();
+    let ingester = context.start_with(IngesterConfig::new(context.dir.path()), Limits::unlimited());
+    let raw = std::fs::read(dir.join("go.cpu.labels.pprof")).unwrap();
+    let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "go-app")]);
+    let series = prepare_profile(&raw, &labels, &Limits::unlimited(), 1).unwrap();
+    let expected: i64 = series
+        .iter()
+        .map(|part| part.profile.sample.iter().map(|sample| sample.value[1]).sum::<i64>())
+        .sum();
+    let profiles: Vec<IncomingProfile> = series
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| IncomingProfile {
+            labels: part.labels,
+            id: ProfileId([i as u8; 16]),
+            profile: part.profile,
+        })
+        .collect();
+    let parts = profiles.len();
+    ingester.push("t", profiles).await.unwrap();
+    let tree = ingester.merge("t", &cpu_query("{}"), None);
+    assert_eq!(tree.total(), expected);
+    let selected = ingester.select_profiles("t", &cpu_query("{}"));
+    assert_eq!(selected.len(), parts);
+    drop(ingester);
+    let restarted = context.start_with(IngesterConfig::new(context.dir.path()), Limits::unlimited());
+    assert_eq!(restarted.merge("t", &cpu_query("{}"), None).stacks(), tree.stacks());
+    let _ = Selector::default();
+}
