@@ -4,77 +4,22 @@
 //! tree) and one row per profile and sample type: profile ID, series, time,
 //! and samples as (stack, value), with span IDs when the agent sent them.
 
-mod index;
-mod symbols;
-
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use flamedb_model::pprof::{Profile, string_at};
-use flamedb_model::{Labels, Matcher, ProfileId, SPAN_ID, Selector, Tree};
+use flamedb_model::{Labels, ProfileId, SPAN_ID, Selector, Tree};
+use flamedb_storage::{
+    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, SymbolCounts, Symbols, TimeRange,
+};
 use flamedb_wal::Position;
 use foldhash::{HashMap, HashMapExt};
-use roaring::RoaringBitmap;
 
 use crate::delta::DeltaState;
-pub use symbols::SymbolCounts;
 
 const ROW_BYTES: usize = 96;
 const SAMPLE_BYTES: usize = 12;
-
-/// A time range, milliseconds since the Unix epoch, both ends included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeRange {
-    pub start_ms: i64,
-    pub end_ms: i64,
-}
-
-impl TimeRange {
-    pub const ALL: Self = Self {
-        start_ms: i64::MIN,
-        end_ms: i64::MAX,
-    };
-
-    pub fn contains(&self, time_ms: i64) -> bool {
-        self.start_ms <= time_ms && time_ms <= self.end_ms
-    }
-
-    pub fn overlaps(&self, min_ms: i64, max_ms: i64) -> bool {
-        self.start_ms <= max_ms && min_ms <= self.end_ms
-    }
-}
-
-/// Which profiles a query is about: one profile type, a selector, a time
-/// range, optionally only some profile IDs.
-#[derive(Debug, Clone)]
-pub struct ProfileQuery {
-    /// The profile type ID, `name:type:unit:period_type:period_unit`.
-    pub profile_type: String,
-    pub selector: Selector,
-    pub range: TimeRange,
-}
-
-impl ProfileQuery {
-    fn full_selector(&self) -> Selector {
-        let mut selector = self.selector.clone();
-        selector
-            .matchers
-            .push(Matcher::equal(flamedb_model::PROFILE_TYPE, self.profile_type.clone()));
-        selector
-    }
-}
-
-/// A stored profile as a query lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SelectedProfile {
-    pub id: ProfileId,
-    pub labels: Arc<Labels>,
-    pub fingerprint: u64,
-    pub time_nanos: i64,
-    /// Sum of the profile's values.
-    pub total: i64,
-}
 
 /// One series of a profile to insert: the stored labels (with
 /// `__profile_type__` and friends) and which value column it takes.
@@ -87,36 +32,23 @@ pub(crate) struct SeriesInsert {
 }
 
 #[derive(Debug)]
-pub(crate) struct ProfileRow {
-    pub id: ProfileId,
-    #[expect(dead_code, reason = "read by the block writer, which lands next")]
-    pub series: u32,
-    pub time_nanos: i64,
-    pub total: i64,
-    pub stacks: Box<[u32]>,
-    pub values: Box<[i64]>,
-    /// Per sample; 0 where the sample had none.
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by the block writer, which lands next"))]
-    pub span_ids: Option<Box<[u64]>>,
-}
-
-#[derive(Debug)]
 pub(crate) struct HeadData {
-    pub symbols: symbols::Symbols,
-    pub index: index::SeriesIndex,
+    pub symbols: Symbols,
+    pub series: SeriesIndex,
     pub rows: Vec<ProfileRow>,
+    /// Per series, its rows in arrival order.
+    pub series_rows: Vec<Vec<u32>>,
     pub min_time_ms: i64,
     pub max_time_ms: i64,
-    /// The WAL record last applied to this head.
+    /// The first and last WAL records applied to this head.
+    pub first_position: Option<Position>,
     pub last_position: Option<Position>,
     rows_bytes: usize,
-    /// Per series, the time span of its rows (ms).
-    series_times: Vec<(i64, i64)>,
 }
 
 impl HeadData {
     fn bytes(&self) -> usize {
-        self.symbols.bytes() + self.index.bytes() + self.rows_bytes
+        self.symbols.bytes() + self.series.bytes() + self.rows_bytes
     }
 }
 
@@ -127,6 +59,8 @@ pub struct Head {
     pub window_start_ms: i64,
     data: RwLock<HeadData>,
     bytes: AtomicUsize,
+    /// Wall-clock time of the last insert, ms.
+    last_insert_ms: AtomicI64,
 }
 
 impl Head {
@@ -134,16 +68,18 @@ impl Head {
         Self {
             window_start_ms,
             data: RwLock::new(HeadData {
-                symbols: symbols::Symbols::new(),
-                index: index::SeriesIndex::new(),
+                symbols: Symbols::new(),
+                series: SeriesIndex::new(),
                 rows: Vec::new(),
+                series_rows: Vec::new(),
                 min_time_ms: i64::MAX,
                 max_time_ms: i64::MIN,
+                first_position: None,
                 last_position: None,
                 rows_bytes: 0,
-                series_times: Vec::new(),
             }),
             bytes: AtomicUsize::new(0),
+            last_insert_ms: AtomicI64::new(flamedb_model::now_nanos() / 1_000_000),
         }
     }
 
@@ -158,6 +94,16 @@ impl Head {
     /// Memory held, in bytes.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wall-clock time of the last insert (or of creation), ms.
+    pub fn last_insert_ms(&self) -> i64 {
+        self.last_insert_ms.load(Ordering::Relaxed)
+    }
+
+    /// The first WAL record applied to the head, if any.
+    pub(crate) fn first_position(&self) -> Option<Position> {
+        self.read().first_position
     }
 
     /// How many profile rows (one per stored series) the head holds.
@@ -185,7 +131,7 @@ impl Head {
             else {
                 continue;
             };
-            let series_id = data.index.get_or_insert(&insert.labels, insert.fingerprint);
+            let series_id = data.series.get_or_insert(&insert.labels, insert.fingerprint, time_ms);
             let row = data.rows.len() as u32;
             data.rows_bytes += ROW_BYTES + values.len() * SAMPLE_BYTES + spans.as_ref().map_or(0, |s| s.len() * 8);
             data.rows.push(ProfileRow {
@@ -197,74 +143,63 @@ impl Head {
                 values,
                 span_ids: spans,
             });
-            data.index.get_mut(series_id).rows.push(row);
             let slot = series_id as usize;
-            if data.series_times.len() <= slot {
-                data.series_times.resize(slot + 1, (i64::MAX, i64::MIN));
+            if data.series_rows.len() <= slot {
+                data.series_rows.resize_with(slot + 1, Vec::new);
             }
-            let times = &mut data.series_times[slot];
-            *times = (times.0.min(time_ms), times.1.max(time_ms));
+            data.series_rows[slot].push(row);
             data.min_time_ms = data.min_time_ms.min(time_ms);
             data.max_time_ms = data.max_time_ms.max(time_ms);
         }
         if position.is_some() {
+            data.first_position = data.first_position.or(position);
             data.last_position = position;
         }
+        self.last_insert_ms
+            .store(flamedb_model::now_nanos() / 1_000_000, Ordering::Relaxed);
         let grown = data.bytes().saturating_sub(before);
         self.bytes.fetch_add(grown, Ordering::Relaxed);
         grown
     }
 
-    /// The series matching any of `selectors` with profiles in `range`.
-    fn selected_series(data: &HeadData, selectors: &[Selector], range: TimeRange) -> RoaringBitmap {
-        let mut selected = data.index.select_any(selectors);
-        selected.retain(|id| {
-            data.series_times
-                .get(id as usize)
-                .is_some_and(|&(min, max)| range.overlaps(min, max))
-        });
-        selected
-    }
-
     pub fn label_names(&self, selectors: &[Selector], range: TimeRange) -> Vec<String> {
-        let data = self.read();
-        data.index.label_names(&Self::selected_series(&data, selectors, range))
+        self.read().series.label_names(selectors, range)
     }
 
     pub fn label_values(&self, name: &str, selectors: &[Selector], range: TimeRange) -> Vec<String> {
-        let data = self.read();
-        data.index
-            .label_values(name, &Self::selected_series(&data, selectors, range))
+        self.read().series.label_values(name, selectors, range)
     }
 
     pub fn series(&self, selectors: &[Selector], range: TimeRange) -> Vec<Arc<Labels>> {
-        let data = self.read();
-        Self::selected_series(&data, selectors, range)
-            .iter()
-            .map(|id| data.index.get(id).labels.clone())
-            .collect()
+        self.read().series.series_labels(selectors, range)
     }
 
-    /// The profiles matching `query`, in series then time order.
+    /// The rows of the series matching `query`, in its time range.
+    fn selected_rows<'a>(data: &'a HeadData, query: &ProfileQuery) -> impl Iterator<Item = &'a ProfileRow> {
+        let range = query.range;
+        data.series
+            .selected(&[query.full_selector()], range)
+            .into_iter()
+            .flat_map(|series| data.series_rows.get(series as usize).into_iter().flatten())
+            .map(|&row| &data.rows[row as usize])
+            .filter(move |row| range.contains(row.time_ms()))
+    }
+
+    /// The profiles matching `query`, in series then arrival order.
     pub fn select_profiles(&self, query: &ProfileQuery) -> Vec<SelectedProfile> {
         let data = self.read();
-        let mut selected = Vec::new();
-        for series_id in Self::selected_series(&data, &[query.full_selector()], query.range).iter() {
-            let series = data.index.get(series_id);
-            for &row in &series.rows {
-                let row = &data.rows[row as usize];
-                if query.range.contains(row.time_nanos.div_euclid(1_000_000)) {
-                    selected.push(SelectedProfile {
-                        id: row.id,
-                        labels: series.labels.clone(),
-                        fingerprint: series.fingerprint,
-                        time_nanos: row.time_nanos,
-                        total: row.total,
-                    });
+        Self::selected_rows(&data, query)
+            .map(|row| {
+                let series = data.series.get(row.series);
+                SelectedProfile {
+                    id: row.id,
+                    labels: series.labels.clone(),
+                    fingerprint: series.fingerprint,
+                    time_nanos: row.time_nanos,
+                    total: row.total,
                 }
-            }
-        }
-        selected
+            })
+            .collect()
     }
 
     /// Adds the stacks of the profiles matching `query` (only those in
@@ -272,30 +207,34 @@ impl Head {
     pub fn merge_into(&self, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>, tree: &mut Tree) {
         let data = self.read();
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
-        for series_id in Self::selected_series(&data, &[query.full_selector()], query.range).iter() {
-            for &row in &data.index.get(series_id).rows {
-                let row = &data.rows[row as usize];
-                if !query.range.contains(row.time_nanos.div_euclid(1_000_000))
-                    || only.is_some_and(|only| !only.contains(&row.id))
-                {
-                    continue;
-                }
-                for (stack, value) in row.stacks.iter().zip(row.values.iter()) {
-                    *by_stack.entry(*stack).or_insert(0) += value;
-                }
+        for row in Self::selected_rows(&data, query) {
+            if only.is_some_and(|only| !only.contains(&row.id)) {
+                continue;
+            }
+            for (stack, value) in row.stacks.iter().zip(row.values.iter()) {
+                *by_stack.entry(*stack).or_insert(0) += value;
             }
         }
-        let mut frames = Vec::new();
-        for (stack, value) in by_stack {
-            data.symbols.frames(stack, &mut frames);
-            tree.insert(frames.iter().map(|&name| data.symbols.string_at(name)), value);
-        }
+        data.symbols.add_to_tree(by_stack, tree);
+    }
+
+    /// Runs `write` over what the head holds, as a block writer takes it.
+    pub(crate) fn with_contents<T>(&self, write: impl FnOnce(BlockContents<'_>, Option<Position>) -> T) -> T {
+        let data = self.read();
+        write(
+            BlockContents {
+                series: &data.series,
+                symbols: &data.symbols,
+                rows: &data.rows,
+            },
+            data.last_position,
+        )
     }
 
     /// Symbol and series counts, for tests and metrics.
     pub fn counts(&self) -> (SymbolCounts, usize) {
         let data = self.read();
-        (data.symbols.counts(), data.index.len())
+        (data.symbols.counts(), data.series.len())
     }
 }
 

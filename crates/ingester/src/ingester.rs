@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,13 +15,22 @@ use prost::Message;
 use tracing::{info, warn};
 
 use crate::delta::{DeltaState, is_cumulative};
-use crate::head::{Head, ProfileQuery, SelectedProfile, SeriesInsert, TimeRange};
+use flamedb_storage::{BlockError, BlockMeta, Bucket, BucketError, ProfileQuery, SelectedProfile, TimeRange};
+use tokio::sync::Notify;
+
+use crate::flush::{self, FlushError, FlushReport};
+use crate::head::{Head, SeriesInsert};
 use crate::limiter::{ClusterShare, SeriesLimit, SeriesLimiter};
+use crate::local_blocks::{self, FlushNote, LocalBlock};
 use crate::metrics::IngesterMetrics;
 use crate::record;
+use crate::shipper::ShipperHandle;
+
+/// Where blocks live under the data directory.
+pub(crate) const BLOCKS_DIR: &str = "blocks";
 
 /// Ingester settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IngesterConfig {
     /// Where the WAL and the blocks live.
     pub data_dir: PathBuf,
@@ -30,6 +39,20 @@ pub struct IngesterConfig {
     /// Head memory (all tenants) past which pushes are refused.
     pub max_head_memory_bytes: usize,
     pub wal_segment_bytes: u64,
+    /// A head whose window has ended is flushed once it got nothing for
+    /// this long.
+    pub flush_idle_grace: Duration,
+    /// How often flush triggers (window end, memory) are checked.
+    pub flush_check_period: Duration,
+    /// How often blocks not yet in object storage are uploaded (also right
+    /// after each flush; failures back off from 1 s to 5 min).
+    pub ship_period: Duration,
+    /// How long an uploaded block stays on local disk.
+    pub local_retention: Duration,
+    /// Below this much free disk, or this share (percent), uploaded blocks
+    /// are deleted early, oldest first.
+    pub min_free_disk_bytes: u64,
+    pub min_free_disk_percent: f64,
 }
 
 impl IngesterConfig {
@@ -39,10 +62,16 @@ impl IngesterConfig {
             max_block_duration: Duration::from_secs(3600),
             max_head_memory_bytes: 1 << 30,
             wal_segment_bytes: 64 << 20,
+            flush_idle_grace: Duration::from_secs(5 * 60),
+            flush_check_period: Duration::from_secs(10),
+            ship_period: Duration::from_secs(30),
+            local_retention: Duration::from_secs(4 * 3600),
+            min_free_disk_bytes: 10 << 30,
+            min_free_disk_percent: 5.0,
         }
     }
 
-    fn window_ms(&self) -> i64 {
+    pub(crate) fn window_ms(&self) -> i64 {
         i64::try_from(self.max_block_duration.as_millis())
             .unwrap_or(i64::MAX)
             .max(5_000)
@@ -94,38 +123,62 @@ pub enum PushError {
 pub enum StartError {
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("cannot read the local blocks: {0}")]
+    Blocks(#[from] BlockError),
+}
+
+/// What did not complete at shutdown; nothing is lost (heads are in the
+/// WAL, blocks on disk), the next start picks it up.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error(transparent)]
+    Ship(#[from] BucketError),
+}
+
+/// Why a query over local blocks failed.
+#[derive(Debug, thiserror::Error)]
+#[error("tenant {tenant}: {source}")]
+pub struct QueryError {
+    pub tenant: String,
+    #[source]
+    pub source: BlockError,
 }
 
 /// What start-up found in the WAL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     pub wal: ReplayStats,
+    /// Profiles replayed into heads.
     pub profiles: u64,
+    /// Profiles skipped because a local block already holds them.
+    pub profiles_in_blocks: u64,
     /// Records that could not be decoded (skipped, counted).
     pub unreadable_records: u64,
 }
 
-/// A tenant's heads and its series accounting.
+/// Where a tenant's profiles are: heads taking pushes (by window start),
+/// heads being flushed, and flushed blocks. Pushes are applied under this
+/// lock, so a head taken out of `live` gets nothing more.
 #[derive(Debug, Default)]
-struct TenantState {
-    /// Heads by window start.
-    heads: Mutex<BTreeMap<i64, Arc<Head>>>,
+pub(crate) struct TenantData {
+    pub live: BTreeMap<i64, Arc<Head>>,
+    pub flushing: Vec<Arc<Head>>,
+    pub blocks: Vec<Arc<LocalBlock>>,
+}
+
+/// A tenant's data and its series accounting.
+#[derive(Debug, Default)]
+pub(crate) struct TenantState {
+    pub data: Mutex<TenantData>,
     limiter: Mutex<SeriesLimiter>,
     delta: Mutex<DeltaState>,
 }
 
 impl TenantState {
-    fn head(&self, window_start_ms: i64) -> Arc<Head> {
-        let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-        heads
-            .entry(window_start_ms)
-            .or_insert_with(|| Arc::new(Head::new(window_start_ms)))
-            .clone()
-    }
-
-    fn heads(&self) -> Vec<Arc<Head>> {
-        let heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-        heads.values().cloned().collect()
+    pub(crate) fn data(&self) -> std::sync::MutexGuard<'_, TenantData> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -138,20 +191,29 @@ struct Prepared {
     inserts: Vec<SeriesInsert>,
 }
 
-struct Inner {
-    config: IngesterConfig,
+pub(crate) struct Inner {
+    pub config: IngesterConfig,
     limits: TenantLimits,
     share: ShareOfCluster,
-    wal: Wal,
-    tenants: RwLock<BTreeMap<String, Arc<TenantState>>>,
-    head_bytes: AtomicUsize,
-    metrics: IngesterMetrics,
+    pub wal: Wal,
+    pub tenants: RwLock<BTreeMap<String, Arc<TenantState>>>,
+    /// Memory of live and flushing heads.
+    pub head_bytes: AtomicUsize,
+    pub metrics: IngesterMetrics,
+    /// WAL segments before this one are gone (0: unknown).
+    pub wal_kept_from: AtomicU64,
+    /// Wakes the shipper after a flush.
+    pub ship_nudge: Arc<Notify>,
+    bucket: Option<Bucket>,
 }
 
-/// The ingester; cheap to clone.
+/// The ingester; cheap to clone. Its flusher runs while a clone lives or
+/// until [`Ingester::shutdown`].
 #[derive(Clone)]
 pub struct Ingester {
     inner: Arc<Inner>,
+    flusher: flush::FlusherHandle,
+    shipper: Option<ShipperHandle>,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -163,55 +225,92 @@ impl std::fmt::Debug for Ingester {
 }
 
 impl Ingester {
-    /// Opens the WAL under `config.data_dir` and replays it into heads;
-    /// the ingester answers nothing before this returns.
+    /// Opens the local blocks and the WAL under `config.data_dir`, replays
+    /// the WAL records no block holds into heads, and starts the flusher
+    /// and, with a bucket, the shipper (on the current tokio runtime). The
+    /// ingester answers nothing before this returns.
     pub fn start(
         config: IngesterConfig,
         limits: TenantLimits,
         share: ShareOfCluster,
         metrics: IngesterMetrics,
+        bucket: Option<Bucket>,
     ) -> Result<(Self, ReplayReport), StartError> {
+        let blocks = local_blocks::load(&config.data_dir.join(BLOCKS_DIR))?;
         let wal_config = WalConfig {
             segment_bytes: config.wal_segment_bytes,
             ..WalConfig::new(config.data_dir.join("wal"))
         };
         let (wal, replay) = Wal::open(wal_config)?;
-        let ingester = Self {
-            inner: Arc::new(Inner {
-                config,
-                limits,
-                share,
-                wal,
-                tenants: RwLock::new(BTreeMap::new()),
-                head_bytes: AtomicUsize::new(0),
-                metrics,
-            }),
-        };
-        let report = ingester.replay(replay)?;
+        let check_period = config.flush_check_period;
+        let ship_period = config.ship_period;
+        let ship_nudge = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            config,
+            limits,
+            share,
+            wal,
+            tenants: RwLock::new(BTreeMap::new()),
+            head_bytes: AtomicUsize::new(0),
+            metrics,
+            wal_kept_from: AtomicU64::new(0),
+            ship_nudge: ship_nudge.clone(),
+            bucket: bucket.clone(),
+        });
+        let mut notes: BTreeMap<String, Vec<FlushNote>> = BTreeMap::new();
+        for (tenant, block) in blocks {
+            notes.entry(tenant.clone()).or_default().push(block.note.clone());
+            inner.tenant(&tenant).data().blocks.push(Arc::new(block));
+        }
+        inner.update_block_gauge();
+        let report = Self::replay(&inner, replay, &notes)?;
         info!(
             records = report.wal.records,
             bytes = report.wal.bytes,
             profiles = report.profiles,
+            already_in_blocks = report.profiles_in_blocks,
             repaired_segments = report.wal.repaired_segments,
             unreadable_records = report.unreadable_records,
-            head_bytes = ingester.head_bytes(),
+            head_bytes = inner.head_bytes.load(Ordering::Relaxed),
             "WAL replayed"
         );
-        Ok((ingester, report))
+        let flusher = flush::FlusherHandle::spawn(Arc::downgrade(&inner), check_period);
+        let shipper =
+            bucket.map(|bucket| ShipperHandle::spawn(Arc::downgrade(&inner), bucket, ship_period, ship_nudge));
+        Ok((
+            Self {
+                inner,
+                flusher,
+                shipper,
+            },
+            report,
+        ))
     }
 
-    fn replay(&self, mut replay: flamedb_wal::Replay) -> Result<ReplayReport, StartError> {
+    fn replay(
+        inner: &Arc<Inner>,
+        mut replay: flamedb_wal::Replay,
+        notes: &BTreeMap<String, Vec<FlushNote>>,
+    ) -> Result<ReplayReport, StartError> {
         let mut report = ReplayReport::default();
         for record in replay.by_ref() {
             let record = record?;
+            let position = record.position;
             match record::decode(&record.payload) {
                 Ok((tenant, profiles)) => {
+                    let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
                     let prepared: Vec<Prepared> = profiles
                         .into_iter()
-                        .filter_map(|profile| self.prepare(profile.labels, profile.id, profile.profile).ok())
+                        .filter_map(|profile| inner.prepare(profile.labels, profile.id, profile.profile).ok())
+                        .filter(|prepared| {
+                            let time_ms = prepared.profile.time_nanos.div_euclid(1_000_000);
+                            let in_block = flushed.iter().any(|note| note.covers(position, time_ms));
+                            report.profiles_in_blocks += u64::from(in_block);
+                            !in_block
+                        })
                         .collect();
                     report.profiles += prepared.len() as u64;
-                    let tenant_state = self.inner.tenant(&tenant);
+                    let tenant_state = inner.tenant(&tenant);
                     {
                         let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
                         let now = now_ms();
@@ -219,19 +318,21 @@ impl Ingester {
                             limiter.touch(insert.fingerprint, now);
                         }
                     }
-                    self.inner.apply(&tenant, prepared, Some(record.position));
+                    inner.apply(&tenant, prepared, position);
                 }
                 Err(err) => {
-                    warn!(segment = %record.position.segment, offset = record.position.offset, error = %err, "skipping an unreadable WAL record");
+                    warn!(segment = %position.segment, offset = position.offset, error = %err, "skipping an unreadable WAL record");
                     report.unreadable_records += 1;
                 }
             }
         }
         report.wal = replay.stats();
-        self.inner.metrics.record_replay(&report);
+        inner.metrics.record_replay(&report);
         Ok(report)
     }
+}
 
+impl Inner {
     /// Works out the series a profile is stored under.
     fn prepare(&self, labels: Labels, id: ProfileId, profile: Profile) -> Result<Prepared, PushError> {
         if labels.get(flamedb_model::METRIC_NAME).is_none_or(str::is_empty) {
@@ -248,7 +349,7 @@ impl Ingester {
                 sample_type_index: typed.sample_type_index,
             })
             .collect();
-        let window = self.inner.config.window_ms();
+        let window = self.config.window_ms();
         let time_ms = profile.time_nanos.div_euclid(1_000_000);
         Ok(Prepared {
             id,
@@ -257,7 +358,9 @@ impl Ingester {
             inserts,
         })
     }
+}
 
+impl Ingester {
     /// Stores profiles of `tenant`: limits are checked, the batch is
     /// written to the WAL (fsync'd), then applied to the heads in WAL
     /// order; returns once all of that happened. An error means nothing
@@ -276,7 +379,7 @@ impl Ingester {
         let mut encoded = Vec::with_capacity(profiles.len());
         for incoming in profiles {
             let pprof = incoming.profile.encode_to_vec();
-            let ready = self.prepare(incoming.labels.clone(), incoming.id, incoming.profile)?;
+            let ready = inner.prepare(incoming.labels.clone(), incoming.id, incoming.profile)?;
             encoded.push((incoming.labels, incoming.id, pprof));
             prepared.push(ready);
         }
@@ -286,7 +389,7 @@ impl Ingester {
         let owner = tenant.to_owned();
         let written = inner
             .wal
-            .append_then(payload, move |position| applier.apply(&owner, prepared, Some(position)))
+            .append_then(payload, move |position| applier.apply(&owner, prepared, position))
             .await;
         if let Err(err) = written {
             inner.metrics.refused("wal");
@@ -331,34 +434,61 @@ impl Ingester {
         self.inner.head_bytes.load(Ordering::Relaxed)
     }
 
-    fn tenant_heads(&self, tenant: &str, range: TimeRange) -> Vec<Arc<Head>> {
+    /// The heads and blocks of `tenant` that may hold profiles in `range`.
+    fn sources(&self, tenant: &str, range: TimeRange) -> (Vec<Arc<Head>>, Vec<Arc<LocalBlock>>) {
         let window = self.inner.config.window_ms();
-        let tenants = self.inner.tenants.read().unwrap_or_else(PoisonError::into_inner);
-        tenants.get(tenant).map_or_else(Vec::new, |state| {
-            state
-                .heads()
-                .into_iter()
-                .filter(|head| range.overlaps(head.window_start_ms, head.window_start_ms + window - 1))
-                .collect()
-        })
+        let Some(state) = self
+            .inner
+            .tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+        else {
+            return (Vec::new(), Vec::new());
+        };
+        let data = state.data();
+        let heads = data
+            .live
+            .values()
+            .chain(&data.flushing)
+            .filter(|head| range.overlaps(head.window_start_ms, head.window_start_ms.saturating_add(window - 1)))
+            .cloned()
+            .collect();
+        let blocks = data
+            .blocks
+            .iter()
+            .filter(|local| range.overlaps(local.block.meta().min_time, local.block.meta().max_time))
+            .cloned()
+            .collect();
+        (heads, blocks)
     }
 
     /// Label names of the tenant's series matching any of `selectors`
     /// (all series for none), sorted.
     pub fn label_names(&self, tenant: &str, selectors: &[Selector], range: TimeRange) -> Vec<String> {
+        let (heads, blocks) = self.sources(tenant, range);
         sorted_union(
-            self.tenant_heads(tenant, range)
-                .iter()
-                .map(|head| head.label_names(selectors, range)),
+            heads.iter().map(|head| head.label_names(selectors, range)).chain(
+                blocks
+                    .iter()
+                    .map(|local| local.block.series().label_names(selectors, range)),
+            ),
         )
     }
 
     /// Values of label `name`, sorted.
     pub fn label_values(&self, tenant: &str, name: &str, selectors: &[Selector], range: TimeRange) -> Vec<String> {
+        let (heads, blocks) = self.sources(tenant, range);
         sorted_union(
-            self.tenant_heads(tenant, range)
+            heads
                 .iter()
-                .map(|head| head.label_values(name, selectors, range)),
+                .map(|head| head.label_values(name, selectors, range))
+                .chain(
+                    blocks
+                        .iter()
+                        .map(|local| local.block.series().label_values(name, selectors, range)),
+                ),
         )
     }
 
@@ -371,10 +501,15 @@ impl Ingester {
         label_names: &[String],
         range: TimeRange,
     ) -> Vec<Labels> {
-        let mut all: Vec<Labels> = self
-            .tenant_heads(tenant, range)
+        let (heads, blocks) = self.sources(tenant, range);
+        let mut all: Vec<Labels> = heads
             .iter()
             .flat_map(|head| head.series(selectors, range))
+            .chain(
+                blocks
+                    .iter()
+                    .flat_map(|local| local.block.series().series_labels(selectors, range)),
+            )
             .map(|labels| {
                 if label_names.is_empty() {
                     (*labels).clone()
@@ -387,7 +522,7 @@ impl Ingester {
                 }
             })
             .collect();
-        all.sort_by_key(Labels::render);
+        all.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
         all.dedup();
         all
     }
@@ -403,27 +538,96 @@ impl Ingester {
         types
     }
 
-    /// The profiles matching `query`.
-    pub fn select_profiles(&self, tenant: &str, query: &ProfileQuery) -> Vec<SelectedProfile> {
-        self.tenant_heads(tenant, query.range)
-            .iter()
-            .flat_map(|head| head.select_profiles(query))
-            .collect()
+    /// The profiles matching `query`, by time, then series, then ID. Reads
+    /// local blocks: call it where blocking is fine.
+    pub fn select_profiles(&self, tenant: &str, query: &ProfileQuery) -> Result<Vec<SelectedProfile>, QueryError> {
+        let (heads, blocks) = self.sources(tenant, query.range);
+        let mut selected: Vec<SelectedProfile> = heads.iter().flat_map(|head| head.select_profiles(query)).collect();
+        for local in blocks {
+            selected.extend(local.block.select_profiles(query).map_err(|source| QueryError {
+                tenant: tenant.to_owned(),
+                source,
+            })?);
+        }
+        selected.sort_by_key(|profile| (profile.time_nanos, profile.fingerprint, profile.id));
+        Ok(selected)
     }
 
     /// The matching profiles (only those in `only`, when given) merged into
-    /// one tree by function name.
-    pub fn merge(&self, tenant: &str, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>) -> Tree {
+    /// one tree by function name. Reads local blocks: call it where
+    /// blocking is fine.
+    pub fn merge(
+        &self,
+        tenant: &str,
+        query: &ProfileQuery,
+        only: Option<&HashSet<ProfileId>>,
+    ) -> Result<Tree, QueryError> {
+        let (heads, blocks) = self.sources(tenant, query.range);
         let mut tree = Tree::new();
-        for head in self.tenant_heads(tenant, query.range) {
+        for head in heads {
             head.merge_into(query, only, &mut tree);
         }
-        tree
+        for local in blocks {
+            local
+                .block
+                .merge_into(query, only, &mut tree)
+                .map_err(|source| QueryError {
+                    tenant: tenant.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(tree)
+    }
+
+    /// Flushes every head to a block now; returns once they are on disk.
+    pub async fn flush(&self) -> Result<FlushReport, FlushError> {
+        self.flusher.flush().await
+    }
+
+    /// Uploads the local blocks not yet in object storage now; returns
+    /// how many were uploaded (0 without a bucket).
+    pub async fn ship(&self) -> Result<usize, BucketError> {
+        match &self.inner.bucket {
+            Some(bucket) => self.inner.ship(bucket).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Flushes every head, uploads the blocks (once; what fails waits on
+    /// disk for the next start), then stops the flusher and shipper.
+    /// Pushes after this are still durable in the WAL and come back at the
+    /// next start.
+    pub async fn shutdown(&self) -> Result<FlushReport, ShutdownError> {
+        let flushed = self.flusher.flush().await;
+        let shipped = self.ship().await;
+        self.flusher.stop().await;
+        if let Some(shipper) = &self.shipper {
+            shipper.stop().await;
+        }
+        let report = flushed?;
+        shipped?;
+        Ok(report)
+    }
+
+    /// Local blocks of all tenants.
+    pub fn local_blocks(&self) -> Vec<(String, BlockMeta)> {
+        let tenants = self.inner.tenants.read().unwrap_or_else(PoisonError::into_inner);
+        tenants
+            .iter()
+            .flat_map(|(tenant, state)| {
+                state
+                    .data()
+                    .blocks
+                    .iter()
+                    .map(|local| (tenant.clone(), local.block.meta().clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
 impl Inner {
-    fn tenant(&self, tenant: &str) -> Arc<TenantState> {
+    pub(crate) fn tenant(&self, tenant: &str) -> Arc<TenantState> {
         if let Some(state) = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(tenant) {
             return state.clone();
         }
@@ -431,17 +635,48 @@ impl Inner {
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 
-    /// Applies profiles to their heads; runs in WAL order.
-    fn apply(&self, tenant: &str, prepared: Vec<Prepared>, position: Option<Position>) {
+    /// Every tenant and its state.
+    pub(crate) fn all_tenants(&self) -> Vec<(String, Arc<TenantState>)> {
+        let tenants = self.tenants.read().unwrap_or_else(PoisonError::into_inner);
+        tenants
+            .iter()
+            .map(|(name, state)| (name.clone(), state.clone()))
+            .collect()
+    }
+
+    /// Applies profiles to their live heads; runs in WAL order. The tenant
+    /// lock is held per profile so a head being sealed misses nothing.
+    fn apply(&self, tenant: &str, prepared: Vec<Prepared>, position: Position) {
         let state = self.tenant(tenant);
         let mut delta = state.delta.lock().unwrap_or_else(PoisonError::into_inner);
         for profile in prepared {
-            let head = state.head(profile.window_start_ms);
-            let grown = head.insert(profile.id, &profile.profile, &profile.inserts, &mut delta, position);
+            let mut data = state.data();
+            let head = data
+                .live
+                .entry(profile.window_start_ms)
+                .or_insert_with(|| Arc::new(Head::new(profile.window_start_ms)));
+            let grown = head.insert(
+                profile.id,
+                &profile.profile,
+                &profile.inserts,
+                &mut delta,
+                Some(position),
+            );
+            drop(data);
             self.head_bytes.fetch_add(grown, Ordering::Relaxed);
             self.metrics.ingested(grown);
         }
         self.metrics.set_head_bytes(self.head_bytes.load(Ordering::Relaxed));
+    }
+
+    pub(crate) fn update_block_gauge(&self) {
+        let (mut blocks, mut pending) = (0, 0);
+        for (_, state) in self.all_tenants() {
+            let data = state.data();
+            blocks += data.blocks.len();
+            pending += data.blocks.iter().filter(|block| !block.is_uploaded()).count();
+        }
+        self.metrics.set_local_blocks(blocks, pending);
     }
 }
 

@@ -13,15 +13,21 @@
 //! ```
 
 mod delta;
+mod flush;
 mod head;
 mod ingester;
 mod limiter;
+mod local_blocks;
 mod metrics;
 mod record;
+mod shipper;
 
-pub use head::{Head, ProfileQuery, SelectedProfile, SymbolCounts, TimeRange};
+pub use flamedb_storage::{ProfileQuery, SelectedProfile, SymbolCounts, TimeRange};
+pub use flush::{FlushError, FlushReport};
+pub use head::Head;
 pub use ingester::{
-    IncomingProfile, Ingester, IngesterConfig, PushError, ReplayReport, ShareOfCluster, StartError, TenantLimits,
+    IncomingProfile, Ingester, IngesterConfig, PushError, QueryError, ReplayReport, ShareOfCluster, ShutdownError,
+    StartError, TenantLimits,
 };
 pub use limiter::{ClusterShare, SeriesLimit};
 pub use metrics::IngesterMetrics;

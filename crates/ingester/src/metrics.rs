@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::ingester::ReplayReport;
@@ -29,6 +30,16 @@ pub struct IngesterMetrics {
     replayed_records: Counter,
     repaired_segments: Counter,
     unreadable_records: Counter,
+    sealed: Family<Reason, Counter>,
+    flushed_blocks: Counter,
+    flush_failures: Counter,
+    flush_seconds: Histogram,
+    local_blocks: Gauge,
+    blocks_not_uploaded: Gauge,
+    shipped_blocks: Counter,
+    ship_failures: Counter,
+    ship_seconds: Histogram,
+    deleted_blocks: Family<Reason, Counter>,
 }
 
 impl IngesterMetrics {
@@ -42,6 +53,16 @@ impl IngesterMetrics {
             replayed_records: Counter::default(),
             repaired_segments: Counter::default(),
             unreadable_records: Counter::default(),
+            sealed: Family::default(),
+            flushed_blocks: Counter::default(),
+            flush_failures: Counter::default(),
+            flush_seconds: Histogram::new([0.01, 0.05, 0.25, 1.0, 5.0, 25.0, 120.0]),
+            local_blocks: Gauge::default(),
+            blocks_not_uploaded: Gauge::default(),
+            shipped_blocks: Counter::default(),
+            ship_failures: Counter::default(),
+            ship_seconds: Histogram::new([0.05, 0.25, 1.0, 5.0, 25.0, 120.0, 600.0]),
+            deleted_blocks: Family::default(),
         };
         registry.register(
             "flamedb_ingester_head_bytes",
@@ -83,7 +104,89 @@ impl IngesterMetrics {
             "WAL records skipped at start because they could not be decoded",
             metrics.unreadable_records.clone(),
         );
+        registry.register(
+            "flamedb_ingester_heads_sealed",
+            "Heads taken out of service to be flushed, by reason (window_ended, memory, requested)",
+            metrics.sealed.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_flushed_blocks",
+            "Blocks written to local disk from heads",
+            metrics.flushed_blocks.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_flush_failures",
+            "Heads whose block could not be written (kept in memory, tried again)",
+            metrics.flush_failures.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_flush_duration_seconds",
+            "Time to write one head as a block",
+            metrics.flush_seconds.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_local_blocks",
+            "Blocks on the ingester's local disk",
+            metrics.local_blocks.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_blocks_not_uploaded",
+            "Local blocks waiting to be uploaded to object storage",
+            metrics.blocks_not_uploaded.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_shipped_blocks",
+            "Blocks uploaded to object storage",
+            metrics.shipped_blocks.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_ship_failures",
+            "Block uploads that failed (retried with backoff)",
+            metrics.ship_failures.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_ship_duration_seconds",
+            "Time to upload one block",
+            metrics.ship_seconds.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_local_blocks_deleted",
+            "Uploaded blocks deleted from local disk, by reason (retention, disk_low)",
+            metrics.deleted_blocks.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn shipped(&self, took: std::time::Duration) {
+        self.shipped_blocks.inc();
+        self.ship_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn ship_failed(&self) {
+        self.ship_failures.inc();
+    }
+
+    pub(crate) fn local_block_deleted(&self, reason: &'static str) {
+        self.deleted_blocks.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub(crate) fn sealed(&self, reason: &'static str) {
+        self.sealed.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub(crate) fn flushed(&self, took: std::time::Duration) {
+        self.flushed_blocks.inc();
+        self.flush_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn flush_failed(&self) {
+        self.flush_failures.inc();
+    }
+
+    pub(crate) fn set_local_blocks(&self, blocks: usize, not_uploaded: usize) {
+        self.local_blocks.set(i64::try_from(blocks).unwrap_or(i64::MAX));
+        self.blocks_not_uploaded
+            .set(i64::try_from(not_uploaded).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn ingested(&self, grown_bytes: usize) {

@@ -11,6 +11,7 @@ use flamedb_ingester::{
 };
 use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
 use flamedb_model::{Labels, Limits, ProfileId, Selector, parse_selector, prepare_profile};
+use flamedb_storage::{Bucket, BucketConfig};
 use prometheus_client::registry::Registry;
 
 const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -33,6 +34,7 @@ impl TestContext {
             Arc::new(move |_| limits.clone()),
             Arc::new(|| ClusterShare::ALONE),
             IngesterMetrics::register(&mut Registry::default()),
+            None,
         )
         .unwrap();
         ingester
@@ -89,7 +91,7 @@ fn cpu_query(selector: &str) -> ProfileQuery {
 }
 
 fn total(ingester: &Ingester, tenant: &str) -> i64 {
-    ingester.merge(tenant, &cpu_query("{}"), None).total()
+    ingester.merge(tenant, &cpu_query("{}"), None).unwrap().total()
 }
 
 #[tokio::test]
@@ -125,7 +127,9 @@ async fn test_push_query_restart_replay() {
             .map(|profile_type| profile_type.id())
             .collect();
         assert_eq!(types, [CPU]);
-        let selected = ingester.select_profiles("tenant-a", &cpu_query(r#"{service_name="api"}"#));
+        let selected = ingester
+            .select_profiles("tenant-a", &cpu_query(r#"{service_name="api"}"#))
+            .unwrap();
         let mut ids: Vec<u8> = selected.iter().map(|profile| profile.id.0[0]).collect();
         ids.sort_unstable();
         assert_eq!(ids, [1, 4]);
@@ -152,7 +156,7 @@ async fn test_only_some_profile_ids() {
         .await
         .unwrap();
     let only = [ProfileId([2; 16])].into_iter().collect();
-    assert_eq!(ingester.merge("t", &cpu_query("{}"), Some(&only)).total(), 20);
+    assert_eq!(ingester.merge("t", &cpu_query("{}"), Some(&only)).unwrap().total(), 20);
     let early = ProfileQuery {
         range: TimeRange {
             start_ms: 0,
@@ -160,7 +164,7 @@ async fn test_only_some_profile_ids() {
         },
         ..cpu_query("{}")
     };
-    assert_eq!(ingester.merge("t", &early, None).total(), 10);
+    assert_eq!(ingester.merge("t", &early, None).unwrap().total(), 10);
 }
 
 #[tokio::test]
@@ -270,6 +274,7 @@ async fn test_torn_wal_tail_after_a_crash_is_repaired() {
         Arc::new(|_| Arc::new(Limits::default())),
         Arc::new(|| ClusterShare::ALONE),
         IngesterMetrics::register(&mut Registry::default()),
+        None,
     )
     .unwrap();
     assert_eq!(report.wal.repaired_segments, 1);
@@ -311,12 +316,264 @@ async fn test_real_profiles_keep_their_totals() {
         .collect();
     let parts = profiles.len();
     ingester.push("t", profiles).await.unwrap();
-    let tree = ingester.merge("t", &cpu_query("{}"), None);
+    let tree = ingester.merge("t", &cpu_query("{}"), None).unwrap();
     assert_eq!(tree.total(), expected);
-    let selected = ingester.select_profiles("t", &cpu_query("{}"));
+    let selected = ingester.select_profiles("t", &cpu_query("{}")).unwrap();
     assert_eq!(selected.len(), parts);
     drop(ingester);
     let restarted = context.start_with(IngesterConfig::new(context.dir.path()), Limits::unlimited());
-    assert_eq!(restarted.merge("t", &cpu_query("{}"), None).stacks(), tree.stacks());
-    let _ = Selector::default();
+    assert_eq!(sorted_stacks(&restarted, "t"), sorted(tree.stacks()));
+    // And from a block.
+    restarted.flush().await.unwrap();
+    assert_eq!(restarted.head_bytes(), 0);
+    assert_eq!(sorted_stacks(&restarted, "t"), sorted(tree.stacks()));
+    assert_eq!(restarted.select_profiles("t", &cpu_query("{}")).unwrap(), selected);
+}
+
+type Stacks = Vec<(Vec<String>, i64)>;
+
+fn sorted(mut stacks: Stacks) -> Stacks {
+    stacks.sort();
+    stacks
+}
+
+fn sorted_stacks(ingester: &Ingester, tenant: &str) -> Stacks {
+    sorted(ingester.merge(tenant, &cpu_query("{}"), None).unwrap().stacks())
+}
+
+/// Everything the ingester answers about a tenant, for comparisons.
+fn answers(ingester: &Ingester, tenant: &str) -> (Stacks, Vec<String>, Vec<String>, usize, Vec<(u8, i64, i64)>) {
+    let none: [Selector; 0] = [];
+    let selected = ingester
+        .select_profiles(tenant, &cpu_query(r#"{service_name=~"api|db"}"#))
+        .unwrap()
+        .iter()
+        .map(|profile| (profile.id.0[0], profile.time_nanos, profile.total))
+        .collect();
+    (
+        sorted_stacks(ingester, tenant),
+        ingester.label_names(tenant, &none, TimeRange::ALL),
+        ingester.label_values(tenant, "service_name", &none, TimeRange::ALL),
+        ingester.series(tenant, &none, &[], TimeRange::ALL).len(),
+        selected,
+    )
+}
+
+fn wal_segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("wal")).unwrap().count()
+}
+
+#[tokio::test]
+async fn test_flushed_blocks_answer_what_heads_answered() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    for (i, service) in ["api", "db", "api", "batch"].iter().enumerate() {
+        let i = i as u8;
+        ingester
+            .push("t", vec![incoming(service, i, 1_000 * i64::from(i), 10 + i64::from(i))])
+            .await
+            .unwrap();
+    }
+    // Another window.
+    ingester.push("t", vec![incoming("db", 9, 7_200_000, 3)]).await.unwrap();
+    let before = answers(&ingester, "t");
+    assert_eq!(
+        before.0.iter().map(|(_, value)| value).sum::<i64>(),
+        10 + 11 + 12 + 13 + 3
+    );
+    let segments_before = wal_segments(context.dir.path());
+
+    let report = ingester.flush().await.unwrap();
+    assert_eq!(report.blocks, 2);
+    assert_eq!(ingester.head_bytes(), 0);
+    assert_eq!(ingester.local_blocks().len(), 2);
+    assert_eq!(answers(&ingester, "t"), before);
+    // The WAL segments the blocks cover are gone.
+    assert!(report.wal_segments_removed >= 1);
+    assert!(wal_segments(context.dir.path()) <= segments_before);
+
+    // More in the same window after the flush; a restart replays only that.
+    ingester.push("t", vec![incoming("api", 10, 500, 100)]).await.unwrap();
+    let after = answers(&ingester, "t");
+    drop(ingester);
+    let (restarted, report) = Ingester::start(
+        IngesterConfig::new(context.dir.path()),
+        Arc::new(|_| Arc::new(Limits::default())),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(report.profiles, 1);
+    assert_eq!(answers(&restarted, "t"), after);
+}
+
+#[tokio::test]
+async fn test_records_already_in_blocks_are_not_replayed_twice() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
+    // Keep the segments the flush is about to trim.
+    let wal_dir = context.dir.path().join("wal");
+    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    assert!(ingester.flush().await.unwrap().wal_segments_removed >= 1);
+    ingester.push("t", vec![incoming("api", 2, 2_000, 7)]).await.unwrap();
+    drop(ingester);
+    // As if the process died between writing the block and trimming.
+    for (path, bytes) in &saved {
+        if !path.exists() {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    let (restarted, report) = Ingester::start(
+        IngesterConfig::new(context.dir.path()),
+        Arc::new(|_| Arc::new(Limits::default())),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+        None,
+    )
+    .unwrap();
+    assert_eq!((report.profiles, report.profiles_in_blocks), (1, 1));
+    assert_eq!(total(&restarted, "t"), 12);
+    restarted.flush().await.unwrap();
+    drop(restarted);
+    assert_eq!(total(&context.start(), "t"), 12);
+}
+
+#[tokio::test]
+async fn test_ended_idle_windows_are_flushed_on_their_own() {
+    let context = TestContext::new();
+    let config = IngesterConfig {
+        flush_idle_grace: std::time::Duration::ZERO,
+        flush_check_period: std::time::Duration::from_millis(20),
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let ingester = context.start_with(config, Limits::default());
+    // Profile time 1970: its window ended long ago.
+    ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
+    wait_for(|| ingester.local_blocks().len() == 1).await;
+    assert_eq!(ingester.head_bytes(), 0);
+    assert_eq!(total(&ingester, "t"), 5);
+}
+
+#[tokio::test]
+async fn test_memory_near_the_ceiling_flushes_early() {
+    let context = TestContext::new();
+    let config = IngesterConfig {
+        max_head_memory_bytes: 40_000,
+        flush_check_period: std::time::Duration::from_millis(20),
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let ingester = context.start_with(config, Limits::default());
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    let mut stored = 0;
+    for i in 0..60u8 {
+        // Refusals are allowed while the flusher catches up; retry them.
+        loop {
+            match ingester
+                .push("t", vec![incoming(&format!("service-{i}"), i, now_ms, 1)])
+                .await
+            {
+                Ok(()) => break,
+                Err(PushError::MemoryLimit { .. }) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(err) => panic!("{err}"),
+            }
+        }
+        stored += 1;
+    }
+    wait_for(|| !ingester.local_blocks().is_empty()).await;
+    assert!(ingester.head_bytes() < 40_000, "{}", ingester.head_bytes());
+    assert_eq!(total(&ingester, "t"), stored);
+}
+
+/// Waits (up to a minute) for `done`.
+async fn wait_for(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn filesystem_bucket(dir: &Path) -> Bucket {
+    Bucket::new(&BucketConfig::Filesystem { dir: dir.to_owned() }).unwrap()
+}
+
+#[tokio::test]
+async fn test_blocks_are_shipped_then_deleted_locally_after_retention() {
+    let context = TestContext::new();
+    let remote = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(remote.path());
+    let config = IngesterConfig {
+        local_retention: std::time::Duration::ZERO,
+        min_free_disk_bytes: 0,
+        min_free_disk_percent: 0.0,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let (ingester, _) = Ingester::start(
+        config,
+        Arc::new(|_| Arc::new(Limits::default())),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+        Some(bucket.clone()),
+    )
+    .unwrap();
+    ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
+    ingester.flush().await.unwrap();
+    // The flush wakes the shipper; retention then drops the local copy.
+    wait_for(|| ingester.local_blocks().is_empty()).await;
+    let stored = bucket.list_blocks("t").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].stats.num_profiles, 1);
+    ingester.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn test_blocks_wait_while_storage_is_down_and_upload_when_it_is_back() {
+    let context = TestContext::new();
+    let remote = tempfile::tempdir().unwrap();
+    let bucket_dir = remote.path().join("bucket");
+    let bucket = filesystem_bucket(&bucket_dir);
+    // Storage "down": its directory is a file, every write fails.
+    std::fs::remove_dir(&bucket_dir).unwrap();
+    std::fs::write(&bucket_dir, b"not a directory").unwrap();
+    let config = IngesterConfig {
+        ship_period: std::time::Duration::from_millis(20),
+        min_free_disk_bytes: 0,
+        min_free_disk_percent: 0.0,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let (ingester, _) = Ingester::start(
+        config,
+        Arc::new(|_| Arc::new(Limits::default())),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+        Some(bucket.clone()),
+    )
+    .unwrap();
+    ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
+    ingester.flush().await.unwrap();
+    assert!(ingester.ship().await.is_err());
+    // Pushes still work; the block waits on disk and answers queries.
+    ingester.push("t", vec![incoming("api", 2, 2_000, 6)]).await.unwrap();
+    assert_eq!(ingester.local_blocks().len(), 1);
+    assert_eq!(total(&ingester, "t"), 11);
+
+    std::fs::remove_file(&bucket_dir).unwrap();
+    std::fs::create_dir(&bucket_dir).unwrap();
+    // Retries (backoff starts at 1 s) upload it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bucket.list_blocks("t").await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the block was never uploaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ingester.shutdown().await.unwrap();
+    assert_eq!(bucket.list_blocks("t").await.unwrap().len(), 2);
 }

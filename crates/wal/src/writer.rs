@@ -111,7 +111,7 @@ enum Request {
         reply: Reply,
     },
     Rotate {
-        reply: oneshot::Sender<Result<SegmentId, WalError>>,
+        reply: RotateReply,
     },
     RemoveBefore {
         segment: SegmentId,
@@ -142,15 +142,22 @@ impl Wal {
         let counters = Arc::new(Counters::default());
         counters.segment.store(next.0, Ordering::Relaxed);
         let (queue, requests) = mpsc::channel(config.queue_capacity.max(1));
-        let (completions, completed) = std::sync::mpsc::channel::<(Option<Completion>, Position, Reply)>();
+        let (completions, completed) = std::sync::mpsc::channel::<Done>();
         let completer = std::thread::Builder::new()
             .name("wal-completion".to_owned())
             .spawn(move || {
-                for (then, position, reply) in completed {
-                    if let Some(then) = then {
-                        then(position);
+                for done in completed {
+                    match done {
+                        Done::Appended((then, position, reply)) => {
+                            if let Some(then) = then {
+                                then(position);
+                            }
+                            let _ = reply.send(Ok(position));
+                        }
+                        Done::Rotated(reply, rotated) => {
+                            let _ = reply.send(rotated);
+                        }
                     }
-                    let _ = reply.send(Ok(position));
                 }
             })
             .map_err(|source| WalError::io("start the completion thread for", &dir, source))?;
@@ -218,7 +225,8 @@ impl Wal {
     }
 
     /// Closes the current segment and starts the next; returns the new
-    /// segment. Every record appended before is in an older segment.
+    /// segment. Every record appended before is in an older segment, and
+    /// its completion has run.
     pub async fn rotate(&self) -> Result<SegmentId, WalError> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -329,7 +337,16 @@ impl SegmentWriter {
 }
 
 type Pending = (Option<Completion>, Position, Reply);
-type Completions = std::sync::mpsc::Sender<Pending>;
+type RotateReply = oneshot::Sender<Result<SegmentId, WalError>>;
+
+/// What the completion thread answers, in order.
+enum Done {
+    Appended(Pending),
+    /// Answered after the completions of every earlier record.
+    Rotated(RotateReply, Result<SegmentId, WalError>),
+}
+
+type Completions = std::sync::mpsc::Sender<Done>;
 
 fn run(
     dir: PathBuf,
@@ -372,7 +389,11 @@ fn run(
                     );
                     let rotated = rotate(&dir, &mut writer, counters);
                     broken = broken && rotated.is_err();
-                    let _ = reply.send(rotated);
+                    if let Err(std::sync::mpsc::SendError(Done::Rotated(reply, rotated))) =
+                        completions.send(Done::Rotated(reply, rotated))
+                    {
+                        let _ = reply.send(rotated);
+                    }
                 }
                 Request::RemoveBefore { segment, reply } => {
                     let _ = reply.send(remove_before(&dir, segment.min(writer.id)));
@@ -418,7 +439,9 @@ fn commit(
             counters.records.fetch_add(appends.len() as u64, Ordering::Relaxed);
             for pending in appends.drain(..) {
                 // Without the completion thread (closing), answer directly.
-                if let Err(std::sync::mpsc::SendError((_, position, reply))) = completions.send(pending) {
+                if let Err(std::sync::mpsc::SendError(Done::Appended((_, position, reply)))) =
+                    completions.send(Done::Appended(pending))
+                {
                     let _ = reply.send(Ok(position));
                 }
             }

@@ -107,6 +107,43 @@ async fn test_completions_run_in_wal_order_before_the_answer() {
 }
 
 #[tokio::test]
+async fn test_rotate_answers_after_the_completions_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open(dir.path());
+    let wal = Arc::new(wal);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Slow completions queue up behind the writer; rotate must wait them out.
+    let appends: Vec<_> = (0..20u32)
+        .map(|i| {
+            let (wal, seen) = (wal.clone(), seen.clone());
+            tokio::spawn(async move {
+                wal.append_then(i.to_le_bytes().to_vec(), move |position| {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    seen.lock().unwrap().push(position);
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let rotated = wal.rotate().await.unwrap();
+    let completed: Vec<Position> = seen.lock().unwrap().clone();
+    let mut before = 0;
+    for append in appends {
+        let position = append.await.unwrap();
+        if position.segment < rotated {
+            before += 1;
+            assert!(
+                completed.contains(&position),
+                "{position:?} was not completed before rotate answered"
+            );
+        }
+    }
+    assert!(before > 0, "no append landed before the rotation");
+}
+
+#[tokio::test]
 async fn test_torn_tail_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = open(dir.path());

@@ -1,12 +1,15 @@
-//! The symbols of a head, each stored once: strings, functions, mappings,
+//! The symbols of a head or block, each stored once: strings, functions, mappings,
 //! locations, and stack traces as a prefix tree (each node is a parent node
 //! and a location, so shared stack prefixes are stored once).
 //!
 //! A location without source lines gets one synthetic line whose function
 //! is named after its address (`0x4f2a10`), so every frame has a name.
 
+use flamedb_model::Tree;
 use flamedb_model::pprof::Profile;
 use indexmap::IndexSet;
+
+use crate::block::format;
 
 /// A function: string ids of its names and file, and its first line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,9 +54,9 @@ const LOCATION_BYTES: usize = 64;
 const LINE_BYTES: usize = 16;
 const STACK_NODE_BYTES: usize = 32;
 
-/// The symbol store of one head.
+/// The symbol store of one head or block.
 #[derive(Debug)]
-pub(crate) struct Symbols {
+pub struct Symbols {
     strings: IndexSet<String>,
     functions: IndexSet<Function>,
     mappings: IndexSet<Mapping>,
@@ -64,8 +67,14 @@ pub(crate) struct Symbols {
     bytes: usize,
 }
 
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Symbols {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         let mut strings = IndexSet::new();
         strings.insert(String::new());
         Self {
@@ -79,7 +88,7 @@ impl Symbols {
     }
 
     /// Memory held, in bytes (estimated from the entries).
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.bytes
     }
 
@@ -91,14 +100,14 @@ impl Symbols {
         self.strings.insert_full(value.to_owned()).0 as u32
     }
 
-    pub(crate) fn string_at(&self, index: u32) -> &str {
+    pub fn string_at(&self, index: u32) -> &str {
         self.strings.get_index(index as usize).map_or("", String::as_str)
     }
 
     /// Adds a profile's symbols; returns the stack id of each sample.
     /// References that do not resolve (a profile that was not normalized)
     /// are skipped, never trusted.
-    pub(crate) fn add_profile(&mut self, profile: &Profile) -> Vec<u32> {
+    pub fn add_profile(&mut self, profile: &Profile) -> Vec<u32> {
         let strings: Vec<u32> = profile.string_table.iter().map(|value| self.string(value)).collect();
         let string = |index: i64| {
             usize::try_from(index)
@@ -223,7 +232,7 @@ impl Symbols {
 
     /// The function names of a stack, root first (inlined calls expanded,
     /// caller before callee).
-    pub(crate) fn frames(&self, stack: u32, out: &mut Vec<u32>) {
+    pub fn frames(&self, stack: u32, out: &mut Vec<u32>) {
         out.clear();
         let mut node = stack;
         // Walk leaf to root, then reverse.
@@ -245,7 +254,7 @@ impl Symbols {
 
     /// A hash of what a stack says (function names, files, lines), the
     /// same in every head: the key of server-side delta computation.
-    pub(crate) fn stack_hash(&self, stack: u32) -> u64 {
+    pub fn stack_hash(&self, stack: u32) -> u64 {
         let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
         let mut node = stack;
         while node != 0 {
@@ -268,7 +277,16 @@ impl Symbols {
         hasher.digest()
     }
 
-    pub(crate) fn counts(&self) -> SymbolCounts {
+    /// Adds `(stack, value)` pairs to `tree`, by function name.
+    pub fn add_to_tree(&self, stacks: impl IntoIterator<Item = (u32, i64)>, tree: &mut Tree) {
+        let mut frames = Vec::new();
+        for (stack, value) in stacks {
+            self.frames(stack, &mut frames);
+            tree.insert(frames.iter().map(|&name| self.string_at(name)), value);
+        }
+    }
+
+    pub fn counts(&self) -> SymbolCounts {
         SymbolCounts {
             strings: self.strings.len(),
             functions: self.functions.len(),
@@ -287,4 +305,149 @@ pub struct SymbolCounts {
     pub mappings: usize,
     pub locations: usize,
     pub stacks: usize,
+}
+
+impl Symbols {
+    /// The tables as a block stores them.
+    pub(crate) fn to_file(&self) -> format::SymbolsFile {
+        format::SymbolsFile {
+            strings: self.strings.iter().cloned().collect(),
+            functions: self
+                .functions
+                .iter()
+                .map(|f| format::FunctionEntry {
+                    name: f.name,
+                    system_name: f.system_name,
+                    filename: f.filename,
+                    start_line: f.start_line,
+                })
+                .collect(),
+            mappings: self
+                .mappings
+                .iter()
+                .map(|m| format::MappingEntry {
+                    filename: m.filename,
+                    build_id: m.build_id,
+                    memory_start: m.memory_start,
+                    memory_limit: m.memory_limit,
+                    file_offset: m.file_offset,
+                    has_functions: m.has_functions,
+                })
+                .collect(),
+            locations: self
+                .locations
+                .iter()
+                .map(|l| format::LocationEntry {
+                    mapping: l.mapping,
+                    address: l.address,
+                    line_functions: l.lines.iter().map(|line| line.function).collect(),
+                    line_numbers: l.lines.iter().map(|line| line.line).collect(),
+                })
+                .collect(),
+            stack_parents: self.stacks.iter().map(|&(parent, _)| parent).collect(),
+            stack_locations: self.stacks.iter().map(|&(_, location)| location).collect(),
+        }
+    }
+
+    /// Rebuilds the tables a block stored, checking every reference (ids
+    /// keep their meaning only if each entry is unique and in range).
+    pub(crate) fn from_file(file: format::SymbolsFile) -> Result<Self, String> {
+        let mut symbols = Self {
+            strings: IndexSet::with_capacity(file.strings.len()),
+            functions: IndexSet::with_capacity(file.functions.len()),
+            mappings: IndexSet::with_capacity(file.mappings.len()),
+            locations: IndexSet::with_capacity(file.locations.len()),
+            stacks: IndexSet::with_capacity(file.stack_parents.len()),
+            bytes: 0,
+        };
+        let strings = file.strings.len();
+        let string = |index: u32, what: &str| {
+            if (index as usize) < strings {
+                Ok(index)
+            } else {
+                Err(format!("{what} refers to string {index} of {strings}"))
+            }
+        };
+        for value in file.strings {
+            symbols.bytes += value.len() + STRING_OVERHEAD;
+            if !symbols.strings.insert(value) {
+                return Err("a string is stored twice".to_owned());
+            }
+        }
+        for f in file.functions {
+            let function = Function {
+                name: string(f.name, "a function name")?,
+                system_name: string(f.system_name, "a function system name")?,
+                filename: string(f.filename, "a function file name")?,
+                start_line: f.start_line,
+            };
+            if symbols.function(function) as usize != symbols.functions.len() - 1 {
+                return Err("a function is stored twice".to_owned());
+            }
+        }
+        for m in file.mappings {
+            let mapping = Mapping {
+                filename: string(m.filename, "a mapping file name")?,
+                build_id: string(m.build_id, "a mapping build id")?,
+                memory_start: m.memory_start,
+                memory_limit: m.memory_limit,
+                file_offset: m.file_offset,
+                has_functions: m.has_functions,
+            };
+            if symbols.mapping(mapping) as usize != symbols.mappings.len() - 1 {
+                return Err("a mapping is stored twice".to_owned());
+            }
+        }
+        for l in file.locations {
+            if l.mapping as usize > symbols.mappings.len() {
+                return Err(format!(
+                    "a location refers to mapping {} of {}",
+                    l.mapping,
+                    symbols.mappings.len()
+                ));
+            }
+            if l.line_functions.len() != l.line_numbers.len() {
+                return Err("a location has lines without numbers".to_owned());
+            }
+            let lines = l
+                .line_functions
+                .iter()
+                .zip(&l.line_numbers)
+                .map(|(&function, &line)| {
+                    if (function as usize) < symbols.functions.len() {
+                        Ok(Line { function, line })
+                    } else {
+                        Err(format!(
+                            "a line refers to function {function} of {}",
+                            symbols.functions.len()
+                        ))
+                    }
+                })
+                .collect::<Result<Box<[Line]>, String>>()?;
+            let location = Location {
+                mapping: l.mapping,
+                address: l.address,
+                lines,
+            };
+            if symbols.location(location) as usize != symbols.locations.len() - 1 {
+                return Err("a location is stored twice".to_owned());
+            }
+        }
+        if file.stack_parents.len() != file.stack_locations.len() {
+            return Err("stack parents and locations differ in length".to_owned());
+        }
+        for (node, (&parent, &location)) in file.stack_parents.iter().zip(&file.stack_locations).enumerate() {
+            // Node `node + 1`: its parent comes before it, so walks end.
+            if parent as usize > node || location as usize >= symbols.locations.len() {
+                return Err(format!(
+                    "stack node {} is out of order or refers to a missing location",
+                    node + 1
+                ));
+            }
+            if symbols.stack_node(parent, location) as usize != node + 1 {
+                return Err("a stack node is stored twice".to_owned());
+            }
+        }
+        Ok(symbols)
+    }
 }

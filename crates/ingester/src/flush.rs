@@ -1,0 +1,306 @@
+//! Flushing: heads become blocks on local disk.
+//!
+//! A head is sealed (taken out of the live heads, still queried) when its
+//! window has ended and it got nothing for the idle grace, when head
+//! memory nears the ceiling (largest heads first), on request, and on
+//! shutdown. One flusher task writes sealed heads one at a time; a head
+//! whose block cannot be written stays sealed, queryable and counted in
+//! memory, and is tried again at the next check. Once blocks are written
+//! the WAL is rotated and the segments no head needs any more are deleted.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use flamedb_storage::{Block, BlockError, Ulid, write_block};
+use flamedb_wal::WalError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::head::Head;
+use crate::ingester::{BLOCKS_DIR, Inner};
+use crate::local_blocks::{FLUSH_NOTE, FlushNote, LocalBlock, tenant_dir};
+
+/// Head memory, as a share of the ceiling, at which heads are flushed
+/// early, and the share of live heads left after.
+const EARLY_FLUSH_AT: f64 = 0.8;
+const EARLY_FLUSH_DOWN_TO: f64 = 0.5;
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Blocks written.
+    pub blocks: usize,
+    /// WAL segments deleted after.
+    pub wal_segments_removed: usize,
+}
+
+/// Why a flush did not complete; the heads it could not write are kept.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("cannot write a block of tenant {tenant}: {source}")]
+    Block {
+        tenant: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error("cannot trim the WAL after a flush: {0}")]
+    Wal(#[from] WalError),
+    #[error("the ingester is stopped")]
+    Stopped,
+}
+
+/// Why heads were sealed (the `reason` of the metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SealReason {
+    WindowEnded,
+    Memory,
+    Requested,
+}
+
+impl SealReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::WindowEnded => "window_ended",
+            Self::Memory => "memory",
+            Self::Requested => "requested",
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<FlushReport, FlushError>>;
+
+/// The flusher task: flushes on its own schedule and on request.
+#[derive(Debug, Clone)]
+pub(crate) struct FlusherHandle {
+    requests: mpsc::Sender<Reply>,
+    stop: CancellationToken,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl FlusherHandle {
+    /// Starts the flusher; it ends when stopped or when the ingester is
+    /// gone.
+    pub(crate) fn spawn(inner: Weak<Inner>, period: Duration) -> Self {
+        let (requests, receiver) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(inner, receiver, stop.clone(), period));
+        Self {
+            requests,
+            stop,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        }
+    }
+
+    /// Seals every head and flushes; returns once done.
+    pub(crate) async fn flush(&self) -> Result<FlushReport, FlushError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(reply).await.map_err(|_| FlushError::Stopped)?;
+        answer.await.map_err(|_| FlushError::Stopped)?
+    }
+
+    /// Stops the task and waits for it.
+    pub(crate) async fn stop(&self) {
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: CancellationToken, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            request = requests.recv() => {
+                let (Some(reply), Some(inner)) = (request, inner.upgrade()) else { break };
+                inner.seal_all();
+                let _ = reply.send(inner.flush_sealed().await);
+            }
+            _ = ticker.tick() => {
+                let Some(inner) = inner.upgrade() else { break };
+                inner.seal_due(now_ms());
+                if let Err(err) = inner.flush_sealed().await {
+                    error!(error = %err, "flush failed; the heads stay in memory and are tried again");
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    flamedb_model::now_nanos() / 1_000_000
+}
+
+impl Inner {
+    fn seal(&self, tenant: &crate::ingester::TenantState, window_start_ms: i64, reason: SealReason) {
+        let mut data = tenant.data();
+        if let Some(head) = data.live.remove(&window_start_ms) {
+            data.flushing.push(head);
+            self.metrics.sealed(reason.as_str());
+        }
+    }
+
+    /// Seals every live head.
+    pub(crate) fn seal_all(&self) {
+        for (_, state) in self.all_tenants() {
+            let windows: Vec<i64> = state.data().live.keys().copied().collect();
+            for window in windows {
+                self.seal(&state, window, SealReason::Requested);
+            }
+        }
+    }
+
+    /// Seals the heads whose window ended and which have been idle for
+    /// the grace period, then, if memory is near the ceiling, the largest
+    /// live heads.
+    pub(crate) fn seal_due(&self, now_ms: i64) {
+        let window = self.config.window_ms();
+        let grace = i64::try_from(self.config.flush_idle_grace.as_millis()).unwrap_or(i64::MAX);
+        let mut live = Vec::new();
+        for (_, state) in self.all_tenants() {
+            let heads: Vec<Arc<Head>> = state.data().live.values().cloned().collect();
+            for head in heads {
+                let ended = now_ms >= head.window_start_ms.saturating_add(window);
+                if ended && now_ms.saturating_sub(head.last_insert_ms()) >= grace {
+                    self.seal(&state, head.window_start_ms, SealReason::WindowEnded);
+                } else {
+                    live.push((state.clone(), head));
+                }
+            }
+        }
+        let ceiling = self.config.max_head_memory_bytes as f64;
+        if (self.head_bytes.load(Ordering::Relaxed) as f64) < ceiling * EARLY_FLUSH_AT {
+            return;
+        }
+        live.sort_by_key(|(_, head)| std::cmp::Reverse(head.bytes()));
+        let mut live_bytes: usize = live.iter().map(|(_, head)| head.bytes()).sum();
+        for (state, head) in live {
+            if (live_bytes as f64) < ceiling * EARLY_FLUSH_DOWN_TO {
+                break;
+            }
+            live_bytes -= head.bytes();
+            self.seal(&state, head.window_start_ms, SealReason::Memory);
+        }
+    }
+
+    /// Writes every sealed head as a block, then trims the WAL. Heads that
+    /// fail stay sealed; the first error is returned after the others
+    /// were tried.
+    pub(crate) async fn flush_sealed(self: &Arc<Self>) -> Result<FlushReport, FlushError> {
+        let mut report = FlushReport::default();
+        let mut first_error = None;
+        for (tenant, state) in self.all_tenants() {
+            let sealed: Vec<Arc<Head>> = state.data().flushing.clone();
+            for head in sealed {
+                let written = if head.rows() == 0 {
+                    Ok(None)
+                } else {
+                    let inner = self.clone();
+                    let (owner, sealed) = (tenant.clone(), head.clone());
+                    tokio::task::spawn_blocking(move || inner.write_head(&owner, &sealed).map(Some))
+                        .await
+                        .unwrap_or_else(|join| {
+                            Err(BlockError::Io {
+                                action: "write (the writer panicked)",
+                                path: tenant_dir(&self.config.data_dir.join(BLOCKS_DIR), &tenant)
+                                    .display()
+                                    .to_string(),
+                                source: std::io::Error::other(join.to_string()),
+                            })
+                        })
+                };
+                match written {
+                    Ok(block) => {
+                        let mut data = state.data();
+                        data.flushing.retain(|sealed| !Arc::ptr_eq(sealed, &head));
+                        if let Some(block) = block {
+                            data.blocks.push(Arc::new(block));
+                            report.blocks += 1;
+                        }
+                        drop(data);
+                        let freed = head.bytes();
+                        let left = self
+                            .head_bytes
+                            .fetch_sub(freed, Ordering::Relaxed)
+                            .saturating_sub(freed);
+                        self.metrics.set_head_bytes(left);
+                    }
+                    Err(source) => {
+                        self.metrics.flush_failed();
+                        first_error.get_or_insert(FlushError::Block {
+                            tenant: tenant.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        if report.blocks > 0 {
+            self.update_block_gauge();
+            let trimmed = self.trim_wal().await;
+            self.ship_nudge.notify_one();
+            report.wal_segments_removed = trimmed?;
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(report),
+        }
+    }
+
+    /// Writes one sealed head as a block and opens it.
+    fn write_head(&self, tenant: &str, head: &Head) -> Result<LocalBlock, BlockError> {
+        let started = std::time::Instant::now();
+        let dir = tenant_dir(&self.config.data_dir.join(BLOCKS_DIR), tenant);
+        let window_end = head.window_start_ms.saturating_add(self.config.window_ms());
+        let (meta, note) = head.with_contents(|contents, last_position| {
+            let note = FlushNote::new(head.window_start_ms, window_end, last_position);
+            let note_bytes = serde_json::to_vec(&note).map_err(|err| BlockError::Corrupt {
+                path: dir.display().to_string(),
+                reason: err.to_string(),
+            })?;
+            let meta = write_block(&dir, Ulid::generate(), contents, &[(FLUSH_NOTE, &note_bytes)])?;
+            Ok::<_, BlockError>((meta, note))
+        })?;
+        let block = Block::open(&dir.join(meta.id.to_string()))?;
+        self.metrics.flushed(started.elapsed());
+        info!(
+            tenant,
+            block = %meta.id,
+            profiles = meta.stats.num_profiles,
+            series = meta.stats.num_series,
+            head_bytes = head.bytes(),
+            seconds = started.elapsed().as_secs_f64(),
+            "head flushed"
+        );
+        Ok(LocalBlock::new(block, note))
+    }
+
+    /// Starts a new WAL segment and deletes the segments before the first
+    /// record any head still holds. `rotate` answers only after every
+    /// earlier record was applied, so no acknowledged record is between.
+    async fn trim_wal(&self) -> Result<usize, WalError> {
+        let rotated = self.wal.rotate().await?;
+        let mut keep_from = rotated;
+        for (_, state) in self.all_tenants() {
+            let data = state.data();
+            for head in data.live.values().chain(&data.flushing) {
+                if let Some(first) = head.first_position() {
+                    keep_from = keep_from.min(first.segment);
+                }
+            }
+        }
+        let removed = self.wal.remove_segments_before(keep_from).await?;
+        self.wal_kept_from.store(keep_from.0, Ordering::Relaxed);
+        Ok(removed)
+    }
+}

@@ -1,0 +1,195 @@
+//! Shipping and local retention: blocks go to object storage after they
+//! are written (and every `ship_period`), with backoff while storage is
+//! down; nothing is dropped, blocks simply wait on disk. A local block is
+//! deleted only once uploaded, and then either after `local_retention` or,
+//! oldest first, when the disk runs low. Blocks whose WAL records are still
+//! on disk are kept, so a restart cannot replay what they hold.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use flamedb_storage::{Bucket, BucketError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::ingester::Inner;
+use crate::local_blocks::LocalBlock;
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+
+/// The shipper task.
+#[derive(Debug, Clone)]
+pub(crate) struct ShipperHandle {
+    stop: CancellationToken,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl ShipperHandle {
+    pub(crate) fn spawn(inner: Weak<Inner>, bucket: Bucket, period: Duration, nudge: Arc<Notify>) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(inner, bucket, nudge.clone(), stop.clone(), period));
+        Self {
+            stop,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        }
+    }
+
+    pub(crate) async fn stop(&self) {
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(inner: Weak<Inner>, bucket: Bucket, nudge: Arc<Notify>, stop: CancellationToken, period: Duration) {
+    let mut backoff: Option<Duration> = None;
+    loop {
+        let Some(strong) = inner.upgrade() else { break };
+        match strong.ship(&bucket).await {
+            Ok(_) => backoff = None,
+            Err(err) => {
+                let next = backoff.map_or(FIRST_BACKOFF, |last| (last * 2).min(MAX_BACKOFF));
+                error!(error = %err, retry_in = ?next, "cannot upload blocks; they wait on local disk");
+                backoff = Some(next);
+            }
+        }
+        strong.enforce_retention().await;
+        drop(strong);
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = nudge.notified() => {}
+            () = tokio::time::sleep(backoff.unwrap_or(period)) => {}
+        }
+    }
+}
+
+impl Inner {
+    /// Uploads every local block not yet in the bucket; returns how many
+    /// were uploaded. Stops at the first failure.
+    pub(crate) async fn ship(&self, bucket: &Bucket) -> Result<usize, BucketError> {
+        let mut shipped = 0;
+        for (tenant, block) in self.blocks_where(|block| !block.is_uploaded()) {
+            let meta = block.block.meta();
+            if !bucket.has_block(&tenant, meta.id).await? {
+                let started = std::time::Instant::now();
+                let uploaded = bucket.upload_block(&tenant, block.block.dir(), meta).await;
+                if let Err(err) = uploaded {
+                    self.metrics.ship_failed();
+                    return Err(err);
+                }
+                self.metrics.shipped(started.elapsed());
+                info!(tenant, block = %meta.id, "block uploaded");
+                shipped += 1;
+            }
+            if let Err(err) = block.mark_uploaded() {
+                error!(tenant, block = %meta.id, error = %err, "cannot record that a block was uploaded");
+            }
+        }
+        self.update_block_gauge();
+        Ok(shipped)
+    }
+
+    /// The blocks of every tenant for which `keep` holds, oldest first.
+    fn blocks_where(&self, keep: impl Fn(&LocalBlock) -> bool) -> Vec<(String, Arc<LocalBlock>)> {
+        let mut blocks: Vec<(String, Arc<LocalBlock>)> = self
+            .all_tenants()
+            .into_iter()
+            .flat_map(|(tenant, state)| {
+                state
+                    .data()
+                    .blocks
+                    .iter()
+                    .filter(|block| keep(block))
+                    .map(|block| (tenant.clone(), block.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        blocks.sort_by_key(|(_, block)| block.block.meta().id);
+        blocks
+    }
+
+    /// Deletes uploaded blocks past the local retention, then more
+    /// (oldest first) while the disk is low.
+    pub(crate) async fn enforce_retention(&self) {
+        let now_ms = u64::try_from(flamedb_model::now_nanos() / 1_000_000).unwrap_or(0);
+        let retention_ms = u64::try_from(self.config.local_retention.as_millis()).unwrap_or(u64::MAX);
+        let kept_from = self.wal_kept_from.load(Ordering::Relaxed);
+        // Deletable: uploaded, and no WAL segment left that holds its records.
+        let deletable = self.blocks_where(|block| {
+            block.is_uploaded() && block.note.last_position().is_none_or(|last| last.segment.0 < kept_from)
+        });
+        for (tenant, block) in &deletable {
+            let age_ms = now_ms.saturating_sub(block.block.meta().id.timestamp_ms());
+            if age_ms >= retention_ms {
+                self.delete_block(tenant, block, "retention").await;
+            }
+        }
+        let mut low = self.disk_is_low();
+        for (tenant, block) in &deletable {
+            if !low {
+                break;
+            }
+            if block.block.dir().exists() {
+                self.delete_block(tenant, block, "disk_low").await;
+                low = self.disk_is_low();
+            }
+        }
+        if low {
+            warn!(
+                dir = %self.config.data_dir.display(),
+                "disk space is low and no uploaded block is left to delete"
+            );
+        }
+    }
+
+    async fn delete_block(&self, tenant: &str, block: &Arc<LocalBlock>, reason: &'static str) {
+        self.tenant(tenant)
+            .data()
+            .blocks
+            .retain(|held| !Arc::ptr_eq(held, block));
+        self.update_block_gauge();
+        let dir = block.block.dir();
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => {
+                self.metrics.local_block_deleted(reason);
+                info!(tenant, block = %block.block.meta().id, reason, "local block deleted");
+            }
+            Err(err) => error!(dir = %dir.display(), error = %err, "cannot delete a local block"),
+        }
+    }
+
+    fn disk_is_low(&self) -> bool {
+        disk_is_low(
+            &self.config.data_dir,
+            self.config.min_free_disk_bytes,
+            self.config.min_free_disk_percent,
+        )
+    }
+}
+
+/// Whether the file system of `dir` has less than `min_bytes` or less than
+/// `min_percent` % free.
+fn disk_is_low(dir: &Path, min_bytes: u64, min_percent: f64) -> bool {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(stats) => {
+            let fragment = stats.fragment_size();
+            let free = stats.blocks_available().saturating_mul(fragment);
+            let total = stats.blocks().saturating_mul(fragment);
+            free < min_bytes || (total > 0 && (free as f64) * 100.0 < min_percent * total as f64)
+        }
+        Err(err) => {
+            warn!(dir = %dir.display(), error = %err, "cannot read free disk space");
+            false
+        }
+    }
+}

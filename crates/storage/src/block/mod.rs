@@ -1,0 +1,456 @@
+//! Blocks: the immutable, self-describing files a head becomes when it is
+//! flushed.
+//!
+//! ```text
+//! <id>/meta.json            what the block is; lists every other file with size and CRC-32
+//! <id>/series.binpb.zst     series (labels, fingerprint, time span, run of rows), label order
+//! <id>/profiles.parquet     one row per profile and sample type, sorted by series, time, ID
+//! <id>/symbols.binpb.zst    strings, functions, mappings, locations, stack prefix tree
+//! ```
+//!
+//! A block is written into `<id>.tmp`, every file fsync'd, `meta.json`
+//! last, then the directory is renamed to `<id>`: a block directory is
+//! complete or absent. Readers check the format version and file sizes on
+//! open, and the checksum of every file they read whole.
+
+pub(crate) mod format;
+mod meta;
+mod profiles;
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use flamedb_model::{ProfileId, Tree};
+use foldhash::{HashMap, HashMapExt};
+use prost::Message;
+use ulid::Ulid;
+
+pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, FORMAT_VERSION};
+
+use crate::series::SeriesIndex;
+use crate::symbols::Symbols;
+use crate::{ProfileQuery, ProfileRow, SelectedProfile};
+
+pub const META_FILE: &str = "meta.json";
+const SERIES_FILE: &str = "series.binpb.zst";
+const SYMBOLS_FILE: &str = "symbols.binpb.zst";
+/// Suffix of a block directory being written.
+pub const TEMP_SUFFIX: &str = ".tmp";
+const ZSTD_LEVEL: i32 = 3;
+
+/// What went wrong with a block.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block {path}: cannot {action}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("block {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+impl BlockError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.display().to_string();
+        move |source| Self::Io { action, path, source }
+    }
+
+    fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The I/O error kind, if this is one (a full disk shows as
+    /// `StorageFull`).
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Corrupt { .. } => None,
+        }
+    }
+}
+
+/// What a head hands over to become a block. Row `series` fields are ids
+/// of `series`.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockContents<'a> {
+    pub series: &'a SeriesIndex,
+    pub symbols: &'a Symbols,
+    pub rows: &'a [ProfileRow],
+}
+
+/// Writes a block to `parent/<id>` (see the module docs). `sidecars` are
+/// small files written into the directory with it, so they appear
+/// atomically with the block, but are not part of it: `meta.json` does not
+/// list them and they are never uploaded.
+pub fn write_block(
+    parent: &Path,
+    id: Ulid,
+    contents: BlockContents<'_>,
+    sidecars: &[(&str, &[u8])],
+) -> Result<BlockMeta, BlockError> {
+    let target = parent.join(id.to_string());
+    let temp = parent.join(format!("{id}{TEMP_SUFFIX}"));
+    fs::create_dir_all(parent).map_err(BlockError::io("create directory", parent))?;
+    if temp.exists() {
+        fs::remove_dir_all(&temp).map_err(BlockError::io("remove stale directory", &temp))?;
+    }
+    fs::create_dir(&temp).map_err(BlockError::io("create directory", &temp))?;
+
+    // Series in label order, only those with rows; rows by series, time, ID.
+    let BlockContents { series, symbols, rows } = contents;
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut has_rows = vec![false; series.len()];
+    for row in rows {
+        if let Some(flag) = has_rows.get_mut(row.series as usize) {
+            *flag = true;
+        } else {
+            return Err(BlockError::corrupt(
+                &temp,
+                format!("a row refers to missing series {}", row.series),
+            ));
+        }
+    }
+    let mut series_order: Vec<u32> = (0..series.len() as u32).filter(|&id| has_rows[id as usize]).collect();
+    series_order.sort_by(|&a, &b| series.get(a).labels.as_slice().cmp(series.get(b).labels.as_slice()));
+    let mut block_id_of = vec![u32::MAX; series.len()];
+    for (block_id, &head_id) in series_order.iter().enumerate() {
+        block_id_of[head_id as usize] = block_id as u32;
+    }
+    order.sort_unstable_by_key(|&row| {
+        let row = &rows[row];
+        (block_id_of[row.series as usize], row.time_nanos, row.id)
+    });
+
+    let mut files = Vec::new();
+    let profiles_path = temp.join(profiles::FILE);
+    let profiles_file = profiles::write(
+        &profiles_path,
+        order
+            .iter()
+            .map(|&row| (block_id_of[rows[row].series as usize], &rows[row])),
+    )
+    .map_err(|err| match err {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
+            Ok(io) => BlockError::io("write", &profiles_path)(*io),
+            Err(other) => BlockError::corrupt(&profiles_path, other.to_string()),
+        },
+        other => BlockError::corrupt(&profiles_path, other.to_string()),
+    })?;
+    profiles_file
+        .sync_all()
+        .map_err(BlockError::io("sync", &profiles_path))?;
+    files.push(describe(&temp, profiles::FILE)?);
+
+    let mut row_counts = vec![0u32; series_order.len()];
+    let mut samples = 0u64;
+    for row in rows {
+        row_counts[block_id_of[row.series as usize] as usize] += 1;
+        samples += row.values.len() as u64;
+    }
+    let mut entries = Vec::with_capacity(series_order.len());
+    let mut next_row = 0u32;
+    for (&head_id, &count) in series_order.iter().zip(&row_counts) {
+        entries.push(format::SeriesEntry::new(series.get(head_id), next_row, count));
+        next_row += count;
+    }
+    let series_bytes = format::SeriesFile { series: entries }.encode_to_vec();
+    files.push(write_compressed(&temp, SERIES_FILE, &series_bytes)?);
+    files.push(write_compressed(
+        &temp,
+        SYMBOLS_FILE,
+        &symbols.to_file().encode_to_vec(),
+    )?);
+    files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+
+    let min_time = rows.iter().map(ProfileRow::time_ms).min().unwrap_or(0);
+    let max_time = rows.iter().map(ProfileRow::time_ms).max().unwrap_or(0);
+    let meta = BlockMeta {
+        version: FORMAT_VERSION,
+        id,
+        min_time,
+        max_time,
+        stats: BlockStats {
+            num_series: series_order.len() as u64,
+            num_profiles: rows.len() as u64,
+            num_samples: samples,
+        },
+        files,
+        source: "ingester".to_owned(),
+        compaction: Compaction {
+            level: 1,
+            sources: vec![id],
+        },
+    };
+    for (name, bytes) in sidecars {
+        write_synced(&temp.join(name), bytes)?;
+    }
+    let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|err| BlockError::corrupt(&temp, err.to_string()))?;
+    write_synced(&temp.join(META_FILE), &meta_bytes)?;
+    sync_dir(&temp)?;
+    if target.exists() {
+        fs::remove_dir_all(&target).map_err(BlockError::io("replace directory", &target))?;
+    }
+    fs::rename(&temp, &target).map_err(BlockError::io("rename into place", &temp))?;
+    sync_dir(parent)?;
+    Ok(meta)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BlockError> {
+    let mut file = File::create(path).map_err(BlockError::io("create", path))?;
+    file.write_all(bytes).map_err(BlockError::io("write", path))?;
+    file.sync_all().map_err(BlockError::io("sync", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BlockError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(BlockError::io("sync directory", dir))
+}
+
+fn write_compressed(dir: &Path, name: &str, bytes: &[u8]) -> Result<BlockFile, BlockError> {
+    let path = dir.join(name);
+    let compressed = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(BlockError::io("compress", &path))?;
+    write_synced(&path, &compressed)?;
+    Ok(BlockFile {
+        rel_path: name.to_owned(),
+        size_bytes: compressed.len() as u64,
+        crc32: crc32fast::hash(&compressed),
+    })
+}
+
+fn describe(dir: &Path, name: &str) -> Result<BlockFile, BlockError> {
+    let path = dir.join(name);
+    let bytes = fs::read(&path).map_err(BlockError::io("read", &path))?;
+    Ok(BlockFile {
+        rel_path: name.to_owned(),
+        size_bytes: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+    })
+}
+
+/// Reads a block's `meta.json`.
+pub fn read_meta(dir: &Path) -> Result<BlockMeta, BlockError> {
+    let path = dir.join(META_FILE);
+    let bytes = fs::read(&path).map_err(BlockError::io("read", &path))?;
+    parse_meta(&path, &bytes)
+}
+
+/// Parses `meta.json` bytes (`path` names them in errors).
+pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<BlockMeta, BlockError> {
+    let meta: BlockMeta = serde_json::from_slice(bytes).map_err(|err| BlockError::corrupt(path, err.to_string()))?;
+    if meta.version != FORMAT_VERSION {
+        return Err(BlockError::corrupt(
+            path,
+            format!("format version {} (this build reads {FORMAT_VERSION})", meta.version),
+        ));
+    }
+    Ok(meta)
+}
+
+/// An open block on local disk: its meta and series index in memory; the
+/// profiles table and symbols are read per query.
+#[derive(Debug)]
+pub struct Block {
+    dir: PathBuf,
+    meta: BlockMeta,
+    series: SeriesIndex,
+    /// Per series (by block id), its rows in the profiles table.
+    rows: Vec<Range<u32>>,
+}
+
+impl Block {
+    /// Opens the block in `dir`: checks the meta and that every file is
+    /// there with its size, and loads the series index.
+    pub fn open(dir: &Path) -> Result<Self, BlockError> {
+        let meta = read_meta(dir)?;
+        for file in &meta.files {
+            let path = dir.join(&file.rel_path);
+            let size = fs::metadata(&path).map_err(BlockError::io("read", &path))?.len();
+            if size != file.size_bytes {
+                return Err(BlockError::corrupt(
+                    &path,
+                    format!("is {size} bytes, meta.json says {}", file.size_bytes),
+                ));
+            }
+        }
+        let series_path = dir.join(SERIES_FILE);
+        let series_file = format::SeriesFile::decode(read_checked(dir, &meta, SERIES_FILE)?.as_slice())
+            .map_err(|err| BlockError::corrupt(&series_path, err.to_string()))?;
+        let mut series = SeriesIndex::new();
+        let mut rows = Vec::with_capacity(series_file.series.len());
+        let mut next_row = 0u64;
+        for entry in &series_file.series {
+            if u64::from(entry.first_row) != next_row {
+                return Err(BlockError::corrupt(&series_path, "series rows are not consecutive"));
+            }
+            next_row += u64::from(entry.row_count);
+            rows.push(entry.first_row..entry.first_row.saturating_add(entry.row_count));
+            series.push(entry.series());
+        }
+        if next_row != meta.stats.num_profiles {
+            return Err(BlockError::corrupt(
+                &series_path,
+                format!(
+                    "series hold {next_row} rows, meta.json says {}",
+                    meta.stats.num_profiles
+                ),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            meta,
+            series,
+            rows,
+        })
+    }
+
+    pub fn meta(&self) -> &BlockMeta {
+        &self.meta
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The series and their label index.
+    pub fn series(&self) -> &SeriesIndex {
+        &self.series
+    }
+
+    /// Checks the size and CRC-32 of every file against `meta.json`.
+    pub fn verify(&self) -> Result<(), BlockError> {
+        for file in &self.meta.files {
+            read_checked(&self.dir, &self.meta, &file.rel_path)?;
+        }
+        Ok(())
+    }
+
+    /// The symbol tables (read and checked on each call).
+    pub fn symbols(&self) -> Result<Symbols, BlockError> {
+        let path = self.dir.join(SYMBOLS_FILE);
+        let file = format::SymbolsFile::decode(read_checked(&self.dir, &self.meta, SYMBOLS_FILE)?.as_slice())
+            .map_err(|err| BlockError::corrupt(&path, err.to_string()))?;
+        Symbols::from_file(file).map_err(|reason| BlockError::corrupt(&path, reason))
+    }
+
+    /// Row ranges of the series matching `query`.
+    fn ranges(&self, query: &ProfileQuery) -> (Vec<u32>, Vec<Range<usize>>) {
+        let selected: Vec<u32> = self
+            .series
+            .selected(&[query.full_selector()], query.range)
+            .iter()
+            .collect();
+        let ranges = selected
+            .iter()
+            .map(|&id| {
+                let rows = &self.rows[id as usize];
+                rows.start as usize..rows.end as usize
+            })
+            .filter(|range| !range.is_empty())
+            .collect();
+        (selected, ranges)
+    }
+
+    fn read_rows(
+        &self,
+        ranges: Vec<Range<usize>>,
+        want: profiles::Want,
+        each: impl FnMut(profiles::RowView<'_>),
+    ) -> Result<(), BlockError> {
+        let path = self.dir.join(profiles::FILE);
+        profiles::read(&path, ranges, want, each).map_err(|reason| BlockError::corrupt(&path, reason))
+    }
+
+    /// The profiles matching `query`, in series then time order.
+    pub fn select_profiles(&self, query: &ProfileQuery) -> Result<Vec<SelectedProfile>, BlockError> {
+        let (_, ranges) = self.ranges(query);
+        let mut selected = Vec::new();
+        let mut bad_series = None;
+        self.read_rows(ranges, profiles::Want::Totals, |row| {
+            if !query.range.contains(row.time_nanos.div_euclid(1_000_000)) {
+                return;
+            }
+            let Some(series) = (row.series < self.series.len() as u32).then(|| self.series.get(row.series)) else {
+                bad_series = Some(row.series);
+                return;
+            };
+            selected.push(SelectedProfile {
+                id: row.id,
+                labels: series.labels.clone(),
+                fingerprint: series.fingerprint,
+                time_nanos: row.time_nanos,
+                total: row.total,
+            });
+        })?;
+        if let Some(series) = bad_series {
+            return Err(BlockError::corrupt(
+                &self.dir.join(profiles::FILE),
+                format!("a row refers to missing series {series}"),
+            ));
+        }
+        Ok(selected)
+    }
+
+    /// Adds the stacks of the profiles matching `query` (only those in
+    /// `only`, when given) to `tree`, by function name.
+    pub fn merge_into(
+        &self,
+        query: &ProfileQuery,
+        only: Option<&HashSet<ProfileId>>,
+        tree: &mut Tree,
+    ) -> Result<(), BlockError> {
+        let (_, ranges) = self.ranges(query);
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut by_stack: HashMap<u32, i64> = HashMap::new();
+        self.read_rows(ranges, profiles::Want::Samples, |row| {
+            if !query.range.contains(row.time_nanos.div_euclid(1_000_000))
+                || only.is_some_and(|only| !only.contains(&row.id))
+            {
+                return;
+            }
+            for (&stack, &value) in row.stacks.iter().zip(row.values) {
+                *by_stack.entry(stack).or_insert(0) += value;
+            }
+        })?;
+        self.symbols()?.add_to_tree(by_stack, tree);
+        Ok(())
+    }
+}
+
+/// Reads a whole file of the block, checking size and CRC-32 against the
+/// meta; zstd-compressed files come back decompressed.
+fn read_checked(dir: &Path, meta: &BlockMeta, name: &str) -> Result<Vec<u8>, BlockError> {
+    let path = dir.join(name);
+    let Some(expected) = meta.files.iter().find(|file| file.rel_path == name) else {
+        return Err(BlockError::corrupt(&path, "is not listed in meta.json"));
+    };
+    let mut bytes = Vec::new();
+    File::open(&path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(BlockError::io("read", &path))?;
+    if bytes.len() as u64 != expected.size_bytes || crc32fast::hash(&bytes) != expected.crc32 {
+        return Err(BlockError::corrupt(&path, "size or checksum differs from meta.json"));
+    }
+    if name.ends_with(".zst") {
+        let mut decoded = Vec::new();
+        zstd::stream::read::Decoder::new(bytes.as_slice())
+            .and_then(|mut decoder| decoder.read_to_end(&mut decoded))
+            .map_err(|err| BlockError::corrupt(&path, format!("cannot decompress: {err}")))?;
+        return Ok(decoded);
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! The profiles table of a block, in Parquet: one row per profile and
+//! sample type, sorted by series (in label order), time and profile ID, so
+//! each series is one run of rows. Row groups hold up to 100,000 rows;
+//! columns are zstd-compressed.
+//!
+//! | column | type |
+//! |---|---|
+//! | `id` | fixed 16 bytes (the profile ID) |
+//! | `series` | uint32, the series' position in the series file |
+//! | `time_nanos` | int64 |
+//! | `total` | int64, the sum of `values` |
+//! | `stacks` | list of uint32 (stack nodes of the symbols file) |
+//! | `values` | list of int64, one per stack |
+//! | `span_ids` | list of uint64, one per stack, 0 for none; null when no sample had one |
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, Int64Builder, ListBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, UInt32Type};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use flamedb_model::ProfileId;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::ProfileRow;
+
+pub(crate) const FILE: &str = "profiles.parquet";
+const ROW_GROUP_ROWS: usize = 100_000;
+const BATCH_ROWS: usize = 8192;
+
+const ID: usize = 0;
+const SERIES: usize = 1;
+const TIME: usize = 2;
+const TOTAL: usize = 3;
+const STACKS: usize = 4;
+const VALUES: usize = 5;
+
+fn item(data_type: DataType) -> Arc<Field> {
+    Arc::new(Field::new("item", data_type, false))
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::FixedSizeBinary(16), false),
+        Field::new("series", DataType::UInt32, false),
+        Field::new("time_nanos", DataType::Int64, false),
+        Field::new("total", DataType::Int64, false),
+        Field::new("stacks", DataType::List(item(DataType::UInt32)), false),
+        Field::new("values", DataType::List(item(DataType::Int64)), false),
+        Field::new("span_ids", DataType::List(item(DataType::UInt64)), true),
+    ]))
+}
+
+/// Columns being filled for one record batch.
+struct Columns {
+    id: FixedSizeBinaryBuilder,
+    series: UInt32Builder,
+    time: Int64Builder,
+    total: Int64Builder,
+    stacks: ListBuilder<UInt32Builder>,
+    values: ListBuilder<Int64Builder>,
+    span_ids: ListBuilder<UInt64Builder>,
+    rows: usize,
+}
+
+impl Columns {
+    fn new() -> Self {
+        Self {
+            id: FixedSizeBinaryBuilder::with_capacity(BATCH_ROWS, 16),
+            series: UInt32Builder::with_capacity(BATCH_ROWS),
+            time: Int64Builder::with_capacity(BATCH_ROWS),
+            total: Int64Builder::with_capacity(BATCH_ROWS),
+            stacks: ListBuilder::new(UInt32Builder::new()).with_field(item(DataType::UInt32)),
+            values: ListBuilder::new(Int64Builder::new()).with_field(item(DataType::Int64)),
+            span_ids: ListBuilder::new(UInt64Builder::new()).with_field(item(DataType::UInt64)),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, series: u32, row: &ProfileRow) -> Result<(), parquet::errors::ParquetError> {
+        self.id.append_value(row.id.0)?;
+        self.series.append_value(series);
+        self.time.append_value(row.time_nanos);
+        self.total.append_value(row.total);
+        self.stacks.values().append_slice(&row.stacks);
+        self.stacks.append(true);
+        self.values.values().append_slice(&row.values);
+        self.values.append(true);
+        match &row.span_ids {
+            Some(spans) => {
+                self.span_ids.values().append_slice(spans);
+                self.span_ids.append(true);
+            }
+            None => self.span_ids.append(false),
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.series.finish()),
+            Arc::new(self.time.finish()),
+            Arc::new(self.total.finish()),
+            Arc::new(self.stacks.finish()),
+            Arc::new(self.values.finish()),
+            Arc::new(self.span_ids.finish()),
+        ];
+        RecordBatch::try_new(schema(), columns)
+    }
+}
+
+/// Writes `rows` (block series id, row), already in table order, to `path`.
+pub(crate) fn write<'a>(
+    path: &Path,
+    rows: impl Iterator<Item = (u32, &'a ProfileRow)>,
+) -> Result<File, parquet::errors::ParquetError> {
+    let file = File::create(path)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema(), Some(properties))?;
+    let mut columns = Columns::new();
+    for (series, row) in rows {
+        columns.push(series, row)?;
+        if columns.rows == BATCH_ROWS {
+            writer.write(&columns.finish()?)?;
+        }
+    }
+    if columns.rows > 0 {
+        writer.write(&columns.finish()?)?;
+    }
+    writer.into_inner()
+}
+
+/// Which columns a read needs besides ID, series and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    Totals,
+    Samples,
+}
+
+/// One row as a read hands it out.
+#[derive(Debug)]
+pub(crate) struct RowView<'a> {
+    pub id: ProfileId,
+    pub series: u32,
+    pub time_nanos: i64,
+    pub total: i64,
+    /// Empty unless samples were asked for.
+    pub stacks: &'a [u32],
+    pub values: &'a [i64],
+}
+
+/// Reads the rows in `ranges` (sorted, disjoint) of the table at `path`,
+/// calling `each` for every row.
+pub(crate) fn read(
+    path: &Path,
+    ranges: Vec<Range<usize>>,
+    want: Want,
+    mut each: impl FnMut(RowView<'_>),
+) -> Result<(), String> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let file = File::open(path).map_err(|err| format!("cannot open: {err}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|err| err.to_string())?;
+    let expected = schema();
+    let found = builder.schema();
+    if found.fields().len() != expected.fields().len()
+        || found
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .any(|(found, expected)| found.name() != expected.name() || found.data_type() != expected.data_type())
+    {
+        return Err(format!("unexpected schema {found}"));
+    }
+    let total_rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    if ranges.last().is_some_and(|last| last.end > total_rows) {
+        return Err(format!(
+            "the series index points past the {total_rows} rows of the table"
+        ));
+    }
+    let mut columns = vec![ID, SERIES, TIME];
+    columns.extend_from_slice(match want {
+        Want::Totals => &[TOTAL],
+        Want::Samples => &[STACKS, VALUES],
+    });
+    let projection = ProjectionMask::roots(builder.parquet_schema(), columns);
+    let reader = builder
+        .with_projection(projection)
+        .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), total_rows))
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|err| err.to_string())?;
+    for batch in reader {
+        let batch = batch.map_err(|err| err.to_string())?;
+        read_batch(&batch, want, &mut each).ok_or_else(|| "a column has an unexpected type".to_owned())?;
+    }
+    Ok(())
+}
+
+fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>)) -> Option<()> {
+    let column = |name: &str| batch.column_by_name(name);
+    let ids = column("id")?.as_fixed_size_binary_opt()?;
+    let series = column("series")?.as_primitive_opt::<UInt32Type>()?.values();
+    let times = column("time_nanos")?.as_primitive_opt::<Int64Type>()?.values();
+    let totals = match want {
+        Want::Totals => Some(column("total")?.as_primitive_opt::<Int64Type>()?.values()),
+        Want::Samples => None,
+    };
+    let samples = match want {
+        Want::Samples => {
+            let stacks = column("stacks")?.as_list_opt::<i32>()?;
+            let values = column("values")?.as_list_opt::<i32>()?;
+            Some((
+                stacks.value_offsets(),
+                stacks.values().as_primitive_opt::<UInt32Type>()?.values(),
+                values.value_offsets(),
+                values.values().as_primitive_opt::<Int64Type>()?.values(),
+            ))
+        }
+        Want::Totals => None,
+    };
+    for row in 0..batch.num_rows() {
+        let (stacks, values): (&[u32], &[i64]) = match samples {
+            Some((stack_offsets, stack_values, value_offsets, value_values)) => {
+                let span = |offsets: &[i32]| -> Option<Range<usize>> {
+                    Some(usize::try_from(offsets[row]).ok()?..usize::try_from(offsets[row + 1]).ok()?)
+                };
+                let stacks = stack_values.get(span(stack_offsets)?)?;
+                let values = value_values.get(span(value_offsets)?)?;
+                if stacks.len() != values.len() {
+                    return None;
+                }
+                (stacks, values)
+            }
+            None => (&[], &[]),
+        };
+        each(RowView {
+            id: ProfileId::from_slice(ids.value(row))?,
+            series: series[row],
+            time_nanos: times[row],
+            total: totals.map_or_else(|| values.iter().sum(), |totals| totals[row]),
+            stacks,
+            values,
+        });
+    }
+    Some(())
+}

@@ -1,0 +1,348 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+
+use flamedb_model::pprof::{Function, Line, Location, Profile, Sample};
+use flamedb_model::{Labels, ProfileId, Selector, Tree, parse_selector};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{ProfileQuery, TimeRange};
+
+const CPU: &str = "process_cpu:cpu:nanoseconds::";
+
+/// Functions f1..f5, one location each; stacks are leaf first.
+fn profile(stacks: &[&[u64]]) -> Profile {
+    let mut strings = vec![String::new()];
+    strings.extend((1..=5).map(|i| format!("f{i}")));
+    Profile {
+        sample: stacks
+            .iter()
+            .map(|stack| Sample {
+                location_id: stack.to_vec(),
+                value: vec![1],
+                label: Vec::new(),
+            })
+            .collect(),
+        function: (1..=5)
+            .map(|id| Function {
+                id,
+                name: id as i64,
+                ..Function::default()
+            })
+            .collect(),
+        location: (1..=5)
+            .map(|id| Location {
+                id,
+                line: vec![Line {
+                    function_id: id,
+                    line: 1,
+                    column: 0,
+                }],
+                ..Location::default()
+            })
+            .collect(),
+        string_table: strings,
+        ..Profile::default()
+    }
+}
+
+fn series_labels(service: usize) -> Labels {
+    Labels::from_pairs([
+        ("__name__", "process_cpu".to_owned()),
+        ("__profile_type__", CPU.to_owned()),
+        ("service_name", format!("svc-{service}")),
+    ])
+}
+
+/// Rows over a few series with the stacks of `profile`.
+struct Source {
+    series: SeriesIndex,
+    symbols: Symbols,
+    rows: Vec<ProfileRow>,
+}
+
+impl Source {
+    /// `rows`: (series, time ms, values per stack of the shared profile).
+    fn new(rows: &[(usize, i64, Vec<i64>)]) -> Self {
+        let mut symbols = Symbols::new();
+        let stacks = symbols.add_profile(&profile(&[&[1], &[2, 1], &[3, 2, 1], &[4, 1], &[5]]));
+        let mut series = SeriesIndex::new();
+        let rows = rows
+            .iter()
+            .enumerate()
+            .map(|(n, (service, time_ms, values))| {
+                let labels = series_labels(*service);
+                let id = series.get_or_insert(&labels, labels.fingerprint(), *time_ms);
+                let (stacks, values): (Vec<u32>, Vec<i64>) = stacks
+                    .iter()
+                    .zip(values)
+                    .filter(|&(_, &value)| value != 0)
+                    .map(|(&stack, &value)| (stack, value))
+                    .unzip();
+                ProfileRow {
+                    id: ProfileId((n as u128).to_be_bytes()),
+                    series: id,
+                    time_nanos: time_ms * 1_000_000,
+                    total: values.iter().sum(),
+                    values: values.into(),
+                    span_ids: (n % 2 == 0).then(|| vec![n as u64; stacks.len()].into()),
+                    stacks: stacks.into(),
+                }
+            })
+            .collect();
+        Self { series, symbols, rows }
+    }
+
+    fn contents(&self) -> BlockContents<'_> {
+        BlockContents {
+            series: &self.series,
+            symbols: &self.symbols,
+            rows: &self.rows,
+        }
+    }
+
+    /// What a query over the source answers: sorted (id, time, total,
+    /// labels) and the merged tree.
+    fn answer(&self, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>) -> (Vec<Summary>, Stacks) {
+        let selected = self.series.selected(&[query.full_selector()], query.range);
+        let mut profiles = Vec::new();
+        let mut tree = Tree::new();
+        for row in &self.rows {
+            if !selected.contains(row.series) || !query.range.contains(row.time_ms()) {
+                continue;
+            }
+            profiles.push((
+                row.id,
+                row.time_nanos,
+                row.total,
+                self.series.get(row.series).labels.render(),
+            ));
+            if only.is_none_or(|only| only.contains(&row.id)) {
+                self.symbols
+                    .add_to_tree(row.stacks.iter().copied().zip(row.values.iter().copied()), &mut tree);
+            }
+        }
+        profiles.sort();
+        (profiles, sorted_stacks(&tree))
+    }
+}
+
+type Summary = (ProfileId, i64, i64, String);
+type Stacks = Vec<(Vec<String>, i64)>;
+
+fn sorted_stacks(tree: &Tree) -> Stacks {
+    let mut stacks = tree.stacks();
+    stacks.sort();
+    stacks
+}
+
+fn block_answer(block: &Block, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>) -> (Vec<Summary>, Stacks) {
+    let mut profiles: Vec<Summary> = block
+        .select_profiles(query)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.time_nanos, p.total, p.labels.render()))
+        .collect();
+    profiles.sort();
+    let mut tree = Tree::new();
+    block.merge_into(query, only, &mut tree).unwrap();
+    (profiles, sorted_stacks(&tree))
+}
+
+fn query(selector: &str, range: TimeRange) -> ProfileQuery {
+    ProfileQuery {
+        profile_type: CPU.to_owned(),
+        selector: parse_selector(selector).unwrap(),
+        range,
+    }
+}
+
+#[test]
+fn test_block_answers_what_its_source_answered() {
+    let source = Source::new(&[
+        (0, 1_000, vec![1, 2, 3, 0, 0]),
+        (1, 2_000, vec![0, 5, 0, 7, 0]),
+        (0, 3_000, vec![4, 0, 0, 0, 9]),
+        (2, 500, vec![1, 1, 1, 1, 1]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let id = Ulid::generate();
+    let meta = write_block(dir.path(), id, source.contents(), &[("note.json", b"{}")]).unwrap();
+    assert_eq!((meta.min_time, meta.max_time), (500, 3_000));
+    assert_eq!(meta.stats.num_series, 3);
+    assert_eq!(meta.stats.num_profiles, 4);
+    assert_eq!(meta.stats.num_samples, 3 + 2 + 2 + 5);
+    assert!(!meta.files.iter().any(|file| file.rel_path == "note.json"));
+
+    let block = Block::open(&dir.path().join(id.to_string())).unwrap();
+    block.verify().unwrap();
+    assert_eq!(block.meta(), &meta);
+    assert!(block.dir().join("note.json").exists());
+    let none: [Selector; 0] = [];
+    for range in [
+        TimeRange::ALL,
+        TimeRange {
+            start_ms: 900,
+            end_ms: 2_500,
+        },
+    ] {
+        assert_eq!(
+            block.series().label_names(&none, range),
+            source.series.label_names(&none, range)
+        );
+        assert_eq!(
+            block.series().label_values("service_name", &none, range),
+            source.series.label_values("service_name", &none, range)
+        );
+        for selector in ["{}", r#"{service_name="svc-0"}"#, r#"{service_name!~"svc-[01]"}"#] {
+            let query = query(selector, range);
+            assert_eq!(block_answer(&block, &query, None), source.answer(&query, None));
+        }
+    }
+    let only: HashSet<ProfileId> = [source.rows[1].id, source.rows[3].id].into();
+    let everything = query("{}", TimeRange::ALL);
+    let (_, stacks) = block_answer(&block, &everything, Some(&only));
+    assert_eq!(stacks, source.answer(&everything, Some(&only)).1);
+    assert_eq!(stacks.iter().map(|(_, value)| value).sum::<i64>(), 12 + 5);
+}
+
+#[test]
+fn test_damaged_blocks_are_refused_with_the_file_named() {
+    let source = Source::new(&[(0, 1_000, vec![1, 2, 3, 4, 5])]);
+    let dir = tempfile::tempdir().unwrap();
+    let id = Ulid::generate();
+    write_block(dir.path(), id, source.contents(), &[]).unwrap();
+    let block_dir = dir.path().join(id.to_string());
+
+    // A flipped byte in the symbols: found when they are read.
+    let symbols = block_dir.join(SYMBOLS_FILE);
+    let mut bytes = fs::read(&symbols).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&symbols, &bytes).unwrap();
+    let block = Block::open(&block_dir).unwrap();
+    let err = block
+        .merge_into(&query("{}", TimeRange::ALL), None, &mut Tree::new())
+        .unwrap_err();
+    assert!(err.to_string().contains(SYMBOLS_FILE), "{err}");
+    assert!(block.verify().is_err());
+
+    // A truncated table: found on open.
+    let table = block_dir.join(profiles::FILE);
+    let bytes = fs::read(&table).unwrap();
+    fs::write(&table, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Block::open(&block_dir).unwrap_err();
+    assert!(err.to_string().contains("profiles.parquet"), "{err}");
+
+    // Another format version.
+    let meta_path = block_dir.join(META_FILE);
+    let meta = fs::read_to_string(&meta_path)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 99");
+    fs::write(&meta_path, meta).unwrap();
+    let err = Block::open(&block_dir).unwrap_err();
+    assert!(err.to_string().contains("format version 99"), "{err}");
+
+    // No meta at all: not a block.
+    fs::remove_file(&meta_path).unwrap();
+    assert!(matches!(Block::open(&block_dir), Err(BlockError::Io { .. })));
+}
+
+#[test]
+fn test_a_stale_temporary_directory_is_replaced() {
+    let source = Source::new(&[(0, 1_000, vec![1, 0, 0, 0, 0])]);
+    let dir = tempfile::tempdir().unwrap();
+    let id = Ulid::generate();
+    let temp = dir.path().join(format!("{id}{TEMP_SUFFIX}"));
+    fs::create_dir_all(&temp).unwrap();
+    fs::write(temp.join("junk"), b"half a block").unwrap();
+    write_block(dir.path(), id, source.contents(), &[]).unwrap();
+    assert!(!temp.exists());
+    assert!(!dir.path().join(id.to_string()).join("junk").exists());
+}
+
+#[test]
+fn test_symbols_with_dangling_references_are_refused() {
+    let mut file = Source::new(&[]).symbols.to_file();
+    file.stack_parents.push(100);
+    file.stack_locations.push(0);
+    assert!(Symbols::from_file(file.clone()).is_err());
+    file.stack_parents.pop();
+    file.stack_locations.pop();
+    file.functions.push(format::FunctionEntry {
+        name: 10_000,
+        ..format::FunctionEntry::default()
+    });
+    assert!(Symbols::from_file(file.clone()).is_err());
+    file.functions.pop();
+    let again = Symbols::from_file(file.clone()).unwrap();
+    assert_eq!(again.to_file(), file);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_block_round_trip(
+        rows in prop::collection::vec((0usize..4, 0i64..10_000, prop::collection::vec(0i64..50, 5)), 1..40),
+        start in 0i64..10_000,
+        width in 0i64..10_000,
+        service in 0usize..5,
+    ) {
+        let source = Source::new(&rows);
+        let dir = tempfile::tempdir().unwrap();
+        let id = Ulid::generate();
+        write_block(dir.path(), id, source.contents(), &[]).unwrap();
+        let block = Block::open(&dir.path().join(id.to_string())).unwrap();
+        let range = TimeRange { start_ms: start, end_ms: start + width };
+        for selector in ["{}".to_owned(), format!(r#"{{service_name="svc-{service}"}}"#)] {
+            let query = query(&selector, range);
+            prop_assert_eq!(block_answer(&block, &query, None), source.answer(&query, None));
+        }
+        prop_assert_eq!(
+            block.series().label_values("service_name", &[], range),
+            source.series.label_values("service_name", &[], range)
+        );
+    }
+}
+
+#[tokio::test]
+async fn test_blocks_round_trip_through_a_bucket() {
+    let source = Source::new(&[(0, 1_000, vec![1, 2, 3, 4, 5]), (1, 2_000, vec![5, 4, 3, 2, 1])]);
+    let local = tempfile::tempdir().unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let bucket = crate::Bucket::new(&crate::BucketConfig::Filesystem {
+        dir: remote.path().to_owned(),
+    })
+    .unwrap();
+    let id = Ulid::generate();
+    let meta = write_block(local.path(), id, source.contents(), &[("note.json", b"{}")]).unwrap();
+    assert!(!bucket.has_block("t", id).await.unwrap());
+    bucket
+        .upload_block("t", &local.path().join(id.to_string()), &meta)
+        .await
+        .unwrap();
+    assert!(bucket.has_block("t", id).await.unwrap());
+    assert!(!bucket.has_block("other", id).await.unwrap());
+    assert_eq!(bucket.list_blocks("t").await.unwrap(), vec![meta]);
+    assert!(remote.path().join(format!("t/blocks/{id}/meta.json")).exists());
+    // Sidecars stay local.
+    assert!(!remote.path().join(format!("t/blocks/{id}/note.json")).exists());
+
+    // A block without meta.json is an unfinished upload: not listed.
+    let unfinished = Ulid::generate();
+    let partial = remote.path().join(format!("t/blocks/{unfinished}"));
+    fs::create_dir_all(&partial).unwrap();
+    fs::write(partial.join("profiles.parquet"), b"half").unwrap();
+    assert_eq!(bucket.list_blocks("t").await.unwrap().len(), 1);
+
+    let downloads = tempfile::tempdir().unwrap();
+    let dir = bucket.download_block("t", id, downloads.path()).await.unwrap();
+    let block = Block::open(&dir).unwrap();
+    let everything = query("{}", TimeRange::ALL);
+    assert_eq!(
+        block_answer(&block, &everything, None),
+        source.answer(&everything, None)
+    );
+}

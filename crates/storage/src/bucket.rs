@@ -1,0 +1,271 @@
+//! Object storage: where blocks go once written, under
+//! `<tenant>/blocks/<block id>/<file>`, `meta.json` last (a block without
+//! it is an unfinished upload and is ignored by readers).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use tokio::io::AsyncWriteExt;
+use ulid::Ulid;
+
+use crate::block::{BlockMeta, META_FILE, TEMP_SUFFIX, parse_meta};
+
+/// Where blocks are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketConfig {
+    /// A directory (for one machine, or a shared mount).
+    Filesystem { dir: PathBuf },
+    /// An S3-compatible service.
+    S3(S3Config),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// `https://host[:port]`; empty: AWS for the region.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Allow `http://` endpoints.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// What went wrong talking to object storage.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("object storage: cannot {action} {path}: {source}")]
+    Store {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("object storage: cannot read local file {path}: {source}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object storage: {0}")]
+    Block(#[from] crate::BlockError),
+    #[error("object storage configuration: {0}")]
+    Config(String),
+}
+
+/// A bucket of blocks; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Bucket {
+    pub fn new(config: &BucketConfig) -> Result<Self, BucketError> {
+        let store: Arc<dyn ObjectStore> = match config {
+            BucketConfig::Filesystem { dir } => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|err| BucketError::Config(format!("cannot create {}: {err}", dir.display())))?;
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|err| BucketError::Config(format!("{}: {err}", dir.display())))?,
+                )
+            }
+            BucketConfig::S3(s3) => {
+                if s3.bucket.is_empty() {
+                    return Err(BucketError::Config("-storage.s3.bucket-name is required".to_owned()));
+                }
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(&s3.bucket)
+                    .with_region(&s3.region)
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(&s3.secret_access_key)
+                    .with_allow_http(s3.insecure)
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(5))
+                            .with_timeout(Duration::from_secs(60))
+                            .with_allow_http(s3.insecure),
+                    )
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(30),
+                    });
+                if !s3.endpoint.is_empty() {
+                    builder = builder
+                        .with_endpoint(&s3.endpoint)
+                        .with_virtual_hosted_style_request(false);
+                }
+                Arc::new(builder.build().map_err(|err| BucketError::Config(err.to_string()))?)
+            }
+        };
+        Ok(Self { store })
+    }
+
+    fn block_path(tenant: &str, id: Ulid, file: &str) -> ObjectPath {
+        ObjectPath::from(format!("{tenant}/blocks/{id}/{file}"))
+    }
+
+    /// Uploads the block in `dir`: every file of its meta, then
+    /// `meta.json`. Files are streamed, never held whole in memory.
+    pub async fn upload_block(&self, tenant: &str, dir: &Path, meta: &BlockMeta) -> Result<(), BucketError> {
+        for file in &meta.files {
+            self.upload_file(
+                &dir.join(&file.rel_path),
+                Self::block_path(tenant, meta.id, &file.rel_path),
+            )
+            .await?;
+        }
+        self.upload_file(&dir.join(META_FILE), Self::block_path(tenant, meta.id, META_FILE))
+            .await
+    }
+
+    async fn upload_file(&self, local: &Path, remote: ObjectPath) -> Result<(), BucketError> {
+        let local_error = |source| BucketError::Local {
+            path: local.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(local).await.map_err(local_error)?;
+        let mut writer = BufWriter::new(self.store.clone(), remote.clone());
+        let copied = tokio::io::copy(&mut file, &mut writer).await;
+        let finished = match copied {
+            Ok(_) => writer.shutdown().await,
+            Err(err) => {
+                let _ = writer.abort().await;
+                Err(err)
+            }
+        };
+        finished.map_err(|err| BucketError::Store {
+            action: "upload",
+            path: remote.to_string(),
+            source: object_store::Error::Generic {
+                store: "bucket",
+                source: Box::new(err),
+            },
+        })
+    }
+
+    /// Whether a complete block (with `meta.json`) is stored.
+    pub async fn has_block(&self, tenant: &str, id: Ulid) -> Result<bool, BucketError> {
+        let path = Self::block_path(tenant, id, META_FILE);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(BucketError::Store {
+                action: "look up",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The metas of the tenant's complete blocks, by block id.
+    pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
+        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+        let store_error = |action, path: &ObjectPath| {
+            let path = path.to_string();
+            move |source| BucketError::Store { action, path, source }
+        };
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(store_error("list", &prefix))?;
+        let mut metas = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(id) = dir.filename().and_then(|name| Ulid::from_string(name).ok()) else {
+                continue;
+            };
+            let path = Self::block_path(tenant, id, META_FILE);
+            let bytes = match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map_err(store_error("read", &path))?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(source) => return Err(store_error("read", &path)(source)),
+            };
+            metas.push(parse_meta(Path::new(path.as_ref()), &bytes)?);
+        }
+        metas.sort_by_key(|meta| meta.id);
+        Ok(metas)
+    }
+
+    /// Downloads a block into `parent/<id>` (through a temporary
+    /// directory), checking every file against its meta.
+    pub async fn download_block(&self, tenant: &str, id: Ulid, parent: &Path) -> Result<PathBuf, BucketError> {
+        let local_error = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| BucketError::Local { path, source }
+        };
+        let meta_path = Self::block_path(tenant, id, META_FILE);
+        let meta_bytes = self
+            .store
+            .get(&meta_path)
+            .await
+            .map_err(|source| BucketError::Store {
+                action: "read",
+                path: meta_path.to_string(),
+                source,
+            })?
+            .bytes()
+            .await
+            .map_err(|source| BucketError::Store {
+                action: "read",
+                path: meta_path.to_string(),
+                source,
+            })?;
+        let meta = parse_meta(Path::new(meta_path.as_ref()), &meta_bytes)?;
+        let temp = parent.join(format!("{id}{TEMP_SUFFIX}"));
+        let target = parent.join(id.to_string());
+        let _ = tokio::fs::remove_dir_all(&temp).await;
+        tokio::fs::create_dir_all(&temp).await.map_err(local_error(&temp))?;
+        for file in &meta.files {
+            let remote = Self::block_path(tenant, id, &file.rel_path);
+            let local = temp.join(&file.rel_path);
+            let mut out = tokio::fs::File::create(&local).await.map_err(local_error(&local))?;
+            let mut stream = self
+                .store
+                .get(&remote)
+                .await
+                .map_err(|source| BucketError::Store {
+                    action: "read",
+                    path: remote.to_string(),
+                    source,
+                })?
+                .into_stream();
+            while let Some(chunk) = stream.try_next().await.map_err(|source| BucketError::Store {
+                action: "read",
+                path: remote.to_string(),
+                source,
+            })? {
+                out.write_all(&chunk).await.map_err(local_error(&local))?;
+            }
+            out.sync_all().await.map_err(local_error(&local))?;
+        }
+        tokio::fs::write(temp.join(META_FILE), &meta_bytes)
+            .await
+            .map_err(local_error(&temp))?;
+        let _ = tokio::fs::remove_dir_all(&target).await;
+        tokio::fs::rename(&temp, &target).await.map_err(local_error(&temp))?;
+        crate::Block::open(&target)?.verify()?;
+        Ok(target)
+    }
+}

@@ -1,0 +1,20 @@
+//! Storage: the block format a head is flushed to, the series index and
+//! symbol store that heads and blocks share, and object storage access.
+//!
+//! ```text
+//!  head (ingester) ──write_block──▶ <dir>/<id>/{meta.json, series, profiles.parquet, symbols}
+//!  Block::open ──▶ label names/values, series, selected profiles, merged trees
+//! ```
+
+pub mod block;
+mod bucket;
+mod query;
+mod series;
+mod symbols;
+
+pub use block::{Block, BlockContents, BlockError, BlockMeta, write_block};
+pub use bucket::{Bucket, BucketConfig, BucketError, S3Config};
+pub use query::{ProfileQuery, ProfileRow, SelectedProfile, TimeRange};
+pub use series::{Series, SeriesIndex};
+pub use symbols::{SymbolCounts, Symbols};
+pub use ulid::Ulid;

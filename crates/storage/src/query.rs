@@ -1,0 +1,81 @@
+//! What queries ask for and what they get back, the same for heads and
+//! blocks.
+
+use std::sync::Arc;
+
+use flamedb_model::{Labels, Matcher, PROFILE_TYPE, ProfileId, Selector};
+
+/// A time range, milliseconds since the Unix epoch, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl TimeRange {
+    pub const ALL: Self = Self {
+        start_ms: i64::MIN,
+        end_ms: i64::MAX,
+    };
+
+    pub fn contains(&self, time_ms: i64) -> bool {
+        self.start_ms <= time_ms && time_ms <= self.end_ms
+    }
+
+    pub fn overlaps(&self, min_ms: i64, max_ms: i64) -> bool {
+        self.start_ms <= max_ms && min_ms <= self.end_ms
+    }
+}
+
+/// Which profiles a query is about: one profile type, a selector and a
+/// time range.
+#[derive(Debug, Clone)]
+pub struct ProfileQuery {
+    /// The profile type ID, `name:type:unit:period_type:period_unit`.
+    pub profile_type: String,
+    pub selector: Selector,
+    pub range: TimeRange,
+}
+
+impl ProfileQuery {
+    /// The selector with the profile type as one more matcher.
+    pub fn full_selector(&self) -> Selector {
+        let mut selector = self.selector.clone();
+        selector
+            .matchers
+            .push(Matcher::equal(PROFILE_TYPE, self.profile_type.clone()));
+        selector
+    }
+}
+
+/// A stored profile as a query lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectedProfile {
+    pub id: ProfileId,
+    pub labels: Arc<Labels>,
+    pub fingerprint: u64,
+    pub time_nanos: i64,
+    /// Sum of the profile's values.
+    pub total: i64,
+}
+
+/// One stored profile of one series: its samples as (stack, value), with
+/// the span ID of each sample when the agent sent any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRow {
+    pub id: ProfileId,
+    /// The series, as numbered by the [`crate::SeriesIndex`] holding it.
+    pub series: u32,
+    pub time_nanos: i64,
+    pub total: i64,
+    pub stacks: Box<[u32]>,
+    pub values: Box<[i64]>,
+    /// Per sample; 0 where the sample had none.
+    pub span_ids: Option<Box<[u64]>>,
+}
+
+impl ProfileRow {
+    pub fn time_ms(&self) -> i64 {
+        self.time_nanos.div_euclid(1_000_000)
+    }
+}
