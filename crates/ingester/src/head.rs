@@ -106,6 +106,12 @@ impl Head {
         self.read().first_position
     }
 
+    /// The time of the oldest and newest profile (ms), if any.
+    pub fn time_span(&self) -> Option<(i64, i64)> {
+        let data = self.read();
+        (!data.rows.is_empty()).then_some((data.min_time_ms, data.max_time_ms))
+    }
+
     /// How many profile rows (one per stored series) the head holds.
     pub fn rows(&self) -> usize {
         self.read().rows.len()

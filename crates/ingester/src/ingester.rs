@@ -609,6 +609,20 @@ impl Ingester {
         Ok(report)
     }
 
+    /// The time of the tenant's oldest and newest profile (ms), if any.
+    pub fn profile_time_span(&self, tenant: &str) -> Option<(i64, i64)> {
+        let (heads, blocks) = self.sources(tenant, TimeRange::ALL);
+        heads
+            .iter()
+            .filter_map(|head| head.time_span())
+            .chain(
+                blocks
+                    .iter()
+                    .map(|local| (local.block.meta().min_time, local.block.meta().max_time)),
+            )
+            .reduce(|(min_a, max_a), (min_b, max_b)| (min_a.min(min_b), max_a.max(max_b)))
+    }
+
     /// Local blocks of all tenants.
     pub fn local_blocks(&self) -> Vec<(String, BlockMeta)> {
         let tenants = self.inner.tenants.read().unwrap_or_else(PoisonError::into_inner);

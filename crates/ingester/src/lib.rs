@@ -20,6 +20,7 @@ mod limiter;
 mod local_blocks;
 mod metrics;
 mod record;
+mod service;
 mod shipper;
 
 pub use flamedb_storage::{ProfileQuery, SelectedProfile, SymbolCounts, TimeRange};
@@ -31,3 +32,4 @@ pub use ingester::{
 };
 pub use limiter::{ClusterShare, SeriesLimit};
 pub use metrics::IngesterMetrics;
+pub use service::routes;

@@ -75,28 +75,39 @@ async fn run(inner: Weak<Inner>, bucket: Bucket, nudge: Arc<Notify>, stop: Cance
 
 impl Inner {
     /// Uploads every local block not yet in the bucket; returns how many
-    /// were uploaded. Stops at the first failure.
+    /// were uploaded. Stops at the first failure (counted in a metric).
     pub(crate) async fn ship(&self, bucket: &Bucket) -> Result<usize, BucketError> {
         let mut shipped = 0;
+        let mut result = Ok(());
         for (tenant, block) in self.blocks_where(|block| !block.is_uploaded()) {
-            let meta = block.block.meta();
-            if !bucket.has_block(&tenant, meta.id).await? {
-                let started = std::time::Instant::now();
-                let uploaded = bucket.upload_block(&tenant, block.block.dir(), meta).await;
-                if let Err(err) = uploaded {
+            match self.ship_block(bucket, &tenant, &block).await {
+                Ok(uploaded) => shipped += usize::from(uploaded),
+                Err(err) => {
                     self.metrics.ship_failed();
-                    return Err(err);
+                    result = Err(err);
+                    break;
                 }
-                self.metrics.shipped(started.elapsed());
-                info!(tenant, block = %meta.id, "block uploaded");
-                shipped += 1;
-            }
-            if let Err(err) = block.mark_uploaded() {
-                error!(tenant, block = %meta.id, error = %err, "cannot record that a block was uploaded");
             }
         }
         self.update_block_gauge();
-        Ok(shipped)
+        result.map(|()| shipped)
+    }
+
+    /// Uploads one block unless the bucket has it; marks it uploaded.
+    async fn ship_block(&self, bucket: &Bucket, tenant: &str, block: &LocalBlock) -> Result<bool, BucketError> {
+        let meta = block.block.meta();
+        let mut uploaded = false;
+        if !bucket.has_block(tenant, meta.id).await? {
+            let started = std::time::Instant::now();
+            bucket.upload_block(tenant, block.block.dir(), meta).await?;
+            self.metrics.shipped(started.elapsed());
+            info!(tenant, block = %meta.id, "block uploaded");
+            uploaded = true;
+        }
+        if let Err(err) = block.mark_uploaded() {
+            error!(tenant, block = %meta.id, error = %err, "cannot record that a block was uploaded");
+        }
+        Ok(uploaded)
     }
 
     /// The blocks of every tenant for which `keep` holds, oldest first.

@@ -19,6 +19,8 @@ pub enum FlagKind {
     Bool,
     /// A non-negative whole number.
     Int,
+    /// A number such as `0.05`.
+    Float,
     /// A duration such as `30s`, `1m30s` or `2h`.
     Duration,
     String,
@@ -253,6 +255,79 @@ pub const FLAGS: &[Flag] = &[
         "Place the replicas of a series in different availability zones.",
     ),
     flag(
+        "ingester.max-head-memory",
+        "ingester.max_head_memory_bytes",
+        FlagKind::Int,
+        "Head memory in bytes (all tenants) past which pushes get 429; heads are flushed early from 80 % of it.",
+    ),
+    flag(
+        "pyroscopedb.data-path",
+        "pyroscopedb.data_path",
+        FlagKind::String,
+        "Directory of the ingester's WAL and local blocks.",
+    ),
+    flag(
+        "pyroscopedb.max-block-duration",
+        "pyroscopedb.max_block_duration",
+        FlagKind::Duration,
+        "Width of a head's time window (by profile time); each window becomes its own block.",
+    ),
+    flag(
+        "pyroscopedb.retention-policy-min-free-disk-gb",
+        "pyroscopedb.min_free_disk_gb",
+        FlagKind::Int,
+        "Below this much free disk (GiB), uploaded local blocks are deleted early, oldest first.",
+    ),
+    flag(
+        "pyroscopedb.retention-policy-min-disk-available-percentage",
+        "pyroscopedb.min_disk_available_percentage",
+        FlagKind::Float,
+        "Below this share of free disk (0.05 = 5 %), uploaded local blocks are deleted early, oldest first.",
+    ),
+    flag(
+        "storage.backend",
+        "storage.backend",
+        FlagKind::String,
+        "Object storage for blocks: filesystem or s3.",
+    ),
+    flag(
+        "storage.filesystem.dir",
+        "storage.filesystem.dir",
+        FlagKind::String,
+        "Directory of the filesystem backend.",
+    ),
+    flag(
+        "storage.s3.endpoint",
+        "storage.s3.endpoint",
+        FlagKind::String,
+        "S3 endpoint, host[:port] or a URL; empty: AWS for the region.",
+    ),
+    flag(
+        "storage.s3.bucket-name",
+        "storage.s3.bucket_name",
+        FlagKind::String,
+        "S3 bucket.",
+    ),
+    flag("storage.s3.region", "storage.s3.region", FlagKind::String, "S3 region."),
+    flag(
+        "storage.s3.access-key-id",
+        "storage.s3.access_key_id",
+        FlagKind::String,
+        "S3 access key ID.",
+    ),
+    flag(
+        "storage.s3.secret-access-key",
+        "storage.s3.secret_access_key",
+        FlagKind::String,
+        "S3 secret access key (never shown on the configuration pages).",
+    ),
+    flag(
+        "storage.s3.insecure",
+        "storage.s3.insecure",
+        FlagKind::Bool,
+        "Talk plain HTTP to the S3 endpoint.",
+    ),
+    flag(
         "distributor.ring.instance-id",
         "distributor.ring.instance_id",
         FlagKind::String,
@@ -429,6 +504,7 @@ fn command() -> clap::Command {
                 .require_equals(true)
                 .default_missing_value("true"),
             FlagKind::Int => arg.value_name("N"),
+            FlagKind::Float => arg.value_name("NUMBER"),
             FlagKind::Duration => arg.value_name("DURATION"),
             FlagKind::String => arg.value_name("VALUE"),
             FlagKind::List => arg.value_name("VALUES").action(ArgAction::Append),
@@ -488,6 +564,13 @@ fn apply_flags(matches: &ArgMatches, tree: &mut Value) -> Result<(), CliError> {
             FlagKind::Int => Value::Number(
                 text.parse::<u64>()
                     .map_err(|_| invalid("expected a whole number"))?
+                    .into(),
+            ),
+            FlagKind::Float => Value::Number(
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|value| value.is_finite())
+                    .ok_or_else(|| invalid("expected a number such as 0.05"))?
                     .into(),
             ),
             FlagKind::Duration => {

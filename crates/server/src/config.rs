@@ -5,6 +5,7 @@
 //! loading, so the running configuration shows what is used.
 
 mod membership;
+mod storage;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use flamedb_model::Limits;
 pub use membership::{DistributorSettings, IngesterSettings, MemberlistSettings, StoreKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
+pub use storage::{PyroscopeDbSettings, StorageBackend, StorageSettings};
 
 /// Everything one process is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,8 @@ pub struct Config {
     pub ingester: IngesterSettings,
     pub distributor: DistributorSettings,
     pub memberlist: MemberlistSettings,
+    pub pyroscopedb: PyroscopeDbSettings,
+    pub storage: StorageSettings,
 }
 
 impl Default for Config {
@@ -42,6 +46,8 @@ impl Default for Config {
             ingester: IngesterSettings::default(),
             distributor: DistributorSettings::default(),
             memberlist: MemberlistSettings::default(),
+            pyroscopedb: PyroscopeDbSettings::default(),
+            storage: StorageSettings::default(),
         }
     }
 }
@@ -314,6 +320,39 @@ impl Config {
                 "ingester.lifecycler.ring.replication_factor",
                 "must be at least 1".to_owned(),
             ));
+        }
+        if self.pyroscopedb.data_path.is_empty() {
+            return Err(invalid("pyroscopedb.data_path", "must not be empty".to_owned()));
+        }
+        if self.pyroscopedb.max_block_duration < Duration::from_secs(5) {
+            return Err(invalid(
+                "pyroscopedb.max_block_duration",
+                "must be at least 5s".to_owned(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.pyroscopedb.min_disk_available_percentage) {
+            return Err(invalid(
+                "pyroscopedb.min_disk_available_percentage",
+                "must be between 0 and 1 (0.05 is 5 %)".to_owned(),
+            ));
+        }
+        if self.ingester.max_head_memory_bytes == 0 {
+            return Err(invalid(
+                "ingester.max_head_memory_bytes",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        match self.storage.backend {
+            StorageBackend::Filesystem if self.storage.filesystem.dir.is_empty() => {
+                return Err(invalid("storage.filesystem.dir", "must not be empty".to_owned()));
+            }
+            StorageBackend::S3 if self.storage.s3.bucket_name.is_empty() => {
+                return Err(invalid(
+                    "storage.s3.bucket_name",
+                    "is required with storage.backend s3".to_owned(),
+                ));
+            }
+            _ => {}
         }
         for (path, address) in [
             ("memberlist.bind_addr", &self.memberlist.bind_addr),

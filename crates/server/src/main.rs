@@ -4,6 +4,7 @@
 mod build_info;
 mod cli;
 mod config;
+mod ingester;
 mod logging;
 mod membership;
 mod metrics;

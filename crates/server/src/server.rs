@@ -1,8 +1,10 @@
 //! Starting and stopping a `flamedb` process, top to bottom: metrics, the
-//! HTTP listener, ring membership (store, lifecyclers, ring views), the
-//! routes; then, on the shutdown signal, refuse traffic (`/ready` fails),
-//! take the ingester out of the ring, let in-flight requests finish within
-//! the grace period, leave the distributor ring, stop gossip.
+//! HTTP listener, the ingester (WAL replay, before anything is served or
+//! the instance joins the ring), ring membership (store, lifecyclers, ring
+//! views), the routes; then, on the shutdown signal, refuse traffic
+//! (`/ready` fails), take the ingester out of the write path (LEAVING),
+//! flush and upload its heads, leave the ring, let in-flight requests
+//! finish within the grace period, leave the distributor ring, stop gossip.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::build_info::BuildInfo;
-use crate::config::Config;
+use crate::config::{Config, Target};
+use crate::ingester::IngesterModule;
 use crate::membership::Membership;
 use crate::metrics::{HttpMetrics, record_requests};
 use crate::status::{Readiness, StatusState};
@@ -45,7 +48,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot listen on {address}"))?;
     let local_address = listener.local_addr().context("cannot read the listening address")?;
 
+    let ingester = if config.target.modules().contains(&Target::Ingester) {
+        Some(IngesterModule::start(&config, &mut registry)?)
+    } else {
+        None
+    };
     let mut membership = Membership::start(&config, local_address.port(), &mut registry).await?;
+    if let Some(ingester) = &ingester {
+        ingester.set_ring(membership.ingester_ring.clone());
+    }
+    let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config));
 
     let grace = config.server.graceful_shutdown_timeout;
     let status = Arc::new(StatusState {
@@ -54,8 +66,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         registry,
         config,
     });
-    let app = crate::status::routes(status)
-        .merge(crate::ring_pages::routes(&membership))
+    let mut app = crate::status::routes(status).merge(crate::ring_pages::routes(&membership));
+    if let Some(routes) = ingester_routes {
+        app = app.merge(routes);
+    }
+    let app = app
         .fallback(route_not_found)
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
 
@@ -77,7 +92,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Backend first: the ingester leaves the write path (LEAVING, flush,
     // leave the ring) while HTTP still serves reads; then HTTP stops; then
     // the distributor leaves its ring and gossip stops.
-    membership.stop_ingester(async {}).await;
+    membership
+        .stop_ingester(async {
+            if let Some(module) = &ingester {
+                match module.ingester.shutdown().await {
+                    Ok(report) => info!(blocks = report.blocks, "ingester flushed"),
+                    Err(err) => error!(error = %err, "the ingester did not flush and upload everything; the WAL and local blocks keep it for the next start"),
+                }
+            }
+        })
+        .await;
     stop.cancel();
     let abort = server.abort_handle();
     let served = match tokio::time::timeout(grace, server).await {

@@ -6,7 +6,7 @@
 //! ```text
 //!  Flamedb::start(binary, name, args) ─▶ child process ─▶ "listening ... 127.0.0.1:PORT"
 //!      │                                   └─ stderr collected (printed on failure)
-//!      ├─ get / get_json / post_form ─▶ HTTP
+//!      ├─ get / get_json / post_form / post_proto / metric ─▶ HTTP
 //!      └─ signal(SIGTERM|SIGSTOP|SIGCONT) / kill() / wait_exit()
 //! ```
 
@@ -151,6 +151,29 @@ impl Flamedb {
         (status, response.text().unwrap_or_default())
     }
 
+    /// POST a protobuf message (Connect unary, `application/proto`) to
+    /// `path`: status and body, or the transport error (the process may be
+    /// gone).
+    pub fn post_proto(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        post_proto(&self.http, path, body)
+    }
+
+    /// The sum of the samples of metric `name` on `/metrics` (every label
+    /// set), if it is there.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Waits until `/ready` answers 200.
     pub fn wait_ready(&self, timeout: Duration) {
         wait_until(timeout, &format!("{} ready", self.name), || {
@@ -202,6 +225,20 @@ impl Drop for Flamedb {
             self.kill();
         }
     }
+}
+
+/// POST a protobuf message to `path` of the server at `http`
+/// (`127.0.0.1:PORT`); for threads that outlive a [`Flamedb`] borrow.
+pub fn post_proto(http: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+    let response = client()
+        .post(format!("http://{http}{path}"))
+        .header("content-type", "application/proto")
+        .body(body)
+        .send()
+        .map_err(|err| err.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.bytes().map_err(|err| err.to_string())?;
+    Ok((status, body.to_vec()))
 }
 
 fn client() -> reqwest::blocking::Client {

@@ -6,11 +6,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// `ingester:`; storage settings join with the ingester module.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `ingester:` the ring lifecycler and the head memory ceiling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngesterSettings {
     pub lifecycler: LifecyclerSettings,
+    /// Head memory (all tenants) past which pushes get 429; heads are
+    /// flushed early from 80 % of it.
+    pub max_head_memory_bytes: u64,
+}
+
+impl Default for IngesterSettings {
+    fn default() -> Self {
+        Self {
+            lifecycler: LifecyclerSettings::default(),
+            max_head_memory_bytes: 1 << 30,
+        }
+    }
 }
 
 /// `ingester.lifecycler`: how an ingester takes part in the ring.

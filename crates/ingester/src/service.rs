@@ -1,0 +1,349 @@
+//! The ingester's internal API, `ingester.v1.IngesterService`, served by
+//! the [`RpcRouter`] (Connect and gRPC on the HTTP port), plus the
+//! operator endpoint `/ingester/flush`. Distributors push here; queriers
+//! read here.
+
+use std::collections::HashSet;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use flamedb_api::pb::ingester::v1 as pb;
+use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
+use flamedb_api::pb::types::v1 as types;
+use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs, labels_to_pairs};
+use flamedb_model::{ProfileId, Selector, parse_selector};
+use flamedb_storage::{ProfileQuery, SelectedProfile, TimeRange};
+
+use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
+
+const SERVICE: &str = "/ingester.v1.IngesterService";
+const DEFAULT_PAGE_SIZE: usize = 65_536;
+/// A decoded profile may be this large (the distributor checked the
+/// tenant's own limit before).
+const MAX_PROFILE_BYTES: usize = 64 << 20;
+
+/// The routes of the ingester service and `/ingester/flush`.
+pub fn routes(ingester: Ingester, options: RpcOptions) -> axum::Router {
+    let rpc = RpcRouter::new(options)
+        .unary(&format!("{SERVICE}/Push"), {
+            let ingester = ingester.clone();
+            move |ctx, request| push(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/LabelNames"), {
+            let ingester = ingester.clone();
+            move |ctx, request| label_names(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/LabelValues"), {
+            let ingester = ingester.clone();
+            move |ctx, request| label_values(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/ProfileTypes"), {
+            let ingester = ingester.clone();
+            move |ctx, request| profile_types(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/Series"), {
+            let ingester = ingester.clone();
+            move |ctx, request| series(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/GetProfileStats"), {
+            let ingester = ingester.clone();
+            move |ctx, request| profile_stats(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/SelectProfiles"), {
+            let ingester = ingester.clone();
+            move |ctx, request| select_profiles(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/MergeProfiles"), {
+            let ingester = ingester.clone();
+            move |ctx, request| merge_profiles(ingester.clone(), ctx, request)
+        })
+        .unary(&format!("{SERVICE}/Flush"), {
+            let ingester = ingester.clone();
+            move |_, _: pb::FlushRequest| {
+                let ingester = ingester.clone();
+                async move {
+                    ingester.flush().await.map_err(flush_error)?;
+                    Ok(pb::FlushResponse {})
+                }
+            }
+        });
+    rpc.into_router().route(
+        "/ingester/flush",
+        axum::routing::get(flush_endpoint)
+            .post(flush_endpoint)
+            .with_state(ingester),
+    )
+}
+
+async fn flush_endpoint(axum::extract::State(ingester): axum::extract::State<Ingester>) -> axum::response::Response {
+    match ingester.flush().await {
+        Ok(report) => (StatusCode::OK, format!("flushed: {} blocks written\n", report.blocks)).into_response(),
+        Err(err) => flush_error(err).into_response(),
+    }
+}
+
+fn flush_error(err: FlushError) -> RpcError {
+    let code = match err {
+        FlushError::Stopped => ErrorCode::Unavailable,
+        FlushError::Block { .. } | FlushError::Wal(_) => ErrorCode::Internal,
+    };
+    RpcError::new(code, err.to_string())
+}
+
+fn push_error(err: PushError) -> RpcError {
+    let code = match err {
+        PushError::MemoryLimit { .. } | PushError::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
+        PushError::MissingName { .. } => ErrorCode::InvalidArgument,
+        PushError::Wal(_) => ErrorCode::Unavailable,
+    };
+    RpcError::new(code, err.to_string())
+}
+
+fn query_error(err: QueryError) -> RpcError {
+    RpcError::internal(err.to_string())
+}
+
+async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    let mut profiles = Vec::new();
+    for series in request.series {
+        let labels = labels_from_pairs(series.labels);
+        for sample in series.samples {
+            let id = ProfileId::parse(&sample.id).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+            let profile = flamedb_model::pprof::decode(&sample.raw_profile, MAX_PROFILE_BYTES).map_err(|err| {
+                RpcError::invalid_argument(format!("profile {id} of series {}: {err}", labels.render()))
+            })?;
+            profiles.push(IncomingProfile {
+                labels: labels.clone(),
+                id,
+                profile,
+            });
+        }
+    }
+    ingester.push(&tenant, profiles).await.map_err(push_error)?;
+    Ok(PushResponse {})
+}
+
+fn selectors(matchers: &[String]) -> Result<Vec<Selector>, RpcError> {
+    matchers.iter().map(|matcher| selector(matcher)).collect()
+}
+
+fn selector(text: &str) -> Result<Selector, RpcError> {
+    if text.trim().is_empty() {
+        return Ok(Selector::default());
+    }
+    parse_selector(text).map_err(|err| RpcError::invalid_argument(format!("label selector {text:?}: {err}")))
+}
+
+/// `start`/`end` in ms; both 0 means any time.
+fn time_range(start: i64, end: i64) -> Result<TimeRange, RpcError> {
+    if start == 0 && end == 0 {
+        return Ok(TimeRange::ALL);
+    }
+    if end < start {
+        return Err(RpcError::invalid_argument(format!(
+            "the time range ends ({end}) before it starts ({start})"
+        )));
+    }
+    Ok(TimeRange {
+        start_ms: start,
+        end_ms: end,
+    })
+}
+
+fn query(selection: Option<pb::ProfileSelection>) -> Result<ProfileQuery, RpcError> {
+    let selection = selection.ok_or_else(|| RpcError::invalid_argument("selection is required"))?;
+    if selection.profile_type_id.is_empty() {
+        return Err(RpcError::invalid_argument("selection.profile_type_id is required"));
+    }
+    Ok(ProfileQuery {
+        profile_type: selection.profile_type_id,
+        selector: selector(&selection.label_selector)?,
+        range: time_range(selection.start, selection.end)?,
+    })
+}
+
+async fn label_names(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: types::LabelNamesRequest,
+) -> Result<types::LabelNamesResponse, RpcError> {
+    let tenant = ctx.tenant()?;
+    let names = ingester.label_names(
+        tenant.as_str(),
+        &selectors(&request.matchers)?,
+        time_range(request.start, request.end)?,
+    );
+    Ok(types::LabelNamesResponse { names })
+}
+
+async fn label_values(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: types::LabelValuesRequest,
+) -> Result<types::LabelValuesResponse, RpcError> {
+    let tenant = ctx.tenant()?;
+    if request.name.is_empty() {
+        return Err(RpcError::invalid_argument("name is required"));
+    }
+    let names = ingester.label_values(
+        tenant.as_str(),
+        &request.name,
+        &selectors(&request.matchers)?,
+        time_range(request.start, request.end)?,
+    );
+    Ok(types::LabelValuesResponse { names })
+}
+
+async fn profile_types(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: pb::ProfileTypesRequest,
+) -> Result<pb::ProfileTypesResponse, RpcError> {
+    let tenant = ctx.tenant()?;
+    let profile_types = ingester
+        .profile_types(tenant.as_str(), time_range(request.start, request.end)?)
+        .iter()
+        .map(flamedb_api::profile_type_to_proto)
+        .collect();
+    Ok(pb::ProfileTypesResponse { profile_types })
+}
+
+async fn series(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: pb::SeriesRequest,
+) -> Result<pb::SeriesResponse, RpcError> {
+    let tenant = ctx.tenant()?;
+    let labels_set = ingester
+        .series(
+            tenant.as_str(),
+            &selectors(&request.matchers)?,
+            &request.label_names,
+            time_range(request.start, request.end)?,
+        )
+        .iter()
+        .map(|labels| types::Labels {
+            labels: labels_to_pairs(labels),
+        })
+        .collect();
+    Ok(pb::SeriesResponse { labels_set })
+}
+
+async fn profile_stats(
+    ingester: Ingester,
+    ctx: RequestContext,
+    _: types::GetProfileStatsRequest,
+) -> Result<types::GetProfileStatsResponse, RpcError> {
+    let tenant = ctx.tenant()?;
+    Ok(match ingester.profile_time_span(tenant.as_str()) {
+        Some((oldest, newest)) => types::GetProfileStatsResponse {
+            data_ingested: true,
+            oldest_profile_time: oldest,
+            newest_profile_time: newest,
+        },
+        None => types::GetProfileStatsResponse {
+            data_ingested: false,
+            oldest_profile_time: 0,
+            newest_profile_time: 0,
+        },
+    })
+}
+
+/// Where a page ends: the last profile's (time, fingerprint, ID).
+type PageKey = (i64, u64, ProfileId);
+
+fn encode_page_token(profile: &SelectedProfile) -> Vec<u8> {
+    let mut token = Vec::with_capacity(32);
+    token.extend_from_slice(&profile.time_nanos.to_be_bytes());
+    token.extend_from_slice(&profile.fingerprint.to_be_bytes());
+    token.extend_from_slice(&profile.id.0);
+    token
+}
+
+fn decode_page_token(token: &[u8]) -> Result<Option<PageKey>, RpcError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || RpcError::invalid_argument("page_token is not one this ingester gave out");
+    let (time, rest) = token.split_first_chunk::<8>().ok_or_else(invalid)?;
+    let (fingerprint, id) = rest.split_first_chunk::<8>().ok_or_else(invalid)?;
+    let id = ProfileId::from_slice(id).ok_or_else(invalid)?;
+    Ok(Some((i64::from_be_bytes(*time), u64::from_be_bytes(*fingerprint), id)))
+}
+
+async fn select_profiles(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: pb::SelectProfilesRequest,
+) -> Result<pb::SelectProfilesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    let query = query(request.selection)?;
+    let after = decode_page_token(&request.page_token)?;
+    let page_size = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size => size as usize,
+    };
+    let selected = tokio::task::spawn_blocking(move || ingester.select_profiles(&tenant, &query))
+        .await
+        .map_err(|err| RpcError::internal(err.to_string()))?
+        .map_err(query_error)?;
+    let start = match after {
+        Some(after) => selected.partition_point(|p| (p.time_nanos, p.fingerprint, p.id) <= after),
+        None => 0,
+    };
+    let page = &selected[start..selected.len().min(start.saturating_add(page_size))];
+    let mut response = pb::SelectProfilesResponse::default();
+    let mut series_index: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for profile in page {
+        let series = *series_index.entry(profile.fingerprint).or_insert_with(|| {
+            response.series.push(types::Labels {
+                labels: labels_to_pairs(&profile.labels),
+            });
+            response.fingerprints.push(profile.fingerprint);
+            (response.fingerprints.len() - 1) as u32
+        });
+        response.profiles.push(pb::SelectedProfile {
+            id: profile.id.0.to_vec(),
+            series,
+            time_nanos: profile.time_nanos,
+            total: profile.total,
+        });
+    }
+    if start + page.len() < selected.len()
+        && let Some(last) = page.last()
+    {
+        response.next_page_token = encode_page_token(last);
+    }
+    Ok(response)
+}
+
+async fn merge_profiles(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: pb::MergeProfilesRequest,
+) -> Result<pb::MergeProfilesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    let query = query(request.selection)?;
+    let only: Option<HashSet<ProfileId>> = if request.only_listed {
+        Some(
+            request
+                .profile_ids
+                .iter()
+                .map(|id| {
+                    ProfileId::from_slice(id).ok_or_else(|| RpcError::invalid_argument("a profile id is not 16 bytes"))
+                })
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        None
+    };
+    let max_nodes = usize::try_from(request.max_nodes).unwrap_or(0);
+    let tree = tokio::task::spawn_blocking(move || ingester.merge(&tenant, &query, only.as_ref()))
+        .await
+        .map_err(|err| RpcError::internal(err.to_string()))?
+        .map_err(query_error)?;
+    Ok(pb::MergeProfilesResponse {
+        tree: tree.encode(max_nodes),
+    })
+}

@@ -1,0 +1,118 @@
+//! The ingester module of a process: its settings from the configuration,
+//! the object storage bucket, start-up (WAL replay before anything is
+//! served or the instance joins the ring) and its routes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use flamedb_api::{RpcOptions, Tenancy};
+use flamedb_ingester::{ClusterShare, Ingester, IngesterConfig, IngesterMetrics};
+use flamedb_model::Limits;
+use flamedb_ring::RingClient;
+use flamedb_storage::{Bucket, BucketConfig, S3Config};
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, StorageBackend};
+
+/// Largest ingester request (a distributor's batch of profiles).
+const MAX_PUSH_BYTES: usize = 64 << 20;
+
+/// The running ingester module.
+pub struct IngesterModule {
+    pub ingester: Ingester,
+    /// The ingester ring, once membership has started: the series limit
+    /// divides the global limit by its healthy ingesters.
+    ring: Arc<OnceLock<RingClient>>,
+}
+
+impl IngesterModule {
+    /// Opens the bucket and the ingester's data, replaying the WAL.
+    pub fn start(config: &Config, registry: &mut Registry) -> anyhow::Result<Self> {
+        let bucket = Bucket::new(&bucket_config(config)).context("cannot open object storage")?;
+        let db = &config.pyroscopedb;
+        let ingester_config = IngesterConfig {
+            max_block_duration: db.max_block_duration,
+            max_head_memory_bytes: usize::try_from(config.ingester.max_head_memory_bytes).unwrap_or(usize::MAX),
+            min_free_disk_bytes: db.min_free_disk_gb.saturating_mul(1 << 30),
+            min_free_disk_percent: db.min_disk_available_percentage * 100.0,
+            ..IngesterConfig::new(PathBuf::from(&db.data_path))
+        };
+        let limits = Arc::new(config.limits.clone());
+        let tenant_limits = Arc::new(move |_: &str| -> Arc<Limits> { limits.clone() });
+        let ring: Arc<OnceLock<RingClient>> = Arc::new(OnceLock::new());
+        let share = {
+            let ring = ring.clone();
+            Arc::new(move || ring.get().map_or(ClusterShare::ALONE, cluster_share))
+        };
+        let (ingester, _) = Ingester::start(
+            ingester_config,
+            tenant_limits,
+            share,
+            IngesterMetrics::register(registry),
+            Some(bucket),
+        )
+        .with_context(|| format!("cannot start the ingester in {}", db.data_path))?;
+        Ok(Self { ingester, ring })
+    }
+
+    /// Lets the series limit see the ring.
+    pub fn set_ring(&self, ring: RingClient) {
+        let _ = self.ring.set(ring);
+    }
+
+    pub fn routes(&self, config: &Config) -> axum::Router {
+        flamedb_ingester::routes(
+            self.ingester.clone(),
+            RpcOptions {
+                tenancy: Tenancy {
+                    multitenancy_enabled: config.multitenancy_enabled,
+                },
+                max_message_bytes: MAX_PUSH_BYTES,
+            },
+        )
+    }
+}
+
+/// How many healthy ingesters share the tenants' series, and the
+/// replication factor.
+fn cluster_share(ring: &RingClient) -> ClusterShare {
+    let ring = ring.ring();
+    let now = flamedb_ring::now_ms();
+    let timeout = ring.config().heartbeat_timeout;
+    let healthy = ring
+        .instances()
+        .iter()
+        .filter(|instance| instance.is_heartbeat_healthy(now, timeout))
+        .count();
+    ClusterShare {
+        healthy_ingesters: healthy.max(1),
+        replication_factor: ring.config().replication_factor,
+    }
+}
+
+fn bucket_config(config: &Config) -> BucketConfig {
+    let storage = &config.storage;
+    match storage.backend {
+        StorageBackend::Filesystem => BucketConfig::Filesystem {
+            dir: PathBuf::from(&storage.filesystem.dir),
+        },
+        StorageBackend::S3 => {
+            let s3 = &storage.s3;
+            let endpoint = if s3.endpoint.is_empty() || s3.endpoint.contains("://") {
+                s3.endpoint.clone()
+            } else {
+                let scheme = if s3.insecure { "http" } else { "https" };
+                format!("{scheme}://{}", s3.endpoint)
+            };
+            BucketConfig::S3(S3Config {
+                endpoint,
+                bucket: s3.bucket_name.clone(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.0.clone(),
+                insecure: s3.insecure,
+            })
+        }
+    }
+}
