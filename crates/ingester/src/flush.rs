@@ -12,15 +12,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use flamedb_storage::{Block, BlockError, Ulid, write_block};
-use flamedb_wal::WalError;
+use flamedb_storage::{Block, BlockError, write_block};
+use flamedb_wal::{SegmentId, WalError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::delta::DeltaSnapshot;
 use crate::head::Head;
 use crate::ingester::{BLOCKS_DIR, Inner};
 use crate::local_blocks::{FLUSH_NOTE, FlushNote, LocalBlock, tenant_dir};
+use crate::snapshots;
 
 /// Head memory, as a share of the ceiling, at which heads are flushed
 /// early, and the share of live heads left after.
@@ -47,6 +49,12 @@ pub enum FlushError {
     },
     #[error("cannot trim the WAL after a flush: {0}")]
     Wal(#[from] WalError),
+    #[error("cannot trim the WAL: delta state snapshots in {path}: {source}")]
+    Snapshots {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the ingester is stopped")]
     Stopped,
 }
@@ -115,6 +123,13 @@ impl FlusherHandle {
 }
 
 async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: CancellationToken, period: Duration) {
+    // Right after start: drop the segments the local blocks cover, and
+    // learn which segments are left (retention waits for that).
+    if let Some(strong) = inner.upgrade()
+        && let Err(err) = strong.trim_wal().await
+    {
+        error!(error = %err, "cannot trim the WAL at start");
+    }
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -123,13 +138,19 @@ async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: Canc
             () = stop.cancelled() => break,
             request = requests.recv() => {
                 let (Some(reply), Some(inner)) = (request, inner.upgrade()) else { break };
-                inner.seal_all();
-                let _ = reply.send(inner.flush_sealed().await);
+                let result = match inner.seal(Sealing::All).await {
+                    Ok(()) => inner.flush_sealed().await,
+                    Err(err) => Err(err.into()),
+                };
+                let _ = reply.send(result);
             }
             _ = ticker.tick() => {
                 let Some(inner) = inner.upgrade() else { break };
-                inner.seal_due(now_ms());
-                if let Err(err) = inner.flush_sealed().await {
+                let result = match inner.seal(Sealing::Due { now_ms: now_ms() }).await {
+                    Ok(()) => inner.flush_sealed().await,
+                    Err(err) => Err(err.into()),
+                };
+                if let Err(err) = result {
                     error!(error = %err, "flush failed; the heads stay in memory and are tried again");
                 }
             }
@@ -137,12 +158,35 @@ async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: Canc
     }
 }
 
+/// Which heads to seal.
+#[derive(Debug, Clone, Copy)]
+enum Sealing {
+    All,
+    Due { now_ms: i64 },
+}
+
 fn now_ms() -> i64 {
     flamedb_model::now_nanos() / 1_000_000
 }
 
 impl Inner {
-    fn seal(&self, tenant: &crate::ingester::TenantState, window_start_ms: i64, reason: SealReason) {
+    /// Seals heads on the WAL completion thread, between two records, so
+    /// no record is split between a sealed head and the next one.
+    async fn seal(self: &Arc<Self>, which: Sealing) -> Result<(), WalError> {
+        let inner = Arc::downgrade(self);
+        self.wal
+            .barrier(move || {
+                if let Some(inner) = inner.upgrade() {
+                    match which {
+                        Sealing::All => inner.seal_all(),
+                        Sealing::Due { now_ms } => inner.seal_due(now_ms),
+                    }
+                }
+            })
+            .await
+    }
+
+    fn seal_one(&self, tenant: &crate::ingester::TenantState, window_start_ms: i64, reason: SealReason) {
         let mut data = tenant.data();
         if let Some(head) = data.live.remove(&window_start_ms) {
             data.flushing.push(head);
@@ -151,11 +195,11 @@ impl Inner {
     }
 
     /// Seals every live head.
-    pub(crate) fn seal_all(&self) {
+    fn seal_all(&self) {
         for (_, state) in self.all_tenants() {
             let windows: Vec<i64> = state.data().live.keys().copied().collect();
             for window in windows {
-                self.seal(&state, window, SealReason::Requested);
+                self.seal_one(&state, window, SealReason::Requested);
             }
         }
     }
@@ -163,7 +207,7 @@ impl Inner {
     /// Seals the heads whose window ended and which have been idle for
     /// the grace period, then, if memory is near the ceiling, the largest
     /// live heads.
-    pub(crate) fn seal_due(&self, now_ms: i64) {
+    fn seal_due(&self, now_ms: i64) {
         let window = self.config.window_ms();
         let grace = i64::try_from(self.config.flush_idle_grace.as_millis()).unwrap_or(i64::MAX);
         let mut live = Vec::new();
@@ -172,7 +216,7 @@ impl Inner {
             for head in heads {
                 let ended = now_ms >= head.window_start_ms.saturating_add(window);
                 if ended && now_ms.saturating_sub(head.last_insert_ms()) >= grace {
-                    self.seal(&state, head.window_start_ms, SealReason::WindowEnded);
+                    self.seal_one(&state, head.window_start_ms, SealReason::WindowEnded);
                 } else {
                     live.push((state.clone(), head));
                 }
@@ -189,7 +233,7 @@ impl Inner {
                 break;
             }
             live_bytes -= head.bytes();
-            self.seal(&state, head.window_start_ms, SealReason::Memory);
+            self.seal_one(&state, head.window_start_ms, SealReason::Memory);
         }
     }
 
@@ -228,12 +272,7 @@ impl Inner {
                             report.blocks += 1;
                         }
                         drop(data);
-                        let freed = head.bytes();
-                        let left = self
-                            .head_bytes
-                            .fetch_sub(freed, Ordering::Relaxed)
-                            .saturating_sub(freed);
-                        self.metrics.set_head_bytes(left);
+                        self.release_head_bytes(head.bytes());
                     }
                     Err(source) => {
                         self.metrics.flush_failed();
@@ -249,7 +288,12 @@ impl Inner {
             self.update_block_gauge();
             let trimmed = self.trim_wal().await;
             self.ship_nudge.notify_one();
-            report.wal_segments_removed = trimmed?;
+            match trimmed {
+                Ok(removed) => report.wal_segments_removed = removed,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
         }
         match first_error {
             Some(err) => Err(err),
@@ -262,14 +306,21 @@ impl Inner {
         let started = std::time::Instant::now();
         let dir = tenant_dir(&self.config.data_dir.join(BLOCKS_DIR), tenant);
         let window_end = head.window_start_ms.saturating_add(self.config.window_ms());
-        let (meta, note) = head.with_contents(|contents, last_position| {
-            let note = FlushNote::new(head.window_start_ms, window_end, last_position);
+        let (meta, note) = head.with_contents(|contents, positions| {
+            // Heads are filled from the WAL only, so they know their records.
+            let Some((first, last)) = positions else {
+                return Err(BlockError::Corrupt {
+                    path: dir.display().to_string(),
+                    reason: "a head without WAL positions cannot be flushed".to_owned(),
+                });
+            };
+            let note = FlushNote::new(head.window_start_ms, window_end, first, last);
             let note_bytes = serde_json::to_vec(&note).map_err(|err| BlockError::Corrupt {
                 path: dir.display().to_string(),
                 reason: err.to_string(),
             })?;
-            let meta = write_block(&dir, Ulid::generate(), contents, &[(FLUSH_NOTE, &note_bytes)])?;
-            Ok::<_, BlockError>((meta, note))
+            let meta = write_block(&dir, head.block_id, contents, &[(FLUSH_NOTE, &note_bytes)])?;
+            Ok((meta, note))
         })?;
         let block = Block::open(&dir.join(meta.id.to_string()))?;
         self.metrics.flushed(started.elapsed());
@@ -285,11 +336,21 @@ impl Inner {
         Ok(LocalBlock::new(block, note))
     }
 
-    /// Starts a new WAL segment and deletes the segments before the first
-    /// record any head still holds. `rotate` answers only after every
-    /// earlier record was applied, so no acknowledged record is between.
-    async fn trim_wal(&self) -> Result<usize, WalError> {
-        let rotated = self.wal.rotate().await?;
+    /// Starts a new WAL segment (saving the delta state at its start) and
+    /// deletes the segments before the first record any head still holds,
+    /// back to the nearest segment whose start state is saved. `rotate`
+    /// answers only after every earlier record was applied, so no
+    /// acknowledged record is left out of both heads and blocks.
+    pub(crate) async fn trim_wal(self: &Arc<Self>) -> Result<usize, FlushError> {
+        let inner = Arc::downgrade(self);
+        let rotated = self
+            .wal
+            .rotate_then(move |segment| {
+                if let Some(inner) = inner.upgrade() {
+                    inner.save_delta_snapshot(segment);
+                }
+            })
+            .await?;
         let mut keep_from = rotated;
         for (_, state) in self.all_tenants() {
             let data = state.data();
@@ -299,8 +360,34 @@ impl Inner {
                 }
             }
         }
-        let removed = self.wal.remove_segments_before(keep_from).await?;
-        self.wal_kept_from.store(keep_from.0, Ordering::Relaxed);
+        let dir = self.snapshots_dir();
+        let snapshot_error = |source| FlushError::Snapshots {
+            path: dir.display().to_string(),
+            source,
+        };
+        let saved = snapshots::list(&dir).map_err(snapshot_error)?;
+        let Some(&from) = saved.iter().rev().find(|segment| **segment <= keep_from) else {
+            return Ok(0);
+        };
+        let removed = self.wal.remove_segments_before(from).await?;
+        snapshots::remove_before(&dir, from).map_err(snapshot_error)?;
+        self.wal_kept_from.store(from.0, Ordering::Relaxed);
         Ok(removed)
+    }
+
+    /// Saves every tenant's delta state; runs on the WAL completion thread
+    /// at the start of `segment`. A failure only means the WAL is not
+    /// trimmed to this segment.
+    fn save_delta_snapshot(&self, segment: SegmentId) {
+        let snapshot = DeltaSnapshot {
+            tenants: self
+                .all_tenants()
+                .iter()
+                .map(|(tenant, state)| state.delta().to_snapshot(tenant))
+                .collect(),
+        };
+        if let Err(err) = snapshots::save(&self.snapshots_dir(), segment, &snapshot) {
+            error!(segment = %segment, error = %err, "cannot save the delta state; the WAL is kept longer");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use flamedb_model::pprof::{Profile, string_at};
 use flamedb_model::{Labels, ProfileId, SPAN_ID, Selector, Tree};
 use flamedb_storage::{
-    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, SymbolCounts, Symbols, TimeRange,
+    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, Symbols, TimeRange, Ulid,
 };
 use flamedb_wal::Position;
 use foldhash::{HashMap, HashMapExt};
@@ -54,9 +54,12 @@ impl HeadData {
 
 /// The in-memory profiles of one tenant and one time window.
 #[derive(Debug)]
-pub struct Head {
+pub(crate) struct Head {
     /// Start of the window, ms since the epoch.
     pub window_start_ms: i64,
+    /// The ID its block gets: fixed at creation, so a flush that is
+    /// retried replaces a block written before rather than adding one.
+    pub block_id: Ulid,
     data: RwLock<HeadData>,
     bytes: AtomicUsize,
     /// Wall-clock time of the last insert, ms.
@@ -67,6 +70,7 @@ impl Head {
     pub(crate) fn new(window_start_ms: i64) -> Self {
         Self {
             window_start_ms,
+            block_id: Ulid::generate(),
             data: RwLock::new(HeadData {
                 symbols: Symbols::new(),
                 series: SeriesIndex::new(),
@@ -144,7 +148,7 @@ impl Head {
                 id,
                 series: series_id,
                 time_nanos: profile.time_nanos,
-                total: values.iter().sum(),
+                total: values.iter().fold(0i64, |sum, value| sum.saturating_add(*value)),
                 stacks,
                 values,
                 span_ids: spans,
@@ -191,21 +195,20 @@ impl Head {
             .filter(move |row| range.contains(row.time_ms()))
     }
 
-    /// The profiles matching `query`, in series then arrival order.
-    pub fn select_profiles(&self, query: &ProfileQuery) -> Vec<SelectedProfile> {
+    /// Calls `visit` for each profile matching `query`, in series then
+    /// arrival order.
+    pub fn visit_profiles(&self, query: &ProfileQuery, mut visit: impl FnMut(SelectedProfile)) {
         let data = self.read();
-        Self::selected_rows(&data, query)
-            .map(|row| {
-                let series = data.series.get(row.series);
-                SelectedProfile {
-                    id: row.id,
-                    labels: series.labels.clone(),
-                    fingerprint: series.fingerprint,
-                    time_nanos: row.time_nanos,
-                    total: row.total,
-                }
-            })
-            .collect()
+        for row in Self::selected_rows(&data, query) {
+            let series = data.series.get(row.series);
+            visit(SelectedProfile {
+                id: row.id,
+                labels: series.labels.clone(),
+                fingerprint: series.fingerprint,
+                time_nanos: row.time_nanos,
+                total: row.total,
+            });
+        }
     }
 
     /// Adds the stacks of the profiles matching `query` (only those in
@@ -225,7 +228,14 @@ impl Head {
     }
 
     /// Runs `write` over what the head holds, as a block writer takes it.
-    pub(crate) fn with_contents<T>(&self, write: impl FnOnce(BlockContents<'_>, Option<Position>) -> T) -> T {
+    /// Only for sealed heads: the read lock is then held across the
+    /// writer's I/O, but no writer is left to wait for it, and readers
+    /// share it.
+    /// `write` also gets the first and last WAL record applied.
+    pub(crate) fn with_contents<T>(
+        &self,
+        write: impl FnOnce(BlockContents<'_>, Option<(Position, Position)>) -> T,
+    ) -> T {
         let data = self.read();
         write(
             BlockContents {
@@ -233,12 +243,13 @@ impl Head {
                 symbols: &data.symbols,
                 rows: &data.rows,
             },
-            data.last_position,
+            data.first_position.zip(data.last_position),
         )
     }
 
-    /// Symbol and series counts, for tests and metrics.
-    pub fn counts(&self) -> (SymbolCounts, usize) {
+    /// Symbol and series counts.
+    #[cfg(test)]
+    pub fn counts(&self) -> (flamedb_storage::SymbolCounts, usize) {
         let data = self.read();
         (data.symbols.counts(), data.series.len())
     }
@@ -260,6 +271,29 @@ fn span_ids(profile: &Profile) -> Option<Vec<u64>> {
         })
         .collect();
     ids.iter().any(|&id| id != 0).then_some(ids)
+}
+
+/// Feeds the cumulative series of a profile that is not stored (a block
+/// holds it already) to the delta state, so the next stored profile of
+/// each series gets its difference from this one.
+pub(crate) fn observe_cumulative(profile: &Profile, series: &[SeriesInsert], delta: &mut DeltaState) {
+    if !series.iter().any(|insert| insert.cumulative) {
+        return;
+    }
+    let mut symbols = Symbols::new();
+    let stacks = symbols.add_profile(profile);
+    for insert in series.iter().filter(|insert| insert.cumulative) {
+        let hashed: Vec<(u64, i64)> = profile
+            .sample
+            .iter()
+            .zip(&stacks)
+            .filter_map(|(sample, &stack)| {
+                let value = *sample.value.get(insert.sample_type_index)?;
+                (value != 0).then(|| (symbols.stack_hash(stack), value))
+            })
+            .collect();
+        delta.apply(insert.fingerprint, &hashed, profile.time_nanos.div_euclid(1_000_000));
+    }
 }
 
 type Samples = (Box<[u32]>, Box<[i64]>, Option<Box<[u64]>>);
@@ -291,7 +325,7 @@ fn samples_of(
     samples.dedup_by(|later, earlier| {
         let same = later.0 == earlier.0 && later.1 == earlier.1;
         if same {
-            earlier.2 += later.2;
+            earlier.2 = earlier.2.saturating_add(later.2);
         }
         same
     });
@@ -300,7 +334,7 @@ fn samples_of(
             .iter()
             .map(|&(stack, _, value)| (data.symbols.stack_hash(stack), value))
             .collect();
-        let deltas = delta.apply(insert.fingerprint, &hashed)?;
+        let deltas = delta.apply(insert.fingerprint, &hashed, profile.time_nanos.div_euclid(1_000_000))?;
         for (sample, value) in samples.iter_mut().zip(deltas) {
             sample.2 = value;
         }

@@ -15,29 +15,36 @@ use prost::Message;
 use tracing::{info, warn};
 
 use crate::delta::{DeltaState, is_cumulative};
-use flamedb_storage::{BlockError, BlockMeta, Bucket, BucketError, ProfileQuery, SelectedProfile, TimeRange};
+use flamedb_storage::{
+    BlockError, BlockMeta, Bucket, BucketError, ProfileKey, ProfileQuery, SelectedProfile, TimeRange,
+};
 use tokio::sync::Notify;
 
 use crate::flush::{self, FlushError, FlushReport};
-use crate::head::{Head, SeriesInsert};
+use crate::head::{Head, SeriesInsert, observe_cumulative};
 use crate::limiter::{ClusterShare, SeriesLimit, SeriesLimiter};
 use crate::local_blocks::{self, FlushNote, LocalBlock};
 use crate::metrics::IngesterMetrics;
 use crate::record;
 use crate::shipper::ShipperHandle;
+use crate::snapshots;
 
 /// Where blocks live under the data directory.
 pub(crate) const BLOCKS_DIR: &str = "blocks";
+/// Where delta state snapshots live under the data directory.
+const SNAPSHOTS_DIR: &str = "delta";
 
 /// Ingester settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IngesterConfig {
-    /// Where the WAL and the blocks live.
+    /// Where the WAL (`wal/`) and the local blocks (`blocks/`) live.
     pub data_dir: PathBuf,
     /// Width of a head's time window (by profile time).
     pub max_block_duration: Duration,
-    /// Head memory (all tenants) past which pushes are refused.
+    /// Memory of heads and delta state (all tenants) past which pushes are
+    /// refused; heads are flushed early from 80 % of it.
     pub max_head_memory_bytes: usize,
+    /// Size at which a WAL segment is closed and the next begun.
     pub wal_segment_bytes: u64,
     /// A head whose window has ended is flushed once it got nothing for
     /// this long.
@@ -156,11 +163,15 @@ pub struct ReplayReport {
     pub profiles_in_blocks: u64,
     /// Records that could not be decoded (skipped, counted).
     pub unreadable_records: u64,
+    /// Profiles of readable records that could not be stored (skipped).
+    pub invalid_profiles: u64,
 }
 
 /// Where a tenant's profiles are: heads taking pushes (by window start),
-/// heads being flushed, and flushed blocks. Pushes are applied under this
-/// lock, so a head taken out of `live` gets nothing more.
+/// heads being flushed, and flushed blocks. `live` changes only on the WAL
+/// completion thread (records are applied there, and heads are sealed
+/// there between records), so a sealed head gets nothing more and a
+/// record is never split between two heads of one window.
 #[derive(Debug, Default)]
 pub(crate) struct TenantData {
     pub live: BTreeMap<i64, Arc<Head>>,
@@ -180,6 +191,10 @@ impl TenantState {
     pub(crate) fn data(&self) -> std::sync::MutexGuard<'_, TenantData> {
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    pub(crate) fn delta(&self) -> std::sync::MutexGuard<'_, DeltaState> {
+        self.delta.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A profile ready to be applied: where it goes and under which series.
@@ -197,7 +212,7 @@ pub(crate) struct Inner {
     share: ShareOfCluster,
     pub wal: Wal,
     pub tenants: RwLock<BTreeMap<String, Arc<TenantState>>>,
-    /// Memory of live and flushing heads.
+    /// Memory of live and flushing heads and of the delta state.
     pub head_bytes: AtomicUsize,
     pub metrics: IngesterMetrics,
     /// WAL segments before this one are gone (0: unknown).
@@ -271,6 +286,7 @@ impl Ingester {
             already_in_blocks = report.profiles_in_blocks,
             repaired_segments = report.wal.repaired_segments,
             unreadable_records = report.unreadable_records,
+            invalid_profiles = report.invalid_profiles,
             head_bytes = inner.head_bytes.load(Ordering::Relaxed),
             "WAL replayed"
         );
@@ -293,24 +309,51 @@ impl Ingester {
         notes: &BTreeMap<String, Vec<FlushNote>>,
     ) -> Result<ReplayReport, StartError> {
         let mut report = ReplayReport::default();
+        // The delta state the oldest segment started with.
+        if let Some(first) = replay.first_segment() {
+            let dir = inner.snapshots_dir();
+            match snapshots::load(&dir, first) {
+                Ok(Some(snapshot)) => {
+                    for tenant in snapshot.tenants {
+                        let state = inner.tenant(&tenant.tenant);
+                        let restored = DeltaState::from_snapshot(tenant);
+                        inner.head_bytes.fetch_add(restored.bytes(), Ordering::Relaxed);
+                        *state.delta() = restored;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => warn!(
+                    segment = %first,
+                    error = %err,
+                    "cannot read the delta state; cumulative series start from a new baseline"
+                ),
+            }
+        }
         for record in replay.by_ref() {
             let record = record?;
             let position = record.position;
             match record::decode(&record.payload) {
                 Ok((tenant, profiles)) => {
                     let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
-                    let prepared: Vec<Prepared> = profiles
-                        .into_iter()
-                        .filter_map(|profile| inner.prepare(profile.labels, profile.id, profile.profile).ok())
-                        .filter(|prepared| {
-                            let time_ms = prepared.profile.time_nanos.div_euclid(1_000_000);
-                            let in_block = flushed.iter().any(|note| note.covers(position, time_ms));
-                            report.profiles_in_blocks += u64::from(in_block);
-                            !in_block
-                        })
-                        .collect();
-                    report.profiles += prepared.len() as u64;
                     let tenant_state = inner.tenant(&tenant);
+                    let mut prepared = Vec::with_capacity(profiles.len());
+                    for profile in profiles {
+                        let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
+                            report.invalid_profiles += 1;
+                            continue;
+                        };
+                        let time_ms = ready.profile.time_nanos.div_euclid(1_000_000);
+                        if flushed.iter().any(|note| note.covers(position, time_ms)) {
+                            // In a block already; its cumulative values are
+                            // still the base of the next delta.
+                            report.profiles_in_blocks += 1;
+                            let mut delta = tenant_state.delta();
+                            observe_cumulative(&ready.profile, &ready.inserts, &mut delta);
+                        } else {
+                            prepared.push(ready);
+                        }
+                    }
+                    report.profiles += prepared.len() as u64;
                     {
                         let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
                         let now = now_ms();
@@ -367,14 +410,7 @@ impl Ingester {
     /// was stored.
     pub async fn push(&self, tenant: &str, profiles: Vec<IncomingProfile>) -> Result<(), PushError> {
         let inner = &self.inner;
-        let used = inner.head_bytes.load(Ordering::Relaxed);
-        if used >= inner.config.max_head_memory_bytes {
-            inner.metrics.refused("memory_limit");
-            return Err(PushError::MemoryLimit {
-                used,
-                limit: inner.config.max_head_memory_bytes,
-            });
-        }
+        self.check_memory()?;
         let mut prepared = Vec::with_capacity(profiles.len());
         let mut encoded = Vec::with_capacity(profiles.len());
         for incoming in profiles {
@@ -385,11 +421,19 @@ impl Ingester {
         }
         self.admit_series(tenant, &prepared)?;
         let payload = record::encode(tenant, encoded);
-        let applier = self.inner.clone();
+        // Weak: the WAL's own thread must never hold the last reference to
+        // the ingester (dropping it there would close the WAL from within).
+        // Should the ingester be gone, the record is durable and replayed
+        // at the next start.
+        let applier = Arc::downgrade(&self.inner);
         let owner = tenant.to_owned();
         let written = inner
             .wal
-            .append_then(payload, move |position| applier.apply(&owner, prepared, position))
+            .append_then(payload, move |position| {
+                if let Some(inner) = applier.upgrade() {
+                    inner.apply(&owner, prepared, position);
+                }
+            })
             .await;
         if let Err(err) = written {
             inner.metrics.refused("wal");
@@ -429,7 +473,22 @@ impl Ingester {
         })
     }
 
-    /// Head memory of all tenants, in bytes.
+    /// Refuses work when head memory is at the ceiling: checked before a
+    /// push is decoded, and again before it is stored.
+    pub fn check_memory(&self) -> Result<(), PushError> {
+        let inner = &self.inner;
+        let used = inner.head_bytes.load(Ordering::Relaxed);
+        if used >= inner.config.max_head_memory_bytes {
+            inner.metrics.refused("memory_limit");
+            return Err(PushError::MemoryLimit {
+                used,
+                limit: inner.config.max_head_memory_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Memory of the heads and the delta state of all tenants, in bytes.
     pub fn head_bytes(&self) -> usize {
         self.inner.head_bytes.load(Ordering::Relaxed)
     }
@@ -538,19 +597,32 @@ impl Ingester {
         types
     }
 
-    /// The profiles matching `query`, by time, then series, then ID. Reads
-    /// local blocks: call it where blocking is fine.
-    pub fn select_profiles(&self, tenant: &str, query: &ProfileQuery) -> Result<Vec<SelectedProfile>, QueryError> {
+    /// A page of the profiles matching `query`, by [`ProfileKey`] (time,
+    /// series fingerprint, ID): at most `limit` of those after `after`,
+    /// and whether more follow. Memory is bounded by the page, not the
+    /// selection. Reads local blocks: call it where blocking is fine.
+    pub fn select_profiles(
+        &self,
+        tenant: &str,
+        query: &ProfileQuery,
+        after: Option<ProfileKey>,
+        limit: usize,
+    ) -> Result<(Vec<SelectedProfile>, bool), QueryError> {
         let (heads, blocks) = self.sources(tenant, query.range);
-        let mut selected: Vec<SelectedProfile> = heads.iter().flat_map(|head| head.select_profiles(query)).collect();
-        for local in blocks {
-            selected.extend(local.block.select_profiles(query).map_err(|source| QueryError {
-                tenant: tenant.to_owned(),
-                source,
-            })?);
+        let mut page = PageCollector::new(after, limit);
+        for head in heads {
+            head.visit_profiles(query, |profile| page.offer(profile));
         }
-        selected.sort_by_key(|profile| (profile.time_nanos, profile.fingerprint, profile.id));
-        Ok(selected)
+        for local in blocks {
+            local
+                .block
+                .visit_profiles(query, |profile| page.offer(profile))
+                .map_err(|source| QueryError {
+                    tenant: tenant.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(page.finish())
     }
 
     /// The matching profiles (only those in `only`, when given) merged into
@@ -599,11 +671,12 @@ impl Ingester {
     /// next start.
     pub async fn shutdown(&self) -> Result<FlushReport, ShutdownError> {
         let flushed = self.flusher.flush().await;
-        let shipped = self.ship().await;
         self.flusher.stop().await;
+        // The shipper stops first, so the last upload round is this one.
         if let Some(shipper) = &self.shipper {
             shipper.stop().await;
         }
+        let shipped = self.ship().await;
         let report = flushed?;
         shipped?;
         Ok(report)
@@ -658,17 +731,19 @@ impl Inner {
             .collect()
     }
 
-    /// Applies profiles to their live heads; runs in WAL order. The tenant
-    /// lock is held per profile so a head being sealed misses nothing.
+    /// Applies profiles to their live heads; runs in WAL order, on the WAL
+    /// completion thread (or at start-up, before anything else runs).
     fn apply(&self, tenant: &str, prepared: Vec<Prepared>, position: Position) {
         let state = self.tenant(tenant);
-        let mut delta = state.delta.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut delta = state.delta();
+        let delta_before = delta.bytes();
         for profile in prepared {
-            let mut data = state.data();
-            let head = data
+            let head = state
+                .data()
                 .live
                 .entry(profile.window_start_ms)
-                .or_insert_with(|| Arc::new(Head::new(profile.window_start_ms)));
+                .or_insert_with(|| Arc::new(Head::new(profile.window_start_ms)))
+                .clone();
             let grown = head.insert(
                 profile.id,
                 &profile.profile,
@@ -676,11 +751,31 @@ impl Inner {
                 &mut delta,
                 Some(position),
             );
-            drop(data);
             self.head_bytes.fetch_add(grown, Ordering::Relaxed);
             self.metrics.ingested(grown);
         }
+        let delta_after = delta.bytes();
+        drop(delta);
+        if delta_after >= delta_before {
+            self.head_bytes.fetch_add(delta_after - delta_before, Ordering::Relaxed);
+        } else {
+            self.release_head_bytes(delta_before - delta_after);
+        }
         self.metrics.set_head_bytes(self.head_bytes.load(Ordering::Relaxed));
+    }
+
+    /// Takes `bytes` off the head memory figure (never below zero).
+    pub(crate) fn release_head_bytes(&self, bytes: usize) {
+        let _ = self
+            .head_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+        self.metrics.set_head_bytes(self.head_bytes.load(Ordering::Relaxed));
+    }
+
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.config.data_dir.join(SNAPSHOTS_DIR)
     }
 
     pub(crate) fn update_block_gauge(&self) {
@@ -691,6 +786,44 @@ impl Inner {
             pending += data.blocks.iter().filter(|block| !block.is_uploaded()).count();
         }
         self.metrics.set_local_blocks(blocks, pending);
+    }
+}
+
+/// Keeps the smallest `limit` (+1, to know whether more follow) profiles
+/// after a key, each key once.
+struct PageCollector {
+    after: Option<ProfileKey>,
+    limit: usize,
+    kept: BTreeMap<ProfileKey, SelectedProfile>,
+}
+
+impl PageCollector {
+    fn new(after: Option<ProfileKey>, limit: usize) -> Self {
+        Self {
+            after,
+            limit,
+            kept: BTreeMap::new(),
+        }
+    }
+
+    fn offer(&mut self, profile: SelectedProfile) {
+        let key = profile.key();
+        if self.after.is_some_and(|after| key <= after) {
+            return;
+        }
+        if self.kept.len() > self.limit && self.kept.last_key_value().is_some_and(|(last, _)| key >= *last) {
+            return;
+        }
+        self.kept.insert(key, profile);
+        if self.kept.len() > self.limit.saturating_add(1) {
+            self.kept.pop_last();
+        }
+    }
+
+    /// The page in key order and whether more follow.
+    fn finish(self) -> (Vec<SelectedProfile>, bool) {
+        let more = self.kept.len() > self.limit;
+        (self.kept.into_values().take(self.limit).collect(), more)
     }
 }
 

@@ -22,10 +22,10 @@ mod metrics;
 mod record;
 mod service;
 mod shipper;
+mod snapshots;
 
-pub use flamedb_storage::{ProfileQuery, SelectedProfile, SymbolCounts, TimeRange};
+pub use flamedb_storage::{ProfileKey, ProfileQuery, SelectedProfile, TimeRange};
 pub use flush::{FlushError, FlushReport};
-pub use head::Head;
 pub use ingester::{
     IncomingProfile, Ingester, IngesterConfig, PushError, QueryError, ReplayReport, ShareOfCluster, ShutdownError,
     StartError, TenantLimits,

@@ -20,49 +20,73 @@ pub(crate) const FLUSH_NOTE: &str = "flushed.json";
 /// Created once the block is in object storage.
 const UPLOADED_MARKER: &str = "uploaded";
 
-/// Which WAL records a block holds: those of `tenant` with a profile time
-/// in `[window_start_ms, window_end_ms)`, up to `last_position`.
+/// Which WAL records a block holds: the profiles of its tenant with a
+/// time in `[window_start_ms, window_end_ms)` from the records between its
+/// first and last position. A record is never split between heads of one
+/// window (heads are sealed between records), so the heads of a window
+/// hold disjoint runs of records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FlushNote {
     pub window_start_ms: i64,
     pub window_end_ms: i64,
-    pub last_segment: Option<u64>,
-    pub last_offset: Option<u64>,
+    pub first: WalPosition,
+    pub last: WalPosition,
+}
+
+/// A WAL position as the note stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WalPosition {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl From<Position> for WalPosition {
+    fn from(position: Position) -> Self {
+        Self {
+            segment: position.segment.0,
+            offset: position.offset,
+        }
+    }
+}
+
+impl From<WalPosition> for Position {
+    fn from(position: WalPosition) -> Self {
+        Self {
+            segment: SegmentId(position.segment),
+            offset: position.offset,
+        }
+    }
 }
 
 impl FlushNote {
-    pub(crate) fn new(window_start_ms: i64, window_end_ms: i64, last: Option<Position>) -> Self {
+    pub(crate) fn new(window_start_ms: i64, window_end_ms: i64, first: Position, last: Position) -> Self {
         Self {
             window_start_ms,
             window_end_ms,
-            last_segment: last.map(|p| p.segment.0),
-            last_offset: last.map(|p| p.offset),
+            first: first.into(),
+            last: last.into(),
         }
     }
 
-    pub(crate) fn last_position(&self) -> Option<Position> {
-        Some(Position {
-            segment: SegmentId(self.last_segment?),
-            offset: self.last_offset?,
-        })
-    }
-
-    /// Whether the record at `position` with a profile at `time_ms` is in
-    /// the block.
+    /// Whether the block holds the profile at `time_ms` of the record at
+    /// `position`.
     pub(crate) fn covers(&self, position: Position, time_ms: i64) -> bool {
         self.window_start_ms <= time_ms
             && time_ms < self.window_end_ms
-            && self.last_position().is_some_and(|last| position <= last)
+            && Position::from(self.first) <= position
+            && position <= Position::from(self.last)
     }
 }
 
-/// A flushed block of one tenant.
+/// A flushed block of one tenant. Deleting it is deferred to when the
+/// last query holding it lets go.
 #[derive(Debug)]
 pub(crate) struct LocalBlock {
     pub block: Block,
     pub note: FlushNote,
     uploaded: AtomicBool,
+    delete_when_dropped: AtomicBool,
 }
 
 impl LocalBlock {
@@ -72,20 +96,39 @@ impl LocalBlock {
             block,
             note,
             uploaded: AtomicBool::new(uploaded),
+            delete_when_dropped: AtomicBool::new(false),
         }
+    }
+
+    /// Deletes the block's directory once nothing holds it any more.
+    pub(crate) fn delete_when_dropped(&self) {
+        self.delete_when_dropped.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn is_uploaded(&self) -> bool {
         self.uploaded.load(Ordering::Relaxed)
     }
 
-    /// Records (durably) that the block is in object storage.
+    /// Records (durably) that the block is in object storage. Blocking
+    /// I/O.
     pub(crate) fn mark_uploaded(&self) -> io::Result<()> {
         let marker = self.block.dir().join(UPLOADED_MARKER);
         fs::File::create(&marker)?.sync_all()?;
         fs::File::open(self.block.dir())?.sync_all()?;
         self.uploaded.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl Drop for LocalBlock {
+    fn drop(&mut self) {
+        if self.delete_when_dropped.load(Ordering::Relaxed) {
+            let dir = self.block.dir();
+            match fs::remove_dir_all(dir) {
+                Ok(()) => tracing::debug!(block = %self.block.meta().id, "local block files removed"),
+                Err(err) => error!(dir = %dir.display(), error = %err, "cannot delete a local block"),
+            }
+        }
     }
 }
 
@@ -96,7 +139,8 @@ pub(crate) fn tenant_dir(blocks_dir: &Path, tenant: &str) -> PathBuf {
 
 /// Opens every block under `blocks_dir`, by tenant; removes half-written
 /// ones (`<id>.tmp`). A block that cannot be opened is logged and left
-/// alone: its records are then replayed from the WAL if it still has them.
+/// alone: no other block's note covers its records, so they are replayed
+/// from the WAL if it still has them.
 pub(crate) fn load(blocks_dir: &Path) -> Result<Vec<(String, LocalBlock)>, BlockError> {
     let mut blocks = Vec::new();
     let tenants = match fs::read_dir(blocks_dir) {
@@ -154,4 +198,31 @@ fn open(dir: &Path) -> Result<LocalBlock, BlockError> {
             })
         })?;
     Ok(LocalBlock::new(block, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(segment: u64, offset: u64) -> Position {
+        Position {
+            segment: SegmentId(segment),
+            offset,
+        }
+    }
+
+    #[test]
+    fn test_a_note_covers_its_window_and_its_run_of_records_only() {
+        let note = FlushNote::new(0, 1_000, at(2, 100), at(3, 50));
+        assert!(note.covers(at(2, 100), 0));
+        assert!(note.covers(at(3, 50), 999));
+        // Outside the window.
+        assert!(!note.covers(at(2, 200), 1_000));
+        assert!(!note.covers(at(2, 200), -1));
+        // Records before the head began (an older head of the same
+        // window, maybe never flushed) and after it was sealed.
+        assert!(!note.covers(at(2, 99), 10));
+        assert!(!note.covers(at(1, 500), 10));
+        assert!(!note.covers(at(3, 51), 10));
+    }
 }

@@ -3,7 +3,8 @@
 //! operator endpoint `/ingester/flush`. Distributors push here; queriers
 //! read here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -11,16 +12,19 @@ use flamedb_api::pb::ingester::v1 as pb;
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
 use flamedb_api::pb::types::v1 as types;
 use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs, labels_to_pairs};
-use flamedb_model::{ProfileId, Selector, parse_selector};
-use flamedb_storage::{ProfileQuery, SelectedProfile, TimeRange};
+use flamedb_model::gzip::GzipError;
+use flamedb_model::{Labels, ProfileId, Selector, parse_selector};
+use flamedb_storage::{ProfileKey, ProfileQuery, TimeRange};
+
+use flamedb_wal::WalError;
 
 use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
 
 const SERVICE: &str = "/ingester.v1.IngesterService";
 const DEFAULT_PAGE_SIZE: usize = 65_536;
-/// A decoded profile may be this large (the distributor checked the
-/// tenant's own limit before).
-const MAX_PROFILE_BYTES: usize = 64 << 20;
+/// All profiles of one push together may decode to this many bytes (the
+/// distributor checked each against the tenant's limit before).
+const MAX_DECODED_PUSH_BYTES: usize = 256 << 20;
 
 /// The routes of the ingester service and `/ingester/flush`.
 pub fn routes(ingester: Ingester, options: RpcOptions) -> axum::Router {
@@ -85,16 +89,20 @@ async fn flush_endpoint(axum::extract::State(ingester): axum::extract::State<Ing
 fn flush_error(err: FlushError) -> RpcError {
     let code = match err {
         FlushError::Stopped => ErrorCode::Unavailable,
-        FlushError::Block { .. } | FlushError::Wal(_) => ErrorCode::Internal,
+        FlushError::Block { .. } | FlushError::Wal(_) | FlushError::Snapshots { .. } => ErrorCode::Internal,
     };
     RpcError::new(code, err.to_string())
 }
 
 fn push_error(err: PushError) -> RpcError {
-    let code = match err {
+    let code = match &err {
         PushError::MemoryLimit { .. } | PushError::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
         PushError::MissingName { .. } => ErrorCode::InvalidArgument,
-        PushError::Wal(_) => ErrorCode::Unavailable,
+        PushError::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
+        // Durable, but not applied: the next start replays it.
+        PushError::Wal(WalError::Applying { .. }) => ErrorCode::Internal,
+        // Cannot be made durable now (disk full, I/O error, stopping).
+        PushError::Wal(WalError::Io { .. } | WalError::Closed) => ErrorCode::Unavailable,
     };
     RpcError::new(code, err.to_string())
 }
@@ -105,12 +113,23 @@ fn query_error(err: QueryError) -> RpcError {
 
 async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
+    // Refuse before decoding anything when memory is at the ceiling.
+    ingester.check_memory().map_err(push_error)?;
     let mut profiles = Vec::new();
+    let mut budget = MAX_DECODED_PUSH_BYTES;
     for series in request.series {
         let labels = labels_from_pairs(series.labels);
         for sample in series.samples {
             let id = ProfileId::parse(&sample.id).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-            let profile = flamedb_model::pprof::decode(&sample.raw_profile, MAX_PROFILE_BYTES).map_err(|err| {
+            let raw = flamedb_model::gzip::gunzip_if_compressed(&sample.raw_profile, budget).map_err(|err| {
+                let code = match err {
+                    GzipError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+                    GzipError::Invalid { .. } => ErrorCode::InvalidArgument,
+                };
+                RpcError::new(code, format!("profile {id} of series {}: {err}", labels.render()))
+            })?;
+            budget = budget.saturating_sub(raw.len()).max(1);
+            let profile = flamedb_model::pprof::decode_plain(&raw).map_err(|err| {
                 RpcError::invalid_argument(format!("profile {id} of series {}: {err}", labels.render()))
             })?;
             profiles.push(IncomingProfile {
@@ -250,18 +269,16 @@ async fn profile_stats(
     })
 }
 
-/// Where a page ends: the last profile's (time, fingerprint, ID).
-type PageKey = (i64, u64, ProfileId);
-
-fn encode_page_token(profile: &SelectedProfile) -> Vec<u8> {
+/// A page token: the last profile's key (time, fingerprint, ID).
+fn encode_page_token((time_nanos, fingerprint, id): ProfileKey) -> Vec<u8> {
     let mut token = Vec::with_capacity(32);
-    token.extend_from_slice(&profile.time_nanos.to_be_bytes());
-    token.extend_from_slice(&profile.fingerprint.to_be_bytes());
-    token.extend_from_slice(&profile.id.0);
+    token.extend_from_slice(&time_nanos.to_be_bytes());
+    token.extend_from_slice(&fingerprint.to_be_bytes());
+    token.extend_from_slice(&id.0);
     token
 }
 
-fn decode_page_token(token: &[u8]) -> Result<Option<PageKey>, RpcError> {
+fn decode_page_token(token: &[u8]) -> Result<Option<ProfileKey>, RpcError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -282,21 +299,17 @@ async fn select_profiles(
     let after = decode_page_token(&request.page_token)?;
     let page_size = match request.page_size {
         0 => DEFAULT_PAGE_SIZE,
-        size => size as usize,
+        size => (size as usize).min(DEFAULT_PAGE_SIZE),
     };
-    let selected = tokio::task::spawn_blocking(move || ingester.select_profiles(&tenant, &query))
+    let (page, more) = tokio::task::spawn_blocking(move || ingester.select_profiles(&tenant, &query, after, page_size))
         .await
         .map_err(|err| RpcError::internal(err.to_string()))?
         .map_err(query_error)?;
-    let start = match after {
-        Some(after) => selected.partition_point(|p| (p.time_nanos, p.fingerprint, p.id) <= after),
-        None => 0,
-    };
-    let page = &selected[start..selected.len().min(start.saturating_add(page_size))];
     let mut response = pb::SelectProfilesResponse::default();
-    let mut series_index: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
-    for profile in page {
-        let series = *series_index.entry(profile.fingerprint).or_insert_with(|| {
+    // Series by label set: colliding fingerprints stay apart.
+    let mut series_index: HashMap<Arc<Labels>, u32> = HashMap::new();
+    for profile in &page {
+        let series = *series_index.entry(profile.labels.clone()).or_insert_with(|| {
             response.series.push(types::Labels {
                 labels: labels_to_pairs(&profile.labels),
             });
@@ -310,10 +323,8 @@ async fn select_profiles(
             total: profile.total,
         });
     }
-    if start + page.len() < selected.len()
-        && let Some(last) = page.last()
-    {
-        response.next_page_token = encode_page_token(last);
+    if more && let Some(last) = page.last() {
+        response.next_page_token = encode_page_token(last.key());
     }
     Ok(response)
 }

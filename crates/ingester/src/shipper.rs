@@ -55,7 +55,13 @@ async fn run(inner: Weak<Inner>, bucket: Bucket, nudge: Arc<Notify>, stop: Cance
     let mut backoff: Option<Duration> = None;
     loop {
         let Some(strong) = inner.upgrade() else { break };
-        match strong.ship(&bucket).await {
+        // Stopping abandons an upload in flight: without its meta.json it
+        // is unfinished, and the block stays local to be uploaded later.
+        let shipped = tokio::select! {
+            () = stop.cancelled() => break,
+            shipped = strong.ship(&bucket) => shipped,
+        };
+        match shipped {
             Ok(_) => backoff = None,
             Err(err) => {
                 let next = backoff.map_or(FIRST_BACKOFF, |last| (last * 2).min(MAX_BACKOFF));
@@ -63,7 +69,7 @@ async fn run(inner: Weak<Inner>, bucket: Bucket, nudge: Arc<Notify>, stop: Cance
                 backoff = Some(next);
             }
         }
-        strong.enforce_retention().await;
+        strong.enforce_retention();
         drop(strong);
         tokio::select! {
             () = stop.cancelled() => break,
@@ -94,7 +100,7 @@ impl Inner {
     }
 
     /// Uploads one block unless the bucket has it; marks it uploaded.
-    async fn ship_block(&self, bucket: &Bucket, tenant: &str, block: &LocalBlock) -> Result<bool, BucketError> {
+    async fn ship_block(&self, bucket: &Bucket, tenant: &str, block: &Arc<LocalBlock>) -> Result<bool, BucketError> {
         let meta = block.block.meta();
         let mut uploaded = false;
         if !bucket.has_block(tenant, meta.id).await? {
@@ -104,7 +110,13 @@ impl Inner {
             info!(tenant, block = %meta.id, "block uploaded");
             uploaded = true;
         }
-        if let Err(err) = block.mark_uploaded() {
+        let marked = tokio::task::spawn_blocking({
+            let block = block.clone();
+            move || block.mark_uploaded()
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
+        if let Err(err) = marked {
             error!(tenant, block = %meta.id, error = %err, "cannot record that a block was uploaded");
         }
         Ok(uploaded)
@@ -130,30 +142,25 @@ impl Inner {
     }
 
     /// Deletes uploaded blocks past the local retention, then more
-    /// (oldest first) while the disk is low.
-    pub(crate) async fn enforce_retention(&self) {
+    /// (oldest first) while the disk is low. A block is dropped from the
+    /// queryable set at once; its files go when the last query using it
+    /// is done.
+    pub(crate) fn enforce_retention(&self) {
         let now_ms = u64::try_from(flamedb_model::now_nanos() / 1_000_000).unwrap_or(0);
         let retention_ms = u64::try_from(self.config.local_retention.as_millis()).unwrap_or(u64::MAX);
         let kept_from = self.wal_kept_from.load(Ordering::Relaxed);
-        // Deletable: uploaded, and no WAL segment left that holds its records.
-        let deletable = self.blocks_where(|block| {
-            block.is_uploaded() && block.note.last_position().is_none_or(|last| last.segment.0 < kept_from)
-        });
-        for (tenant, block) in &deletable {
-            let age_ms = now_ms.saturating_sub(block.block.meta().id.timestamp_ms());
-            if age_ms >= retention_ms {
-                self.delete_block(tenant, block, "retention").await;
-            }
+        // Deletable: uploaded, and no WAL segment left holds its records.
+        let deletable = self.blocks_where(|block| block.is_uploaded() && block.note.last.segment < kept_from);
+        let mut deletable = deletable.into_iter().peekable();
+        while let Some((tenant, block)) =
+            deletable.next_if(|(_, block)| now_ms.saturating_sub(block.block.meta().id.timestamp_ms()) >= retention_ms)
+        {
+            self.delete_block(&tenant, &block, "retention");
         }
         let mut low = self.disk_is_low();
-        for (tenant, block) in &deletable {
-            if !low {
-                break;
-            }
-            if block.block.dir().exists() {
-                self.delete_block(tenant, block, "disk_low").await;
-                low = self.disk_is_low();
-            }
+        while low && let Some((tenant, block)) = deletable.next() {
+            self.delete_block(&tenant, &block, "disk_low");
+            low = self.disk_is_low();
         }
         if low {
             warn!(
@@ -163,20 +170,15 @@ impl Inner {
         }
     }
 
-    async fn delete_block(&self, tenant: &str, block: &Arc<LocalBlock>, reason: &'static str) {
+    fn delete_block(&self, tenant: &str, block: &Arc<LocalBlock>, reason: &'static str) {
         self.tenant(tenant)
             .data()
             .blocks
             .retain(|held| !Arc::ptr_eq(held, block));
+        block.delete_when_dropped();
         self.update_block_gauge();
-        let dir = block.block.dir();
-        match tokio::fs::remove_dir_all(dir).await {
-            Ok(()) => {
-                self.metrics.local_block_deleted(reason);
-                info!(tenant, block = %block.block.meta().id, reason, "local block deleted");
-            }
-            Err(err) => error!(dir = %dir.display(), error = %err, "cannot delete a local block"),
-        }
+        self.metrics.local_block_deleted(reason);
+        info!(tenant, block = %block.block.meta().id, reason, "local block deleted");
     }
 
     fn disk_is_low(&self) -> bool {

@@ -17,7 +17,7 @@ impl ProfileId {
     pub fn parse(text: &str) -> Result<Self, ProfileIdError> {
         let error = || ProfileIdError(text.to_owned());
         let digits: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
-        if digits.len() != 32 {
+        if digits.len() != 32 || !digits.iter().all(u8::is_ascii_hexdigit) {
             return Err(error());
         }
         let mut bytes = [0u8; 16];
@@ -62,6 +62,7 @@ mod tests {
             "7c9e6679",
             "zz9e6679-7425-40de-944b-e07fc1f90ae7",
             "7c9e6679-7425-40de-944b-e07fc1f90ae7a",
+            "+c9e6679-7425-40de-944b-e07fc1f90ae7",
         ] {
             assert!(ProfileId::parse(bad).is_err(), "{bad}");
         }

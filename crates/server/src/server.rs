@@ -49,7 +49,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let local_address = listener.local_addr().context("cannot read the listening address")?;
 
     let ingester = if config.target.modules().contains(&Target::Ingester) {
-        Some(IngesterModule::start(&config, &mut registry)?)
+        // Replay reads the whole WAL: off the async workers.
+        Some(tokio::task::block_in_place(|| {
+            IngesterModule::start(&config, &mut registry)
+        })?)
     } else {
         None
     };

@@ -59,6 +59,16 @@ pub struct SelectedProfile {
     pub total: i64,
 }
 
+/// The order of selected profiles, and where a page of them ends: time,
+/// series fingerprint, profile ID.
+pub type ProfileKey = (i64, u64, ProfileId);
+
+impl SelectedProfile {
+    pub fn key(&self) -> ProfileKey {
+        (self.time_nanos, self.fingerprint, self.id)
+    }
+}
+
 /// One stored profile of one series: its samples as (stack, value), with
 /// the span ID of each sample when the agent sent any.
 #[derive(Debug, Clone, PartialEq)]

@@ -34,6 +34,8 @@ pub struct ReplayStats {
 #[derive(Debug)]
 pub struct Replay {
     dir: PathBuf,
+    /// The oldest segment, if the WAL had any.
+    first: Option<SegmentId>,
     segments: std::vec::IntoIter<SegmentId>,
     current: Option<(SegmentId, BufReader<File>, u64, u64)>,
     stats: ReplayStats,
@@ -43,10 +45,17 @@ impl Replay {
     pub(crate) fn new(dir: PathBuf, segments: Vec<SegmentId>) -> Self {
         Self {
             dir,
+            first: segments.first().copied(),
             segments: segments.into_iter(),
             current: None,
             stats: ReplayStats::default(),
         }
+    }
+
+    /// The oldest segment replayed, if the WAL had any: where the records
+    /// begin.
+    pub fn first_segment(&self) -> Option<SegmentId> {
+        self.first
     }
 
     /// What replay found so far (all of it once the iterator is done).

@@ -64,6 +64,8 @@ pub enum WalError {
     RecordTooLarge { size: usize, limit: usize },
     #[error("WAL: closed")]
     Closed,
+    #[error("WAL: the record is durable but applying it failed: {message}")]
+    Applying { message: String },
 }
 
 impl WalError {
@@ -111,11 +113,16 @@ enum Request {
         reply: Reply,
     },
     Rotate {
+        then: Option<Box<dyn FnOnce(SegmentId) + Send>>,
         reply: RotateReply,
     },
     RemoveBefore {
         segment: SegmentId,
         reply: oneshot::Sender<Result<usize, WalError>>,
+    },
+    Barrier {
+        then: Box<dyn FnOnce() + Send>,
+        reply: oneshot::Sender<Result<(), WalError>>,
     },
 }
 
@@ -149,13 +156,21 @@ impl Wal {
                 for done in completed {
                     match done {
                         Done::Appended((then, position, reply)) => {
-                            if let Some(then) = then {
-                                then(position);
-                            }
-                            let _ = reply.send(Ok(position));
+                            let completed = match then {
+                                Some(then) => run_completion(move || then(position)),
+                                None => Ok(()),
+                            };
+                            let _ = reply.send(completed.map(|()| position));
                         }
-                        Done::Rotated(reply, rotated) => {
-                            let _ = reply.send(rotated);
+                        Done::Rotated(then, reply, rotated) => {
+                            let answer = match (rotated, then) {
+                                (Ok(segment), Some(then)) => run_completion(move || then(segment)).map(|()| segment),
+                                (rotated, _) => rotated,
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        Done::Barrier(then, reply) => {
+                            let _ = reply.send(run_completion(then));
                         }
                     }
                 }
@@ -200,7 +215,9 @@ impl Wal {
 
     /// Appends a record; once it is durable, runs `then` with its position
     /// (on the WAL's completion thread, in WAL order, also if this future
-    /// is dropped), then returns. `then` does not run if the append fails.
+    /// is dropped), then returns. `then` does not run if the append fails;
+    /// if it panics, the append answers [`WalError::Applying`] (the record
+    /// stays durable and is replayed at the next start).
     pub async fn append_then(
         &self,
         payload: Vec<u8>,
@@ -228,9 +245,35 @@ impl Wal {
     /// segment. Every record appended before is in an older segment, and
     /// its completion has run.
     pub async fn rotate(&self) -> Result<SegmentId, WalError> {
+        self.rotate_inner(None).await
+    }
+
+    /// Like [`Wal::rotate`], and runs `then` with the new segment on the
+    /// completion thread exactly at the boundary: after the completions of
+    /// every record of the older segments, before any of the new one.
+    pub async fn rotate_then(&self, then: impl FnOnce(SegmentId) + Send + 'static) -> Result<SegmentId, WalError> {
+        self.rotate_inner(Some(Box::new(then))).await
+    }
+
+    async fn rotate_inner(&self, then: Option<Box<dyn FnOnce(SegmentId) + Send>>) -> Result<SegmentId, WalError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request::Rotate { reply })
+            .send(Request::Rotate { then, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Runs `then` on the completion thread once the completions of every
+    /// record appended before have run, and before any later one: a point
+    /// in WAL order where no record is half-applied.
+    pub async fn barrier(&self, then: impl FnOnce() + Send + 'static) -> Result<(), WalError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Barrier {
+                then: Box::new(then),
+                reply,
+            })
             .await
             .map_err(|_| WalError::Closed)?;
         answer.await.map_err(|_| WalError::Closed)?
@@ -267,8 +310,13 @@ impl Wal {
         // completion thread's channel in turn.
         let (closed, _) = mpsc::channel(1);
         self.queue = closed;
+        let current = std::thread::current().id();
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            // Dropped by a completion on one of its own threads: that
+            // thread ends once this returns; joining it would deadlock.
+            if thread.thread().id() != current {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -342,8 +390,28 @@ type RotateReply = oneshot::Sender<Result<SegmentId, WalError>>;
 /// What the completion thread answers, in order.
 enum Done {
     Appended(Pending),
-    /// Answered after the completions of every earlier record.
-    Rotated(RotateReply, Result<SegmentId, WalError>),
+    /// Answered after the completions of every earlier record (running the
+    /// rotation's own completion first).
+    Rotated(
+        Option<Box<dyn FnOnce(SegmentId) + Send>>,
+        RotateReply,
+        Result<SegmentId, WalError>,
+    ),
+    Barrier(Box<dyn FnOnce() + Send>, oneshot::Sender<Result<(), WalError>>),
+}
+
+/// Runs a completion; a panic in it is an error for its caller, never the
+/// end of the completion thread.
+fn run_completion(then: impl FnOnce()) -> Result<(), WalError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(then)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        tracing::error!(error = %message, "a WAL completion failed");
+        WalError::Applying { message }
+    })
 }
 
 type Completions = std::sync::mpsc::Sender<Done>;
@@ -378,7 +446,7 @@ fn run(
                         break;
                     }
                 }
-                Request::Rotate { reply } => {
+                Request::Rotate { then, reply } => {
                     commit(
                         &mut writer,
                         &mut buffer,
@@ -389,14 +457,29 @@ fn run(
                     );
                     let rotated = rotate(&dir, &mut writer, counters);
                     broken = broken && rotated.is_err();
-                    if let Err(std::sync::mpsc::SendError(Done::Rotated(reply, rotated))) =
-                        completions.send(Done::Rotated(reply, rotated))
+                    if let Err(std::sync::mpsc::SendError(Done::Rotated(_, reply, _))) =
+                        completions.send(Done::Rotated(then, reply, rotated))
                     {
-                        let _ = reply.send(rotated);
+                        let _ = reply.send(Err(WalError::Closed));
                     }
                 }
                 Request::RemoveBefore { segment, reply } => {
                     let _ = reply.send(remove_before(&dir, segment.min(writer.id)));
+                }
+                Request::Barrier { then, reply } => {
+                    commit(
+                        &mut writer,
+                        &mut buffer,
+                        &mut appends,
+                        completions,
+                        counters,
+                        &mut broken,
+                    );
+                    if let Err(std::sync::mpsc::SendError(Done::Barrier(_, reply))) =
+                        completions.send(Done::Barrier(then, reply))
+                    {
+                        let _ = reply.send(Err(WalError::Closed));
+                    }
                 }
             }
         }
@@ -438,11 +521,13 @@ fn commit(
         Ok(()) => {
             counters.records.fetch_add(appends.len() as u64, Ordering::Relaxed);
             for pending in appends.drain(..) {
-                // Without the completion thread (closing), answer directly.
-                if let Err(std::sync::mpsc::SendError(Done::Appended((_, position, reply)))) =
+                // Without the completion thread the record cannot be
+                // applied: not an acknowledgement (it is replayed at the
+                // next start).
+                if let Err(std::sync::mpsc::SendError(Done::Appended((_, _, reply)))) =
                     completions.send(Done::Appended(pending))
                 {
-                    let _ = reply.send(Ok(position));
+                    let _ = reply.send(Err(WalError::Closed));
                 }
             }
         }

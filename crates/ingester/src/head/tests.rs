@@ -80,6 +80,12 @@ fn insert(head: &Head, id: u8, labels: &Labels, profile: &Profile, delta: &mut D
     head.insert(ProfileId([id; 16]), profile, &inserts(labels, profile), delta, None)
 }
 
+fn select(head: &Head, query: &ProfileQuery) -> Vec<SelectedProfile> {
+    let mut selected = Vec::new();
+    head.visit_profiles(query, |profile| selected.push(profile));
+    selected
+}
+
 fn cpu_labels(service: &str) -> Labels {
     Labels::from_pairs([("__name__", "process_cpu"), ("service_name", service)])
 }
@@ -126,7 +132,7 @@ fn test_insert_and_query() {
     assert_eq!(head.series(&api, TimeRange::ALL).len(), 1);
     assert_eq!(head.label_values("__profile_type__", &api, TimeRange::ALL), [CPU]);
 
-    let selected = head.select_profiles(&query(r#"{service_name="api"}"#));
+    let selected = select(&head, &query(r#"{service_name="api"}"#));
     let summary: Vec<(u8, i64, i64)> = selected
         .iter()
         .map(|p| (p.id.0[0], p.time_nanos / SECOND_NS, p.total))
@@ -196,7 +202,7 @@ fn test_cumulative_alloc_profiles_store_deltas() {
         selector: Selector::default(),
         range: TimeRange::ALL,
     };
-    let totals: Vec<i64> = head.select_profiles(&query).iter().map(|p| p.total).collect();
+    let totals: Vec<i64> = select(&head, &query).iter().map(|p| p.total).collect();
     assert_eq!(totals, [30, 50]);
     let mut tree = Tree::new();
     head.merge_into(&query, None, &mut tree);

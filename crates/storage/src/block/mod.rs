@@ -37,6 +37,12 @@ use crate::{ProfileQuery, ProfileRow, SelectedProfile};
 pub const META_FILE: &str = "meta.json";
 const SERIES_FILE: &str = "series.binpb.zst";
 const SYMBOLS_FILE: &str = "symbols.binpb.zst";
+/// Every file a block has besides `meta.json`.
+const BLOCK_FILES: [&str; 3] = [profiles::FILE, SERIES_FILE, SYMBOLS_FILE];
+/// A compressed file may expand this many times, and to at least
+/// `MIN_DECOMPRESSED_LIMIT`: a damaged file cannot take all memory.
+const MAX_EXPANSION: u64 = 64;
+const MIN_DECOMPRESSED_LIMIT: u64 = 64 << 20;
 /// Suffix of a block directory being written.
 pub const TEMP_SUFFIX: &str = ".tmp";
 const ZSTD_LEVEL: i32 = 3;
@@ -67,15 +73,6 @@ impl BlockError {
             reason: reason.into(),
         }
     }
-
-    /// The I/O error kind, if this is one (a full disk shows as
-    /// `StorageFull`).
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        match self {
-            Self::Io { source, .. } => Some(source.kind()),
-            Self::Corrupt { .. } => None,
-        }
-    }
 }
 
 /// What a head hands over to become a block. Row `series` fields are ids
@@ -99,7 +96,7 @@ pub fn write_block(
 ) -> Result<BlockMeta, BlockError> {
     let target = parent.join(id.to_string());
     let temp = parent.join(format!("{id}{TEMP_SUFFIX}"));
-    fs::create_dir_all(parent).map_err(BlockError::io("create directory", parent))?;
+    create_dir_all_synced(parent)?;
     if temp.exists() {
         fs::remove_dir_all(&temp).map_err(BlockError::io("remove stale directory", &temp))?;
     }
@@ -204,6 +201,26 @@ pub fn write_block(
     Ok(meta)
 }
 
+/// Creates `dir` and any missing parents, syncing the directory each new
+/// one was added to, so a block renamed into it survives a power loss.
+fn create_dir_all_synced(dir: &Path) -> Result<(), BlockError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        create_dir_all_synced(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(err) => return Err(BlockError::io("create directory", dir)(err)),
+    }
+    match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BlockError> {
     let mut file = File::create(path).map_err(BlockError::io("create", path))?;
     file.write_all(bytes).map_err(BlockError::io("write", path))?;
@@ -251,6 +268,18 @@ pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<BlockMeta, BlockError> {
         return Err(BlockError::corrupt(
             path,
             format!("format version {} (this build reads {FORMAT_VERSION})", meta.version),
+        ));
+    }
+    // Only the files this format has: a path from the meta never leaves
+    // the block's directory.
+    if let Some(file) = meta
+        .files
+        .iter()
+        .find(|file| !BLOCK_FILES.contains(&file.rel_path.as_str()))
+    {
+        return Err(BlockError::corrupt(
+            path,
+            format!("lists {:?}, which is not a file of a block", file.rel_path),
         ));
     }
     Ok(meta)
@@ -370,10 +399,14 @@ impl Block {
         profiles::read(&path, ranges, want, each).map_err(|reason| BlockError::corrupt(&path, reason))
     }
 
-    /// The profiles matching `query`, in series then time order.
-    pub fn select_profiles(&self, query: &ProfileQuery) -> Result<Vec<SelectedProfile>, BlockError> {
+    /// Calls `visit` for each profile matching `query`, in series then
+    /// time order.
+    pub fn visit_profiles(
+        &self,
+        query: &ProfileQuery,
+        mut visit: impl FnMut(SelectedProfile),
+    ) -> Result<(), BlockError> {
         let (_, ranges) = self.ranges(query);
-        let mut selected = Vec::new();
         let mut bad_series = None;
         self.read_rows(ranges, profiles::Want::Totals, |row| {
             if !query.range.contains(row.time_nanos.div_euclid(1_000_000)) {
@@ -383,7 +416,7 @@ impl Block {
                 bad_series = Some(row.series);
                 return;
             };
-            selected.push(SelectedProfile {
+            visit(SelectedProfile {
                 id: row.id,
                 labels: series.labels.clone(),
                 fingerprint: series.fingerprint,
@@ -391,13 +424,13 @@ impl Block {
                 total: row.total,
             });
         })?;
-        if let Some(series) = bad_series {
-            return Err(BlockError::corrupt(
+        match bad_series {
+            Some(series) => Err(BlockError::corrupt(
                 &self.dir.join(profiles::FILE),
                 format!("a row refers to missing series {series}"),
-            ));
+            )),
+            None => Ok(()),
         }
-        Ok(selected)
     }
 
     /// Adds the stacks of the profiles matching `query` (only those in
@@ -443,10 +476,19 @@ fn read_checked(dir: &Path, meta: &BlockMeta, name: &str) -> Result<Vec<u8>, Blo
         return Err(BlockError::corrupt(&path, "size or checksum differs from meta.json"));
     }
     if name.ends_with(".zst") {
+        let limit = (bytes.len() as u64)
+            .saturating_mul(MAX_EXPANSION)
+            .max(MIN_DECOMPRESSED_LIMIT);
         let mut decoded = Vec::new();
         zstd::stream::read::Decoder::new(bytes.as_slice())
-            .and_then(|mut decoder| decoder.read_to_end(&mut decoded))
+            .and_then(|decoder| decoder.take(limit + 1).read_to_end(&mut decoded))
             .map_err(|err| BlockError::corrupt(&path, format!("cannot decompress: {err}")))?;
+        if decoded.len() as u64 > limit {
+            return Err(BlockError::corrupt(
+                &path,
+                format!("decompresses to more than {limit} bytes"),
+            ));
+        }
         return Ok(decoded);
     }
     Ok(bytes)

@@ -138,12 +138,12 @@ fn sorted_stacks(tree: &Tree) -> Stacks {
 }
 
 fn block_answer(block: &Block, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>) -> (Vec<Summary>, Stacks) {
-    let mut profiles: Vec<Summary> = block
-        .select_profiles(query)
-        .unwrap()
-        .into_iter()
-        .map(|p| (p.id, p.time_nanos, p.total, p.labels.render()))
-        .collect();
+    let mut profiles: Vec<Summary> = Vec::new();
+    block
+        .visit_profiles(query, |p| {
+            profiles.push((p.id, p.time_nanos, p.total, p.labels.render()))
+        })
+        .unwrap();
     profiles.sort();
     let mut tree = Tree::new();
     block.merge_into(query, only, &mut tree).unwrap();
@@ -243,6 +243,15 @@ fn test_damaged_blocks_are_refused_with_the_file_named() {
     fs::write(&meta_path, meta).unwrap();
     let err = Block::open(&block_dir).unwrap_err();
     assert!(err.to_string().contains("format version 99"), "{err}");
+
+    // A meta naming a file outside the block.
+    let escaping = fs::read_to_string(&meta_path)
+        .unwrap()
+        .replace("\"version\": 99", "\"version\": 1")
+        .replace("\"profiles.parquet\"", "\"../../etc/passwd\"");
+    fs::write(&meta_path, escaping).unwrap();
+    let err = Block::open(&block_dir).unwrap_err();
+    assert!(err.to_string().contains("not a file of a block"), "{err}");
 
     // No meta at all: not a block.
     fs::remove_file(&meta_path).unwrap();

@@ -127,7 +127,15 @@ async fn test_rotate_answers_after_the_completions_before_it() {
         })
         .collect();
     tokio::task::yield_now().await;
-    let rotated = wal.rotate().await.unwrap();
+    // The rotation's own completion sees exactly the older records applied.
+    let at_boundary = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let rotated = wal
+        .rotate_then({
+            let (seen, at_boundary) = (seen.clone(), at_boundary.clone());
+            move |_| at_boundary.store(seen.lock().unwrap().len(), std::sync::atomic::Ordering::SeqCst)
+        })
+        .await
+        .unwrap();
     let completed: Vec<Position> = seen.lock().unwrap().clone();
     let mut before = 0;
     for append in appends {
@@ -141,6 +149,72 @@ async fn test_rotate_answers_after_the_completions_before_it() {
         }
     }
     assert!(before > 0, "no append landed before the rotation");
+    assert_eq!(at_boundary.load(std::sync::atomic::Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn test_barrier_runs_between_completions_in_wal_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open(dir.path());
+    let wal = Arc::new(wal);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let append = |i: u32| {
+        let (wal, seen) = (wal.clone(), seen.clone());
+        tokio::spawn(async move {
+            wal.append_then(i.to_le_bytes().to_vec(), move |_| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                seen.lock().unwrap().push(format!("record {i}"));
+            })
+            .await
+            .unwrap();
+        })
+    };
+    let before: Vec<_> = (0..10).map(append).collect();
+    tokio::task::yield_now().await;
+    let marker = seen.clone();
+    let barrier = tokio::spawn({
+        let wal = wal.clone();
+        async move {
+            wal.barrier(move || marker.lock().unwrap().push("barrier".to_owned()))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    let after: Vec<_> = (10..20).map(append).collect();
+    barrier.await.unwrap().unwrap();
+    for task in before.into_iter().chain(after) {
+        task.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!("record {i}"))
+        .chain(["barrier".to_owned()])
+        .chain((10..20).map(|i| format!("record {i}")))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn test_a_panicking_completion_fails_its_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open(dir.path());
+    let failed = wal.append_then(b"bad".to_vec(), |_| panic!("cannot apply")).await;
+    assert!(
+        matches!(failed, Err(WalError::Applying { ref message }) if message == "cannot apply"),
+        "{failed:?}"
+    );
+    let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = applied.clone();
+    wal.append_then(b"good".to_vec(), move |_| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .await
+    .unwrap();
+    assert!(applied.load(std::sync::atomic::Ordering::SeqCst));
+    drop(wal);
+    // Both records are durable.
+    let (_, records, _) = open(dir.path());
+    assert_eq!(payloads(&records), [b"bad".to_vec(), b"good".to_vec()]);
 }
 
 #[tokio::test]
