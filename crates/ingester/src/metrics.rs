@@ -66,7 +66,7 @@ impl IngesterMetrics {
         };
         registry.register(
             "flamedb_ingester_head_bytes",
-            "Memory held by the heads of all tenants, as measured from their structures",
+            "Memory held by the heads and the delta state of all tenants, as measured from their structures",
             metrics.head_bytes.clone(),
         );
         registry.register(
