@@ -23,6 +23,7 @@ use crate::head::Head;
 use crate::ingester::{BLOCKS_DIR, Inner};
 use crate::local_blocks::{FLUSH_NOTE, FlushNote, LocalBlock, tenant_dir};
 use crate::snapshots;
+use crate::task::BackgroundTask;
 
 /// Head memory, as a share of the ceiling, at which heads are flushed
 /// early, and the share of live heads left after.
@@ -83,8 +84,7 @@ type Reply = oneshot::Sender<Result<FlushReport, FlushError>>;
 #[derive(Debug, Clone)]
 pub(crate) struct FlusherHandle {
     requests: mpsc::Sender<Reply>,
-    stop: CancellationToken,
-    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    task: BackgroundTask,
 }
 
 impl FlusherHandle {
@@ -92,13 +92,8 @@ impl FlusherHandle {
     /// gone.
     pub(crate) fn spawn(inner: Weak<Inner>, period: Duration) -> Self {
         let (requests, receiver) = mpsc::channel(16);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(inner, receiver, stop.clone(), period));
-        Self {
-            requests,
-            stop,
-            task: Arc::new(std::sync::Mutex::new(Some(task))),
-        }
+        let task = BackgroundTask::spawn(|stop| run(inner, receiver, stop, period));
+        Self { requests, task }
     }
 
     /// Seals every head and flushes; returns once done.
@@ -110,15 +105,7 @@ impl FlusherHandle {
 
     /// Stops the task and waits for it.
     pub(crate) async fn stop(&self) {
-        self.stop.cancel();
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.task.stop().await;
     }
 }
 

@@ -26,8 +26,9 @@ use crate::limiter::{ClusterShare, SeriesLimit, SeriesLimiter};
 use crate::local_blocks::{self, FlushNote, LocalBlock};
 use crate::metrics::IngesterMetrics;
 use crate::record;
-use crate::shipper::ShipperHandle;
+use crate::shipper;
 use crate::snapshots;
+use crate::task::BackgroundTask;
 
 /// Where blocks live under the data directory.
 pub(crate) const BLOCKS_DIR: &str = "blocks";
@@ -228,7 +229,7 @@ pub(crate) struct Inner {
 pub struct Ingester {
     inner: Arc<Inner>,
     flusher: flush::FlusherHandle,
-    shipper: Option<ShipperHandle>,
+    shipper: Option<BackgroundTask>,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -291,8 +292,7 @@ impl Ingester {
             "WAL replayed"
         );
         let flusher = flush::FlusherHandle::spawn(Arc::downgrade(&inner), check_period);
-        let shipper =
-            bucket.map(|bucket| ShipperHandle::spawn(Arc::downgrade(&inner), bucket, ship_period, ship_nudge));
+        let shipper = bucket.map(|bucket| shipper::spawn(Arc::downgrade(&inner), bucket, ship_period, ship_nudge));
         Ok((
             Self {
                 inner,

@@ -23,6 +23,7 @@ mod record;
 mod service;
 mod shipper;
 mod snapshots;
+mod task;
 
 pub use flamedb_storage::{ProfileKey, ProfileQuery, SelectedProfile, TimeRange};
 pub use flush::{FlushError, FlushReport};

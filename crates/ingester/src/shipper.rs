@@ -17,38 +17,15 @@ use tracing::{error, info, warn};
 
 use crate::ingester::Inner;
 use crate::local_blocks::LocalBlock;
+use crate::task::BackgroundTask;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
-/// The shipper task.
-#[derive(Debug, Clone)]
-pub(crate) struct ShipperHandle {
-    stop: CancellationToken,
-    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
-}
-
-impl ShipperHandle {
-    pub(crate) fn spawn(inner: Weak<Inner>, bucket: Bucket, period: Duration, nudge: Arc<Notify>) -> Self {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(inner, bucket, nudge.clone(), stop.clone(), period));
-        Self {
-            stop,
-            task: Arc::new(std::sync::Mutex::new(Some(task))),
-        }
-    }
-
-    pub(crate) async fn stop(&self) {
-        self.stop.cancel();
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
+/// Starts the shipper task; it ends when stopped or when the ingester is
+/// gone.
+pub(crate) fn spawn(inner: Weak<Inner>, bucket: Bucket, period: Duration, nudge: Arc<Notify>) -> BackgroundTask {
+    BackgroundTask::spawn(|stop| run(inner, bucket, nudge, stop, period))
 }
 
 async fn run(inner: Weak<Inner>, bucket: Bucket, nudge: Arc<Notify>, stop: CancellationToken, period: Duration) {

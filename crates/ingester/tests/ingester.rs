@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flamedb_ingester::{
-    ClusterShare, IncomingProfile, Ingester, IngesterConfig, IngesterMetrics, ProfileQuery, PushError, SelectedProfile,
-    TimeRange,
+    ClusterShare, IncomingProfile, Ingester, IngesterConfig, IngesterMetrics, ProfileQuery, PushError, ReplayReport,
+    SelectedProfile, TimeRange,
 };
 use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
 use flamedb_model::{Labels, Limits, ProfileId, Selector, parse_selector, prepare_profile};
@@ -29,21 +29,29 @@ impl TestContext {
     }
 
     fn start_with(&self, config: IngesterConfig, limits: Limits) -> Ingester {
-        let limits = Arc::new(limits);
-        let (ingester, _) = Ingester::start(
-            config,
-            Arc::new(move |_| limits.clone()),
-            Arc::new(|| ClusterShare::ALONE),
-            IngesterMetrics::register(&mut Registry::default()),
-            None,
-        )
-        .unwrap();
-        ingester
+        start_ingester(config, limits, None).0
+    }
+
+    /// Starts with the default settings; returns what replay found too.
+    fn start_reporting(&self) -> (Ingester, ReplayReport) {
+        start_ingester(IngesterConfig::new(self.dir.path()), Limits::default(), None)
     }
 
     fn start(&self) -> Ingester {
         self.start_with(IngesterConfig::new(self.dir.path()), Limits::default())
     }
+}
+
+fn start_ingester(config: IngesterConfig, limits: Limits, bucket: Option<Bucket>) -> (Ingester, ReplayReport) {
+    let limits = Arc::new(limits);
+    Ingester::start(
+        config,
+        Arc::new(move |_| limits.clone()),
+        Arc::new(|| ClusterShare::ALONE),
+        IngesterMetrics::register(&mut Registry::default()),
+        bucket,
+    )
+    .unwrap()
 }
 
 /// A CPU profile: `main` with `value`, at `time_ms`.
@@ -282,14 +290,7 @@ async fn test_torn_wal_tail_after_a_crash_is_repaired() {
     let mut bytes = std::fs::read(last).unwrap();
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
     std::fs::write(last, bytes).unwrap();
-    let (restarted, report) = Ingester::start(
-        IngesterConfig::new(context.dir.path()),
-        Arc::new(|_| Arc::new(Limits::default())),
-        Arc::new(|| ClusterShare::ALONE),
-        IngesterMetrics::register(&mut Registry::default()),
-        None,
-    )
-    .unwrap();
+    let (restarted, report) = context.start_reporting();
     assert_eq!(report.wal.repaired_segments, 1);
     assert_eq!(total(&restarted, "t"), 7);
 }
@@ -407,14 +408,7 @@ async fn test_flushed_blocks_answer_what_heads_answered() {
     ingester.push("t", vec![incoming("api", 10, 500, 100)]).await.unwrap();
     let after = answers(&ingester, "t");
     drop(ingester);
-    let (restarted, report) = Ingester::start(
-        IngesterConfig::new(context.dir.path()),
-        Arc::new(|_| Arc::new(Limits::default())),
-        Arc::new(|| ClusterShare::ALONE),
-        IngesterMetrics::register(&mut Registry::default()),
-        None,
-    )
-    .unwrap();
+    let (restarted, report) = context.start_reporting();
     assert_eq!(report.profiles, 1);
     assert_eq!(answers(&restarted, "t"), after);
 }
@@ -443,14 +437,7 @@ async fn test_records_already_in_blocks_are_not_replayed_twice() {
             std::fs::write(path, bytes).unwrap();
         }
     }
-    let (restarted, report) = Ingester::start(
-        IngesterConfig::new(context.dir.path()),
-        Arc::new(|_| Arc::new(Limits::default())),
-        Arc::new(|| ClusterShare::ALONE),
-        IngesterMetrics::register(&mut Registry::default()),
-        None,
-    )
-    .unwrap();
+    let (restarted, report) = context.start_reporting();
     assert_eq!((report.profiles, report.profiles_in_blocks), (1, 1));
     assert_eq!(total(&restarted, "t"), 12);
     restarted.flush().await.unwrap();
@@ -609,14 +596,7 @@ async fn test_blocks_are_shipped_then_deleted_locally_after_retention() {
         min_free_disk_percent: 0.0,
         ..IngesterConfig::new(context.dir.path())
     };
-    let (ingester, _) = Ingester::start(
-        config,
-        Arc::new(|_| Arc::new(Limits::default())),
-        Arc::new(|| ClusterShare::ALONE),
-        IngesterMetrics::register(&mut Registry::default()),
-        Some(bucket.clone()),
-    )
-    .unwrap();
+    let (ingester, _) = start_ingester(config, Limits::default(), Some(bucket.clone()));
     ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
     ingester.flush().await.unwrap();
     // The flush wakes the shipper; retention then drops the local copy.
@@ -642,14 +622,7 @@ async fn test_blocks_wait_while_storage_is_down_and_upload_when_it_is_back() {
         min_free_disk_percent: 0.0,
         ..IngesterConfig::new(context.dir.path())
     };
-    let (ingester, _) = Ingester::start(
-        config,
-        Arc::new(|_| Arc::new(Limits::default())),
-        Arc::new(|| ClusterShare::ALONE),
-        IngesterMetrics::register(&mut Registry::default()),
-        Some(bucket.clone()),
-    )
-    .unwrap();
+    let (ingester, _) = start_ingester(config, Limits::default(), Some(bucket.clone()));
     ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
     ingester.flush().await.unwrap();
     assert!(ingester.ship().await.is_err());

@@ -171,21 +171,13 @@ impl Bucket {
         match self.store.head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(source) => Err(BucketError::Store {
-                action: "look up",
-                path: path.to_string(),
-                source,
-            }),
+            Err(source) => Err(store_error("look up", &path)(source)),
         }
     }
 
     /// The metas of the tenant's complete blocks, by block id.
     pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/blocks"));
-        let store_error = |action, path: &ObjectPath| {
-            let path = path.to_string();
-            move |source| BucketError::Store { action, path, source }
-        };
         let listing = self
             .store
             .list_with_delimiter(Some(&prefix))
@@ -197,10 +189,13 @@ impl Bucket {
                 continue;
             };
             let path = Self::block_path(tenant, id, META_FILE);
-            let bytes = match self.store.get(&path).await {
-                Ok(got) => got.bytes().await.map_err(store_error("read", &path))?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(source) => return Err(store_error("read", &path)(source)),
+            let bytes = match self.read(&path).await {
+                Ok(bytes) => bytes,
+                Err(BucketError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => continue,
+                Err(err) => return Err(err),
             };
             metas.push(parse_meta(Path::new(path.as_ref()), &bytes)?);
         }
@@ -216,22 +211,7 @@ impl Bucket {
             move |source| BucketError::Local { path, source }
         };
         let meta_path = Self::block_path(tenant, id, META_FILE);
-        let meta_bytes = self
-            .store
-            .get(&meta_path)
-            .await
-            .map_err(|source| BucketError::Store {
-                action: "read",
-                path: meta_path.to_string(),
-                source,
-            })?
-            .bytes()
-            .await
-            .map_err(|source| BucketError::Store {
-                action: "read",
-                path: meta_path.to_string(),
-                source,
-            })?;
+        let meta_bytes = self.read(&meta_path).await?;
         let meta = parse_meta(Path::new(meta_path.as_ref()), &meta_bytes)?;
         let temp = parent.join(format!("{id}{TEMP_SUFFIX}"));
         let target = parent.join(id.to_string());
@@ -245,17 +225,9 @@ impl Bucket {
                 .store
                 .get(&remote)
                 .await
-                .map_err(|source| BucketError::Store {
-                    action: "read",
-                    path: remote.to_string(),
-                    source,
-                })?
+                .map_err(store_error("read", &remote))?
                 .into_stream();
-            while let Some(chunk) = stream.try_next().await.map_err(|source| BucketError::Store {
-                action: "read",
-                path: remote.to_string(),
-                source,
-            })? {
+            while let Some(chunk) = stream.try_next().await.map_err(store_error("read", &remote))? {
                 out.write_all(&chunk).await.map_err(local_error(&local))?;
             }
             out.sync_all().await.map_err(local_error(&local))?;
@@ -268,4 +240,20 @@ impl Bucket {
         crate::Block::open(&target)?.verify()?;
         Ok(target)
     }
+
+    /// A whole (small) object.
+    async fn read(&self, path: &ObjectPath) -> Result<bytes::Bytes, BucketError> {
+        self.store
+            .get(path)
+            .await
+            .map_err(store_error("read", path))?
+            .bytes()
+            .await
+            .map_err(store_error("read", path))
+    }
+}
+
+fn store_error(action: &'static str, path: &ObjectPath) -> impl FnOnce(object_store::Error) -> BucketError {
+    let path = path.to_string();
+    move |source| BucketError::Store { action, path, source }
 }

@@ -230,25 +230,34 @@ impl Symbols {
         index as u32 + 1
     }
 
-    /// The function names of a stack, root first (inlined calls expanded,
-    /// caller before callee).
-    pub fn frames(&self, stack: u32, out: &mut Vec<u32>) {
-        out.clear();
+    /// Calls `each` with the location of every node of `stack`, leaf
+    /// first.
+    fn walk(&self, stack: u32, mut each: impl FnMut(&Location)) {
         let mut node = stack;
-        // Walk leaf to root, then reverse.
         while node != 0 {
             let Some(&(parent, location)) = self.stacks.get_index(node as usize - 1) else {
                 break;
             };
             if let Some(location) = self.locations.get_index(location as usize) {
-                for line in location.lines.iter() {
-                    if let Some(function) = self.functions.get_index(line.function as usize) {
-                        out.push(function.name);
-                    }
-                }
+                each(location);
             }
             node = parent;
         }
+    }
+
+    /// The function names of a stack, root first (inlined calls expanded,
+    /// caller before callee).
+    pub fn frames(&self, stack: u32, out: &mut Vec<u32>) {
+        out.clear();
+        self.walk(stack, |location| {
+            out.extend(
+                location
+                    .lines
+                    .iter()
+                    .filter_map(|line| self.functions.get_index(line.function as usize))
+                    .map(|function| function.name),
+            );
+        });
         out.reverse();
     }
 
@@ -256,24 +265,17 @@ impl Symbols {
     /// same in every head: the key of server-side delta computation.
     pub fn stack_hash(&self, stack: u32) -> u64 {
         let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
-        let mut node = stack;
-        while node != 0 {
-            let Some(&(parent, location)) = self.stacks.get_index(node as usize - 1) else {
-                break;
-            };
-            if let Some(location) = self.locations.get_index(location as usize) {
-                for line in location.lines.iter() {
-                    if let Some(function) = self.functions.get_index(line.function as usize) {
-                        hasher.update(self.string_at(function.name).as_bytes());
-                        hasher.update(&[0xff]);
-                        hasher.update(self.string_at(function.filename).as_bytes());
-                        hasher.update(&line.line.to_le_bytes());
-                    }
+        self.walk(stack, |location| {
+            for line in location.lines.iter() {
+                if let Some(function) = self.functions.get_index(line.function as usize) {
+                    hasher.update(self.string_at(function.name).as_bytes());
+                    hasher.update(&[0xff]);
+                    hasher.update(self.string_at(function.filename).as_bytes());
+                    hasher.update(&line.line.to_le_bytes());
                 }
             }
             hasher.update(&[0xfe]);
-            node = parent;
-        }
+        });
         hasher.digest()
     }
 

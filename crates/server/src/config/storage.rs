@@ -110,3 +110,21 @@ impl<'de> Deserialize<'de> for Secret {
         String::deserialize(deserializer).map(Secret)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_the_secret_key_is_never_shown() {
+        let settings = S3Settings {
+            secret_access_key: Secret("hunter2".to_owned()),
+            ..S3Settings::default()
+        };
+        let yaml = serde_norway::to_string(&settings).unwrap();
+        assert!(!yaml.contains("hunter2") && yaml.contains("<redacted>"), "{yaml}");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let read: S3Settings = serde_norway::from_str("secret_access_key: hunter2").unwrap();
+        assert_eq!(read.secret_access_key.0, "hunter2");
+    }
+}
