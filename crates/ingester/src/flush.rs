@@ -58,6 +58,8 @@ pub enum FlushError {
     },
     #[error("the ingester is stopped")]
     Stopped,
+    #[error("the ingester could not apply a stored record; it flushes nothing until restarted")]
+    Failed,
 }
 
 /// Why heads were sealed (the `reason` of the metric).
@@ -125,6 +127,10 @@ async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: Canc
             () = stop.cancelled() => break,
             request = requests.recv() => {
                 let (Some(reply), Some(inner)) = (request, inner.upgrade()) else { break };
+                if inner.apply_failed.load(Ordering::Relaxed) {
+                    let _ = reply.send(Err(FlushError::Failed));
+                    continue;
+                }
                 let result = match inner.seal(Sealing::All).await {
                     Ok(()) => inner.flush_sealed().await,
                     Err(err) => Err(err.into()),
@@ -133,6 +139,9 @@ async fn run(inner: Weak<Inner>, mut requests: mpsc::Receiver<Reply>, stop: Canc
             }
             _ = ticker.tick() => {
                 let Some(inner) = inner.upgrade() else { break };
+                if inner.apply_failed.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let result = match inner.seal(Sealing::Due { now_ms: now_ms() }).await {
                     Ok(()) => inner.flush_sealed().await,
                     Err(err) => Err(err.into()),
@@ -329,6 +338,9 @@ impl Inner {
     /// answers only after every earlier record was applied, so no
     /// acknowledged record is left out of both heads and blocks.
     pub(crate) async fn trim_wal(self: &Arc<Self>) -> Result<usize, FlushError> {
+        if self.apply_failed.load(Ordering::Relaxed) {
+            return Err(FlushError::Failed);
+        }
         let inner = Arc::downgrade(self);
         let rotated = self
             .wal
@@ -357,7 +369,7 @@ impl Inner {
             return Ok(0);
         };
         let removed = self.wal.remove_segments_before(from).await?;
-        snapshots::remove_before(&dir, from).map_err(snapshot_error)?;
+        snapshots::prune(&dir, from..SegmentId(u64::MAX)).map_err(snapshot_error)?;
         self.wal_kept_from.store(from.0, Ordering::Relaxed);
         Ok(removed)
     }

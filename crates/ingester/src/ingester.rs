@@ -4,15 +4,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Labels, Limits, ProfileId, ProfileType, Selector, Tree, now_nanos, typed_series};
-use flamedb_wal::{Position, ReplayStats, Wal, WalConfig, WalError};
+use flamedb_wal::{Position, ReplayStats, SegmentId, Wal, WalConfig, WalError};
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::delta::{DeltaState, is_cumulative};
 use flamedb_storage::{
@@ -124,6 +124,10 @@ pub enum PushError {
     MissingName { series: String },
     #[error("cannot write the WAL, nothing was stored: {0}")]
     Wal(#[from] WalError),
+    #[error(
+        "this ingester could not apply a record it had stored and takes no pushes until it is restarted (which replays the record)"
+    )]
+    Failed,
 }
 
 /// Why the ingester could not start.
@@ -220,6 +224,10 @@ pub(crate) struct Inner {
     pub wal_kept_from: AtomicU64,
     /// Wakes the shipper after a flush.
     pub ship_nudge: Arc<Notify>,
+    /// Set when a stored record could not be applied: the heads may be
+    /// missing part of it, so nothing is flushed or trimmed any more and
+    /// pushes are refused until a restart replays the WAL.
+    pub apply_failed: AtomicBool,
     bucket: Option<Bucket>,
 }
 
@@ -258,6 +266,12 @@ impl Ingester {
             ..WalConfig::new(config.data_dir.join("wal"))
         };
         let (wal, replay) = Wal::open(wal_config)?;
+        // Snapshots at or past the segment the WAL now writes belong to a
+        // WAL that is gone.
+        let snapshots_dir = config.data_dir.join(SNAPSHOTS_DIR);
+        if let Err(err) = snapshots::prune(&snapshots_dir, SegmentId(0)..wal.stats().segment) {
+            warn!(dir = %snapshots_dir.display(), error = %err, "cannot remove stale delta state snapshots");
+        }
         let check_period = config.flush_check_period;
         let ship_period = config.ship_period;
         let ship_nudge = Arc::new(Notify::new());
@@ -271,6 +285,7 @@ impl Ingester {
             metrics,
             wal_kept_from: AtomicU64::new(0),
             ship_nudge: ship_nudge.clone(),
+            apply_failed: AtomicBool::new(false),
             bucket: bucket.clone(),
         });
         let mut notes: BTreeMap<String, Vec<FlushNote>> = BTreeMap::new();
@@ -309,66 +324,49 @@ impl Ingester {
         notes: &BTreeMap<String, Vec<FlushNote>>,
     ) -> Result<ReplayReport, StartError> {
         let mut report = ReplayReport::default();
-        // The delta state the oldest segment started with.
-        if let Some(first) = replay.first_segment() {
-            let dir = inner.snapshots_dir();
-            match snapshots::load(&dir, first) {
-                Ok(Some(snapshot)) => {
-                    for tenant in snapshot.tenants {
-                        let state = inner.tenant(&tenant.tenant);
-                        let restored = DeltaState::from_snapshot(tenant);
-                        inner.head_bytes.fetch_add(restored.bytes(), Ordering::Relaxed);
-                        *state.delta() = restored;
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => warn!(
-                    segment = %first,
-                    error = %err,
-                    "cannot read the delta state; cumulative series start from a new baseline"
-                ),
-            }
-        }
+        let replay_from = inner.restore_delta_state(replay.first_segment());
         for record in replay.by_ref() {
             let record = record?;
             let position = record.position;
-            match record::decode(&record.payload) {
-                Ok((tenant, profiles)) => {
-                    let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
-                    let tenant_state = inner.tenant(&tenant);
-                    let mut prepared = Vec::with_capacity(profiles.len());
-                    for profile in profiles {
-                        let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
-                            report.invalid_profiles += 1;
-                            continue;
-                        };
-                        let time_ms = ready.profile.time_nanos.div_euclid(1_000_000);
-                        if flushed.iter().any(|note| note.covers(position, time_ms)) {
-                            // In a block already; its cumulative values are
-                            // still the base of the next delta.
-                            report.profiles_in_blocks += 1;
-                            let mut delta = tenant_state.delta();
-                            observe_cumulative(&ready.profile, &ready.inserts, &mut delta);
-                        } else {
-                            prepared.push(ready);
-                        }
-                    }
-                    report.profiles += prepared.len() as u64;
-                    {
-                        let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-                        let now = now_ms();
-                        for insert in prepared.iter().flat_map(|p| &p.inserts) {
-                            limiter.touch(insert.fingerprint, now);
-                        }
-                    }
-                    inner.apply(&tenant, prepared, position);
-                }
+            if replay_from.is_some_and(|from| position.segment < from) {
+                continue;
+            }
+            let (tenant, profiles) = match record::decode(&record.payload) {
+                Ok(decoded) => decoded,
                 Err(err) => {
                     warn!(segment = %position.segment, offset = position.offset, error = %err, "skipping an unreadable WAL record");
                     report.unreadable_records += 1;
+                    continue;
+                }
+            };
+            let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
+            let tenant_state = inner.tenant(&tenant);
+            // In record order, as when it arrived: the delta state depends
+            // on it.
+            for profile in profiles {
+                let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
+                    report.invalid_profiles += 1;
+                    continue;
+                };
+                let time_ms = ready.profile.time_nanos.div_euclid(1_000_000);
+                if flushed.iter().any(|note| note.covers(position, time_ms)) {
+                    // In a block already; its cumulative values are still
+                    // the base of the next delta.
+                    report.profiles_in_blocks += 1;
+                    observe_cumulative(&ready.profile, &ready.inserts, &mut tenant_state.delta());
+                } else {
+                    report.profiles += 1;
+                    {
+                        let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+                        for insert in &ready.inserts {
+                            limiter.touch(insert.fingerprint, now_ms());
+                        }
+                    }
+                    inner.apply(&tenant, vec![ready], position);
                 }
             }
         }
+        inner.recount_memory();
         report.wal = replay.stats();
         inner.metrics.record_replay(&report);
         Ok(report)
@@ -410,7 +408,7 @@ impl Ingester {
     /// was stored.
     pub async fn push(&self, tenant: &str, profiles: Vec<IncomingProfile>) -> Result<(), PushError> {
         let inner = &self.inner;
-        self.check_memory()?;
+        self.check_accepting()?;
         let mut prepared = Vec::with_capacity(profiles.len());
         let mut encoded = Vec::with_capacity(profiles.len());
         for incoming in profiles {
@@ -435,11 +433,19 @@ impl Ingester {
                 }
             })
             .await;
-        if let Err(err) = written {
-            inner.metrics.refused("wal");
-            return Err(err.into());
+        match written {
+            Ok(_) => Ok(()),
+            Err(err @ WalError::Applying { .. }) => {
+                error!(error = %err, "a stored record could not be applied; refusing pushes until restarted");
+                inner.apply_failed.store(true, Ordering::Relaxed);
+                inner.metrics.refused("apply_failed");
+                Err(err.into())
+            }
+            Err(err) => {
+                inner.metrics.refused("wal");
+                Err(err.into())
+            }
         }
-        Ok(())
     }
 
     fn admit_series(&self, tenant: &str, prepared: &[Prepared]) -> Result<(), PushError> {
@@ -473,10 +479,15 @@ impl Ingester {
         })
     }
 
-    /// Refuses work when head memory is at the ceiling: checked before a
-    /// push is decoded, and again before it is stored.
-    pub fn check_memory(&self) -> Result<(), PushError> {
+    /// Refuses work when head memory is at the ceiling (or the ingester
+    /// failed): checked before a push is decoded, and again before it is
+    /// stored.
+    pub fn check_accepting(&self) -> Result<(), PushError> {
         let inner = &self.inner;
+        if self.has_failed() {
+            inner.metrics.refused("apply_failed");
+            return Err(PushError::Failed);
+        }
         let used = inner.head_bytes.load(Ordering::Relaxed);
         if used >= inner.config.max_head_memory_bytes {
             inner.metrics.refused("memory_limit");
@@ -486,6 +497,12 @@ impl Ingester {
             });
         }
         Ok(())
+    }
+
+    /// Whether a stored record could not be applied; the ingester then
+    /// needs a restart (readiness fails).
+    pub fn has_failed(&self) -> bool {
+        self.inner.apply_failed.load(Ordering::Relaxed)
     }
 
     /// Memory of the heads and the delta state of all tenants, in bytes.
@@ -776,6 +793,62 @@ impl Inner {
 
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
         self.config.data_dir.join(SNAPSHOTS_DIR)
+    }
+
+    /// Loads the delta state the WAL's oldest segment started with;
+    /// returns the segment replay starts at when that is not the oldest.
+    /// Trimming leaves the oldest segment with its snapshot (or the WAL's
+    /// first segment, which starts empty); a trim cut short by a crash can
+    /// leave older segments, whose records are all in blocks: replay then
+    /// starts at the oldest snapshot after them.
+    fn restore_delta_state(&self, first: Option<SegmentId>) -> Option<SegmentId> {
+        let first = first?;
+        let dir = self.snapshots_dir();
+        let saved = match snapshots::list(&dir) {
+            Ok(saved) => saved,
+            Err(err) => {
+                warn!(dir = %dir.display(), error = %err, "cannot list the delta state snapshots; cumulative series start from a new baseline");
+                return None;
+            }
+        };
+        let start = if saved.contains(&first) || first == SegmentId(1) {
+            first
+        } else if let Some(&later) = saved.iter().find(|segment| **segment > first) {
+            info!(from = %first, to = %later, "finishing a WAL trim that was cut short");
+            later
+        } else {
+            warn!(segment = %first, "no delta state saved for the oldest WAL segment; cumulative series start from a new baseline");
+            return None;
+        };
+        match snapshots::load(&dir, start) {
+            Ok(snapshot) => {
+                for tenant in snapshot.map(|snapshot| snapshot.tenants).unwrap_or_default() {
+                    let state = self.tenant(&tenant.tenant);
+                    *state.delta() = DeltaState::from_snapshot(tenant);
+                }
+            }
+            Err(err) => {
+                warn!(segment = %start, error = %err, "cannot read the delta state; cumulative series start from a new baseline")
+            }
+        }
+        Some(start)
+    }
+
+    /// Sets the memory figure from the heads and delta states themselves.
+    fn recount_memory(&self) {
+        let mut bytes = 0;
+        for (_, state) in self.all_tenants() {
+            bytes += state.delta().bytes();
+            let data = state.data();
+            bytes += data
+                .live
+                .values()
+                .chain(&data.flushing)
+                .map(|head| head.bytes())
+                .sum::<usize>();
+        }
+        self.head_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics.set_head_bytes(bytes);
     }
 
     pub(crate) fn update_block_gauge(&self) {

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use flamedb_storage::block::TEMP_SUFFIX;
 use flamedb_storage::{Block, BlockError};
@@ -85,17 +85,23 @@ impl FlushNote {
 pub(crate) struct LocalBlock {
     pub block: Block,
     pub note: FlushNote,
-    uploaded: AtomicBool,
+    /// When it was uploaded (ms since the epoch); 0 while it is not.
+    uploaded_at_ms: AtomicI64,
     delete_when_dropped: AtomicBool,
 }
 
 impl LocalBlock {
     pub(crate) fn new(block: Block, note: FlushNote) -> Self {
-        let uploaded = block.dir().join(UPLOADED_MARKER).exists();
+        // The marker's modification time is when the upload was recorded.
+        let uploaded_at_ms = fs::metadata(block.dir().join(UPLOADED_MARKER))
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX).max(1));
         Self {
             block,
             note,
-            uploaded: AtomicBool::new(uploaded),
+            uploaded_at_ms: AtomicI64::new(uploaded_at_ms),
             delete_when_dropped: AtomicBool::new(false),
         }
     }
@@ -106,7 +112,12 @@ impl LocalBlock {
     }
 
     pub(crate) fn is_uploaded(&self) -> bool {
-        self.uploaded.load(Ordering::Relaxed)
+        self.uploaded_at_ms() != 0
+    }
+
+    /// When it was uploaded (ms since the epoch); 0 while it is not.
+    pub(crate) fn uploaded_at_ms(&self) -> i64 {
+        self.uploaded_at_ms.load(Ordering::Relaxed)
     }
 
     /// Records (durably) that the block is in object storage. Blocking
@@ -115,19 +126,26 @@ impl LocalBlock {
         let marker = self.block.dir().join(UPLOADED_MARKER);
         fs::File::create(&marker)?.sync_all()?;
         fs::File::open(self.block.dir())?.sync_all()?;
-        self.uploaded.store(true, Ordering::Relaxed);
+        let now_ms = flamedb_model::now_nanos() / 1_000_000;
+        self.uploaded_at_ms.store(now_ms.max(1), Ordering::Relaxed);
         Ok(())
     }
 }
 
 impl Drop for LocalBlock {
     fn drop(&mut self) {
-        if self.delete_when_dropped.load(Ordering::Relaxed) {
-            let dir = self.block.dir();
-            match fs::remove_dir_all(dir) {
-                Ok(()) => tracing::debug!(block = %self.block.meta().id, "local block files removed"),
-                Err(err) => error!(dir = %dir.display(), error = %err, "cannot delete a local block"),
-            }
+        if !self.delete_when_dropped.load(Ordering::Relaxed) {
+            return;
+        }
+        // Renamed first: a crash midway leaves a `.tmp` directory, which
+        // the next start removes, never a block with files missing.
+        let dir = self.block.dir();
+        let mut doomed = dir.as_os_str().to_owned();
+        doomed.push(TEMP_SUFFIX);
+        let removed = fs::rename(dir, &doomed).and_then(|()| fs::remove_dir_all(&doomed));
+        match removed {
+            Ok(()) => tracing::debug!(block = %self.block.meta().id, "local block files removed"),
+            Err(err) => error!(dir = %dir.display(), error = %err, "cannot delete a local block"),
         }
     }
 }

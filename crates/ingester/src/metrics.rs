@@ -81,7 +81,7 @@ impl IngesterMetrics {
         );
         registry.register(
             "flamedb_ingester_pushes_refused",
-            "Pushes refused by the ingester, by reason (memory_limit, series_limit, wal)",
+            "Pushes refused by the ingester, by reason (memory_limit, series_limit, wal, apply_failed)",
             metrics.refused.clone(),
         );
         registry.register(

@@ -88,7 +88,7 @@ async fn flush_endpoint(axum::extract::State(ingester): axum::extract::State<Ing
 
 fn flush_error(err: FlushError) -> RpcError {
     let code = match err {
-        FlushError::Stopped => ErrorCode::Unavailable,
+        FlushError::Stopped | FlushError::Failed => ErrorCode::Unavailable,
         FlushError::Block { .. } | FlushError::Wal(_) | FlushError::Snapshots { .. } => ErrorCode::Internal,
     };
     RpcError::new(code, err.to_string())
@@ -98,6 +98,7 @@ fn push_error(err: PushError) -> RpcError {
     let code = match &err {
         PushError::MemoryLimit { .. } | PushError::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
         PushError::MissingName { .. } => ErrorCode::InvalidArgument,
+        PushError::Failed => ErrorCode::Unavailable,
         PushError::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
         // Durable, but not applied: the next start replays it.
         PushError::Wal(WalError::Applying { .. }) => ErrorCode::Internal,
@@ -114,7 +115,7 @@ fn query_error(err: QueryError) -> RpcError {
 async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
     // Refuse before decoding anything when memory is at the ceiling.
-    ingester.check_memory().map_err(push_error)?;
+    ingester.check_accepting().map_err(push_error)?;
     let mut profiles = Vec::new();
     let mut budget = MAX_DECODED_PUSH_BYTES;
     for series in request.series {

@@ -123,17 +123,20 @@ impl Inner {
     /// queryable set at once; its files go when the last query using it
     /// is done.
     pub(crate) fn enforce_retention(&self) {
-        let now_ms = u64::try_from(flamedb_model::now_nanos() / 1_000_000).unwrap_or(0);
-        let retention_ms = u64::try_from(self.config.local_retention.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = flamedb_model::now_nanos() / 1_000_000;
+        let retention_ms = i64::try_from(self.config.local_retention.as_millis()).unwrap_or(i64::MAX);
         let kept_from = self.wal_kept_from.load(Ordering::Relaxed);
         // Deletable: uploaded, and no WAL segment left holds its records.
         let deletable = self.blocks_where(|block| block.is_uploaded() && block.note.last.segment < kept_from);
-        let mut deletable = deletable.into_iter().peekable();
-        while let Some((tenant, block)) =
-            deletable.next_if(|(_, block)| now_ms.saturating_sub(block.block.meta().id.timestamp_ms()) >= retention_ms)
-        {
-            self.delete_block(&tenant, &block, "retention");
+        let mut kept = Vec::new();
+        for (tenant, block) in deletable {
+            if now_ms.saturating_sub(block.uploaded_at_ms()) >= retention_ms {
+                self.delete_block(&tenant, &block, "retention");
+            } else {
+                kept.push((tenant, block));
+            }
         }
+        let mut deletable = kept.into_iter();
         let mut low = self.disk_is_low();
         while low && let Some((tenant, block)) = deletable.next() {
             self.delete_block(&tenant, &block, "disk_low");

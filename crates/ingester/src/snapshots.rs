@@ -63,13 +63,28 @@ pub(crate) fn load(dir: &Path, segment: SegmentId) -> io::Result<Option<DeltaSna
     }
 }
 
-/// Deletes the snapshots of segments before `segment`.
-pub(crate) fn remove_before(dir: &Path, segment: SegmentId) -> io::Result<()> {
-    for older in list(dir)?.into_iter().filter(|older| *older < segment) {
-        match fs::remove_file(path(dir, older)) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
+/// Deletes the snapshots of segments outside `keep` (and any left half
+/// written by a crash).
+pub(crate) fn prune(dir: &Path, keep: std::ops::Range<SegmentId>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = match name.strip_suffix(SUFFIX).map(str::parse::<u64>) {
+            Some(Ok(segment)) => !keep.contains(&SegmentId(segment)),
+            _ => name.ends_with(".tmp"),
+        };
+        if stale {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
         }
     }
     Ok(())

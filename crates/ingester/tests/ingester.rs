@@ -553,6 +553,45 @@ fn alloc_profile(time_ms: i64, value: i64) -> IncomingProfile {
 }
 
 #[tokio::test]
+async fn test_a_trim_cut_short_by_a_crash_is_finished_at_start() {
+    let context = TestContext::new();
+    let ingester = context.start();
+    let alloc = ProfileQuery {
+        profile_type: "memory:alloc_space:bytes::".to_owned(),
+        ..cpu_query("{}")
+    };
+    // A first flush and trim: the WAL no longer starts at segment 1.
+    ingester.push("t", vec![incoming("api", 1, 500, 1)]).await.unwrap();
+    ingester.flush().await.unwrap();
+    ingester.push("t", vec![alloc_profile(1_000, 100)]).await.unwrap();
+    ingester.push("t", vec![alloc_profile(2_000, 130)]).await.unwrap();
+    let wal_dir = context.dir.path().join("wal");
+    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    ingester.flush().await.unwrap();
+    ingester.push("t", vec![alloc_profile(3_000, 170)]).await.unwrap();
+    drop(ingester);
+    // As if the trim had died before deleting the old segments: they are
+    // back, without a delta snapshot of their own.
+    for (path, bytes) in &saved {
+        if !path.exists() {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    let (restarted, report) = context.start_reporting();
+    // The old segments are skipped (a block holds them); the 170 is still
+    // 40 more than the 130 before it.
+    assert_eq!((report.profiles, report.profiles_in_blocks), (1, 0));
+    assert_eq!(restarted.merge("t", &alloc, None).unwrap().total(), 30 + 40);
+}
+
+#[tokio::test]
 async fn test_cumulative_series_keep_their_deltas_across_a_restart() {
     let context = TestContext::new();
     let ingester = context.start();

@@ -14,6 +14,7 @@ use flamedb_storage::{Bucket, BucketConfig, S3Config};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, StorageBackend};
+use crate::membership::ReadinessCheck;
 
 /// Largest ingester request (a distributor's batch of profiles).
 const MAX_PUSH_BYTES: usize = 64 << 20;
@@ -59,6 +60,16 @@ impl IngesterModule {
     /// Lets the series limit see the ring.
     pub fn set_ring(&self, ring: RingClient) {
         let _ = self.ring.set(ring);
+    }
+
+    /// Not ready once the ingester could not apply a record it stored (it
+    /// then refuses pushes until restarted).
+    pub fn readiness_check(&self) -> ReadinessCheck {
+        let ingester = self.ingester.clone();
+        (
+            "the ingester could not apply a record it stored; restart it to replay the WAL",
+            Box::new(move || !ingester.has_failed()),
+        )
     }
 
     pub fn routes(&self, config: &Config) -> axum::Router {

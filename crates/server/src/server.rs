@@ -63,9 +63,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config));
 
     let grace = config.server.graceful_shutdown_timeout;
+    let mut checks = membership.readiness_checks();
+    if let Some(module) = &ingester {
+        checks.push(module.readiness_check());
+    }
     let status = Arc::new(StatusState {
         readiness: readiness.clone(),
-        checks: membership.readiness_checks(),
+        checks,
         registry,
         config,
     });

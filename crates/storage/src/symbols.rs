@@ -262,7 +262,8 @@ impl Symbols {
     }
 
     /// A hash of what a stack says (function names, files, lines), the
-    /// same in every head: the key of server-side delta computation.
+    /// same in every head: the key of server-side delta computation. It is
+    /// kept in delta state snapshots, so its recipe must not change.
     pub fn stack_hash(&self, stack: u32) -> u64 {
         let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
         self.walk(stack, |location| {

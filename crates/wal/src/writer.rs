@@ -64,7 +64,7 @@ pub enum WalError {
     RecordTooLarge { size: usize, limit: usize },
     #[error("WAL: closed")]
     Closed,
-    #[error("WAL: the record is durable but applying it failed: {message}")]
+    #[error("WAL: the record is durable but could not be applied ({message}); it is applied when the WAL is replayed")]
     Applying { message: String },
 }
 
@@ -433,6 +433,17 @@ fn run(
         while let Some(request) = next.take().or_else(|| requests.try_recv().ok()) {
             match request {
                 Request::Append { payload, then, reply } => {
+                    // Never write after a failed write that may have left
+                    // bytes behind: start a new segment first, or refuse.
+                    if broken {
+                        match rotate(&dir, &mut writer, counters) {
+                            Ok(_) => broken = false,
+                            Err(err) => {
+                                let _ = reply.send(Err(err));
+                                continue;
+                            }
+                        }
+                    }
                     let position = Position {
                         segment: writer.id,
                         offset: writer.durable_len + buffer.len() as u64,
