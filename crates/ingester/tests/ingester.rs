@@ -295,6 +295,33 @@ async fn test_torn_wal_tail_after_a_crash_is_repaired() {
     assert_eq!(total(&restarted, "t"), 7);
 }
 
+/// A copy of the WAL's segments, to put back the ones a trim deleted (as
+/// if the process had died before the trim).
+struct WalCopy(Vec<(PathBuf, Vec<u8>)>);
+
+impl WalCopy {
+    fn take(wal_dir: &Path) -> Self {
+        Self(
+            std::fs::read_dir(wal_dir)
+                .unwrap()
+                .map(|entry| {
+                    let path = entry.unwrap().path();
+                    let bytes = std::fs::read(&path).unwrap();
+                    (path, bytes)
+                })
+                .collect(),
+        )
+    }
+
+    fn put_back_missing(&self) {
+        for (path, bytes) in &self.0 {
+            if !path.exists() {
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
+    }
+}
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)
 }
@@ -419,24 +446,12 @@ async fn test_records_already_in_blocks_are_not_replayed_twice() {
     let ingester = context.start();
     ingester.push("t", vec![incoming("api", 1, 1_000, 5)]).await.unwrap();
     // Keep the segments the flush is about to trim.
-    let wal_dir = context.dir.path().join("wal");
-    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
-        .collect();
+    let saved = WalCopy::take(&context.dir.path().join("wal"));
     assert!(ingester.flush().await.unwrap().wal_segments_removed >= 1);
     ingester.push("t", vec![incoming("api", 2, 2_000, 7)]).await.unwrap();
     drop(ingester);
     // As if the process died between writing the block and trimming.
-    for (path, bytes) in &saved {
-        if !path.exists() {
-            std::fs::write(path, bytes).unwrap();
-        }
-    }
+    saved.put_back_missing();
     let (restarted, report) = context.start_reporting();
     assert_eq!((report.profiles, report.profiles_in_blocks), (1, 1));
     assert_eq!(total(&restarted, "t"), 12);
@@ -565,25 +580,13 @@ async fn test_a_trim_cut_short_by_a_crash_is_finished_at_start() {
     ingester.flush().await.unwrap();
     ingester.push("t", vec![alloc_profile(1_000, 100)]).await.unwrap();
     ingester.push("t", vec![alloc_profile(2_000, 130)]).await.unwrap();
-    let wal_dir = context.dir.path().join("wal");
-    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
-        .collect();
+    let saved = WalCopy::take(&context.dir.path().join("wal"));
     ingester.flush().await.unwrap();
     ingester.push("t", vec![alloc_profile(3_000, 170)]).await.unwrap();
     drop(ingester);
     // As if the trim had died before deleting the old segments: they are
     // back, without a delta snapshot of their own.
-    for (path, bytes) in &saved {
-        if !path.exists() {
-            std::fs::write(path, bytes).unwrap();
-        }
-    }
+    saved.put_back_missing();
     let (restarted, report) = context.start_reporting();
     // The old segments are skipped (a block holds them); the 170 is still
     // 40 more than the 130 before it.

@@ -424,8 +424,7 @@ fn run(
     completions: &Completions,
     counters: &Counters,
 ) {
-    let mut buffer = Vec::new();
-    let mut appends: Vec<Pending> = Vec::new();
+    let mut batch = Batch::default();
     let mut broken = false;
     while let Some(first) = requests.blocking_recv() {
         let mut next = Some(first);
@@ -446,26 +445,19 @@ fn run(
                     }
                     let position = Position {
                         segment: writer.id,
-                        offset: writer.durable_len + buffer.len() as u64,
+                        offset: writer.durable_len + batch.buffer.len() as u64,
                     };
-                    record::encode(&payload, &mut buffer);
-                    appends.push((then, position, reply));
+                    record::encode(&payload, &mut batch.buffer);
+                    batch.appends.push((then, position, reply));
                     counters
                         .bytes
                         .fetch_add(record::framed_len(&payload), Ordering::Relaxed);
-                    if buffer.len() as u64 >= segment_bytes {
+                    if batch.buffer.len() as u64 >= segment_bytes {
                         break;
                     }
                 }
                 Request::Rotate { then, reply } => {
-                    commit(
-                        &mut writer,
-                        &mut buffer,
-                        &mut appends,
-                        completions,
-                        counters,
-                        &mut broken,
-                    );
+                    broken |= batch.commit(&mut writer, completions, counters);
                     let rotated = rotate(&dir, &mut writer, counters);
                     broken = broken && rotated.is_err();
                     if let Err(std::sync::mpsc::SendError(Done::Rotated(_, reply, _))) =
@@ -478,14 +470,7 @@ fn run(
                     let _ = reply.send(remove_before(&dir, segment.min(writer.id)));
                 }
                 Request::Barrier { then, reply } => {
-                    commit(
-                        &mut writer,
-                        &mut buffer,
-                        &mut appends,
-                        completions,
-                        counters,
-                        &mut broken,
-                    );
+                    broken |= batch.commit(&mut writer, completions, counters);
                     if let Err(std::sync::mpsc::SendError(Done::Barrier(_, reply))) =
                         completions.send(Done::Barrier(then, reply))
                     {
@@ -494,14 +479,7 @@ fn run(
                 }
             }
         }
-        commit(
-            &mut writer,
-            &mut buffer,
-            &mut appends,
-            completions,
-            counters,
-            &mut broken,
-        );
+        broken |= batch.commit(&mut writer, completions, counters);
         if writer.durable_len >= segment_bytes || broken {
             match rotate(&dir, &mut writer, counters) {
                 Ok(_) => broken = false,
@@ -512,43 +490,47 @@ fn run(
     let _ = writer.file.sync_all();
 }
 
-/// Writes the buffered records durably; hands them to the completion
-/// thread in order, or answers them with the error.
-fn commit(
-    writer: &mut SegmentWriter,
-    buffer: &mut Vec<u8>,
-    appends: &mut Vec<Pending>,
-    completions: &Completions,
-    counters: &Counters,
-    broken: &mut bool,
-) {
-    if appends.is_empty() {
-        return;
-    }
-    let result = writer.write_durably(buffer);
-    buffer.clear();
-    counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-    match result {
-        Ok(()) => {
-            counters.records.fetch_add(appends.len() as u64, Ordering::Relaxed);
-            for pending in appends.drain(..) {
-                // Without the completion thread the record cannot be
-                // applied: not an acknowledgement (it is replayed at the
-                // next start).
-                if let Err(std::sync::mpsc::SendError(Done::Appended((_, _, reply)))) =
-                    completions.send(Done::Appended(pending))
-                {
-                    let _ = reply.send(Err(WalError::Closed));
-                }
-            }
+/// Records encoded but not yet written, and who waits for them.
+#[derive(Default)]
+struct Batch {
+    buffer: Vec<u8>,
+    appends: Vec<Pending>,
+}
+
+impl Batch {
+    /// Writes the buffered records durably and hands them to the completion
+    /// thread in order, or answers them with the error; returns whether the
+    /// write failed.
+    fn commit(&mut self, writer: &mut SegmentWriter, completions: &Completions, counters: &Counters) -> bool {
+        if self.appends.is_empty() {
+            return false;
         }
-        Err(err) => {
-            *broken = true;
-            counters
-                .failed_writes
-                .fetch_add(appends.len() as u64, Ordering::Relaxed);
-            for (_, _, reply) in appends.drain(..) {
-                let _ = reply.send(Err(err.clone()));
+        let result = writer.write_durably(&self.buffer);
+        self.buffer.clear();
+        counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                counters.records.fetch_add(self.appends.len() as u64, Ordering::Relaxed);
+                for pending in self.appends.drain(..) {
+                    // Without the completion thread the record cannot be
+                    // applied: not an acknowledgement (it is replayed at
+                    // the next start).
+                    if let Err(std::sync::mpsc::SendError(Done::Appended((_, _, reply)))) =
+                        completions.send(Done::Appended(pending))
+                    {
+                        let _ = reply.send(Err(WalError::Closed));
+                    }
+                }
+                false
+            }
+            Err(err) => {
+                counters
+                    .failed_writes
+                    .fetch_add(self.appends.len() as u64, Ordering::Relaxed);
+                for (_, _, reply) in self.appends.drain(..) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                true
             }
         }
     }

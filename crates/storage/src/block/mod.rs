@@ -129,7 +129,7 @@ pub fn write_block(
 
     let mut files = Vec::new();
     let profiles_path = temp.join(profiles::FILE);
-    let profiles_file = profiles::write(
+    let table = profiles::write(
         &profiles_path,
         order
             .iter()
@@ -142,10 +142,12 @@ pub fn write_block(
         },
         other => BlockError::corrupt(&profiles_path, other.to_string()),
     })?;
-    profiles_file
-        .sync_all()
-        .map_err(BlockError::io("sync", &profiles_path))?;
-    files.push(describe(&temp, profiles::FILE)?);
+    table.file.sync_all().map_err(BlockError::io("sync", &profiles_path))?;
+    files.push(BlockFile {
+        rel_path: profiles::FILE.to_owned(),
+        size_bytes: table.len,
+        crc32: table.hasher.finalize(),
+    });
 
     let mut row_counts = vec![0u32; series_order.len()];
     let mut samples = 0u64;
@@ -241,16 +243,6 @@ fn write_compressed(dir: &Path, name: &str, bytes: &[u8]) -> Result<BlockFile, B
         rel_path: name.to_owned(),
         size_bytes: compressed.len() as u64,
         crc32: crc32fast::hash(&compressed),
-    })
-}
-
-fn describe(dir: &Path, name: &str) -> Result<BlockFile, BlockError> {
-    let path = dir.join(name);
-    let bytes = fs::read(&path).map_err(BlockError::io("read", &path))?;
-    Ok(BlockFile {
-        rel_path: name.to_owned(),
-        size_bytes: bytes.len() as u64,
-        crc32: crc32fast::hash(&bytes),
     })
 }
 

@@ -120,12 +120,37 @@ impl Columns {
     }
 }
 
-/// Writes `rows` (block series id, row), already in table order, to `path`.
+/// A file being written, with the CRC-32 and length of what went in.
+pub(crate) struct Checksummed {
+    pub file: File,
+    pub hasher: crc32fast::Hasher,
+    pub len: u64,
+}
+
+impl std::io::Write for Checksummed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes `rows` (block series id, row), already in table order, to `path`;
+/// returns the file with the checksum of its bytes.
 pub(crate) fn write<'a>(
     path: &Path,
     rows: impl Iterator<Item = (u32, &'a ProfileRow)>,
-) -> Result<File, parquet::errors::ParquetError> {
-    let file = File::create(path)?;
+) -> Result<Checksummed, parquet::errors::ParquetError> {
+    let file = Checksummed {
+        file: File::create(path)?,
+        hasher: crc32fast::Hasher::new(),
+        len: 0,
+    };
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
