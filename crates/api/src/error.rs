@@ -8,7 +8,9 @@ use serde::Serialize;
 
 /// The outcome class of a failed call. The names and HTTP statuses are the
 /// Connect protocol's (the same as connect-go's), plus `PayloadTooLarge`
-/// for bodies over a size limit (Connect `resource_exhausted`, HTTP 413).
+/// for bodies over a size limit (Connect `resource_exhausted`, HTTP 413)
+/// and `UnprocessableEntity` for a legacy `/ingest` pprof that fails
+/// validation (Connect `invalid_argument`, HTTP 422, as Pyroscope answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     Canceled,
@@ -28,6 +30,7 @@ pub enum ErrorCode {
     DataLoss,
     Unauthenticated,
     PayloadTooLarge,
+    UnprocessableEntity,
 }
 
 impl ErrorCode {
@@ -36,7 +39,7 @@ impl ErrorCode {
         match self {
             Self::Canceled => "canceled",
             Self::Unknown => "unknown",
-            Self::InvalidArgument => "invalid_argument",
+            Self::InvalidArgument | Self::UnprocessableEntity => "invalid_argument",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::NotFound => "not_found",
             Self::AlreadyExists => "already_exists",
@@ -68,6 +71,7 @@ impl ErrorCode {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -76,7 +80,7 @@ impl ErrorCode {
         match self {
             Self::Canceled => 1,
             Self::Unknown => 2,
-            Self::InvalidArgument => 3,
+            Self::InvalidArgument | Self::UnprocessableEntity => 3,
             Self::DeadlineExceeded => 4,
             Self::NotFound => 5,
             Self::AlreadyExists => 6,
@@ -181,7 +185,7 @@ impl IntoResponse for RpcError {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 17] = [
+    const ALL: [ErrorCode; 18] = [
         ErrorCode::Canceled,
         ErrorCode::Unknown,
         ErrorCode::InvalidArgument,
@@ -199,12 +203,13 @@ mod tests {
         ErrorCode::DataLoss,
         ErrorCode::Unauthenticated,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::UnprocessableEntity,
     ];
 
     #[test]
     fn test_connect_http_mapping_matches_connect_go() {
         let expected = [
-            499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401, 413,
+            499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401, 413, 422,
         ];
         for (code, status) in ALL.iter().zip(expected) {
             assert_eq!(code.http_status().as_u16(), status, "{code:?}");
@@ -215,10 +220,10 @@ mod tests {
     fn test_grpc_codes_round_trip() {
         for code in ALL {
             let back = ErrorCode::from_grpc_code(code.grpc_code());
-            let expected = if code == ErrorCode::PayloadTooLarge {
-                ErrorCode::ResourceExhausted
-            } else {
-                code
+            let expected = match code {
+                ErrorCode::PayloadTooLarge => ErrorCode::ResourceExhausted,
+                ErrorCode::UnprocessableEntity => ErrorCode::InvalidArgument,
+                code => code,
             };
             assert_eq!(back, expected);
         }

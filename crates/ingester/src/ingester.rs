@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use flamedb_api::ErrorCode;
 use flamedb_model::pprof::Profile;
-use flamedb_model::{Labels, Limits, ProfileId, ProfileType, Selector, Tree, now_nanos, typed_series};
+use flamedb_model::{Labels, ProfileId, ProfileType, Selector, TenantLimits, Tree, now_nanos, typed_series};
 use flamedb_wal::{Position, ReplayStats, SegmentId, Wal, WalConfig, WalError};
 use prost::Message;
 use tracing::{error, info, warn};
@@ -86,8 +87,6 @@ impl IngesterConfig {
     }
 }
 
-/// The limits of each tenant.
-pub type TenantLimits = Arc<dyn Fn(&str) -> Arc<Limits> + Send + Sync>;
 /// How many ingesters share the series, for global limits.
 pub type ShareOfCluster = Arc<dyn Fn() -> ClusterShare + Send + Sync>;
 
@@ -128,6 +127,23 @@ pub enum PushError {
         "this ingester could not apply a record it had stored and takes no pushes until it is restarted (which replays the record)"
     )]
     Failed,
+}
+
+impl PushError {
+    /// How callers see the refusal: 429 for limits (retry later), 503
+    /// when the WAL cannot take writes now.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::MemoryLimit { .. } | Self::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
+            Self::MissingName { .. } => ErrorCode::InvalidArgument,
+            Self::Failed => ErrorCode::Unavailable,
+            Self::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
+            // Durable, but not applied: the next start replays it.
+            Self::Wal(WalError::Applying { .. }) => ErrorCode::Internal,
+            // Cannot be made durable now (disk full, I/O error, stopping).
+            Self::Wal(WalError::Io { .. } | WalError::Closed) => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// Why the ingester could not start.

@@ -29,7 +29,7 @@ pub use flamedb_storage::{ProfileKey, ProfileQuery, SelectedProfile, TimeRange};
 pub use flush::{FlushError, FlushReport};
 pub use ingester::{
     IncomingProfile, Ingester, IngesterConfig, PushError, QueryError, ReplayReport, ShareOfCluster, ShutdownError,
-    StartError, TenantLimits,
+    StartError,
 };
 pub use limiter::{ClusterShare, SeriesLimit};
 pub use metrics::IngesterMetrics;

@@ -16,8 +16,6 @@ use flamedb_model::gzip::GzipError;
 use flamedb_model::{Labels, ProfileId, Selector, parse_selector};
 use flamedb_storage::{ProfileKey, ProfileQuery, TimeRange};
 
-use flamedb_wal::WalError;
-
 use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
 
 const SERVICE: &str = "/ingester.v1.IngesterService";
@@ -95,17 +93,7 @@ fn flush_error(err: FlushError) -> RpcError {
 }
 
 fn push_error(err: PushError) -> RpcError {
-    let code = match &err {
-        PushError::MemoryLimit { .. } | PushError::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
-        PushError::MissingName { .. } => ErrorCode::InvalidArgument,
-        PushError::Failed => ErrorCode::Unavailable,
-        PushError::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
-        // Durable, but not applied: the next start replays it.
-        PushError::Wal(WalError::Applying { .. }) => ErrorCode::Internal,
-        // Cannot be made durable now (disk full, I/O error, stopping).
-        PushError::Wal(WalError::Io { .. } | WalError::Closed) => ErrorCode::Unavailable,
-    };
-    RpcError::new(code, err.to_string())
+    RpcError::new(err.code(), err.to_string())
 }
 
 fn query_error(err: QueryError) -> RpcError {

@@ -5,7 +5,7 @@
 use crate::labels::{Labels, SERVICE_NAME, UNKNOWN_SERVICE};
 use crate::limits::Limits;
 use crate::normalize::normalize;
-use crate::pprof;
+use crate::pprof::{self, Profile};
 use crate::split::{SeriesProfile, split_by_sample_labels};
 use crate::validate::{ValidationError, validate_labels, validate_profile};
 
@@ -18,10 +18,20 @@ pub fn prepare_profile(
     limits: &Limits,
     now_nanos: i64,
 ) -> Result<Vec<SeriesProfile>, ValidationError> {
+    let profile = pprof::decode(raw, limits.max_profile_size_bytes)
+        .map_err(|source| ValidationError::from_decode(labels, source))?;
+    prepare_decoded(profile, labels, limits, now_nanos)
+}
+
+/// [`prepare_profile`] for a profile already decoded (and size-checked).
+pub fn prepare_decoded(
+    mut profile: Profile,
+    labels: &Labels,
+    limits: &Limits,
+    now_nanos: i64,
+) -> Result<Vec<SeriesProfile>, ValidationError> {
     let mut labels = labels.clone();
     labels.set_if_absent(SERVICE_NAME, UNKNOWN_SERVICE);
-    let mut profile = pprof::decode(raw, limits.max_profile_size_bytes)
-        .map_err(|source| ValidationError::from_decode(&labels, source))?;
     validate_profile(&mut profile, &labels, limits, now_nanos)?;
     normalize(&mut profile, now_nanos);
     if profile.sample.is_empty() {

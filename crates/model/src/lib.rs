@@ -32,14 +32,14 @@ mod symbols;
 mod tree;
 mod validate;
 
-pub use ingest::prepare_profile;
+pub use ingest::{prepare_decoded, prepare_profile};
 pub use ingest_name::{IngestName, IngestNameError, parse_ingest_name};
 pub use labels::{
     DELTA, Label, Labels, METRIC_NAME, ORDER, OTEL, PERIOD_TYPE, PERIOD_UNIT, PRIVATE_SERVICE_NAME, PROFILE_ID,
     PROFILE_TYPE, SAMPLE_TYPE, SAMPLE_UNIT, SERVICE_NAME, SESSION_ID, SPAN_ID, TRACE_ID, UNKNOWN_SERVICE,
     is_legacy_label_name,
 };
-pub use limits::Limits;
+pub use limits::{Limits, TenantLimits};
 pub use normalize::normalize;
 pub use profile_id::{ProfileId, ProfileIdError};
 pub use profile_type::{ProfileType, ProfileTypeError, TypedSeries, typed_series};

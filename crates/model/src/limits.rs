@@ -2,15 +2,29 @@
 //! validated against, and how many series a tenant may keep active. Names
 //! and defaults follow Pyroscope's `limits` block.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The limits of a tenant: the defaults with the tenant's overrides.
+pub type TenantLimits = Arc<dyn Fn(&str) -> Arc<Limits> + Send + Sync>;
+
 /// Per-tenant limits; a count or size of `0` means "no limit", a duration
 /// of `0s` turns that window check off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Ingestion rate of the tenant in MiB/s of uncompressed profiles
+    /// (labels included), shared by all distributors: each takes an equal
+    /// part. `0` means no limit.
+    pub ingestion_rate_mb: f64,
+    /// Burst of the rate limit in MiB, per distributor; a single profile
+    /// larger than this is always refused.
+    pub ingestion_burst_size_mb: f64,
+    /// Largest request body in MiB, both as sent and after decompression
+    /// of its profiles. `0` means no limit.
+    pub ingestion_body_limit_mb: f64,
     /// Longest label name, in bytes.
     pub max_label_name_length: usize,
     /// Longest label value, in bytes.
@@ -47,6 +61,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            ingestion_rate_mb: 4.0,
+            ingestion_burst_size_mb: 2.0,
+            ingestion_body_limit_mb: 256.0,
             max_label_name_length: 1024,
             max_label_value_length: 2048,
             max_label_names_per_series: 30,
@@ -69,6 +86,9 @@ impl Limits {
     /// tools and tests that read old recordings.
     pub fn unlimited() -> Self {
         Self {
+            ingestion_rate_mb: 0.0,
+            ingestion_burst_size_mb: 0.0,
+            ingestion_body_limit_mb: 0.0,
             max_label_name_length: 0,
             max_label_value_length: 0,
             max_label_names_per_series: 0,
@@ -82,6 +102,20 @@ impl Limits {
             disable_label_sanitization: true,
             max_local_series_per_tenant: 0,
             max_global_series_per_tenant: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// The body limit in bytes; `usize::MAX` when there is none.
+    pub fn ingestion_body_limit_bytes(&self) -> usize {
+        let mb = self.ingestion_body_limit_mb;
+        if mb > 0.0 {
+            // Saturating float-to-int conversion: huge values become
+            // usize::MAX.
+            (mb * 1_048_576.0) as usize
+        } else {
+            usize::MAX
         }
     }
 }

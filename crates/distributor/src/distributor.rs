@@ -1,0 +1,290 @@
+//! The distributor's push pipeline: rate limit, prepare, give IDs and
+//! replicate each batch of decoded profiles.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flamedb_api::{ErrorCode, RpcError};
+use flamedb_model::{Limits, ProfileId, TenantLimits, now_nanos, prepare_decoded};
+use flamedb_ring::RingClient;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::batch::{PushBatch, Rejection};
+use crate::metrics::DistributorMetrics;
+use crate::rate_limit::RateLimiter;
+use crate::replication::{IngesterPool, ReplicatedProfile, replicate};
+
+/// Most problems listed in one error message.
+const LISTED_PROBLEMS: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct DistributorConfig {
+    /// How long one push to an ingester may take.
+    pub push_timeout: Duration,
+}
+
+impl Default for DistributorConfig {
+    fn default() -> Self {
+        Self {
+            push_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a successful push stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushReport {
+    /// Series-profiles written to a quorum of their replicas.
+    pub stored: usize,
+}
+
+/// Why a push was not (wholly) stored: the code of the most pressing
+/// problem and every problem in the message. Profiles not named in it
+/// were stored, unless the replicas failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PushError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<PushError> for RpcError {
+    fn from(err: PushError) -> Self {
+        RpcError::new(err.code, err.message)
+    }
+}
+
+/// Takes pushes; cheap to clone.
+#[derive(Clone)]
+pub struct Distributor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: DistributorConfig,
+    limits: TenantLimits,
+    rate: RateLimiter,
+    ring: RingClient,
+    pool: Arc<dyn IngesterPool>,
+    metrics: DistributorMetrics,
+    /// Pushes to ingesters still running after their caller was answered.
+    stragglers: TaskTracker,
+}
+
+impl std::fmt::Debug for Distributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributor")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Distributor {
+    pub fn new(
+        config: DistributorConfig,
+        limits: TenantLimits,
+        rate: RateLimiter,
+        ring: RingClient,
+        pool: Arc<dyn IngesterPool>,
+        metrics: DistributorMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                limits,
+                rate,
+                ring,
+                pool,
+                metrics,
+                stragglers: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The limits of `tenant` now.
+    pub fn limits(&self, tenant: &str) -> Arc<Limits> {
+        (self.inner.limits)(tenant)
+    }
+
+    /// An empty batch under the limits of `tenant`.
+    pub fn batch(&self, tenant: &str) -> PushBatch {
+        PushBatch::new(self.limits(tenant))
+    }
+
+    /// Stores the profiles of `batch`: each is rate-limited, validated,
+    /// normalized and split into series; the series get IDs and go to a
+    /// quorum of their replicas. The valid profiles are stored even when
+    /// others are refused; the error then lists every refusal.
+    pub async fn push(&self, tenant: &str, batch: PushBatch) -> Result<PushReport, PushError> {
+        let inner = &self.inner;
+        if batch.is_empty() {
+            return Err(PushError {
+                code: ErrorCode::InvalidArgument,
+                message: "no profiles received".to_owned(),
+            });
+        }
+        let started = Instant::now();
+        let PushBatch {
+            limits,
+            profiles,
+            mut rejections,
+            ..
+        } = batch;
+        let now = now_nanos();
+        let mut series = Vec::new();
+        for received in profiles {
+            inner.metrics.received(tenant, received.bytes);
+            if let Err(limited) = inner.rate.admit(tenant, &limits, received.bytes) {
+                rejections.push(Rejection {
+                    reason: "rate_limited",
+                    code: ErrorCode::ResourceExhausted,
+                    message: limited.to_string(),
+                    bytes: received.bytes,
+                });
+                continue;
+            }
+            match prepare_decoded(received.profile, &received.labels, &limits, now) {
+                Ok(parts) => series.extend(
+                    parts
+                        .into_iter()
+                        .map(|part| ReplicatedProfile::new(part.labels, random_id(), part.profile)),
+                ),
+                Err(err) => rejections.push(Rejection::invalid(&err, received.bytes)),
+            }
+        }
+        for rejection in &rejections {
+            inner.metrics.discarded(tenant, rejection.reason, rejection.bytes);
+        }
+        let stored = series.len();
+        let replicated = if series.is_empty() {
+            Ok(())
+        } else {
+            let ring = inner.ring.ring();
+            replicate(
+                &ring,
+                &inner.pool,
+                &inner.stragglers,
+                inner.config.push_timeout,
+                &inner.metrics,
+                tenant,
+                series,
+            )
+            .await
+        };
+        inner.metrics.push_duration(started.elapsed().as_secs_f64());
+        match (replicated, rejections.is_empty()) {
+            (Ok(()), true) => Ok(PushReport { stored }),
+            (Ok(()), false) => Err(refused(&rejections, stored)),
+            (Err(err), _) => {
+                debug!(tenant, error = %err.message, "push failed");
+                let mut message = format!("nothing was stored: {}", err.message);
+                if !rejections.is_empty() {
+                    message.push_str("; also refused: ");
+                    message.push_str(&list(&rejections));
+                }
+                Err(PushError {
+                    code: err.code,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Waits for pushes still running in the background (each ends within
+    /// the push timeout).
+    pub async fn shutdown(&self) {
+        self.inner.stragglers.close();
+        self.inner.stragglers.wait().await;
+    }
+}
+
+/// A random (version 4) UUID.
+fn random_id() -> ProfileId {
+    ProfileId(*uuid::Uuid::new_v4().as_bytes())
+}
+
+/// The error for a push some of whose profiles were refused: its code is
+/// the most pressing one (a limit before invalid input).
+fn refused(rejections: &[Rejection], stored: usize) -> PushError {
+    let code = [
+        ErrorCode::ResourceExhausted,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::InvalidArgument,
+    ]
+    .into_iter()
+    .find(|code| rejections.iter().any(|rejection| rejection.code == *code))
+    .unwrap_or(rejections[0].code);
+    let message = if stored == 0 {
+        list(rejections)
+    } else {
+        format!(
+            "{} refused, {stored} series-profiles stored: {}",
+            plural(rejections.len(), "profile"),
+            list(rejections)
+        )
+    };
+    PushError { code, message }
+}
+
+fn list(rejections: &[Rejection]) -> String {
+    let mut listed: Vec<&str> = rejections
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|rejection| rejection.message.as_str())
+        .collect();
+    let more = rejections.len().saturating_sub(LISTED_PROBLEMS);
+    let tail = format!("and {more} more");
+    if more > 0 {
+        listed.push(&tail);
+    }
+    listed.join("; ")
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(code: ErrorCode, message: &str) -> Rejection {
+        Rejection {
+            reason: "x",
+            code,
+            message: message.to_owned(),
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn test_refused_lists_every_problem_under_the_most_pressing_code() {
+        let rejections = [
+            rejection(ErrorCode::InvalidArgument, "bad label"),
+            rejection(ErrorCode::ResourceExhausted, "rate"),
+        ];
+        let err = refused(&rejections, 3);
+        assert_eq!(err.code, ErrorCode::ResourceExhausted);
+        assert_eq!(
+            err.message,
+            "2 profiles refused, 3 series-profiles stored: bad label; rate"
+        );
+        let err = refused(&rejections[..1], 0);
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(err.message, "bad label");
+    }
+
+    #[test]
+    fn test_long_lists_are_cut() {
+        let rejections: Vec<Rejection> = (0..25)
+            .map(|i| rejection(ErrorCode::InvalidArgument, &i.to_string()))
+            .collect();
+        let message = list(&rejections);
+        assert!(message.ends_with("19; and 5 more"), "{message}");
+    }
+}

@@ -1,0 +1,405 @@
+//! The legacy HTTP ingest API, `POST /ingest` and `/pyroscope/ingest`, as
+//! Pyroscope's SDKs and Alloy's `pyroscope.receive_http` send it.
+//!
+//! Query: `name` (`app.cpu{k=v}`), `from`/`until`, `sampleRate` (default
+//! 100), `spyName` (default `unknown`), `format`; `units` and
+//! `aggregationType` are accepted and unused, as in Pyroscope. Formats:
+//! `format=pprof` (raw pprof body), multipart `profile` (+
+//! `sample_type_config`, `prev_profile`), `format=lines`, and folded stacks
+//! otherwise. Success is 200 with an empty body; errors are JSON
+//! `{"code","message"}`: 400 bad `name` or time, 413 body over the limit,
+//! 422 a pprof that fails validation, 429 limits, 5xx when no quorum.
+
+mod attime;
+mod pprof;
+mod text;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use flamedb_api::{ErrorCode, RpcError, Tenancy};
+use flamedb_model::{IngestName, Labels, now_nanos, parse_ingest_name};
+use http_body_util::BodyExt;
+
+use crate::batch::{PushBatch, Rejection};
+use crate::distributor::{Distributor, PushError};
+
+const DEFAULT_SAMPLE_RATE: u32 = 100;
+/// Labels of `name` that start with `__` are dropped, except this one.
+const SESSION_ID: &str = "__session_id__";
+
+#[derive(Clone)]
+struct IngestState {
+    distributor: Distributor,
+    tenancy: Tenancy,
+}
+
+pub(crate) fn routes(distributor: Distributor, tenancy: Tenancy) -> Router {
+    Router::new()
+        .route("/ingest", post(ingest))
+        .route("/pyroscope/ingest", post(ingest))
+        .with_state(IngestState { distributor, tenancy })
+        // The tenant's own body limit applies (413), not axum's default.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// How the body is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Folded,
+    Lines,
+    Pprof,
+    Multipart,
+}
+
+fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, RpcError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    match params.get("format").map(String::as_str).unwrap_or_default() {
+        "pprof" => Ok(Format::Pprof),
+        "lines" => Ok(Format::Lines),
+        unsupported @ ("trie" | "tree" | "jfr" | "speedscope") => Err(RpcError::new(
+            ErrorCode::Unimplemented,
+            format!(
+                "format={unsupported} is not supported by flamedb yet: send pprof (format=pprof or multipart), folded stacks or lines"
+            ),
+        )),
+        _ if content_type.contains("binary/octet-stream+trie") || content_type.contains("binary/octet-stream+tree") => {
+            Err(RpcError::new(
+                ErrorCode::Unimplemented,
+                format!(
+                    "Content-Type {content_type} (the legacy trie and tree formats) is not supported by flamedb yet"
+                ),
+            ))
+        }
+        _ if content_type.contains("multipart/form-data") => Ok(Format::Multipart),
+        _ => Ok(Format::Folded),
+    }
+}
+
+async fn ingest(
+    State(state): State<IngestState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(&state, &params, &headers, body).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn handle(
+    state: &IngestState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), RpcError> {
+    let tenant = state.tenancy.tenant(headers)?;
+    let tenant = tenant.as_str();
+    let request = IngestRequest::parse(params)?;
+    let format = format(params, headers)?;
+    let mut batch = state.distributor.batch(tenant);
+    let body = read_body(body, batch.limits().ingestion_body_limit_bytes()).await?;
+    if request
+        .name
+        .labels
+        .iter()
+        .any(|label| label.name == "profile_id" && !label.value.is_empty())
+    {
+        // Pyroscope drops these silently (span profiles of old agents).
+        return Ok(());
+    }
+    match format {
+        Format::Folded | Format::Lines => {
+            let text = std::str::from_utf8(&body)
+                .map_err(|err| RpcError::invalid_argument(format!("the body is not UTF-8 text: {err}")))?;
+            let stacks = if format == Format::Lines {
+                text::parse_lines(text)
+            } else {
+                text::parse_folded(text)
+                    .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?
+            };
+            let kind = text::profile_type(&request.name.app_name)
+                .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+            let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
+            let labels = request.labels(kind.metric, &kind.app_name);
+            let size = body.len();
+            batch.add(labels, profile, size);
+            push(state, tenant, batch).await.map_err(RpcError::from)
+        }
+        Format::Pprof => {
+            add_pprof(&mut batch, &request, &body, None)?;
+            push(state, tenant, batch).await.map_err(pprof_error)
+        }
+        Format::Multipart => {
+            let form = read_multipart(headers, body).await?;
+            if form.prev_profile.as_ref().is_some_and(|prev| !prev.is_empty()) {
+                return Err(RpcError::new(
+                    ErrorCode::UnprocessableEntity,
+                    "prev_profile is not supported (cumulative profiles of old Go agents): update github.com/grafana/pyroscope-go",
+                ));
+            }
+            let Some(profile) = form.profile.filter(|profile| !profile.is_empty()) else {
+                // An empty profile field: nothing to store.
+                return Ok(());
+            };
+            let config = match &form.sample_type_config {
+                Some(json) => Some(serde_json::from_slice::<pprof::SampleTypeConfig>(json).map_err(|err| {
+                    RpcError::new(
+                        ErrorCode::UnprocessableEntity,
+                        format!("sample_type_config is not valid JSON of sample type settings: {err}"),
+                    )
+                })?),
+                None => None,
+            };
+            add_pprof(&mut batch, &request, &profile, config.as_ref())?;
+            push(state, tenant, batch).await.map_err(pprof_error)
+        }
+    }
+}
+
+async fn push(state: &IngestState, tenant: &str, batch: PushBatch) -> Result<(), PushError> {
+    state.distributor.push(tenant, batch).await.map(|_| ())
+}
+
+/// Decodes a pprof sent to `/ingest`, applies the legacy fix-ups and adds
+/// it under the labels of the request.
+fn add_pprof(
+    batch: &mut PushBatch,
+    request: &IngestRequest,
+    raw: &[u8],
+    config: Option<&pprof::SampleTypeConfig>,
+) -> Result<(), RpcError> {
+    // The labels are known only after decoding (the metric name comes
+    // from the sample types); errors name the application.
+    let app = Labels::from_pairs([("service_name", request.name.app_name.as_str())]);
+    let bytes = batch
+        .decompress(&app, raw)
+        .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
+    let Some(bytes) = bytes else {
+        return Err(pprof_rejection(batch));
+    };
+    let mut profile = match flamedb_model::pprof::decode_plain(&bytes) {
+        Ok(profile) => profile,
+        Err(source) => {
+            let err = flamedb_model::ValidationError::from_decode(&app, source);
+            return Err(RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()));
+        }
+    };
+    let metric = pprof::prepare(&mut profile, &request.spy_name, config, request.from);
+    let labels = request.labels(&metric, &request.name.app_name);
+    batch.add(labels, profile, bytes.len());
+    Ok(())
+}
+
+/// The rejection just recorded in `batch`, as the 422 (or 413) of `/ingest`.
+fn pprof_rejection(batch: &PushBatch) -> RpcError {
+    match batch.rejections.last() {
+        Some(Rejection { message, reason, .. }) => {
+            let code = if *reason == "profile_size_limit" {
+                ErrorCode::PayloadTooLarge
+            } else {
+                ErrorCode::UnprocessableEntity
+            };
+            RpcError::new(code, message.clone())
+        }
+        None => RpcError::new(ErrorCode::UnprocessableEntity, "the profile cannot be decoded"),
+    }
+}
+
+/// pprof errors of `/ingest`: invalid input is 422, as in Pyroscope.
+fn pprof_error(err: PushError) -> RpcError {
+    let code = if err.code == ErrorCode::InvalidArgument {
+        ErrorCode::UnprocessableEntity
+    } else {
+        err.code
+    };
+    RpcError::new(code, err.message)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RpcError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than ingestion_body_limit_mb ({limit} bytes)"),
+        )),
+        // The client went away or the connection broke.
+        Err(err) => Err(RpcError::new(
+            ErrorCode::Canceled,
+            format!("cannot read the request body: {err}"),
+        )),
+    }
+}
+
+/// The fields of a multipart `/ingest`.
+#[derive(Debug, Default)]
+struct Form {
+    profile: Option<Bytes>,
+    prev_profile: Option<Bytes>,
+    sample_type_config: Option<Bytes>,
+}
+
+async fn read_multipart(headers: &HeaderMap, body: Bytes) -> Result<Form, RpcError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|err| RpcError::invalid_argument(format!("multipart Content-Type {content_type:?}: {err}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut form = Form::default();
+    let bad = |err: multer::Error| RpcError::new(ErrorCode::UnprocessableEntity, format!("multipart body: {err}"));
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let slot = match field.name() {
+            Some("profile") => &mut form.profile,
+            Some("prev_profile") => &mut form.prev_profile,
+            Some("sample_type_config") => &mut form.sample_type_config,
+            _ => continue,
+        };
+        *slot = Some(field.bytes().await.map_err(bad)?);
+    }
+    Ok(form)
+}
+
+/// The query parameters of one `/ingest`.
+#[derive(Debug)]
+struct IngestRequest {
+    name: IngestName,
+    from: i64,
+    until: i64,
+    sample_rate: u32,
+    spy_name: String,
+}
+
+impl IngestRequest {
+    fn parse(params: &HashMap<String, String>) -> Result<Self, RpcError> {
+        let name = params
+            .get("name")
+            .ok_or_else(|| RpcError::invalid_argument("the name parameter is required (app.cpu{label=value})"))?;
+        let name = parse_ingest_name(name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+        let now = now_nanos();
+        let time = |key: &str| -> Result<i64, RpcError> {
+            match params.get(key) {
+                Some(value) => {
+                    attime::parse(value, now).map_err(|err| RpcError::invalid_argument(format!("{key}: {err}")))
+                }
+                None => Ok(now),
+            }
+        };
+        // Pyroscope falls back to 100 for a missing or invalid rate.
+        let sample_rate = params
+            .get("sampleRate")
+            .and_then(|rate| rate.parse().ok())
+            .unwrap_or(DEFAULT_SAMPLE_RATE);
+        Ok(Self {
+            from: time("from")?,
+            until: time("until")?,
+            sample_rate,
+            spy_name: params.get("spyName").cloned().unwrap_or_else(|| "unknown".to_owned()),
+            name,
+        })
+    }
+
+    /// The series labels: `__name__`, `__delta__="false"`, the spy, the
+    /// labels of `name` (without reserved ones), and `service_name` (or
+    /// `app_name` when `name` gave a `service_name`).
+    fn labels(&self, metric: &str, app_name: &str) -> Labels {
+        let mut labels = Labels::from_pairs([("__name__", metric), ("__delta__", "false")]);
+        if !self.spy_name.is_empty() {
+            labels.set("pyroscope_spy", self.spy_name.as_str());
+        }
+        for label in &self.name.labels {
+            if !label.name.starts_with("__") || label.name == SESSION_ID {
+                labels.set(&label.name, label.value.as_str());
+            }
+        }
+        if labels.get("service_name").is_some() {
+            labels.set_if_absent("app_name", app_name);
+        } else {
+            labels.set("service_name", app_name);
+        }
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn test_labels_of_an_ingest_request() {
+        let request = IngestRequest::parse(&params(&[
+            ("name", "app.cpu{env=prod,__private=x,__session_id__=s1}"),
+            ("spyName", "gospy"),
+        ]))
+        .unwrap();
+        let labels = request.labels("process_cpu", "app");
+        assert_eq!(
+            labels.render(),
+            r#"{__delta__="false", __name__="process_cpu", __session_id__="s1", env="prod", pyroscope_spy="gospy", service_name="app"}"#
+        );
+        let request = IngestRequest::parse(&params(&[("name", "app{service_name=svc}")])).unwrap();
+        let labels = request.labels("process_cpu", "app");
+        assert_eq!(labels.get("service_name"), Some("svc"));
+        assert_eq!(labels.get("app_name"), Some("app"));
+        assert_eq!(labels.get("pyroscope_spy"), Some("unknown"));
+    }
+
+    #[test]
+    fn test_request_parameters() {
+        let request = IngestRequest::parse(&params(&[
+            ("name", "app"),
+            ("from", "1700000000"),
+            ("until", "1700000010000"),
+            ("sampleRate", "-5"),
+        ]))
+        .unwrap();
+        assert_eq!(request.from, 1_700_000_000_000_000_000);
+        assert_eq!(request.until, 1_700_000_010_000_000_000);
+        assert_eq!(request.sample_rate, DEFAULT_SAMPLE_RATE);
+        assert!(IngestRequest::parse(&params(&[("name", "{env=x}")])).is_err());
+        assert!(IngestRequest::parse(&params(&[])).is_err());
+        let err = IngestRequest::parse(&params(&[("name", "a"), ("from", "yesterday")])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn test_format_dispatch() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(format(&params(&[]), &headers).unwrap(), Format::Folded);
+        assert_eq!(
+            format(&params(&[("format", "folded")]), &headers).unwrap(),
+            Format::Folded
+        );
+        assert_eq!(
+            format(&params(&[("format", "lines")]), &headers).unwrap(),
+            Format::Lines
+        );
+        headers.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=x".parse().unwrap());
+        assert_eq!(format(&params(&[]), &headers).unwrap(), Format::Multipart);
+        // format=pprof wins over the content type, as in Pyroscope.
+        assert_eq!(
+            format(&params(&[("format", "pprof")]), &headers).unwrap(),
+            Format::Pprof
+        );
+        assert_eq!(
+            format(&params(&[("format", "jfr")]), &headers).unwrap_err().code,
+            ErrorCode::Unimplemented
+        );
+    }
+}

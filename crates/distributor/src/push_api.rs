@@ -1,0 +1,41 @@
+//! The distributor's routes: Connect/gRPC `push.v1.PusherService/Push`
+//! and the legacy `/ingest`.
+
+use axum::Router;
+use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
+use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
+
+use crate::distributor::Distributor;
+use crate::ingest;
+
+/// The routes of the ingest APIs. `options.max_message_bytes` bounds a
+/// Connect push body as sent; each tenant's body limit then bounds what
+/// its profiles decompress to.
+pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
+    let tenancy = options.tenancy;
+    RpcRouter::new(options)
+        .unary("/push.v1.PusherService/Push", {
+            let distributor = distributor.clone();
+            move |ctx, request| push(distributor.clone(), ctx, request)
+        })
+        .into_router()
+        .merge(ingest::routes(distributor, tenancy))
+}
+
+/// Many series per request, each with raw profiles (gzip or plain). The
+/// sample `ID`s of the request are not used: the distributor gives each
+/// stored series-profile its own.
+async fn push(distributor: Distributor, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let mut batch = distributor.batch(tenant);
+    for series in request.series {
+        let labels = labels_from_pairs(series.labels);
+        for sample in series.samples {
+            batch
+                .add_raw(&labels, &sample.raw_profile)
+                .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
+        }
+    }
+    distributor.push(tenant, batch).await?;
+    Ok(PushResponse {})
+}
