@@ -87,6 +87,42 @@ pub const FLAGS: &[Flag] = &[
         "Log format: logfmt (lines for people) or json.",
     ),
     flag(
+        "distributor.ingestion-rate-limit-mb",
+        "limits.ingestion_rate_mb",
+        FlagKind::Float,
+        "Per-tenant ingestion rate in MiB/s of uncompressed profiles, shared by the healthy distributors (0: no limit).",
+    ),
+    flag(
+        "distributor.ingestion-burst-size-mb",
+        "limits.ingestion_burst_size_mb",
+        FlagKind::Float,
+        "Per-tenant burst in MiB on each distributor; a larger single profile is always refused.",
+    ),
+    flag(
+        "distributor.ingestion-body-limit-mb",
+        "limits.ingestion_body_limit_mb",
+        FlagKind::Float,
+        "Largest push body in MiB, as sent and after decompression (0: no limit).",
+    ),
+    flag(
+        "distributor.push.timeout",
+        "distributor.pushtimeout",
+        FlagKind::Duration,
+        "How long a push to an ingester may take; replicas still writing when the client is answered finish within it.",
+    ),
+    flag(
+        "runtime-config.file",
+        "runtime_config.file",
+        FlagKind::String,
+        "YAML file with per-tenant limit overrides (overrides: {tenant: {limit: value}}), re-read while running.",
+    ),
+    flag(
+        "runtime-config.reload-period",
+        "runtime_config.period",
+        FlagKind::Duration,
+        "How often the runtime config file is re-read.",
+    ),
+    flag(
         "validation.max-length-label-name",
         "limits.max_label_name_length",
         FlagKind::Int,

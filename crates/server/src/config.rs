@@ -34,6 +34,28 @@ pub struct Config {
     pub memberlist: MemberlistSettings,
     pub pyroscopedb: PyroscopeDbSettings,
     pub storage: StorageSettings,
+    /// Per-tenant overrides of `limits`, re-read while running.
+    pub runtime_config: RuntimeConfigSettings,
+}
+
+/// `runtime_config:` where the per-tenant limit overrides are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfigSettings {
+    /// YAML file `overrides: {<tenant>: {<limit>: <value>}}`; empty: none.
+    pub file: String,
+    /// How often the file is re-read.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+impl Default for RuntimeConfigSettings {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            period: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Config {
@@ -48,6 +70,7 @@ impl Default for Config {
             memberlist: MemberlistSettings::default(),
             pyroscopedb: PyroscopeDbSettings::default(),
             storage: StorageSettings::default(),
+            runtime_config: RuntimeConfigSettings::default(),
         }
     }
 }
@@ -310,11 +333,14 @@ impl Config {
                 self.distributor.ring.heartbeat_timeout,
             ),
             ("memberlist.gossip_interval", self.memberlist.gossip_interval),
+            ("distributor.pushtimeout", self.distributor.pushtimeout),
+            ("runtime_config.period", self.runtime_config.period),
         ] {
             if period.is_zero() {
                 return Err(invalid(path, "must be longer than 0s".to_owned()));
             }
         }
+        check_limits(&self.limits, "limits")?;
         if lifecycler.ring.replication_factor == Some(0) {
             return Err(invalid(
                 "ingester.lifecycler.ring.replication_factor",
@@ -373,6 +399,23 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n"))
     }
+}
+
+/// Checks limits (the defaults at `limits`, or a tenant's overrides).
+pub fn check_limits(limits: &Limits, at: &str) -> Result<(), ConfigError> {
+    for (key, mb) in [
+        ("ingestion_rate_mb", limits.ingestion_rate_mb),
+        ("ingestion_burst_size_mb", limits.ingestion_burst_size_mb),
+        ("ingestion_body_limit_mb", limits.ingestion_body_limit_mb),
+    ] {
+        if !(mb.is_finite() && mb >= 0.0) {
+            return Err(ConfigError::Invalid {
+                path: format!("{at}.{key}"),
+                message: format!("{mb} is not a size in MiB (0 or more)"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The key paths (`server.http_listen_port`) of every setting, for docs.

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use flamedb_api::{RpcOptions, Tenancy};
 use flamedb_ingester::{ClusterShare, Ingester, IngesterConfig, IngesterMetrics};
-use flamedb_model::Limits;
+use flamedb_model::TenantLimits;
 use flamedb_ring::RingClient;
 use flamedb_storage::{Bucket, BucketConfig, S3Config};
 use prometheus_client::registry::Registry;
@@ -29,7 +29,7 @@ pub struct IngesterModule {
 
 impl IngesterModule {
     /// Opens the bucket and the ingester's data, replaying the WAL.
-    pub fn start(config: &Config, registry: &mut Registry) -> anyhow::Result<Self> {
+    pub fn start(config: &Config, limits: TenantLimits, registry: &mut Registry) -> anyhow::Result<Self> {
         let bucket = Bucket::new(&bucket_config(config)).context("cannot open object storage")?;
         let db = &config.pyroscopedb;
         let ingester_config = IngesterConfig {
@@ -39,8 +39,6 @@ impl IngesterModule {
             min_free_disk_percent: db.min_disk_available_percentage * 100.0,
             ..IngesterConfig::new(PathBuf::from(&db.data_path))
         };
-        let limits = Arc::new(config.limits.clone());
-        let tenant_limits = Arc::new(move |_: &str| -> Arc<Limits> { limits.clone() });
         let ring: Arc<OnceLock<RingClient>> = Arc::new(OnceLock::new());
         let share = {
             let ring = ring.clone();
@@ -48,7 +46,7 @@ impl IngesterModule {
         };
         let (ingester, _) = Ingester::start(
             ingester_config,
-            tenant_limits,
+            limits,
             share,
             IngesterMetrics::register(registry),
             Some(bucket),

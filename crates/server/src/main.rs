@@ -4,10 +4,12 @@
 mod build_info;
 mod cli;
 mod config;
+mod distributor;
 mod ingester;
 mod logging;
 mod membership;
 mod metrics;
+mod overrides;
 mod ring_pages;
 mod server;
 mod status;

@@ -151,6 +151,30 @@ impl Membership {
         }
     }
 
+    /// The ring ID of this process's ingester, if it runs one.
+    pub fn ingester_instance_id(&self) -> Option<&str> {
+        self.ingester.as_ref().map(LifecyclerHandle::instance_id)
+    }
+
+    /// How many distributors are ACTIVE with a fresh heartbeat (at least
+    /// 1: this one), for the global rate limit.
+    pub fn healthy_distributors(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let ring = self.distributor_ring.clone();
+        move || {
+            let Some(ring) = &ring else { return 1 };
+            let ring = ring.ring();
+            let now = flamedb_ring::now_ms();
+            let timeout = ring.config().heartbeat_timeout;
+            ring.instances()
+                .iter()
+                .filter(|instance| {
+                    instance.state == flamedb_ring::InstanceState::Active && instance.is_heartbeat_healthy(now, timeout)
+                })
+                .count()
+                .max(1)
+        }
+    }
+
     /// What `/ready` waits for: every lifecycler ACTIVE and seen so.
     pub fn readiness_checks(&self) -> Vec<ReadinessCheck> {
         let mut checks: Vec<ReadinessCheck> = Vec::new();

@@ -1,10 +1,12 @@
 //! Starting and stopping a `flamedb` process, top to bottom: metrics, the
-//! HTTP listener, the ingester (WAL replay, before anything is served or
-//! the instance joins the ring), ring membership (store, lifecyclers, ring
-//! views), the routes; then, on the shutdown signal, refuse traffic
-//! (`/ready` fails), take the ingester out of the write path (LEAVING),
-//! flush and upload its heads, leave the ring, let in-flight requests
-//! finish within the grace period, leave the distributor ring, stop gossip.
+//! HTTP listener, the per-tenant limits, the ingester (WAL replay, before
+//! anything is served or the instance joins the ring), ring membership
+//! (store, lifecyclers, ring views), the distributor, the routes; then, on
+//! the shutdown signal, refuse traffic (`/ready` fails), take the ingester
+//! out of the write path (LEAVING), flush and upload its heads, leave the
+//! ring, let in-flight requests finish within the grace period, wait for
+//! pushes to replicas still running, leave the distributor ring, stop
+//! gossip.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,20 +23,23 @@ use tracing::{error, info, warn};
 
 use crate::build_info::BuildInfo;
 use crate::config::{Config, Target};
+use crate::distributor::DistributorModule;
 use crate::ingester::IngesterModule;
 use crate::membership::Membership;
 use crate::metrics::{HttpMetrics, record_requests};
+use crate::overrides::Overrides;
 use crate::status::{Readiness, StatusState};
 
 /// Runs the process until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let build = BuildInfo::CURRENT;
-    let modules: Vec<&str> = config.target.modules().iter().map(|module| module.as_str()).collect();
+    let modules = config.target.modules();
+    let names: Vec<&str> = modules.iter().map(|module| module.as_str()).collect();
     info!(
         version = build.version,
         revision = build.revision,
         target = %config.target,
-        modules = modules.join(","),
+        modules = names.join(","),
         "starting flamedb"
     );
 
@@ -48,10 +53,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot listen on {address}"))?;
     let local_address = listener.local_addr().context("cannot read the listening address")?;
 
-    let ingester = if config.target.modules().contains(&Target::Ingester) {
+    let overrides = Overrides::load(config.limits.clone(), &config.runtime_config.file, &mut registry)?;
+    let ingester = if modules.contains(&Target::Ingester) {
         // Replay reads the whole WAL: off the async workers.
         Some(tokio::task::block_in_place(|| {
-            IngesterModule::start(&config, &mut registry)
+            IngesterModule::start(&config, overrides.tenant_limits(), &mut registry)
         })?)
     } else {
         None
@@ -61,6 +67,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ingester.set_ring(membership.ingester_ring.clone());
     }
     let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config));
+    let distributor = modules.contains(&Target::Distributor).then(|| {
+        DistributorModule::start(
+            &config,
+            &membership,
+            ingester.as_ref().map(|module| module.ingester.clone()),
+            overrides.tenant_limits(),
+            &mut registry,
+        )
+    });
+    let distributor_routes = distributor.as_ref().map(|module| module.routes(&config));
+    let stop_reloading = CancellationToken::new();
+    let reloader = overrides.spawn_reloader(config.runtime_config.period, stop_reloading.clone());
 
     let grace = config.server.graceful_shutdown_timeout;
     let mut checks = membership.readiness_checks();
@@ -72,9 +90,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         checks,
         registry,
         config,
+        overrides,
     });
     let mut app = crate::status::routes(status).merge(crate::ring_pages::routes(&membership));
-    if let Some(routes) = ingester_routes {
+    for routes in [ingester_routes, distributor_routes].into_iter().flatten() {
         app = app.merge(routes);
     }
     let app = app
@@ -123,6 +142,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Ok(())
         }
     };
+    if let Some(module) = &distributor {
+        // Pushes to replicas still running after their client was answered.
+        module.distributor.shutdown().await;
+    }
+    stop_reloading.cancel();
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     membership.shutdown().await;
     info!("stopped");
     served?;

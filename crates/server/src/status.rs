@@ -1,5 +1,6 @@
 //! Operator endpoints: `/ready`, `/metrics`, `/api/v1/status/buildinfo` and
-//! `/api/v1/status/config` (with `/default` and `/diff`).
+//! `/api/v1/status/config` (with `/default` and `/diff`) and
+//! `/runtime_config` (the per-tenant overrides in force).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,6 +16,7 @@ use serde_norway::{Mapping, Value};
 use crate::build_info::BuildInfo;
 use crate::config::Config;
 use crate::membership::ReadinessCheck;
+use crate::overrides::Overrides;
 
 /// Whether the process takes traffic; `/ready` answers from it.
 #[derive(Debug)]
@@ -56,6 +58,7 @@ pub struct StatusState {
     pub checks: Vec<ReadinessCheck>,
     pub registry: Registry,
     pub config: Config,
+    pub overrides: Arc<Overrides>,
 }
 
 pub fn routes(state: Arc<StatusState>) -> Router {
@@ -66,6 +69,7 @@ pub fn routes(state: Arc<StatusState>) -> Router {
         .route("/api/v1/status/config", get(config))
         .route("/api/v1/status/config/default", get(config_default))
         .route("/api/v1/status/config/diff", get(config_diff))
+        .route("/runtime_config", get(runtime_config))
         .with_state(state)
 }
 
@@ -105,6 +109,11 @@ async fn config(State(state): State<Arc<StatusState>>) -> Response {
 
 async fn config_default(State(state): State<Arc<StatusState>>) -> Response {
     yaml(state.config.defaults_for_target().to_yaml())
+}
+
+/// The per-tenant overrides in force.
+async fn runtime_config(State(state): State<Arc<StatusState>>) -> Response {
+    yaml(state.overrides.to_yaml())
 }
 
 /// Only the settings that differ from the defaults.

@@ -6,7 +6,7 @@
 //! ```text
 //!  Flamedb::start(binary, name, args) ─▶ child process ─▶ "listening ... 127.0.0.1:PORT"
 //!      │                                   └─ stderr collected (printed on failure)
-//!      ├─ get / get_json / post_form / post_proto / metric ─▶ HTTP
+//!      ├─ get / get_json / post / post_form / post_proto / metric ─▶ HTTP
 //!      └─ signal(SIGTERM|SIGSTOP|SIGCONT) / kill() / wait_exit()
 //! ```
 
@@ -158,6 +158,12 @@ impl Flamedb {
         post_proto(&self.http, path, body)
     }
 
+    /// POST `body` with `headers` to `path` (query included): status and
+    /// body, or the transport error.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        post(&self.http, path, headers, body)
+    }
+
     /// The sum of the samples of metric `name` on `/metrics` (every label
     /// set), if it is there.
     pub fn metric(&self, name: &str) -> Option<f64> {
@@ -230,12 +236,16 @@ impl Drop for Flamedb {
 /// POST a protobuf message to `path` of the server at `http`
 /// (`127.0.0.1:PORT`); for threads that outlive a [`Flamedb`] borrow.
 pub fn post_proto(http: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
-    let response = client()
-        .post(format!("http://{http}{path}"))
-        .header("content-type", "application/proto")
-        .body(body)
-        .send()
-        .map_err(|err| err.to_string())?;
+    post(http, path, &[("content-type", "application/proto")], body)
+}
+
+/// POST `body` with `headers` to `path` of the server at `http`.
+pub fn post(http: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+    let mut request = client().post(format!("http://{http}{path}")).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().map_err(|err| err.to_string())?;
     let status = response.status().as_u16();
     let body = response.bytes().map_err(|err| err.to_string())?;
     Ok((status, body.to_vec()))

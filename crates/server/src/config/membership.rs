@@ -117,12 +117,24 @@ pub enum StoreKind {
     Memberlist,
 }
 
-/// `distributor:`; limits and replication settings join with the
-/// distributor module.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `distributor:` pushes to ingesters and the distributors' ring (the
+/// replication factor is the ingester ring's, the limits are `limits`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistributorSettings {
+    /// How long a push to one ingester may take (Pyroscope's key).
+    #[serde(with = "humantime_serde")]
+    pub pushtimeout: Duration,
     pub ring: DistributorRingSettings,
+}
+
+impl Default for DistributorSettings {
+    fn default() -> Self {
+        Self {
+            pushtimeout: Duration::from_secs(5),
+            ring: DistributorRingSettings::default(),
+        }
+    }
 }
 
 /// `distributor.ring`: distributors count each other (for global limits).

@@ -1,0 +1,942 @@
+//! The distributor in the real binary: the real profiles of
+//! `../shared/testdata/pprof` through every ingest API, folded stacks
+//! through `/ingest`, the real Python agent (`pyroscope-io`), per-tenant
+//! rate limits with runtime overrides, and a gossip cluster of three
+//! ingesters and two distributors writing with RF=3 while ingesters die.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flamedb_api::pb::ingester::v1 as ingester;
+use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
+use flamedb_api::pb::types::v1::LabelPair;
+use flamedb_model::gzip::gzip;
+use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::{ProfileId, Tree};
+use flamedb_testkit::{Flamedb, wait_until};
+use prost::Message;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
+const READY: Duration = Duration::from_secs(60);
+const PUSH: &str = "/push.v1.PusherService/Push";
+const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+
+fn start(name: &str, args: &[&str]) -> Flamedb {
+    let node = Flamedb::start(BINARY, name, args);
+    node.wait_ready(READY);
+    node
+}
+
+fn testdata_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent", dir.display());
+        None
+    }
+}
+
+fn pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(name, value)| LabelPair {
+            name: (*name).to_owned(),
+            value: (*value).to_owned(),
+        })
+        .collect()
+}
+
+fn push_request(labels: &[(&str, &str)], raw_profiles: Vec<Vec<u8>>) -> PushRequest {
+    PushRequest {
+        series: vec![RawProfileSeries {
+            labels: pairs(labels),
+            samples: raw_profiles
+                .into_iter()
+                .map(|raw_profile| RawSample {
+                    raw_profile,
+                    id: String::new(),
+                })
+                .collect(),
+            annotations: vec![],
+        }],
+    }
+}
+
+/// How a Connect push is sent.
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    Proto,
+    Json,
+    GzipProto,
+}
+
+fn connect_push(node: &Flamedb, tenant: Option<&str>, encoding: Encoding, request: &PushRequest) -> (u16, String) {
+    let mut headers = Vec::new();
+    if let Some(tenant) = tenant {
+        headers.push(("x-scope-orgid", tenant));
+    }
+    let body = match encoding {
+        Encoding::Proto => {
+            headers.push(("content-type", "application/proto"));
+            request.encode_to_vec()
+        }
+        Encoding::GzipProto => {
+            headers.push(("content-type", "application/proto"));
+            headers.push(("content-encoding", "gzip"));
+            gzip(&request.encode_to_vec())
+        }
+        Encoding::Json => {
+            headers.push(("content-type", "application/json"));
+            json_push(request).into_bytes()
+        }
+    };
+    let (status, body) = node.post(PUSH, &headers, body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The proto3 JSON of a push, as the docs' example sends it.
+fn json_push(request: &PushRequest) -> String {
+    let series: Vec<serde_json::Value> = request
+        .series
+        .iter()
+        .map(|series| {
+            serde_json::json!({
+                "labels": series.labels.iter().map(|l| serde_json::json!({"name": l.name, "value": l.value})).collect::<Vec<_>>(),
+                "samples": series.samples.iter().map(|s| serde_json::json!({"rawProfile": base64(&s.raw_profile), "ID": s.id})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "series": series }).to_string()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A multipart body with `fields` (name, file bytes): (content type, body).
+fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "flamedb-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for (name, content) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn ingest(node: &Flamedb, query: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let (status, body) = node
+        .post(&format!("/ingest?{query}"), &[("content-type", content_type)], body)
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The profile types stored on `node` for the series matching `selector`.
+fn profile_types(node: &Flamedb, tenant: &str, selector: &str) -> BTreeSet<String> {
+    let request = ingester::SeriesRequest {
+        matchers: vec![selector.to_owned()],
+        label_names: vec!["__profile_type__".to_owned()],
+        start: 0,
+        end: 0,
+    };
+    let (status, body) = node
+        .post(
+            "/ingester.v1.IngesterService/Series",
+            &[("content-type", "application/proto"), ("x-scope-orgid", tenant)],
+            request.encode_to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    ingester::SeriesResponse::decode(body.as_slice())
+        .unwrap()
+        .labels_set
+        .iter()
+        .flat_map(|labels| labels.labels.iter())
+        .filter(|label| label.name == "__profile_type__")
+        .map(|label| label.value.clone())
+        .collect()
+}
+
+fn selection(profile_type: &str, selector: &str) -> Option<ingester::ProfileSelection> {
+    Some(ingester::ProfileSelection {
+        label_selector: selector.to_owned(),
+        profile_type_id: profile_type.to_owned(),
+        start: 0,
+        end: 0,
+    })
+}
+
+/// The IDs of the profiles stored on `node` for `selector`.
+fn stored_ids(node: &Flamedb, profile_type: &str, selector: &str) -> BTreeSet<ProfileId> {
+    let request = ingester::SelectProfilesRequest {
+        selection: selection(profile_type, selector),
+        page_size: 10_000,
+        page_token: Vec::new(),
+    };
+    let (status, body) = node
+        .post_proto("/ingester.v1.IngesterService/SelectProfiles", request.encode_to_vec())
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let page = ingester::SelectProfilesResponse::decode(body.as_slice()).unwrap();
+    assert!(page.next_page_token.is_empty());
+    page.profiles
+        .iter()
+        .map(|profile| ProfileId::from_slice(&profile.id).unwrap())
+        .collect()
+}
+
+fn merged(node: &Flamedb, profile_type: &str, selector: &str) -> Tree {
+    let request = ingester::MergeProfilesRequest {
+        selection: selection(profile_type, selector),
+        ..Default::default()
+    };
+    let (status, body) = node
+        .post_proto("/ingester.v1.IngesterService/MergeProfiles", request.encode_to_vec())
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    Tree::decode(&ingester::MergeProfilesResponse::decode(body.as_slice()).unwrap().tree).unwrap()
+}
+
+/// One testdata row: what the README of `../shared/testdata` expects.
+struct Row {
+    file: &'static str,
+    sample_type_config: Option<&'static str>,
+    /// `__name__` for Connect pushes.
+    name: &'static str,
+    spy: &'static str,
+    push_status: u16,
+    ingest_status: u16,
+    /// Empty: whatever the file holds, but something.
+    types: &'static [&'static str],
+}
+
+const GO_CPU: &[&str] = &[
+    "process_cpu:samples:count:cpu:nanoseconds",
+    "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
+];
+const GO_HEAP: &[&str] = &[
+    "memory:alloc_objects:count:space:bytes",
+    "memory:alloc_space:bytes:space:bytes",
+    "memory:inuse_objects:count:space:bytes",
+    "memory:inuse_space:bytes:space:bytes",
+];
+
+const fn row(
+    file: &'static str,
+    name: &'static str,
+    push_status: u16,
+    ingest_status: u16,
+    types: &'static [&'static str],
+) -> Row {
+    Row {
+        file,
+        sample_type_config: None,
+        name,
+        spy: "gospy",
+        push_status,
+        ingest_status,
+        types,
+    }
+}
+
+const ROWS: &[Row] = &[
+    row("cpu.pb.gz", "process_cpu", 200, 200, GO_CPU),
+    row("cpu-exemplars.pb.gz", "process_cpu", 200, 200, GO_CPU),
+    row("go.cpu.labels.pprof", "process_cpu", 200, 200, GO_CPU),
+    Row {
+        spy: "nodespy",
+        ..row(
+            "cpu-js.pb.gz",
+            "wall",
+            200,
+            200,
+            &[
+                "wall:sample:count:wall:microseconds",
+                "wall:wall:microseconds:wall:microseconds",
+            ],
+        )
+    },
+    row("heap.pb.gz", "memory", 200, 200, GO_HEAP),
+    row("heap", "memory", 200, 200, GO_HEAP),
+    Row {
+        spy: "nodespy",
+        ..row(
+            "heap-js.pprof",
+            "memory",
+            200,
+            200,
+            &["memory:objects:count:space:bytes", "memory:space:bytes:space:bytes"],
+        )
+    },
+    Row {
+        spy: "nodespy",
+        ..row(
+            "nodejs-heap.pb.gz",
+            "memory",
+            200,
+            200,
+            &[
+                "memory:inuse_objects:count:inuse_space:bytes",
+                "memory:inuse_space:bytes:inuse_space:bytes",
+            ],
+        )
+    },
+    Row {
+        spy: "nodespy",
+        ..row(
+            "nodejs-wall.pb.gz",
+            "wall",
+            200,
+            200,
+            &[
+                "wall:samples:count:wall:microseconds",
+                "wall:wall:microseconds:wall:microseconds",
+            ],
+        )
+    },
+    Row {
+        sample_type_config: Some("req_2.st.json"),
+        ..row(
+            "req_2.pprof",
+            "goroutines",
+            200,
+            200,
+            &["goroutines:goroutine:count:goroutine:count"],
+        )
+    },
+    Row {
+        sample_type_config: Some("req_3.st.json"),
+        ..row(
+            "req_3.pprof",
+            "block",
+            200,
+            200,
+            &[
+                "block:contentions:count:contentions:count",
+                "block:delay:nanoseconds:contentions:count",
+            ],
+        )
+    },
+    Row {
+        sample_type_config: Some("req_4.st.json"),
+        ..row(
+            "req_4.pprof",
+            "mutex",
+            200,
+            200,
+            &[
+                "mutex:contentions:count:contentions:count",
+                "mutex:delay:nanoseconds:contentions:count",
+            ],
+        )
+    },
+    Row {
+        sample_type_config: Some("req_5.st.json"),
+        ..row(
+            "req_5.pprof",
+            "memory",
+            200,
+            200,
+            &[
+                "memory:alloc_objects:count:space:bytes",
+                "memory:alloc_space:bytes:space:bytes",
+            ],
+        )
+    },
+    Row {
+        spy: "pyspy",
+        ..row(
+            "pyspy-1.pb.gz",
+            "process_cpu",
+            200,
+            200,
+            &["process_cpu:samples:count::milliseconds"],
+        )
+    },
+    Row {
+        sample_type_config: Some("dotnet-pprof-3.st.json"),
+        spy: "dotnetspy",
+        ..row(
+            "dotnet-pprof-3.pb.gz",
+            "process_cpu",
+            400,
+            200,
+            &["process_cpu:cpu:nanoseconds::nanoseconds"],
+        )
+    },
+    row("invalid_utf8.pb.gz", "process_cpu", 400, 422, &[]),
+    Row {
+        spy: "javaspy",
+        ..row(
+            "profile_java",
+            "process_cpu",
+            200,
+            200,
+            &["process_cpu:cpu:nanoseconds:cpu:nanoseconds"],
+        )
+    },
+    Row {
+        spy: "pyspy",
+        ..row("profile_python", "process_cpu", 200, 200, &[])
+    },
+    Row {
+        spy: "nodespy",
+        ..row("profile_nodejs", "process_cpu", 200, 200, &[])
+    },
+    Row {
+        spy: "pyroscope-rs",
+        ..row("profile_rust", "process_cpu", 200, 200, &[])
+    },
+    row("profile_uncompressed", "process_cpu", 200, 200, &[]),
+    row("single_group_with_optional_span_id.pb.gz", "process_cpu", 200, 200, &[]),
+];
+
+fn check_stored(node: &Flamedb, row: &Row, service: &str, status: u16, how: &str) {
+    let stored = profile_types(node, "anonymous", &format!("{{service_name=\"{service}\"}}"));
+    if status != 200 {
+        assert!(
+            stored.is_empty(),
+            "{how} of {} was refused but stored {stored:?}",
+            row.file
+        );
+    } else if row.types.is_empty() {
+        assert!(!stored.is_empty(), "{how} of {} stored nothing", row.file);
+    } else {
+        let expected: BTreeSet<String> = row.types.iter().map(|t| (*t).to_owned()).collect();
+        assert_eq!(stored, expected, "{how} of {}", row.file);
+    }
+}
+
+#[test]
+fn test_every_testdata_profile_through_every_ingest_api() {
+    let Some(dir) = testdata_dir() else { return };
+    // The recordings are years old: no ingestion window.
+    let node = start(
+        "single",
+        &[
+            "-validation.reject-older-than=0s",
+            "-validation.reject-newer-than=0s",
+            "-distributor.ingestion-rate-limit-mb=0",
+        ],
+    );
+    for row in ROWS {
+        let raw = std::fs::read(dir.join(row.file)).unwrap();
+        let slug = row.file.replace('.', "-");
+        for encoding in [Encoding::Proto, Encoding::Json, Encoding::GzipProto] {
+            let service = format!("push-{encoding:?}-{slug}");
+            // Each recording is one profile, not a stream: without
+            // `__delta__="false"` the first cumulative heap profile of a
+            // series would only be the baseline of server-side delta.
+            let labels = [
+                ("__name__", row.name),
+                ("service_name", &service),
+                ("__delta__", "false"),
+            ];
+            let request = push_request(&labels, vec![raw.clone()]);
+            let (status, body) = connect_push(&node, None, encoding, &request);
+            assert_eq!(status, row.push_status, "{encoding:?} push of {}: {body}", row.file);
+            if row.file.starts_with("dotnet") {
+                assert!(body.contains("function id is 0"), "{body}");
+            }
+            check_stored(&node, row, &service, status, &format!("{encoding:?} push"));
+        }
+
+        let config = row
+            .sample_type_config
+            .map(|file| std::fs::read(dir.join(file)).unwrap());
+        let service = format!("ingest-multipart-{slug}");
+        let mut fields: Vec<(&str, &[u8])> = vec![("profile", &raw)];
+        if let Some(config) = &config {
+            fields.push(("sample_type_config", config));
+        }
+        let (content_type, body) = multipart(&fields);
+        let query = format!("name={service}&spyName={}&from=now-10s&until=now", row.spy);
+        let (status, answer) = ingest(&node, &query, &content_type, body);
+        assert_eq!(status, row.ingest_status, "multipart ingest of {}: {answer}", row.file);
+        if status == 200 {
+            assert!(answer.is_empty(), "{answer}");
+        }
+        check_stored(&node, row, &service, status, "multipart ingest");
+
+        // Raw pprof has no room for a sample type config.
+        if config.is_none() {
+            let service = format!("ingest-raw-{slug}");
+            let query = format!("name={service}&spyName={}&format=pprof", row.spy);
+            let (status, answer) = ingest(&node, &query, "application/octet-stream", raw.clone());
+            assert_eq!(status, row.ingest_status, "raw ingest of {}: {answer}", row.file);
+            check_stored(&node, row, &service, status, "raw ingest");
+        }
+    }
+
+    // Locations without address or line: no crash, whatever the answer.
+    let raw = std::fs::read(dir.join("malformed_no_addr_no_line.pb.gz")).unwrap();
+    let request = push_request(&[("__name__", "process_cpu"), ("service_name", "malformed")], vec![raw]);
+    let (status, _) = connect_push(&node, None, Encoding::Proto, &request);
+    assert!([200, 400].contains(&status), "{status}");
+    assert_eq!(node.get("/ready").unwrap().0, 200);
+
+    // A new agent never sends prev_profile; an old one is told to update.
+    let raw = std::fs::read(dir.join("cpu.pb.gz")).unwrap();
+    let (content_type, body) = multipart(&[("profile", &raw), ("prev_profile", &raw)]);
+    let (status, answer) = ingest(&node, "name=old-agent", &content_type, body);
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("prev_profile"), "{answer}");
+}
+
+#[test]
+fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
+    let node = start("single", &[]);
+    let (status, body) = ingest(
+        &node,
+        "name=app.cpu%7Benv%3Dprod%7D&from=now-10s&until=now",
+        "text/plain",
+        b"foo;bar 100\nfoo;baz 200".to_vec(),
+    );
+    assert_eq!((status, body.as_str()), (200, ""));
+    let selector = r#"{service_name="app",env="prod"}"#;
+    assert_eq!(
+        profile_types(&node, "anonymous", selector),
+        BTreeSet::from([CPU.to_owned()])
+    );
+    let tree = merged(&node, CPU, selector);
+    let mut stacks = tree.stacks();
+    stacks.sort();
+    assert_eq!(
+        stacks,
+        vec![
+            (vec!["foo".to_owned(), "bar".to_owned()], 1_000_000_000),
+            (vec!["foo".to_owned(), "baz".to_owned()], 2_000_000_000),
+        ]
+    );
+
+    // `lines` counts each line once; the type comes from the suffix.
+    let (status, _) = ingest(
+        &node,
+        "name=app.inuse_space&format=lines",
+        "text/plain",
+        b"a;b\na;b\na;c\n".to_vec(),
+    );
+    assert_eq!(status, 200);
+    let tree = merged(&node, "memory:inuse_space:bytes::", r#"{service_name="app"}"#);
+    assert_eq!(tree.total(), 3);
+
+    // Bad input: each with its status, nothing stored.
+    for (query, body, expected) in [
+        ("name=%7Benv%3Dx%7D", "a 1", 400),
+        ("name=my.app", "a 1", 400),
+        ("name=app&from=yesterday", "a 1", 400),
+        ("name=app", "a;b notanumber", 422),
+        ("name=app&format=jfr", "x", 501),
+    ] {
+        let (status, answer) = ingest(&node, query, "text/plain", body.as_bytes().to_vec());
+        assert_eq!(status, expected, "{query}: {answer}");
+        let error: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    }
+    // The push shows up in the ingester's metrics.
+    assert!(node.metric("flamedb_ingester_profiles_total").unwrap() >= 2.0);
+    assert!(node.metric("flamedb_distributor_received_profiles_total").unwrap() >= 2.0);
+}
+
+/// A CPU profile of `size` bytes or so, stamped now.
+fn sized_profile(size: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..size / 40)
+        .map(|i| format!("function_number_{i:06}_padding_x"))
+        .collect();
+    let mut string_table = vec![String::new(), "cpu".to_owned(), "nanoseconds".to_owned()];
+    string_table.extend(names.iter().cloned());
+    let functions = names.len() as u64;
+    Profile {
+        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+        string_table,
+        function: (1..=functions)
+            .map(|id| Function {
+                id,
+                name: id as i64 + 2,
+                ..Function::default()
+            })
+            .collect(),
+        location: (1..=functions)
+            .map(|id| Location {
+                id,
+                line: vec![Line {
+                    function_id: id,
+                    ..Line::default()
+                }],
+                ..Location::default()
+            })
+            .collect(),
+        sample: vec![Sample {
+            location_id: (1..=functions).collect(),
+            value: vec![1],
+            label: vec![],
+        }],
+        time_nanos: flamedb_model::now_nanos(),
+        ..Profile::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn test_a_flood_over_the_tenant_rate_gets_429_and_other_tenants_go_on() {
+    let dir = flamedb_testkit::shared_dir();
+    let overrides = dir.path().join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        "overrides:\n  generous:\n    ingestion_rate_mb: 100\n    ingestion_burst_size_mb: 50\n",
+    )
+    .unwrap();
+    let runtime_config = format!("-runtime-config.file={}", overrides.display());
+    // 32 KiB/s with a 128 KiB burst by default.
+    let node = start(
+        "single",
+        &[
+            "-auth.multitenancy-enabled",
+            "-distributor.ingestion-rate-limit-mb=0.03125",
+            "-distributor.ingestion-burst-size-mb=0.125",
+            "-runtime-config.reload-period=100ms",
+            &runtime_config,
+        ],
+    );
+    let profile = sized_profile(16 * 1024);
+    let request = |service: &str| {
+        push_request(
+            &[("__name__", "process_cpu"), ("service_name", service)],
+            vec![profile.clone()],
+        )
+    };
+
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (status, body) = connect_push(&node, Some("flooder"), Encoding::Proto, &request("flood"));
+        match status {
+            200 => {}
+            429 => {
+                limited += 1;
+                assert!(body.contains("ingestion_rate_mb"), "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(limited >= 15, "only {limited} of 30 pushes were limited");
+    // Meanwhile other tenants push as before.
+    for tenant in ["quiet", "generous"] {
+        for _ in 0..5 {
+            let (status, body) = connect_push(&node, Some(tenant), Encoding::Proto, &request(tenant));
+            assert_eq!(status, 200, "{tenant}: {body}");
+        }
+    }
+    // The overrides give one tenant far more.
+    for _ in 0..30 {
+        let (status, body) = connect_push(&node, Some("generous"), Encoding::Proto, &request("generous"));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(node.metric("flamedb_distributor_discarded_profiles_total").unwrap() >= limited as f64);
+    // The overrides file is re-read: the flooder gets room too.
+    std::fs::write(&overrides, "overrides:\n  flooder:\n    ingestion_rate_mb: 0\n").unwrap();
+    wait_until(Duration::from_secs(10), "the overrides reload", || {
+        let (status, _) = connect_push(&node, Some("flooder"), Encoding::Proto, &request("flood"));
+        (status == 200).then_some(())
+    });
+    let page = node.get("/runtime_config").unwrap().1;
+    assert!(page.contains("flooder"), "{page}");
+    // Without a tenant: 401.
+    let (status, _) = connect_push(&node, None, Encoding::Proto, &request("x"));
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn test_a_push_with_some_invalid_profiles_stores_the_valid_ones_and_lists_the_problems() {
+    let node = start("single", &["-validation.max-label-names-per-series=4"]);
+    let good = sized_profile(400);
+    let mut request = push_request(
+        &[("__name__", "process_cpu"), ("service_name", "mixed")],
+        vec![good.clone(), b"not a profile".to_vec()],
+    );
+    request.series.push(RawProfileSeries {
+        labels: pairs(&[
+            ("__name__", "process_cpu"),
+            ("service_name", "wide"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+        ]),
+        samples: vec![RawSample {
+            raw_profile: good,
+            id: "not-a-uuid".to_owned(),
+        }],
+        annotations: vec![],
+    });
+    let (status, body) = connect_push(&node, None, Encoding::Proto, &request);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("2 profiles refused, 1 series-profiles stored"), "{body}");
+    assert!(body.contains("cannot be decoded"), "{body}");
+    assert!(body.contains("service_name=\\\"wide\\\""), "{body}");
+    assert_eq!(
+        stored_ids(&node, "process_cpu:cpu:nanoseconds::", r#"{service_name="mixed"}"#).len(),
+        1
+    );
+    assert!(profile_types(&node, "anonymous", r#"{service_name="wide"}"#).is_empty());
+
+    let (status, body) = connect_push(&node, None, Encoding::Proto, &PushRequest::default());
+    assert_eq!(status, 400);
+    assert!(body.contains("no profiles received"), "{body}");
+}
+
+/// The Python interpreter with `pyroscope-io` that `.ci/run` installs.
+fn python_with_agent() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/python/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/run installs pyroscope-io there",
+        python.display()
+    );
+    eprintln!(
+        "skipping: {} is missing (run .ci/run, or: python3 -m venv .tools/python && .tools/python/bin/pip install pyroscope-io==1.4.0)",
+        python.display()
+    );
+    None
+}
+
+const PYTHON_APP: &str = r#"
+import sys, time
+import pyroscope
+
+pyroscope.configure(
+    application_name="flamedb-python-agent",
+    server_address=sys.argv[1],
+    sample_rate=100,
+    upload_interval=1,
+    tags={"env": "ci"},
+)
+
+def busy(seconds):
+    end = time.time() + seconds
+    n = 0
+    while time.time() < end:
+        n += 1
+    return n
+
+busy(4)
+pyroscope.shutdown()
+"#;
+
+#[test]
+fn test_the_real_python_agent_pushes_to_the_real_server() {
+    let Some(python) = python_with_agent() else { return };
+    let node = start("single", &[]);
+    let script = node.workdir().join("app.py");
+    std::fs::write(&script, PYTHON_APP).unwrap();
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", node.http))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let selector = r#"{service_name="flamedb-python-agent",env="ci"}"#;
+    let types = wait_until(Duration::from_secs(10), "the agent's profiles", || {
+        let types = profile_types(&node, "anonymous", selector);
+        (!types.is_empty()).then_some(types)
+    });
+    assert_eq!(types, BTreeSet::from([CPU.to_owned()]));
+    let tree = merged(&node, CPU, selector);
+    assert!(tree.total() > 0);
+    let stacks = tree.stacks();
+    assert!(
+        stacks
+            .iter()
+            .any(|(frames, _)| frames.iter().any(|frame| frame.contains("busy"))),
+        "{stacks:?}"
+    );
+}
+
+/// Short periods so the cluster forms and notices deaths quickly.
+fn cluster_args(label: &str) -> Vec<String> {
+    [
+        "-memberlist.gossip-interval=100ms",
+        "-ingester.heartbeat-period=200ms",
+        "-distributor.ring.heartbeat-period=200ms",
+        "-ring.heartbeat-timeout=3s",
+        "-distributor.push.timeout=2s",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain([format!("-memberlist.cluster-label={label}")])
+    .collect()
+}
+
+fn start_with(name: &str, base: &[String], extra: &[String]) -> Flamedb {
+    let args: Vec<&str> = base.iter().chain(extra).map(String::as_str).collect();
+    start(name, &args)
+}
+
+/// The ACTIVE ingesters `node`'s ring page shows.
+fn active_ingesters(node: &Flamedb) -> usize {
+    node.get_json("/ring")["shards"]
+        .as_array()
+        .map(|shards| shards.iter().filter(|shard| shard["state"] == "ACTIVE").count())
+        .unwrap_or(0)
+}
+
+fn cpu_push(service: &str, value: i64) -> PushRequest {
+    let mut profile = Profile::decode(sized_profile(200).as_slice()).unwrap();
+    profile.sample[0].value[0] = value;
+    push_request(
+        &[("__name__", "process_cpu"), ("service_name", service)],
+        vec![profile.encode_to_vec()],
+    )
+}
+
+const CLUSTER_CPU: &str = "process_cpu:cpu:nanoseconds::";
+
+#[test]
+fn test_rf3_cluster_writes_every_series_to_three_replicas_and_needs_a_quorum() {
+    let label = format!("distributor-test-{}", std::process::id());
+    let base = cluster_args(&label);
+    let distributor_1 = start_with(
+        "distributor-1",
+        &base,
+        &[
+            "-target=distributor".into(),
+            "-distributor.ring.instance-id=distributor-1".into(),
+        ],
+    );
+    let seed = distributor_1.gossip.clone().unwrap();
+    let join = format!("-memberlist.join={seed}");
+    let mut ingesters: Vec<Flamedb> = (1..=3)
+        .map(|n| {
+            start_with(
+                &format!("ingester-{n}"),
+                &base,
+                &[
+                    "-target=ingester".into(),
+                    format!("-ingester.lifecycler.ID=ingester-{n}"),
+                    join.clone(),
+                ],
+            )
+        })
+        .collect();
+    let distributor_2 = start_with(
+        "distributor-2",
+        &base,
+        &[
+            "-target=distributor".into(),
+            "-distributor.ring.instance-id=distributor-2".into(),
+            join,
+        ],
+    );
+    for distributor in [&distributor_1, &distributor_2] {
+        wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
+            (active_ingesters(distributor) == 3).then_some(())
+        });
+    }
+
+    // Both distributors write; every series lands on all three replicas
+    // under one profile ID.
+    for (n, distributor) in [&distributor_1, &distributor_2, &distributor_1].iter().enumerate() {
+        for service in 0..10 {
+            let (status, body) = connect_push(
+                distributor,
+                None,
+                Encoding::Proto,
+                &cpu_push(&format!("svc-{service}"), n as i64 + 1),
+            );
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    for service in 0..10 {
+        let selector = format!("{{service_name=\"svc-{service}\"}}");
+        let ids: Vec<BTreeSet<ProfileId>> = ingesters
+            .iter()
+            .map(|node| stored_ids(node, CLUSTER_CPU, &selector))
+            .collect();
+        assert_eq!(ids[0].len(), 3, "svc-{service}: {ids:?}");
+        assert!(
+            ids.iter().all(|set| *set == ids[0]),
+            "svc-{service}: replicas differ: {ids:?}"
+        );
+        for node in &ingesters {
+            assert_eq!(merged(node, CLUSTER_CPU, &selector).total(), 6);
+        }
+    }
+
+    // One ingester killed: writes go on with two acknowledgements.
+    ingesters[2].kill();
+    for service in 0..10 {
+        let (status, body) = connect_push(
+            &distributor_2,
+            None,
+            Encoding::Proto,
+            &cpu_push(&format!("after-kill-{service}"), 1),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let selector = r#"{service_name="after-kill-0"}"#;
+    assert_eq!(
+        stored_ids(&ingesters[0], CLUSTER_CPU, selector),
+        stored_ids(&ingesters[1], CLUSTER_CPU, selector)
+    );
+
+    // Two killed: no quorum, and the client is told so.
+    ingesters[1].kill();
+    for distributor in [&distributor_1, &distributor_2] {
+        let (status, body) = connect_push(distributor, None, Encoding::Proto, &cpu_push("no-quorum", 1));
+        assert!((500..600).contains(&status), "{status}: {body}");
+        assert!(body.contains("nothing was stored"), "{body}");
+    }
+    // Once the ring sees them dead, the answer says which are unhealthy.
+    wait_until(
+        Duration::from_secs(20),
+        "the ring to see two unhealthy ingesters",
+        || {
+            let (status, body) = connect_push(&distributor_1, None, Encoding::Proto, &cpu_push("no-quorum", 1));
+            assert!((500..600).contains(&status), "{status}: {body}");
+            body.contains("unhealthy instances").then_some(())
+        },
+    );
+    assert!(
+        distributor_1
+            .metric("flamedb_distributor_replicated_series_total")
+            .unwrap()
+            >= 30.0
+    );
+}
+
+#[test]
+fn test_a_single_binary_with_no_flags_takes_pushes_on_the_ring_and_in_metrics() {
+    let node = start("single", &[]);
+    let (status, body) = connect_push(&node, None, Encoding::GzipProto, &cpu_push("plain", 5));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(active_ingesters(&node), 1);
+    assert_eq!(node.metric("flamedb_ingester_profiles_total"), Some(1.0));
+    assert_eq!(stored_ids(&node, CLUSTER_CPU, r#"{service_name="plain"}"#).len(), 1);
+}
