@@ -84,11 +84,21 @@ impl PushBatch {
         labels: &Labels,
         raw: &'a [u8],
     ) -> Result<Option<std::borrow::Cow<'a, [u8]>>, BodyTooLarge> {
-        match gunzip_if_compressed(raw, self.limits.max_profile_size_bytes) {
+        let body_limit = self.limits.ingestion_body_limit_bytes();
+        let body_left = body_limit.saturating_sub(self.decompressed_bytes);
+        let profile_limit = match self.limits.max_profile_size_bytes {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        // Decompression stops at the smaller limit, so a small gzip bomb
+        // never inflates past what the request may hold.
+        let limit = profile_limit.min(body_left).max(1);
+        match gunzip_if_compressed(raw, limit) {
             Ok(bytes) => {
                 self.count_decompressed(bytes.len())?;
                 Ok(Some(bytes))
             }
+            Err(GzipError::TooLarge { .. }) if body_left < profile_limit => Err(BodyTooLarge { limit: body_limit }),
             Err(err) => {
                 let source = match err {
                     GzipError::TooLarge { limit } => pprof::DecodeError::TooLarge { limit },
@@ -197,10 +207,18 @@ mod tests {
             ingestion_body_limit_mb: two as f64 / 1_048_576.0,
             ..Limits::default()
         };
-        let mut batch = PushBatch::new(Arc::new(limits));
+        let mut batch = PushBatch::new(Arc::new(limits.clone()));
         batch.add_raw(&labels(), &raw()).unwrap();
         batch.add_raw(&labels(), &gzip(&raw())).unwrap();
         let err = batch.add_raw(&labels(), &raw()).unwrap_err();
         assert_eq!(err.limit, two);
+
+        // Without a profile limit, a gzip bomb stops at the body limit.
+        let bomb = gzip(&vec![0u8; 10 << 20]);
+        let mut batch = PushBatch::new(Arc::new(Limits {
+            max_profile_size_bytes: 0,
+            ..limits
+        }));
+        assert_eq!(batch.add_raw(&labels(), &bomb).unwrap_err().limit, two);
     }
 }

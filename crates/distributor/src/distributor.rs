@@ -40,8 +40,9 @@ pub struct PushReport {
 }
 
 /// Why a push was not (wholly) stored: the code of the most pressing
-/// problem and every problem in the message. Profiles not named in it
-/// were stored, unless the replicas failed.
+/// problem and every problem in the message. Profiles not named in it were
+/// stored, unless a series could not reach a quorum of replicas (then
+/// some series of the request may be stored, some not: the client retries).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct PushError {
@@ -178,7 +179,7 @@ impl Distributor {
             (Ok(()), false) => Err(refused(&rejections, stored)),
             (Err(err), _) => {
                 debug!(tenant, error = %err.message, "push failed");
-                let mut message = format!("nothing was stored: {}", err.message);
+                let mut message = format!("not stored on a quorum of replicas: {}", err.message);
                 if !rejections.is_empty() {
                     message.push_str("; also refused: ");
                     message.push_str(&list(&rejections));
@@ -204,17 +205,17 @@ fn random_id() -> ProfileId {
     ProfileId(*uuid::Uuid::new_v4().as_bytes())
 }
 
-/// The error for a push some of whose profiles were refused: its code is
-/// the most pressing one (a limit before invalid input).
+/// The error for a push some of whose profiles were refused: 429 if a
+/// limit refused any (the client may retry later), else 400.
 fn refused(rejections: &[Rejection], stored: usize) -> PushError {
-    let code = [
-        ErrorCode::ResourceExhausted,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::InvalidArgument,
-    ]
-    .into_iter()
-    .find(|code| rejections.iter().any(|rejection| rejection.code == *code))
-    .unwrap_or(rejections[0].code);
+    let code = if rejections
+        .iter()
+        .any(|rejection| rejection.code == ErrorCode::ResourceExhausted)
+    {
+        ErrorCode::ResourceExhausted
+    } else {
+        ErrorCode::InvalidArgument
+    };
     let message = if stored == 0 {
         list(rejections)
     } else {

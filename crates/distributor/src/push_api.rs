@@ -3,7 +3,7 @@
 
 use axum::Router;
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
-use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
+use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
 
 use crate::distributor::Distributor;
 use crate::ingest;
@@ -33,7 +33,9 @@ async fn push(distributor: Distributor, ctx: RequestContext, request: PushReques
         for sample in series.samples {
             batch
                 .add_raw(&labels, &sample.raw_profile)
-                .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
+                // Pyroscope's body_size_limit_exceeded: invalid input, so
+                // agents do not retry it.
+                .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
         }
     }
     distributor.push(tenant, batch).await?;

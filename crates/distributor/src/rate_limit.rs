@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use flamedb_model::Limits;
 
 const MIB: f64 = 1_048_576.0;
-/// Buckets idle this long are full again and can be dropped.
+/// Buckets idle this long are dropped: at any rate that refills the burst
+/// within it (all sensible ones), they were full anyway.
 const IDLE: Duration = Duration::from_secs(600);
-/// Dropping idle buckets starts past this many tenants.
+/// Dropping idle buckets starts past this many tenants; after a pass, the
+/// next waits until the map doubles, so passes cost O(1) per new tenant.
 const PRUNE_ABOVE: usize = 1024;
 
 /// How many distributors share each tenant's rate (at least 1).
@@ -40,9 +42,16 @@ struct Bucket {
     updated: Instant,
 }
 
+#[derive(Debug)]
+struct Buckets {
+    by_tenant: HashMap<String, Bucket>,
+    /// Size at which idle buckets are next looked for.
+    prune_at: usize,
+}
+
 /// Token buckets of every tenant seen lately.
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
     distributors: DistributorCount,
 }
 
@@ -55,7 +64,10 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     pub fn new(distributors: DistributorCount) -> Self {
         Self {
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                by_tenant: HashMap::new(),
+                prune_at: PRUNE_ABOVE,
+            }),
             distributors,
         }
     }
@@ -73,10 +85,12 @@ impl RateLimiter {
         let rate = limits.ingestion_rate_mb * MIB / distributors as f64;
         let burst = limits.ingestion_burst_size_mb * MIB;
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if !buckets.contains_key(tenant) && buckets.len() >= PRUNE_ABOVE {
-            buckets.retain(|_, bucket| now.saturating_duration_since(bucket.updated) < IDLE);
+        let Buckets { by_tenant, prune_at } = &mut *buckets;
+        if !by_tenant.contains_key(tenant) && by_tenant.len() >= *prune_at {
+            by_tenant.retain(|_, bucket| now.saturating_duration_since(bucket.updated) < IDLE);
+            *prune_at = (by_tenant.len() * 2).max(PRUNE_ABOVE);
         }
-        let bucket = buckets.entry(tenant.to_owned()).or_insert(Bucket {
+        let bucket = by_tenant.entry(tenant.to_owned()).or_insert(Bucket {
             tokens: burst,
             updated: now,
         });
@@ -175,6 +189,6 @@ mod tests {
             limiter.admit_at(&tenant.to_string(), &limits, 1, start).unwrap();
         }
         limiter.admit_at("new", &limits, 1, start + IDLE).unwrap();
-        assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
+        assert_eq!(limiter.buckets.lock().unwrap().by_tenant.len(), 1);
     }
 }

@@ -2,7 +2,7 @@
 //! default `service_name` → decode (gzip or plain, size-limited) → validate
 //! → normalize → split by sample labels → validate each series' labels.
 
-use crate::labels::{Labels, SERVICE_NAME, UNKNOWN_SERVICE};
+use crate::labels::{Labels, SERVICE_NAME, SESSION_ID, UNKNOWN_SERVICE};
 use crate::limits::Limits;
 use crate::normalize::normalize;
 use crate::pprof::{self, Profile};
@@ -40,6 +40,9 @@ pub fn prepare_decoded(
     let mut series = split_by_sample_labels(profile, &labels);
     for part in &mut series {
         validate_labels(&mut part.labels, limits)?;
+        // Agents tag each process run; kept, it would make a series per
+        // run. Pyroscope drops it too (max_sessions_per_series 0).
+        part.labels.remove(SESSION_ID);
     }
     Ok(series)
 }
@@ -93,6 +96,18 @@ mod tests {
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].labels.get(SERVICE_NAME), Some(UNKNOWN_SERVICE));
         assert_eq!(series[0].profile.sample.len(), 1);
+    }
+
+    #[test]
+    fn test_prepare_profile_drops_the_session_id_label() {
+        let labels = Labels::from_pairs([
+            ("__name__", "process_cpu"),
+            ("service_name", "app"),
+            ("__session_id__", "8b1f"),
+        ]);
+        let series = prepare_profile(&raw_profile(), &labels, &Limits::default(), NOW).unwrap();
+        assert_eq!(series[0].labels.get(SESSION_ID), None);
+        assert_eq!(series[0].labels.len(), 2);
     }
 
     #[test]

@@ -107,7 +107,11 @@ impl Overrides {
                 }
                 let defaults = overrides.defaults.clone();
                 let path_for_read = path.clone();
-                let loaded = tokio::task::spawn_blocking(move || read(&path_for_read, &defaults)).await;
+                // A hung filesystem must not hold up shutdown.
+                let loaded = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    loaded = tokio::task::spawn_blocking(move || read(&path_for_read, &defaults)) => loaded,
+                };
                 match loaded {
                     Ok(Ok(tenants)) => {
                         let changed = {

@@ -7,8 +7,9 @@
 //! `format=pprof` (raw pprof body), multipart `profile` (+
 //! `sample_type_config`, `prev_profile`), `format=lines`, and folded stacks
 //! otherwise. Success is 200 with an empty body; errors are JSON
-//! `{"code","message"}`: 400 bad `name` or time, 413 body over the limit,
-//! 422 a pprof that fails validation, 429 limits, 5xx when no quorum.
+//! `{"code","message"}`: 400 bad `name` or time (and invalid text
+//! profiles), 413 body over the limit, 422 a pprof that cannot be decoded
+//! or fails validation, 429 limits, 5xx when no quorum.
 
 mod attime;
 mod pprof;
@@ -119,6 +120,16 @@ async fn handle(
     }
     match format {
         Format::Folded | Format::Lines => {
+            // The text becomes a pprof at least as large: the profile size
+            // limit bounds it before any parsing.
+            let max = batch.limits().max_profile_size_bytes;
+            if max != 0 && body.len() > max {
+                return Err(RpcError::invalid_argument(format!(
+                    "the profile of {} ({} bytes) is larger than max_profile_size_bytes ({max} bytes)",
+                    request.name.app_name,
+                    body.len()
+                )));
+            }
             let text = std::str::from_utf8(&body)
                 .map_err(|err| RpcError::invalid_argument(format!("the body is not UTF-8 text: {err}")))?;
             let stacks = if format == Format::Lines {
@@ -171,7 +182,8 @@ async fn push(state: &IngestState, tenant: &str, batch: PushBatch) -> Result<(),
 }
 
 /// Decodes a pprof sent to `/ingest`, applies the legacy fix-ups and adds
-/// it under the labels of the request.
+/// it under the labels of the request; a profile that cannot be decoded
+/// becomes a rejection of the batch (422 once pushed).
 fn add_pprof(
     batch: &mut PushBatch,
     request: &IngestRequest,
@@ -183,36 +195,22 @@ fn add_pprof(
     let app = Labels::from_pairs([("service_name", request.name.app_name.as_str())]);
     let bytes = batch
         .decompress(&app, raw)
-        .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
+        .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
     let Some(bytes) = bytes else {
-        return Err(pprof_rejection(batch));
+        return Ok(());
     };
-    let mut profile = match flamedb_model::pprof::decode_plain(&bytes) {
-        Ok(profile) => profile,
-        Err(source) => {
-            let err = flamedb_model::ValidationError::from_decode(&app, source);
-            return Err(RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()));
+    match flamedb_model::pprof::decode_plain(&bytes) {
+        Ok(mut profile) => {
+            let metric = pprof::prepare(&mut profile, &request.spy_name, config, request.from);
+            let labels = request.labels(&metric, &request.name.app_name);
+            batch.add(labels, profile, bytes.len());
         }
-    };
-    let metric = pprof::prepare(&mut profile, &request.spy_name, config, request.from);
-    let labels = request.labels(&metric, &request.name.app_name);
-    batch.add(labels, profile, bytes.len());
-    Ok(())
-}
-
-/// The rejection just recorded in `batch`, as the 422 (or 413) of `/ingest`.
-fn pprof_rejection(batch: &PushBatch) -> RpcError {
-    match batch.rejections.last() {
-        Some(Rejection { message, reason, .. }) => {
-            let code = if *reason == "profile_size_limit" {
-                ErrorCode::PayloadTooLarge
-            } else {
-                ErrorCode::UnprocessableEntity
-            };
-            RpcError::new(code, message.clone())
-        }
-        None => RpcError::new(ErrorCode::UnprocessableEntity, "the profile cannot be decoded"),
+        Err(source) => batch.reject(Rejection::invalid(
+            &flamedb_model::ValidationError::from_decode(&app, source),
+            bytes.len(),
+        )),
     }
+    Ok(())
 }
 
 /// pprof errors of `/ingest`: invalid input is 422, as in Pyroscope.
