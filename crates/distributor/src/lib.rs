@@ -25,7 +25,7 @@ mod rate_limit;
 mod remote;
 mod replication;
 
-pub use batch::{PushBatch, Rejection};
+pub use batch::{BodyTooLarge, PushBatch, Rejection};
 pub use distributor::{Distributor, DistributorConfig, PushError, PushReport};
 pub use metrics::DistributorMetrics;
 pub use push_api::routes;
