@@ -126,37 +126,18 @@ impl Distributor {
             });
         }
         let started = Instant::now();
-        let PushBatch {
-            limits,
-            profiles,
-            mut rejections,
-            ..
-        } = batch;
-        let now = now_nanos();
-        let mut series = Vec::new();
-        for received in profiles {
-            inner.metrics.received(tenant, received.bytes);
-            if let Err(limited) = inner.rate.admit(tenant, &limits, received.bytes) {
-                rejections.push(Rejection {
-                    reason: "rate_limited",
-                    code: ErrorCode::ResourceExhausted,
-                    message: limited.to_string(),
-                    bytes: received.bytes,
-                });
-                continue;
-            }
-            match prepare_decoded(received.profile, &received.labels, &limits, now) {
-                Ok(parts) => series.extend(
-                    parts
-                        .into_iter()
-                        .map(|part| ReplicatedProfile::new(part.labels, random_id(), part.profile)),
-                ),
-                Err(err) => rejections.push(Rejection::invalid(&err, received.bytes)),
-            }
-        }
-        for rejection in &rejections {
-            inner.metrics.discarded(tenant, rejection.reason, rejection.bytes);
-        }
+        // Validation and normalization are CPU work: off the async workers,
+        // so heartbeats and gossip never wait behind a large push.
+        let (series, rejections) = {
+            let distributor = self.clone();
+            let tenant = tenant.to_owned();
+            tokio::task::spawn_blocking(move || distributor.prepare(&tenant, batch))
+                .await
+                .map_err(|err| PushError {
+                    code: ErrorCode::Internal,
+                    message: format!("preparing the profiles failed: {err}"),
+                })?
+        };
         let stored = series.len();
         let replicated = if series.is_empty() {
             Ok(())
@@ -190,6 +171,44 @@ impl Distributor {
                 })
             }
         }
+    }
+
+    /// Rate-limits and prepares each profile of `batch`: the series to
+    /// store, each with a new ID, and every refusal.
+    fn prepare(&self, tenant: &str, batch: PushBatch) -> (Vec<ReplicatedProfile>, Vec<Rejection>) {
+        let inner = &self.inner;
+        let PushBatch {
+            limits,
+            profiles,
+            mut rejections,
+            ..
+        } = batch;
+        let now = now_nanos();
+        let mut series = Vec::new();
+        for received in profiles {
+            inner.metrics.received(tenant, received.bytes);
+            if let Err(limited) = inner.rate.admit(tenant, &limits, received.bytes) {
+                rejections.push(Rejection {
+                    reason: "rate_limited",
+                    code: ErrorCode::ResourceExhausted,
+                    message: limited.to_string(),
+                    bytes: received.bytes,
+                });
+                continue;
+            }
+            match prepare_decoded(received.profile, &received.labels, &limits, now) {
+                Ok(parts) => series.extend(
+                    parts
+                        .into_iter()
+                        .map(|part| ReplicatedProfile::new(part.labels, random_id(), part.profile)),
+                ),
+                Err(err) => rejections.push(Rejection::invalid(&err, received.bytes)),
+            }
+        }
+        for rejection in &rejections {
+            inner.metrics.discarded(tenant, rejection.reason, rejection.bytes);
+        }
+        (series, rejections)
     }
 
     /// Waits for pushes still running in the background (each ends within

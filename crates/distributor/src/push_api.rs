@@ -26,18 +26,28 @@ pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
 /// sample `ID`s of the request are not used: the distributor gives each
 /// stored series-profile its own.
 async fn push(distributor: Distributor, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
-    let tenant = ctx.tenant()?.as_str();
-    let mut batch = distributor.batch(tenant);
-    for series in request.series {
-        let labels = labels_from_pairs(series.labels);
-        for sample in series.samples {
-            batch
-                .add_raw(&labels, &sample.raw_profile)
-                // Pyroscope's body_size_limit_exceeded: invalid input, so
-                // agents do not retry it.
-                .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-        }
-    }
-    distributor.push(tenant, batch).await?;
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    // Decompressing and decoding are CPU work: off the async workers.
+    let batch = {
+        let distributor = distributor.clone();
+        let tenant = tenant.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = distributor.batch(&tenant);
+            for series in request.series {
+                let labels = labels_from_pairs(series.labels);
+                for sample in series.samples {
+                    // Pyroscope's body_size_limit_exceeded: invalid input,
+                    // so agents do not retry it.
+                    batch
+                        .add_raw(&labels, &sample.raw_profile)
+                        .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+                }
+            }
+            Ok::<_, RpcError>(batch)
+        })
+        .await
+        .map_err(|err| RpcError::internal(format!("decoding the push failed: {err}")))??
+    };
+    distributor.push(&tenant, batch).await?;
     Ok(PushResponse {})
 }
