@@ -13,6 +13,7 @@
 //!                     ErrorCode ─▶ HTTP status | Connect code | gRPC status
 //! ```
 
+mod client;
 mod convert;
 mod error;
 mod rpc;
@@ -50,6 +51,7 @@ pub mod pb {
     }
 }
 
+pub use client::{IngesterClients, tenant_request};
 pub use convert::{labels_from_pairs, labels_to_pairs, profile_type_to_proto};
 pub use error::{ErrorCode, RpcError};
 pub use rpc::{RequestContext, RpcOptions, RpcRouter};

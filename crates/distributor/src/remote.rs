@@ -1,16 +1,12 @@
 //! Ingesters in other processes, reached with gRPC (h2c) at their ring
-//! address: `ingester.v1.IngesterService/Push`. One lazily connected
-//! channel per address, multiplexing every push to it.
+//! address: `ingester.v1.IngesterService/Push`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use flamedb_api::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
-use flamedb_api::{ErrorCode, RpcError, labels_to_pairs};
+use flamedb_api::{IngesterClients, RpcError, labels_to_pairs, tenant_request};
 use flamedb_ring::InstanceDesc;
 use futures_util::future::{BoxFuture, try_join_all};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::replication::{IngesterPool, ReplicatedProfile};
 
@@ -18,27 +14,15 @@ use crate::replication::{IngesterPool, ReplicatedProfile};
 /// under the ingester's message limit.
 const MAX_REQUEST_BYTES: usize = 16 << 20;
 
-/// Clients of remote ingesters by address.
+/// Ingesters in other processes.
 #[derive(Debug, Default)]
 pub struct RemoteIngesters {
-    channels: Mutex<HashMap<String, Channel>>,
+    clients: IngesterClients,
 }
 
 impl RemoteIngesters {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, RpcError> {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|err| RpcError::new(ErrorCode::Internal, format!("ingester address {addr:?}: {err}")))?;
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
     }
 }
 
@@ -49,21 +33,16 @@ impl IngesterPool for RemoteIngesters {
         tenant: &str,
         profiles: Vec<Arc<ReplicatedProfile>>,
     ) -> BoxFuture<'static, Result<(), RpcError>> {
-        let channel = self.channel(&instance.addr);
+        let client = self.clients.get(&instance.addr);
         let tenant = tenant.to_owned();
         Box::pin(async move {
-            let client = IngesterServiceClient::new(channel?).max_decoding_message_size(1 << 20);
-            let requests = requests(&profiles);
-            try_join_all(requests.into_iter().map(|request| {
+            let client = client?;
+            try_join_all(requests(&profiles).into_iter().map(|request| {
                 let mut client = client.clone();
-                let tenant = tenant.clone();
+                let request = tenant_request(&tenant, request);
                 async move {
-                    let mut request = tonic::Request::new(request);
-                    let tenant = tenant
-                        .parse()
-                        .map_err(|_| RpcError::invalid_argument(format!("tenant {tenant:?} is not a header value")))?;
-                    request.metadata_mut().insert(ORG_ID_HEADER_LOWER, tenant);
-                    client.push(request).await.map(|_| ()).map_err(status_error)
+                    client.push(request?).await?;
+                    Ok::<_, RpcError>(())
                 }
             }))
             .await
@@ -71,9 +50,6 @@ impl IngesterPool for RemoteIngesters {
         })
     }
 }
-
-/// `X-Scope-OrgID`: gRPC metadata keys are lower case.
-const ORG_ID_HEADER_LOWER: &str = "x-scope-orgid";
 
 /// The profiles as push requests of at most about [`MAX_REQUEST_BYTES`].
 fn requests(profiles: &[Arc<ReplicatedProfile>]) -> Vec<PushRequest> {
@@ -100,13 +76,6 @@ fn requests(profiles: &[Arc<ReplicatedProfile>]) -> Vec<PushRequest> {
         requests.push(current);
     }
     requests
-}
-
-fn status_error(status: tonic::Status) -> RpcError {
-    RpcError::new(
-        ErrorCode::from_grpc_code(status.code() as u32),
-        status.message().to_owned(),
-    )
 }
 
 #[cfg(test)]
