@@ -49,7 +49,7 @@ impl Label {
 
 /// A label set, kept sorted by name (stable, so duplicate names stay
 /// adjacent for validation to report).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Labels(Vec<Label>);
 
 impl Labels {

@@ -56,6 +56,17 @@ pub struct Limits {
     /// Most active series of the tenant in the whole cluster; each
     /// ingester takes its share (`limit / healthy ingesters × RF`).
     pub max_global_series_per_tenant: usize,
+    /// Longest time range of a query (`0s`: any).
+    #[serde(with = "humantime_serde")]
+    pub max_query_length: Duration,
+    /// How far back queries may look; older parts of a range are cut off
+    /// (`0s`: no limit).
+    #[serde(with = "humantime_serde")]
+    pub max_query_lookback: Duration,
+    /// Nodes of a flame graph when the query does not say.
+    pub max_flamegraph_nodes_default: usize,
+    /// Most nodes a query may ask for (`0`: any).
+    pub max_flamegraph_nodes_max: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +88,10 @@ impl Default for Limits {
             disable_label_sanitization: true,
             max_local_series_per_tenant: 0,
             max_global_series_per_tenant: 5000,
+            max_query_length: Duration::from_secs(24 * 3600),
+            max_query_lookback: Duration::from_secs(7 * 24 * 3600),
+            max_flamegraph_nodes_default: 8192,
+            max_flamegraph_nodes_max: 1_048_576,
         }
     }
 }
@@ -102,6 +117,10 @@ impl Limits {
             disable_label_sanitization: true,
             max_local_series_per_tenant: 0,
             max_global_series_per_tenant: 0,
+            max_query_length: Duration::ZERO,
+            max_query_lookback: Duration::ZERO,
+            max_flamegraph_nodes_default: 0,
+            max_flamegraph_nodes_max: 0,
         }
     }
 }

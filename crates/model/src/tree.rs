@@ -266,6 +266,88 @@ impl Tree {
     }
 }
 
+/// A flame graph in Pyroscope's flamebearer layout: `names[0]` is
+/// `"total"`, and each level is a flat list of `[x delta, total, self,
+/// name index]` per node, left to right. A node's self value takes the
+/// left part of its span, its children follow in name order, then `other`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlameGraph {
+    pub names: Vec<String>,
+    pub levels: Vec<Vec<i64>>,
+    pub total: i64,
+    pub max_self: i64,
+}
+
+impl Tree {
+    /// The flame graph of the tree, keeping at most about `max_nodes`
+    /// nodes (0: all); the rest fold into `other` children.
+    pub fn flame_graph(&self, max_nodes: usize) -> FlameGraph {
+        enum Item {
+            Node(u32),
+            Other(i64),
+        }
+        let cutoff = self.cutoff(max_nodes);
+        let mut graph = FlameGraph {
+            names: vec!["total".to_owned()],
+            total: self.total(),
+            ..FlameGraph::default()
+        };
+        let mut name_index: HashMap<u32, i64> = HashMap::new();
+        let mut other_index = None;
+        // Absolute x of each level's last node end, for the deltas.
+        let mut level_ends: Vec<i64> = Vec::new();
+        let mut stack = vec![(Item::Node(0), 0usize, 0i64)];
+        while let Some((item, depth, x)) = stack.pop() {
+            if graph.levels.len() <= depth {
+                graph.levels.push(Vec::new());
+                level_ends.push(0);
+            }
+            let (total, self_value, name) = match item {
+                Item::Other(value) => {
+                    let index = *other_index.get_or_insert_with(|| {
+                        graph.names.push(OTHER.to_owned());
+                        graph.names.len() as i64 - 1
+                    });
+                    (value, value, index)
+                }
+                Item::Node(node) => {
+                    let current = &self.nodes[node as usize];
+                    let index = if node == 0 {
+                        0
+                    } else {
+                        *name_index.entry(current.name).or_insert_with(|| {
+                            graph.names.push(self.names[current.name as usize].clone());
+                            graph.names.len() as i64 - 1
+                        })
+                    };
+                    let mut children = Vec::new();
+                    let mut folded = 0i64;
+                    let mut child_x = x + current.self_value;
+                    for child in self.sorted_children(node) {
+                        let child_total = self.nodes[child as usize].total;
+                        if child_total >= cutoff {
+                            children.push((Item::Node(child), depth + 1, child_x));
+                            child_x += child_total;
+                        } else {
+                            folded += child_total;
+                        }
+                    }
+                    if folded != 0 {
+                        children.push((Item::Other(folded), depth + 1, child_x));
+                    }
+                    // Popped left to right, so each level fills in x order.
+                    stack.extend(children.into_iter().rev());
+                    (current.total, current.self_value, index)
+                }
+            };
+            graph.max_self = graph.max_self.max(self_value);
+            graph.levels[depth].extend([x - level_ends[depth], total, self_value, name]);
+            level_ends[depth] = x + total;
+        }
+        graph
+    }
+}
+
 fn write_node(out: &mut Vec<u8>, name: &str, self_value: u64, children: u64) {
     encode_varint(name.len() as u64, out);
     out.extend_from_slice(name.as_bytes());
@@ -364,5 +446,42 @@ mod tests {
             prop_assert_eq!(merged.total(), expected.total());
             prop_assert_eq!(Tree::decode(&merged.encode(0)).unwrap().stacks(), merged.stacks());
         }
+    }
+
+    #[test]
+    fn test_flame_graph_layout_golden() {
+        let mut tree = Tree::new();
+        tree.insert(["main", "b"], 3);
+        tree.insert(["main", "a"], 2);
+        tree.insert(["main"], 1);
+        tree.insert(["other_root"], 4);
+        let graph = tree.flame_graph(0);
+        assert_eq!(graph.names, ["total", "main", "a", "b", "other_root"]);
+        assert_eq!(graph.total, 10);
+        assert_eq!(graph.max_self, 4);
+        assert_eq!(
+            graph.levels,
+            vec![
+                vec![0, 10, 0, 0],
+                // main [0, 6) self 1; other_root [6, 10)
+                vec![0, 6, 1, 1, 0, 4, 4, 4],
+                // a [1, 3) after main's self, b [3, 6)
+                vec![1, 2, 2, 2, 0, 3, 3, 3],
+            ]
+        );
+    }
+
+    #[test]
+    fn test_flame_graph_folds_small_nodes_into_other() {
+        let mut tree = Tree::new();
+        tree.insert(["main", "big"], 100);
+        tree.insert(["main", "small1"], 1);
+        tree.insert(["main", "small2"], 2);
+        // Keep 2 nodes: main (103) and big (100).
+        let graph = tree.flame_graph(2);
+        assert_eq!(graph.names, ["total", "main", "big", "other"]);
+        assert_eq!(graph.levels[2], vec![0, 100, 100, 2, 0, 3, 3, 3]);
+        let total_of_level_2: i64 = graph.levels[2].chunks(4).map(|node| node[1]).sum();
+        assert_eq!(total_of_level_2, 103);
     }
 }
