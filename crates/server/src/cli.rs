@@ -123,6 +123,30 @@ pub const FLAGS: &[Flag] = &[
         "How often the runtime config file is re-read.",
     ),
     flag(
+        "querier.max-query-length",
+        "limits.max_query_length",
+        FlagKind::Duration,
+        "Longest time range of a query (0s: any).",
+    ),
+    flag(
+        "querier.max-query-lookback",
+        "limits.max_query_lookback",
+        FlagKind::Duration,
+        "How far back queries may look; older parts of a range are cut off (0s: no limit).",
+    ),
+    flag(
+        "querier.max-flamegraph-nodes-default",
+        "limits.max_flamegraph_nodes_default",
+        FlagKind::Int,
+        "Nodes of a flame graph when the query does not set max_nodes (0: all).",
+    ),
+    flag(
+        "querier.max-flamegraph-nodes-max",
+        "limits.max_flamegraph_nodes_max",
+        FlagKind::Int,
+        "Most flame graph nodes a query may ask for (0: any).",
+    ),
+    flag(
         "validation.max-length-label-name",
         "limits.max_label_name_length",
         FlagKind::Int,

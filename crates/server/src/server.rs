@@ -11,11 +11,13 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::response::IntoResponse;
-use flamedb_api::{ErrorCode, RpcError};
+use flamedb_api::{ErrorCode, RpcError, RpcOptions, Tenancy};
+use flamedb_querier::Querier;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,11 @@ use crate::membership::Membership;
 use crate::metrics::{HttpMetrics, record_requests};
 use crate::overrides::Overrides;
 use crate::status::{Readiness, StatusState};
+
+/// How long a querier waits for one ingester call.
+const INGESTER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest query request.
+const MAX_QUERY_BYTES: usize = 16 << 20;
 
 /// Runs the process until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -77,6 +84,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
     });
     let distributor_routes = distributor.as_ref().map(|module| module.routes(&config));
+    let querier_routes = modules.contains(&Target::Querier).then(|| {
+        flamedb_querier::routes(
+            Querier::new(membership.ingester_ring.clone(), INGESTER_CALL_TIMEOUT),
+            overrides.tenant_limits(),
+            RpcOptions {
+                tenancy: Tenancy {
+                    multitenancy_enabled: config.multitenancy_enabled,
+                },
+                max_message_bytes: MAX_QUERY_BYTES,
+            },
+        )
+    });
     let stop_reloading = CancellationToken::new();
     let reloader = overrides.spawn_reloader(config.runtime_config.period, stop_reloading.clone());
 
@@ -93,7 +112,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         overrides,
     });
     let mut app = crate::status::routes(status).merge(crate::ring_pages::routes(&membership));
-    for routes in [ingester_routes, distributor_routes].into_iter().flatten() {
+    for routes in [ingester_routes, distributor_routes, querier_routes]
+        .into_iter()
+        .flatten()
+    {
         app = app.merge(routes);
     }
     let app = app

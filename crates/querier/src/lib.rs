@@ -1,0 +1,23 @@
+//! The querier: Pyroscope's `querier.v1.QuerierService` over the ingesters
+//! of the ring, counting each profile once although RF copies exist.
+//!
+//! ```text
+//!  querier.v1 ──▶ checks (range, lookback, max_nodes, selectors)
+//!                   │
+//!                   ▼  every readable ingester, at once (ingester.v1 over gRPC)
+//!  labels, series, types: union     profiles: list IDs (SelectProfiles pages)
+//!                                     │ each ID to one holder
+//!                                     ▼
+//!                                   MergeProfiles(only those) ──▶ trees merged ──▶ flame graph | tree
+//!                                   or time series (SelectSeries)
+//! ```
+//!
+//! Object storage (blocks older than the ingesters keep) is not read yet.
+
+mod querier;
+mod service;
+mod time_series;
+
+pub use querier::{ListedProfile, Querier};
+pub use service::routes;
+pub use time_series::{Aggregation, TimeSeries, time_series};

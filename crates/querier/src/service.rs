@@ -1,0 +1,383 @@
+//! `querier.v1.QuerierService` over Connect and gRPC: request checks (time
+//! range, node limits, selectors) as Pyroscope's front end makes them,
+//! then the [`Querier`].
+
+use std::time::Duration;
+
+use axum::Router;
+use flamedb_api::pb::ingester::v1 as ingester;
+use flamedb_api::pb::querier::v1 as pb;
+use flamedb_api::pb::types::v1 as types;
+use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, labels_to_pairs};
+use flamedb_model::{Limits, ProfileType, TenantLimits, is_legacy_label_name, now_nanos, parse_selector};
+
+use crate::querier::Querier;
+use crate::time_series::{Aggregation, time_series};
+
+const SERVICE: &str = "/querier.v1.QuerierService";
+/// The Accept parameter by which clients say they take UTF-8 label names.
+const UTF8_LABEL_NAMES: &str = "allow-utf8-labelnames=true";
+
+#[derive(Clone)]
+struct State {
+    querier: Querier,
+    limits: TenantLimits,
+}
+
+/// The routes of the querier service.
+pub fn routes(querier: Querier, limits: TenantLimits, options: RpcOptions) -> Router {
+    let state = State { querier, limits };
+    macro_rules! method {
+        ($router:expr, $name:literal, $handler:ident) => {{
+            let state = state.clone();
+            $router.unary(&format!("{SERVICE}/{}", $name), move |ctx, request| {
+                $handler(state.clone(), ctx, request)
+            })
+        }};
+    }
+    let router = RpcRouter::new(options);
+    let router = method!(router, "ProfileTypes", profile_types);
+    let router = method!(router, "LabelNames", label_names);
+    let router = method!(router, "LabelValues", label_values);
+    let router = method!(router, "Series", series);
+    let router = method!(router, "SelectMergeStacktraces", select_merge_stacktraces);
+    let router = method!(router, "SelectSeries", select_series);
+    let router = method!(router, "GetProfileStats", profile_stats);
+    router.into_router()
+}
+
+async fn profile_types(
+    state: State,
+    ctx: RequestContext,
+    request: pb::ProfileTypesRequest,
+) -> Result<pb::ProfileTypesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let request = ingester::ProfileTypesRequest {
+        start: request.start,
+        end: request.end,
+    };
+    Ok(pb::ProfileTypesResponse {
+        profile_types: state.querier.profile_types(tenant, request).await?,
+    })
+}
+
+async fn label_names(
+    state: State,
+    ctx: RequestContext,
+    request: types::LabelNamesRequest,
+) -> Result<types::LabelNamesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    check_matchers(&request.matchers)?;
+    let mut names = state.querier.label_names(tenant, request).await?;
+    let utf8 = ctx
+        .headers()
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains(UTF8_LABEL_NAMES));
+    if !utf8 {
+        names.retain(|name| is_legacy_label_name(name));
+    }
+    Ok(types::LabelNamesResponse { names })
+}
+
+async fn label_values(
+    state: State,
+    ctx: RequestContext,
+    request: types::LabelValuesRequest,
+) -> Result<types::LabelValuesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    check_matchers(&request.matchers)?;
+    Ok(types::LabelValuesResponse {
+        names: state.querier.label_values(tenant, request).await?,
+    })
+}
+
+async fn series(state: State, ctx: RequestContext, request: pb::SeriesRequest) -> Result<pb::SeriesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    check_matchers(&request.matchers)?;
+    let request = ingester::SeriesRequest {
+        matchers: request.matchers,
+        label_names: request.label_names,
+        start: request.start,
+        end: request.end,
+    };
+    let labels_set = state
+        .querier
+        .series(tenant, request)
+        .await?
+        .iter()
+        .map(|labels| types::Labels {
+            labels: labels_to_pairs(labels),
+        })
+        .collect();
+    Ok(pb::SeriesResponse { labels_set })
+}
+
+async fn select_merge_stacktraces(
+    state: State,
+    ctx: RequestContext,
+    request: pb::SelectMergeStacktracesRequest,
+) -> Result<pb::SelectMergeStacktracesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let limits = (state.limits)(tenant);
+    let max_nodes = max_nodes(request.max_nodes, &limits)?;
+    let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
+    if matches!(format, pb::ProfileFormat::Dot | pb::ProfileFormat::Pprof) {
+        return Err(RpcError::new(
+            flamedb_api::ErrorCode::Unimplemented,
+            "format DOT and PPROF are not supported yet: ask for FLAMEGRAPH or TREE",
+        ));
+    }
+    let Some(selection) = selection(
+        &request.profile_type_id,
+        &request.label_selector,
+        request.start,
+        request.end,
+        &limits,
+    )?
+    else {
+        return Ok(empty_flame_graph(format));
+    };
+    let tree = state.querier.merge(tenant, &selection).await?;
+    Ok(match format {
+        pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
+            tree: tree.encode(max_nodes),
+            ..Default::default()
+        },
+        _ => {
+            let graph = tree.flame_graph(max_nodes);
+            pb::SelectMergeStacktracesResponse {
+                flamegraph: Some(pb::FlameGraph {
+                    names: graph.names,
+                    levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
+                    total: graph.total,
+                    max_self: graph.max_self,
+                }),
+                ..Default::default()
+            }
+        }
+    })
+}
+
+fn empty_flame_graph(format: pb::ProfileFormat) -> pb::SelectMergeStacktracesResponse {
+    let tree = flamedb_model::Tree::new();
+    match format {
+        pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
+            tree: tree.encode(0),
+            ..Default::default()
+        },
+        _ => {
+            let graph = tree.flame_graph(0);
+            pb::SelectMergeStacktracesResponse {
+                flamegraph: Some(pb::FlameGraph {
+                    names: graph.names,
+                    levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
+                    total: 0,
+                    max_self: 0,
+                }),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+async fn select_series(
+    state: State,
+    ctx: RequestContext,
+    request: pb::SelectSeriesRequest,
+) -> Result<pb::SelectSeriesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let limits = (state.limits)(tenant);
+    if !(request.step.is_finite() && request.step > 0.0) {
+        return Err(RpcError::invalid_argument(
+            "missing step: step (in seconds) must be above 0",
+        ));
+    }
+    let step_ms = ((request.step * 1000.0) as i64).max(1);
+    let aggregation = match request.aggregation.map(types::TimeSeriesAggregationType::try_from) {
+        None | Some(Ok(types::TimeSeriesAggregationType::Sum)) => Aggregation::Sum,
+        Some(Ok(types::TimeSeriesAggregationType::Average)) => Aggregation::Average,
+        Some(Err(_)) => return Err(RpcError::invalid_argument("unknown aggregation")),
+    };
+    let limit = match request.limit {
+        Some(limit) if limit < 0 => return Err(RpcError::invalid_argument("limit must not be negative")),
+        Some(0) | None => None,
+        Some(limit) => Some(limit as usize),
+    };
+    let Some(selection) = selection(
+        &request.profile_type_id,
+        &request.label_selector,
+        request.start,
+        request.end,
+        &limits,
+    )?
+    else {
+        return Ok(pb::SelectSeriesResponse::default());
+    };
+    let profiles = state.querier.select_profiles(tenant, &selection).await?;
+    let series = time_series(
+        &profiles,
+        selection.start,
+        step_ms,
+        &request.group_by,
+        aggregation,
+        limit,
+    )
+    .into_iter()
+    .map(|series| types::Series {
+        labels: labels_to_pairs(&series.labels),
+        points: series
+            .points
+            .into_iter()
+            .map(|(timestamp, value)| types::Point {
+                value,
+                timestamp,
+                ..Default::default()
+            })
+            .collect(),
+    })
+    .collect();
+    Ok(pb::SelectSeriesResponse { series })
+}
+
+async fn profile_stats(
+    state: State,
+    ctx: RequestContext,
+    _: types::GetProfileStatsRequest,
+) -> Result<types::GetProfileStatsResponse, RpcError> {
+    state.querier.profile_stats(ctx.tenant()?.as_str()).await
+}
+
+fn check_matchers(matchers: &[String]) -> Result<(), RpcError> {
+    for matcher in matchers.iter().filter(|matcher| !matcher.trim().is_empty()) {
+        parse_selector(matcher)
+            .map_err(|err| RpcError::invalid_argument(format!("label selector {matcher:?}: {err}")))?;
+    }
+    Ok(())
+}
+
+/// The flame graph node limit of a query.
+fn max_nodes(requested: Option<i64>, limits: &Limits) -> Result<usize, RpcError> {
+    let requested = match requested {
+        None | Some(0) => return Ok(limits.max_flamegraph_nodes_default),
+        Some(nodes) if nodes < 0 => return Err(RpcError::invalid_argument(format!("max_nodes {nodes} is negative"))),
+        Some(nodes) => usize::try_from(nodes).unwrap_or(usize::MAX),
+    };
+    let max = limits.max_flamegraph_nodes_max;
+    if max != 0 && requested > max {
+        return Err(RpcError::invalid_argument(format!(
+            "max_nodes {requested} is above the limit max_flamegraph_nodes_max ({max})"
+        )));
+    }
+    Ok(requested)
+}
+
+/// The checked selection of a query, or `None` when its range is wholly
+/// before the lookback limit (the answer is empty).
+fn selection(
+    profile_type: &str,
+    selector: &str,
+    start: i64,
+    end: i64,
+    limits: &Limits,
+) -> Result<Option<ingester::ProfileSelection>, RpcError> {
+    ProfileType::parse(profile_type).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    if !selector.trim().is_empty() {
+        parse_selector(selector)
+            .map_err(|err| RpcError::invalid_argument(format!("label selector {selector:?}: {err}")))?;
+    }
+    let Some((start, end)) = time_range(start, end, limits, now_nanos() / 1_000_000)? else {
+        return Ok(None);
+    };
+    Ok(Some(ingester::ProfileSelection {
+        label_selector: selector.to_owned(),
+        profile_type_id: profile_type.to_owned(),
+        start,
+        end,
+    }))
+}
+
+/// Checks a query's range (ms) against the limits: `None` when it lies
+/// wholly before the lookback limit.
+fn time_range(start: i64, end: i64, limits: &Limits, now_ms: i64) -> Result<Option<(i64, i64)>, RpcError> {
+    if start == 0 || end == 0 {
+        return Err(RpcError::invalid_argument(
+            "missing time range in the query: set start and end (ms)",
+        ));
+    }
+    if start > end {
+        return Err(RpcError::invalid_argument(format!(
+            "the time range ends ({end}) before it starts ({start})"
+        )));
+    }
+    let mut start = start;
+    if !limits.max_query_lookback.is_zero() {
+        let oldest = now_ms - millis(limits.max_query_lookback);
+        if end < oldest {
+            return Ok(None);
+        }
+        start = start.max(oldest);
+    }
+    if !limits.max_query_length.is_zero() && end - start > millis(limits.max_query_length) {
+        return Err(RpcError::invalid_argument(format!(
+            "the query time range exceeds the limit (max_query_length, actual: {}, limit: {})",
+            humanize_ms(end - start),
+            humanize_ms(millis(limits.max_query_length))
+        )));
+    }
+    Ok(Some((start, end)))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn humanize_ms(ms: i64) -> String {
+    format!("{:?}", Duration::from_millis(ms.max(0).unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn test_time_range_checks() {
+        let limits = Limits::default();
+        assert!(
+            time_range(0, NOW, &limits, NOW)
+                .unwrap_err()
+                .message
+                .contains("missing time range")
+        );
+        assert!(time_range(NOW, NOW - 1, &limits, NOW).is_err());
+        assert_eq!(
+            time_range(NOW - HOUR, NOW, &limits, NOW).unwrap(),
+            Some((NOW - HOUR, NOW))
+        );
+        let err = time_range(NOW - 25 * HOUR, NOW, &limits, NOW).unwrap_err();
+        assert!(err.message.contains("max_query_length"), "{}", err.message);
+        // Older than the 7-day lookback: cut, or empty.
+        assert_eq!(
+            time_range(NOW - 200 * HOUR, NOW - 190 * HOUR, &limits, NOW).unwrap(),
+            None
+        );
+        assert_eq!(
+            time_range(NOW - 170 * HOUR, NOW - 160 * HOUR, &limits, NOW).unwrap(),
+            Some((NOW - 168 * HOUR, NOW - 160 * HOUR))
+        );
+    }
+
+    #[test]
+    fn test_max_nodes_defaults_and_bounds() {
+        let limits = Limits::default();
+        assert_eq!(max_nodes(None, &limits).unwrap(), 8192);
+        assert_eq!(max_nodes(Some(0), &limits).unwrap(), 8192);
+        assert_eq!(max_nodes(Some(16), &limits).unwrap(), 16);
+        assert!(max_nodes(Some(-1), &limits).is_err());
+        assert!(max_nodes(Some(2_000_000), &limits).is_err());
+    }
+}

@@ -1,0 +1,445 @@
+//! The querier in the real binary: `querier.v1` answers computed from
+//! profiles pushed through the distributor, in one process and in an RF=3
+//! cluster, where every profile has three copies and is counted once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
+use flamedb_api::pb::querier::v1 as querier;
+use flamedb_api::pb::types::v1 as types;
+use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::{Tree, now_nanos};
+use flamedb_testkit::{Flamedb, wait_until};
+use prost::Message;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
+const READY: Duration = Duration::from_secs(60);
+const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+const SERVICE: &str = "/querier.v1.QuerierService";
+
+fn start(name: &str, args: &[&str]) -> Flamedb {
+    let node = Flamedb::start(BINARY, name, args);
+    node.wait_ready(READY);
+    node
+}
+
+fn now_ms() -> i64 {
+    now_nanos() / 1_000_000
+}
+
+/// A CPU profile at `time_ms`: `main;work` worth `work` and `main;idle`
+/// worth `idle`.
+fn cpu_profile(time_ms: i64, work: i64, idle: i64) -> Vec<u8> {
+    let names = ["", "cpu", "nanoseconds", "main", "work", "idle"];
+    Profile {
+        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+        period_type: Some(ValueType { r#type: 1, unit: 2 }),
+        period: 10_000_000,
+        string_table: names.map(String::from).to_vec(),
+        function: (1..=3)
+            .map(|id| Function {
+                id,
+                name: id as i64 + 2,
+                ..Function::default()
+            })
+            .collect(),
+        location: (1..=3)
+            .map(|id| Location {
+                id,
+                line: vec![Line {
+                    function_id: id,
+                    ..Line::default()
+                }],
+                ..Location::default()
+            })
+            .collect(),
+        sample: vec![
+            Sample {
+                location_id: vec![2, 1],
+                value: vec![work],
+                label: vec![],
+            },
+            Sample {
+                location_id: vec![3, 1],
+                value: vec![idle],
+                label: vec![],
+            },
+        ],
+        time_nanos: time_ms * 1_000_000,
+        ..Profile::default()
+    }
+    .encode_to_vec()
+}
+
+fn push(node: &Flamedb, service: &str, raw: Vec<u8>) {
+    let request = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: vec![
+                types::LabelPair {
+                    name: "__name__".into(),
+                    value: "process_cpu".into(),
+                },
+                types::LabelPair {
+                    name: "service_name".into(),
+                    value: service.into(),
+                },
+            ],
+            samples: vec![RawSample {
+                raw_profile: raw,
+                id: String::new(),
+            }],
+            annotations: vec![],
+        }],
+    };
+    let (status, body) = node
+        .post_proto("/push.v1.PusherService/Push", request.encode_to_vec())
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+fn call<Req: Message, Resp: Message + Default>(
+    node: &Flamedb,
+    method: &str,
+    request: &Req,
+) -> Result<Resp, (u16, String)> {
+    let (status, body) = node
+        .post_proto(&format!("{SERVICE}/{method}"), request.encode_to_vec())
+        .unwrap();
+    if status != 200 {
+        return Err((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    Ok(Resp::decode(body.as_slice()).unwrap())
+}
+
+fn flame_graph(node: &Flamedb, selector: &str, start: i64, end: i64) -> querier::FlameGraph {
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: selector.into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    let response: querier::SelectMergeStacktracesResponse = call(node, "SelectMergeStacktraces", &request).unwrap();
+    response.flamegraph.unwrap()
+}
+
+fn tree(node: &Flamedb, selector: &str, start: i64, end: i64) -> Tree {
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: selector.into(),
+        start,
+        end,
+        format: querier::ProfileFormat::Tree as i32,
+        ..Default::default()
+    };
+    let response: querier::SelectMergeStacktracesResponse = call(node, "SelectMergeStacktraces", &request).unwrap();
+    Tree::decode(&response.tree).unwrap()
+}
+
+/// Series name → (timestamp → value).
+fn time_series(node: &Flamedb, start: i64, end: i64, step_s: f64) -> BTreeMap<String, BTreeMap<i64, f64>> {
+    let request = querier::SelectSeriesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        group_by: vec!["service_name".into()],
+        step: step_s,
+        ..Default::default()
+    };
+    let response: querier::SelectSeriesResponse = call(node, "SelectSeries", &request).unwrap();
+    response
+        .series
+        .into_iter()
+        .map(|series| {
+            let name = series
+                .labels
+                .iter()
+                .find(|l| l.name == "service_name")
+                .unwrap()
+                .value
+                .clone();
+            (name, series.points.iter().map(|p| (p.timestamp, p.value)).collect())
+        })
+        .collect()
+}
+
+/// What was pushed, kept by the test: (service, time ms, work, idle).
+type Pushed = Vec<(String, i64, i64, i64)>;
+
+fn push_known(node: &Flamedb, base_ms: i64) -> Pushed {
+    let mut pushed = Vec::new();
+    for i in 0..12 {
+        let service = if i % 3 == 0 { "checkout" } else { "search" };
+        let time = base_ms + i * 10_000;
+        let (work, idle) = (100 + i, 7 * i + 1);
+        push(node, service, cpu_profile(time, work, idle));
+        pushed.push((service.to_owned(), time, work, idle));
+    }
+    pushed
+}
+
+/// Checks every select answer against sums computed from `pushed`.
+fn check_answers(node: &Flamedb, pushed: &Pushed, start: i64, end: i64) {
+    let total: i64 = pushed.iter().map(|(_, _, w, i)| w + i).sum();
+    let graph = flame_graph(node, "{}", start, end);
+    assert_eq!(graph.names[0], "total");
+    assert_eq!(graph.total, total);
+    assert_eq!(graph.levels[0].values, vec![0, total, 0, 0]);
+
+    let checkout: i64 = pushed
+        .iter()
+        .filter(|p| p.0 == "checkout")
+        .map(|(_, _, w, i)| w + i)
+        .sum();
+    assert_eq!(
+        flame_graph(node, r#"{service_name="checkout"}"#, start, end).total,
+        checkout
+    );
+
+    let merged = tree(node, "{}", start, end);
+    let work: i64 = pushed.iter().map(|p| p.2).sum();
+    let idle: i64 = pushed.iter().map(|p| p.3).sum();
+    let mut stacks = merged.stacks();
+    stacks.sort();
+    assert_eq!(
+        stacks,
+        vec![
+            (vec!["main".to_owned(), "idle".to_owned()], idle),
+            (vec!["main".to_owned(), "work".to_owned()], work),
+        ]
+    );
+
+    // One step per 30 s: each point sums the profiles of (t - 30 s, t].
+    let step_ms = 30_000;
+    let series = time_series(node, start, end, 30.0);
+    let mut expected: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    for (service, time, work, idle) in pushed {
+        let bucket = (time - start + step_ms - 1).div_euclid(step_ms);
+        *expected
+            .entry(service.clone())
+            .or_default()
+            .entry(start + bucket * step_ms)
+            .or_default() += (work + idle) as f64;
+    }
+    assert_eq!(series, expected);
+}
+
+#[test]
+fn test_single_binary_answers_every_method_from_what_was_pushed() {
+    let node = start("single", &[]);
+    let base = now_ms() - 600_000;
+    let pushed = push_known(&node, base);
+    let (start, end) = (base - 1_000, now_ms() + 1_000);
+    check_answers(&node, &pushed, start, end);
+
+    let types: querier::ProfileTypesResponse =
+        call(&node, "ProfileTypes", &querier::ProfileTypesRequest { start, end }).unwrap();
+    let ids: Vec<&str> = types.profile_types.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [CPU]);
+    let names: types::LabelNamesResponse = call(&node, "LabelNames", &types::LabelNamesRequest::default()).unwrap();
+    assert!(names.names.contains(&"service_name".to_owned()), "{:?}", names.names);
+    let values: types::LabelValuesResponse = call(
+        &node,
+        "LabelValues",
+        &types::LabelValuesRequest {
+            name: "service_name".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(values.names, ["checkout", "search"]);
+    let series: querier::SeriesResponse = call(
+        &node,
+        "Series",
+        &querier::SeriesRequest {
+            matchers: vec![r#"{service_name="search"}"#.into()],
+            label_names: vec!["service_name".into(), "__profile_type__".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(series.labels_set.len(), 1);
+    let stats: types::GetProfileStatsResponse =
+        call(&node, "GetProfileStats", &types::GetProfileStatsRequest {}).unwrap();
+    assert!(stats.data_ingested);
+    assert_eq!(stats.oldest_profile_time, base);
+
+    // A small node limit folds into "other" and keeps the total.
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        max_nodes: Some(2),
+        ..Default::default()
+    };
+    let folded: querier::SelectMergeStacktracesResponse = call(&node, "SelectMergeStacktraces", &request).unwrap();
+    let folded = folded.flamegraph.unwrap();
+    assert!(folded.names.contains(&"other".to_owned()), "{:?}", folded.names);
+    assert_eq!(folded.total, flame_graph(&node, "{}", start, end).total);
+
+    // Bad queries: 400 with the reason.
+    let bad = |request: querier::SelectMergeStacktracesRequest, reason: &str| {
+        let (status, body) =
+            call::<_, querier::SelectMergeStacktracesResponse>(&node, "SelectMergeStacktraces", &request).unwrap_err();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(reason), "{body}");
+    };
+    let good = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    bad(
+        querier::SelectMergeStacktracesRequest {
+            start: 0,
+            ..good.clone()
+        },
+        "missing time range",
+    );
+    bad(
+        querier::SelectMergeStacktracesRequest {
+            start: end - 25 * 3_600_000,
+            ..good.clone()
+        },
+        "max_query_length",
+    );
+    bad(
+        querier::SelectMergeStacktracesRequest {
+            label_selector: "{service_name=}".into(),
+            ..good.clone()
+        },
+        "label selector",
+    );
+    bad(
+        querier::SelectMergeStacktracesRequest {
+            max_nodes: Some(2_000_000),
+            ..good.clone()
+        },
+        "max_flamegraph_nodes_max",
+    );
+    bad(
+        querier::SelectMergeStacktracesRequest {
+            profile_type_id: "cpu".into(),
+            ..good
+        },
+        "profile",
+    );
+}
+
+#[test]
+fn test_real_profile_totals_match_the_pushed_pprof() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
+    let Ok(raw) = std::fs::read(dir.join("profile_java")) else {
+        eprintln!("skipping: {} is absent", dir.display());
+        return;
+    };
+    let node = start("single", &[]);
+    let mut profile = flamedb_model::pprof::decode(&raw, 0).unwrap();
+    profile.time_nanos = now_nanos();
+    // The sum of each sample type's values, computed here from the pprof.
+    let index = profile
+        .sample_type
+        .iter()
+        .position(|t| profile.string_table[t.r#type as usize] == "cpu")
+        .unwrap();
+    let expected: i64 = profile.sample.iter().map(|s| s.value[index]).filter(|v| *v > 0).sum();
+    push(&node, "java-app", profile.encode_to_vec());
+    let graph = flame_graph(
+        &node,
+        r#"{service_name="java-app"}"#,
+        now_ms() - 60_000,
+        now_ms() + 1_000,
+    );
+    assert_eq!(graph.total, expected);
+}
+
+/// Short periods so the cluster forms and notices deaths quickly.
+fn cluster_args(label: &str) -> Vec<String> {
+    [
+        "-memberlist.gossip-interval=100ms",
+        "-ingester.heartbeat-period=200ms",
+        "-distributor.ring.heartbeat-period=200ms",
+        "-ring.heartbeat-timeout=3s",
+        "-distributor.push.timeout=2s",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain([format!("-memberlist.cluster-label={label}")])
+    .collect()
+}
+
+fn start_with(name: &str, base: &[String], extra: &[String]) -> Flamedb {
+    let args: Vec<&str> = base.iter().chain(extra).map(String::as_str).collect();
+    start(name, &args)
+}
+
+#[test]
+fn test_rf3_cluster_counts_every_profile_once_and_tolerates_one_ingester_down() {
+    let label = format!("querier-test-{}", std::process::id());
+    let base = cluster_args(&label);
+    let front = start_with("distributor-querier", &base, &["-target=distributor,querier".into()]);
+    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
+    let mut ingesters: Vec<Flamedb> = (1..=3)
+        .map(|n| {
+            start_with(
+                &format!("ingester-{n}"),
+                &base,
+                &[
+                    "-target=ingester".into(),
+                    format!("-ingester.lifecycler.ID=ingester-{n}"),
+                    join.clone(),
+                ],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
+        let shards = front.get_json("/ring")["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (shards.iter().filter(|s| s["state"] == "ACTIVE").count() == 3).then_some(())
+    });
+    let base_ms = now_ms() - 600_000;
+    let pushed = push_known(&front, base_ms);
+    let (start, end) = (base_ms - 1_000, now_ms() + 1_000);
+    // A push is answered at 2 of 3 copies: wait for the third, then every
+    // answer must count each profile once, not three times.
+    let total: i64 = pushed.iter().map(|(_, _, w, i)| w + i).sum();
+    wait_until(Duration::from_secs(10), "all copies", || {
+        (ingesters
+            .iter()
+            .all(|node| node.metric("flamedb_ingester_profiles_total") == Some(12.0)))
+        .then_some(())
+    });
+    assert_eq!(flame_graph(&front, "{}", start, end).total, total);
+    check_answers(&front, &pushed, start, end);
+
+    // One ingester down: every profile still has a copy; same answers.
+    ingesters[0].kill();
+    check_answers(&front, &pushed, start, end);
+
+    // Two down: the answer would be partial, so it is an error.
+    ingesters[1].kill();
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    let (status, body) =
+        call::<_, querier::SelectMergeStacktracesResponse>(&front, "SelectMergeStacktraces", &request).unwrap_err();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ingesters failed") || body.contains("unhealthy"),
+        "{body}"
+    );
+}
