@@ -17,6 +17,7 @@
 //! bytes on the wire). Nothing here does I/O; everything is deterministic
 //! given `now`.
 
+pub mod attime;
 pub mod gzip;
 mod ingest;
 mod ingest_name;
@@ -45,5 +46,5 @@ pub use profile_id::{ProfileId, ProfileIdError};
 pub use profile_type::{ProfileType, ProfileTypeError, TypedSeries, typed_series};
 pub use selector::{MatchOp, Matcher, Selector, SelectorError, parse_selector};
 pub use split::{SeriesProfile, sample_labels, split_by_sample_labels};
-pub use tree::{FlameGraph, OTHER, Tree, TreeDecodeError};
+pub use tree::{FlameGraph, FlameGraphDiff, OTHER, Tree, TreeDecodeError};
 pub use validate::{ValidationError, now_nanos, validate_labels, validate_profile};

@@ -348,6 +348,218 @@ impl Tree {
     }
 }
 
+/// Two flame graphs side by side (Pyroscope's diff layout): per node
+/// `[x left, total left, self left, x right, total right, self right,
+/// name index]`, both x columns delta-encoded per level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlameGraphDiff {
+    pub names: Vec<String>,
+    pub levels: Vec<Vec<i64>>,
+    pub total: i64,
+    pub max_self: i64,
+    pub left_ticks: i64,
+    pub right_ticks: i64,
+}
+
+impl Tree {
+    /// The diff flame graph of `left` and `right`: the union of their
+    /// stacks, each node with both sides' values; nodes small on both sides
+    /// fold into `other` (at most about `max_nodes`, 0: all).
+    pub fn flame_graph_diff(left: &Tree, right: &Tree, max_nodes: usize) -> FlameGraphDiff {
+        // The union tree decides the shape (and what folds); each side's
+        // values are looked up by path.
+        let mut union = left.clone();
+        union.merge(right);
+        let cutoff = union.cutoff(max_nodes);
+        let mut graph = FlameGraphDiff {
+            names: vec!["total".to_owned()],
+            left_ticks: left.total(),
+            right_ticks: right.total(),
+            total: left.total() + right.total(),
+            ..FlameGraphDiff::default()
+        };
+        let mut name_index: HashMap<u32, i64> = HashMap::new();
+        let mut other_index = None;
+        let mut level_ends: Vec<(i64, i64)> = Vec::new();
+        // (union node or folded (left, right)), depth, x left, x right,
+        // the node on each side (None: absent there).
+        enum Item {
+            Node(u32, Option<u32>, Option<u32>),
+            Other(i64, i64),
+        }
+        let side = |tree: &Tree, node: Option<u32>| -> (i64, i64) {
+            node.map_or((0, 0), |node| {
+                let node = &tree.nodes[node as usize];
+                (node.total, node.self_value)
+            })
+        };
+        let mut stack = vec![(Item::Node(0, Some(0), Some(0)), 0usize, 0i64, 0i64)];
+        while let Some((item, depth, x_left, x_right)) = stack.pop() {
+            if graph.levels.len() <= depth {
+                graph.levels.push(Vec::new());
+                level_ends.push((0, 0));
+            }
+            let (left_values, right_values, name) = match item {
+                Item::Other(l, r) => {
+                    let index = *other_index.get_or_insert_with(|| {
+                        graph.names.push(OTHER.to_owned());
+                        graph.names.len() as i64 - 1
+                    });
+                    ((l, l), (r, r), index)
+                }
+                Item::Node(node, in_left, in_right) => {
+                    let current = &union.nodes[node as usize];
+                    let index = if node == 0 {
+                        0
+                    } else {
+                        *name_index.entry(current.name).or_insert_with(|| {
+                            graph.names.push(union.names[current.name as usize].clone());
+                            graph.names.len() as i64 - 1
+                        })
+                    };
+                    let (left_values, right_values) = (side(left, in_left), side(right, in_right));
+                    let mut children = Vec::new();
+                    let (mut folded_left, mut folded_right) = (0i64, 0i64);
+                    let mut child_x = (x_left + left_values.1, x_right + right_values.1);
+                    for child in union.sorted_children(node) {
+                        let name = union.name_of(child);
+                        let child_left = in_left.and_then(|parent| left.child_named(parent, name));
+                        let child_right = in_right.and_then(|parent| right.child_named(parent, name));
+                        let (l, r) = (side(left, child_left).0, side(right, child_right).0);
+                        if union.nodes[child as usize].total >= cutoff {
+                            children.push((
+                                Item::Node(child, child_left, child_right),
+                                depth + 1,
+                                child_x.0,
+                                child_x.1,
+                            ));
+                            child_x = (child_x.0 + l, child_x.1 + r);
+                        } else {
+                            folded_left += l;
+                            folded_right += r;
+                        }
+                    }
+                    if folded_left != 0 || folded_right != 0 {
+                        children.push((Item::Other(folded_left, folded_right), depth + 1, child_x.0, child_x.1));
+                    }
+                    stack.extend(children.into_iter().rev());
+                    (left_values, right_values, index)
+                }
+            };
+            graph.max_self = graph.max_self.max(left_values.1).max(right_values.1);
+            let (end_left, end_right) = level_ends[depth];
+            graph.levels[depth].extend([
+                x_left - end_left,
+                left_values.0,
+                left_values.1,
+                x_right - end_right,
+                right_values.0,
+                right_values.1,
+                name,
+            ]);
+            level_ends[depth] = (x_left + left_values.0, x_right + right_values.0);
+        }
+        graph
+    }
+
+    /// The child of `parent` named `name`, if any.
+    fn child_named(&self, parent: u32, name: &str) -> Option<u32> {
+        let name = *self.name_index.get(name)?;
+        self.child_index.get(&(parent, name)).copied()
+    }
+
+    /// The tree as a pprof profile of `profile_type`: one function and one
+    /// location per frame name, one sample per stack (its self value).
+    pub fn to_pprof(
+        &self,
+        profile_type: &crate::ProfileType,
+        time_nanos: i64,
+        duration_nanos: i64,
+    ) -> crate::pprof::Profile {
+        use crate::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+        let mut strings: Vec<String> = vec![String::new()];
+        let mut string_index: HashMap<String, i64> = HashMap::new();
+        let mut string = |text: &str| -> i64 {
+            if text.is_empty() {
+                return 0;
+            }
+            *string_index.entry(text.to_owned()).or_insert_with(|| {
+                strings.push(text.to_owned());
+                strings.len() as i64 - 1
+            })
+        };
+        let sample_type = vec![ValueType {
+            r#type: string(&profile_type.sample_type),
+            unit: string(&profile_type.sample_unit),
+        }];
+        let period_type =
+            (!profile_type.period_type.is_empty() || !profile_type.period_unit.is_empty()).then(|| ValueType {
+                r#type: string(&profile_type.period_type),
+                unit: string(&profile_type.period_unit),
+            });
+        // Location (and function) ID of each tree name, 1-based.
+        let mut location_of: HashMap<u32, u64> = HashMap::new();
+        let mut functions = Vec::new();
+        let mut locations = Vec::new();
+        let mut samples = Vec::new();
+        // (node, depth); the path holds location IDs root first.
+        let mut path: Vec<u64> = Vec::new();
+        let mut stack: Vec<(u32, usize)> = self
+            .sorted_children(0)
+            .into_iter()
+            .rev()
+            .map(|child| (child, 0))
+            .collect();
+        while let Some((node, depth)) = stack.pop() {
+            path.truncate(depth);
+            let current = &self.nodes[node as usize];
+            let location = *location_of.entry(current.name).or_insert_with(|| {
+                let id = locations.len() as u64 + 1;
+                functions.push(Function {
+                    id,
+                    name: string(&self.names[current.name as usize]),
+                    ..Function::default()
+                });
+                locations.push(Location {
+                    id,
+                    line: vec![Line {
+                        function_id: id,
+                        ..Line::default()
+                    }],
+                    ..Location::default()
+                });
+                id
+            });
+            path.push(location);
+            if current.self_value != 0 {
+                samples.push(Sample {
+                    location_id: path.iter().rev().copied().collect(),
+                    value: vec![current.self_value],
+                    label: Vec::new(),
+                });
+            }
+            stack.extend(
+                self.sorted_children(node)
+                    .into_iter()
+                    .rev()
+                    .map(|child| (child, depth + 1)),
+            );
+        }
+        Profile {
+            sample_type,
+            sample: samples,
+            location: locations,
+            function: functions,
+            string_table: strings,
+            time_nanos,
+            duration_nanos,
+            period_type,
+            period: i64::from(!profile_type.period_type.is_empty()),
+            ..Profile::default()
+        }
+    }
+}
+
 fn write_node(out: &mut Vec<u8>, name: &str, self_value: u64, children: u64) {
     encode_varint(name.len() as u64, out);
     out.extend_from_slice(name.as_bytes());
@@ -483,5 +695,61 @@ mod tests {
         assert_eq!(graph.levels[2], vec![0, 100, 100, 2, 0, 3, 3, 3]);
         let total_of_level_2: i64 = graph.levels[2].chunks(4).map(|node| node[1]).sum();
         assert_eq!(total_of_level_2, 103);
+    }
+
+    #[test]
+    fn test_flame_graph_diff_layout_golden() {
+        let mut left = Tree::new();
+        left.insert(["main", "a"], 2);
+        left.insert(["main", "b"], 1);
+        let mut right = Tree::new();
+        right.insert(["main", "b"], 4);
+        right.insert(["main", "c"], 1);
+        let diff = Tree::flame_graph_diff(&left, &right, 0);
+        assert_eq!(diff.names, ["total", "main", "a", "b", "c"]);
+        assert_eq!(
+            (diff.left_ticks, diff.right_ticks, diff.total, diff.max_self),
+            (3, 5, 8, 4)
+        );
+        assert_eq!(
+            diff.levels,
+            vec![
+                vec![0, 3, 0, 0, 5, 0, 0],
+                vec![0, 3, 0, 0, 5, 0, 1],
+                // a: left [0,2), right absent at 0; b: left [2,3), right
+                // [0,4); c: left absent at 3, right [4,5).
+                vec![0, 2, 2, 0, 0, 0, 2, 0, 1, 1, 0, 4, 4, 3, 0, 0, 0, 0, 1, 1, 4],
+            ]
+        );
+    }
+
+    #[test]
+    fn test_to_pprof_keeps_every_stack_and_dedupes_functions() {
+        let mut tree = Tree::new();
+        tree.insert(["main", "work"], 5);
+        tree.insert(["main", "work", "main"], 2);
+        tree.insert(["main"], 1);
+        let profile_type = crate::ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
+        let profile = tree.to_pprof(&profile_type, 10, 20);
+        assert_eq!(profile.function.len(), 2);
+        assert_eq!(profile.location.len(), 2);
+        assert_eq!(profile.sample.len(), 3);
+        // Decoded back through the model: the same stacks.
+        let mut back = Tree::new();
+        for sample in &profile.sample {
+            let frames: Vec<&str> = sample
+                .location_id
+                .iter()
+                .rev()
+                .map(|id| {
+                    let function = &profile.function[*id as usize - 1];
+                    profile.string_table[function.name as usize].as_str()
+                })
+                .collect();
+            back.insert(frames, sample.value[0]);
+        }
+        assert_eq!(back.stacks(), tree.stacks());
+        assert_eq!(crate::pprof::string_at(&profile, profile.sample_type[0].r#type), "cpu");
+        assert_eq!((profile.time_nanos, profile.duration_nanos), (10, 20));
     }
 }

@@ -11,7 +11,6 @@
 //! profiles), 413 body over the limit, 422 a pprof that cannot be decoded
 //! or fails validation, 429 limits, 5xx when no quorum.
 
-mod attime;
 mod pprof;
 mod text;
 
@@ -24,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flamedb_api::{ErrorCode, RpcError, Tenancy};
-use flamedb_model::{IngestName, Labels, now_nanos, parse_ingest_name};
+use flamedb_model::{IngestName, Labels, attime, now_nanos, parse_ingest_name};
 use http_body_util::BodyExt;
 
 use crate::batch::{PushBatch, Rejection};

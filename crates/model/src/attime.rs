@@ -1,4 +1,5 @@
-//! `from` and `until` of `/ingest`: Unix time in s, ms, µs or ns (told
+//! Times of Pyroscope's legacy HTTP APIs (`from`/`until` of `/ingest` and
+//! `/pyroscope/render`): Unix time in s, ms, µs or ns (told
 //! apart by the number of digits: 13 ms, 16 µs, 19 ns, else s), a date
 //! `YYYYMMDD`, or `now` with one offset (`now-1h`, `now+30s`; units s,
 //! m/min, h, d, w, M/mon = 30 d, y = 365 d). `_`, `,` and spaces are
