@@ -12,9 +12,12 @@
 //!                                   or time series (SelectSeries)
 //! ```
 //!
+//! The legacy HTTP API (`/pyroscope/render`, `render-diff`,
+//! `label-values`, `label-names`) answers from the same [`Querier`].
 //! Object storage (blocks older than the ingesters keep) is not read yet.
 
 mod querier;
+mod render;
 mod service;
 mod time_series;
 

@@ -9,7 +9,8 @@ use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::querier::v1 as pb;
 use flamedb_api::pb::types::v1 as types;
 use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, labels_to_pairs};
-use flamedb_model::{Limits, ProfileType, TenantLimits, is_legacy_label_name, now_nanos, parse_selector};
+use flamedb_model::pprof::Profile;
+use flamedb_model::{Limits, ProfileType, TenantLimits, Tree, is_legacy_label_name, now_nanos, parse_selector};
 
 use crate::querier::Querier;
 use crate::time_series::{Aggregation, time_series};
@@ -19,14 +20,15 @@ const SERVICE: &str = "/querier.v1.QuerierService";
 const UTF8_LABEL_NAMES: &str = "allow-utf8-labelnames=true";
 
 #[derive(Clone)]
-struct State {
-    querier: Querier,
-    limits: TenantLimits,
+pub(crate) struct State {
+    pub(crate) querier: Querier,
+    pub(crate) limits: TenantLimits,
 }
 
-/// The routes of the querier service.
+/// The routes of the querier service and of the legacy HTTP query API.
 pub fn routes(querier: Querier, limits: TenantLimits, options: RpcOptions) -> Router {
     let state = State { querier, limits };
+    let legacy = crate::render::routes(state.clone(), options.tenancy);
     macro_rules! method {
         ($router:expr, $name:literal, $handler:ident) => {{
             let state = state.clone();
@@ -41,9 +43,11 @@ pub fn routes(querier: Querier, limits: TenantLimits, options: RpcOptions) -> Ro
     let router = method!(router, "LabelValues", label_values);
     let router = method!(router, "Series", series);
     let router = method!(router, "SelectMergeStacktraces", select_merge_stacktraces);
+    let router = method!(router, "SelectMergeProfile", select_merge_profile);
+    let router = method!(router, "Diff", diff);
     let router = method!(router, "SelectSeries", select_series);
     let router = method!(router, "GetProfileStats", profile_stats);
-    router.into_router()
+    router.into_router().merge(legacy)
 }
 
 async fn profile_types(
@@ -123,63 +127,148 @@ async fn select_merge_stacktraces(
     let limits = (state.limits)(tenant);
     let max_nodes = max_nodes(request.max_nodes, &limits)?;
     let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
-    if matches!(format, pb::ProfileFormat::Dot | pb::ProfileFormat::Pprof) {
+    if format == pb::ProfileFormat::Dot {
         return Err(RpcError::new(
             flamedb_api::ErrorCode::Unimplemented,
-            "format DOT and PPROF are not supported yet: ask for FLAMEGRAPH or TREE",
+            "format DOT is not supported: ask for FLAMEGRAPH, TREE or PPROF",
         ));
     }
-    let Some(selection) = selection(
+    let selection = selection(
         &request.profile_type_id,
         &request.label_selector,
         request.start,
         request.end,
         &limits,
-    )?
-    else {
-        return Ok(empty_flame_graph(format));
-    };
-    let tree = state.querier.merge(tenant, &selection).await?;
+    )?;
+    let tree = merged(&state, tenant, selection.as_ref()).await?;
     Ok(match format {
         pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
             tree: tree.encode(max_nodes),
             ..Default::default()
         },
-        _ => {
-            let graph = tree.flame_graph(max_nodes);
-            pb::SelectMergeStacktracesResponse {
-                flamegraph: Some(pb::FlameGraph {
-                    names: graph.names,
-                    levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
-                    total: graph.total,
-                    max_self: graph.max_self,
-                }),
-                ..Default::default()
-            }
-        }
+        pb::ProfileFormat::Pprof => pb::SelectMergeStacktracesResponse {
+            pprof: Some(pb::PprofProfile {
+                profile: Some(pprof(
+                    &tree,
+                    &request.profile_type_id,
+                    request.start,
+                    request.end,
+                    max_nodes,
+                )?),
+            }),
+            ..Default::default()
+        },
+        _ => pb::SelectMergeStacktracesResponse {
+            flamegraph: Some(flame_graph(&tree, max_nodes)),
+            ..Default::default()
+        },
     })
 }
 
-fn empty_flame_graph(format: pb::ProfileFormat) -> pb::SelectMergeStacktracesResponse {
-    let tree = flamedb_model::Tree::new();
-    match format {
-        pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
-            tree: tree.encode(0),
-            ..Default::default()
-        },
-        _ => {
-            let graph = tree.flame_graph(0);
-            pb::SelectMergeStacktracesResponse {
-                flamegraph: Some(pb::FlameGraph {
-                    names: graph.names,
-                    levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
-                    total: 0,
-                    max_self: 0,
-                }),
-                ..Default::default()
-            }
-        }
+/// The merged tree of a selection; empty when there is none (a range
+/// wholly before the lookback limit).
+async fn merged(state: &State, tenant: &str, selection: Option<&ingester::ProfileSelection>) -> Result<Tree, RpcError> {
+    match selection {
+        Some(selection) => state.querier.merge(tenant, selection).await,
+        None => Ok(Tree::new()),
     }
+}
+
+fn flame_graph(tree: &Tree, max_nodes: usize) -> pb::FlameGraph {
+    let graph = tree.flame_graph(max_nodes);
+    pb::FlameGraph {
+        names: graph.names,
+        levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
+        total: graph.total,
+        max_self: graph.max_self,
+    }
+}
+
+/// The merged profile as pprof; `max_nodes` 0 keeps every stack.
+fn pprof(tree: &Tree, profile_type: &str, start_ms: i64, end_ms: i64, max_nodes: usize) -> Result<Profile, RpcError> {
+    let profile_type = ProfileType::parse(profile_type).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    let truncated;
+    let tree = if max_nodes == 0 {
+        tree
+    } else {
+        truncated = Tree::decode(&tree.encode(max_nodes)).map_err(|err| RpcError::internal(err.to_string()))?;
+        &truncated
+    };
+    Ok(tree.to_pprof(
+        &profile_type,
+        start_ms.saturating_mul(1_000_000),
+        (end_ms - start_ms).max(0).saturating_mul(1_000_000),
+    ))
+}
+
+/// A pprof of the merged profiles (what Grafana downloads and Profiles
+/// Drilldown reads function details from). Node limits apply only when
+/// the request sets `max_nodes`.
+async fn select_merge_profile(
+    state: State,
+    ctx: RequestContext,
+    request: pb::SelectMergeProfileRequest,
+) -> Result<Profile, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let limits = (state.limits)(tenant);
+    let max_nodes = match request.max_nodes {
+        None | Some(0) => 0,
+        nodes => max_nodes(nodes, &limits)?,
+    };
+    let selection = selection(
+        &request.profile_type_id,
+        &request.label_selector,
+        request.start,
+        request.end,
+        &limits,
+    )?;
+    let tree = merged(&state, tenant, selection.as_ref()).await?;
+    pprof(&tree, &request.profile_type_id, request.start, request.end, max_nodes)
+}
+
+/// Two selections as one diff flame graph.
+async fn diff(state: State, ctx: RequestContext, request: pb::DiffRequest) -> Result<pb::DiffResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let limits = (state.limits)(tenant);
+    let (Some(left), Some(right)) = (request.left, request.right) else {
+        return Err(RpcError::invalid_argument("left and right are required"));
+    };
+    if left.profile_type_id != right.profile_type_id {
+        return Err(RpcError::invalid_argument(format!(
+            "left and right must select the same profile type, got {:?} and {:?}",
+            left.profile_type_id, right.profile_type_id
+        )));
+    }
+    let max_nodes = max_nodes(left.max_nodes.or(right.max_nodes), &limits)?;
+    let left_selection = selection(
+        &left.profile_type_id,
+        &left.label_selector,
+        left.start,
+        left.end,
+        &limits,
+    )?;
+    let right_selection = selection(
+        &right.profile_type_id,
+        &right.label_selector,
+        right.start,
+        right.end,
+        &limits,
+    )?;
+    let (left_tree, right_tree) = futures_util::try_join!(
+        merged(&state, tenant, left_selection.as_ref()),
+        merged(&state, tenant, right_selection.as_ref())
+    )?;
+    let graph = Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes);
+    Ok(pb::DiffResponse {
+        flamegraph: Some(pb::FlameGraphDiff {
+            names: graph.names,
+            levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
+            total: graph.total,
+            max_self: graph.max_self,
+            left_ticks: graph.left_ticks,
+            right_ticks: graph.right_ticks,
+        }),
+    })
 }
 
 async fn select_series(
@@ -258,7 +347,7 @@ fn check_matchers(matchers: &[String]) -> Result<(), RpcError> {
 }
 
 /// The flame graph node limit of a query.
-fn max_nodes(requested: Option<i64>, limits: &Limits) -> Result<usize, RpcError> {
+pub(crate) fn max_nodes(requested: Option<i64>, limits: &Limits) -> Result<usize, RpcError> {
     let requested = match requested {
         None | Some(0) => return Ok(limits.max_flamegraph_nodes_default),
         Some(nodes) if nodes < 0 => return Err(RpcError::invalid_argument(format!("max_nodes {nodes} is negative"))),
@@ -275,7 +364,7 @@ fn max_nodes(requested: Option<i64>, limits: &Limits) -> Result<usize, RpcError>
 
 /// The checked selection of a query, or `None` when its range is wholly
 /// before the lookback limit (the answer is empty).
-fn selection(
+pub(crate) fn selection(
     profile_type: &str,
     selector: &str,
     start: i64,

@@ -269,6 +269,8 @@ fn test_single_binary_answers_every_method_from_what_was_pushed() {
     assert!(stats.data_ingested);
     assert_eq!(stats.oldest_profile_time, base);
 
+    check_pprof_diff_and_legacy_http(&node, &pushed, start, end);
+
     // A small node limit folds into "other" and keeps the total.
     let request = querier::SelectMergeStacktracesRequest {
         profile_type_id: CPU.into(),
@@ -331,6 +333,99 @@ fn test_single_binary_answers_every_method_from_what_was_pushed() {
             ..good
         },
         "profile",
+    );
+}
+
+/// SelectMergeProfile, Diff and the legacy HTTP API against `pushed`.
+fn check_pprof_diff_and_legacy_http(node: &Flamedb, pushed: &Pushed, start: i64, end: i64) {
+    let total: i64 = pushed.iter().map(|(_, _, w, i)| w + i).sum();
+    let checkout: i64 = pushed
+        .iter()
+        .filter(|p| p.0 == "checkout")
+        .map(|(_, _, w, i)| w + i)
+        .sum();
+
+    // A pprof, as Grafana and Profiles Drilldown fetch it.
+    let request = querier::SelectMergeProfileRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    let (status, body) = node
+        .post_proto(&format!("{SERVICE}/SelectMergeProfile"), request.encode_to_vec())
+        .unwrap();
+    assert_eq!(status, 200);
+    let profile = flamedb_model::pprof::decode(&body, 0).unwrap();
+    assert_eq!(profile.sample.iter().map(|s| s.value[0]).sum::<i64>(), total);
+    assert_eq!(
+        flamedb_model::pprof::string_at(&profile, profile.sample_type[0].r#type),
+        "cpu"
+    );
+    assert_eq!(profile.function.len(), 3, "one function per name");
+
+    // Diff: checkout on the left, everything on the right.
+    let side = |selector: &str| querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: selector.into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    let diff: querier::DiffResponse = call(
+        node,
+        "Diff",
+        &querier::DiffRequest {
+            left: Some(side(r#"{service_name="checkout"}"#)),
+            right: Some(side("{}")),
+        },
+    )
+    .unwrap();
+    let diff = diff.flamegraph.unwrap();
+    assert_eq!((diff.left_ticks, diff.right_ticks), (checkout, total));
+    assert_eq!(diff.levels[0].values, vec![0, checkout, 0, 0, total, 0, 0]);
+
+    // /pyroscope/render as Profiles Drilldown calls it (ms times).
+    let query = format!("{CPU}%7Bservice_name%3D%22checkout%22%7D");
+    let render = node.get_json(&format!(
+        "/pyroscope/render?query={query}&from={start}&until={end}&aggregation=sum&max-nodes=100&groupBy=service_name"
+    ));
+    assert_eq!(render["flamebearer"]["numTicks"], checkout);
+    assert_eq!(render["flamebearer"]["names"][0], "total");
+    assert_eq!(render["metadata"]["units"], "samples");
+    let timeline_sum: i64 = render["timeline"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(timeline_sum, checkout);
+    assert!(render["groups"]["checkout"].is_object(), "{render}");
+    let (status, body) = node.get("/pyroscope/render?query=%7B%7D").unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    let diff = node.get_json(&format!(
+        "/pyroscope/render-diff?leftQuery={query}&leftFrom={start}&leftUntil={end}&rightQuery={CPU}&rightFrom={start}&rightUntil={end}"
+    ));
+    assert_eq!(
+        (diff["leftTicks"].as_i64(), diff["rightTicks"].as_i64()),
+        (Some(checkout), Some(total))
+    );
+    assert_eq!(diff["metadata"]["format"], "double");
+
+    assert_eq!(
+        node.get_json("/pyroscope/label-values?label=__name__"),
+        serde_json::json!([CPU])
+    );
+    assert_eq!(
+        node.get_json("/pyroscope/label-values?label=service_name"),
+        serde_json::json!(["checkout", "search"])
+    );
+    let names = node.get_json("/pyroscope/label-names");
+    assert!(
+        names.as_array().unwrap().contains(&serde_json::json!("service_name")),
+        "{names}"
     );
 }
 
