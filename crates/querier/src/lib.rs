@@ -10,17 +10,22 @@
 //!                                     ▼
 //!                                   MergeProfiles(only those) ──▶ trees merged ──▶ flame graph | tree
 //!                                   or time series (SelectSeries)
+//!                  older ranges: blocks from object storage, listed and merged the same way
 //! ```
 //!
 //! The legacy HTTP API (`/pyroscope/render`, `render-diff`,
 //! `label-values`, `label-names`) answers from the same [`Querier`].
-//! Object storage (blocks older than the ingesters keep) is not read yet.
+//! Ranges older than `query_store_after` also read the blocks in object
+//! storage (downloaded to a bounded local cache); copies uploaded by
+//! different ingesters share profile IDs and count once.
 
 mod querier;
 mod render;
 mod service;
+mod store;
 mod time_series;
 
 pub use querier::{ListedProfile, Querier};
 pub use service::routes;
+pub use store::Store;
 pub use time_series::{Aggregation, TimeSeries, time_series};

@@ -1,11 +1,12 @@
-//! Reads over the ingesters of the ring: every call goes to every
-//! instance the ring allows for reads, at once; as many may fail as the
-//! ring's read set tolerates, else the query fails saying which did.
-//! Profiles are counted once: the IDs each ingester holds are listed
-//! first, each ID is given to one holder, and each holder merges only its
-//! own.
+//! Reads over the ingesters of the ring and the blocks in object storage:
+//! every call goes to every instance the ring allows for reads, at once; as
+//! many may fail as the ring's read set tolerates, else the query fails
+//! saying which did. Ranges reaching past `query_store_after` ago also read
+//! the blocks. Profiles are counted once: the IDs each source holds are
+//! listed first, each ID is given to one holder (ingesters first), and
+//! each holder merges only its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,13 @@ use flamedb_api::pb::types::v1 as types;
 use flamedb_api::{ErrorCode, IngesterClients, RpcError, labels_from_pairs, tenant_request};
 use flamedb_model::{Labels, ProfileId, Tree};
 use flamedb_ring::{InstanceDesc, Operation, RingClient, now_ms};
-use futures_util::future::join_all;
+use flamedb_storage::{Block, TimeRange};
+use futures_util::future::{join_all, try_join_all};
 use tonic::transport::Channel;
 
 use flamedb_api::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
+
+use crate::store::{Store, block_query, list_block, merge_block};
 
 /// Profiles asked for per page of `SelectProfiles`.
 const PAGE_SIZE: u32 = 65_536;
@@ -32,12 +36,29 @@ pub struct ListedProfile {
     pub total: i64,
 }
 
-/// Answers queries from the ingesters of a ring; cheap to clone.
+/// Where a listed profile is read from.
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    Ingester(usize),
+    Block(usize),
+}
+
+/// The sources of a selection and which holds each profile.
+struct Listing {
+    ingesters: Vec<InstanceDesc>,
+    blocks: Vec<Arc<Block>>,
+    profiles: Vec<(ListedProfile, Holder)>,
+}
+
+/// Answers queries from the ingesters of a ring and object storage;
+/// cheap to clone.
 #[derive(Clone)]
 pub struct Querier {
     ring: RingClient,
     clients: Arc<IngesterClients>,
     timeout: Duration,
+    store: Option<Arc<Store>>,
+    query_store_after: Duration,
 }
 
 impl std::fmt::Debug for Querier {
@@ -55,7 +76,17 @@ impl Querier {
             ring,
             clients: Arc::new(IngesterClients::new()),
             timeout,
+            store: None,
+            query_store_after: Duration::ZERO,
         }
+    }
+
+    /// Also reads the blocks of `store` for the part of a range older than
+    /// `query_store_after` ago.
+    pub fn with_store(mut self, store: Store, query_store_after: Duration) -> Self {
+        self.store = Some(Arc::new(store));
+        self.query_store_after = query_store_after;
+        self
     }
 
     /// Calls every readable ingester with `call`; the answers of those that
@@ -186,28 +217,62 @@ impl Querier {
     }
 
     /// Every profile of `selection`, each once (copies share an ID), with
-    /// the ingesters that answered and which of them holds each.
-    async fn list(
-        &self,
-        tenant: &str,
-        selection: &ingester::ProfileSelection,
-    ) -> Result<(Vec<InstanceDesc>, Vec<(ListedProfile, usize)>), RpcError> {
-        let answers = self
-            .each_ingester(|client| list_one(client, tenant, selection.clone()))
-            .await?;
-        let mut seen: HashMap<ProfileId, usize> = HashMap::new();
-        let mut profiles = Vec::new();
-        let mut instances = Vec::new();
-        for (holder, (instance, listed)) in answers.into_iter().enumerate() {
-            instances.push(instance);
+    /// the sources that answered and which of them holds each.
+    async fn list(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Listing, RpcError> {
+        let boundary = now_ms() - i64::try_from(self.query_store_after.as_millis()).unwrap_or(i64::MAX);
+        let store = self.store.as_ref().filter(|_| selection.start < boundary);
+        // Without a store, ingesters hold everything there is.
+        let read_ingesters = store.is_none() || selection.end >= boundary;
+        let ingesters = async {
+            if read_ingesters {
+                self.each_ingester(|client| list_one(client, tenant, selection.clone()))
+                    .await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let blocks = async {
+            let Some(store) = store else {
+                return Ok(Vec::new());
+            };
+            let range = TimeRange {
+                start_ms: selection.start,
+                end_ms: selection.end,
+            };
+            let query = block_query(
+                &selection.profile_type_id,
+                &selection.label_selector,
+                selection.start,
+                selection.end,
+            )?;
+            let blocks = store.blocks(tenant, range).await?;
+            let listed = try_join_all(blocks.iter().map(|block| list_block(block.clone(), query.clone()))).await?;
+            Ok::<_, RpcError>(blocks.into_iter().zip(listed).collect::<Vec<_>>())
+        };
+        let (ingester_answers, block_answers) = futures_util::try_join!(ingesters, blocks)?;
+        let mut seen: HashSet<ProfileId> = HashSet::new();
+        let mut listing = Listing {
+            ingesters: Vec::new(),
+            blocks: Vec::new(),
+            profiles: Vec::new(),
+        };
+        for (index, (instance, listed)) in ingester_answers.into_iter().enumerate() {
+            listing.ingesters.push(instance);
             for profile in listed {
-                if let std::collections::hash_map::Entry::Vacant(entry) = seen.entry(profile.id) {
-                    entry.insert(holder);
-                    profiles.push((profile, holder));
+                if seen.insert(profile.id) {
+                    listing.profiles.push((profile, Holder::Ingester(index)));
                 }
             }
         }
-        Ok((instances, profiles))
+        for (index, (block, listed)) in block_answers.into_iter().enumerate() {
+            listing.blocks.push(block);
+            for profile in listed {
+                if seen.insert(profile.id) {
+                    listing.profiles.push((profile, Holder::Block(index)));
+                }
+            }
+        }
+        Ok(listing)
     }
 
     /// Every profile of `selection`, each once.
@@ -219,7 +284,7 @@ impl Querier {
         Ok(self
             .list(tenant, selection)
             .await?
-            .1
+            .profiles
             .into_iter()
             .map(|(profile, _)| profile)
             .collect())
@@ -227,45 +292,73 @@ impl Querier {
 
     /// The merged tree of every profile of `selection`, each counted once.
     pub async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
-        let (instances, profiles) = self.list(tenant, selection).await?;
-        let mut assigned: Vec<Vec<Vec<u8>>> = vec![Vec::new(); instances.len()];
-        for (profile, holder) in profiles {
-            assigned[holder].push(profile.id.0.to_vec());
-        }
-        let merges = instances
-            .iter()
-            .zip(assigned)
-            .filter(|(_, ids)| !ids.is_empty())
-            .map(|(instance, ids)| {
-                let client = self.clients.get(&instance.addr);
-                let request = ingester::MergeProfilesRequest {
-                    selection: Some(selection.clone()),
-                    only_listed: true,
-                    profile_ids: ids,
-                    max_nodes: 0,
-                };
-                async move {
-                    let mut client = client?;
-                    let request = tenant_request(tenant, request)?;
-                    let merged = tokio::time::timeout(self.timeout, client.merge_profiles(request))
-                        .await
-                        .map_err(|_| {
-                            RpcError::new(
-                                ErrorCode::DeadlineExceeded,
-                                format!("ingester {} did not merge within {:?}", instance.id, self.timeout),
-                            )
-                        })??
-                        .into_inner();
-                    Tree::decode(&merged.tree)
-                        .map_err(|err| RpcError::internal(format!("ingester {}: {err}", instance.id)))
+        let listing = self.list(tenant, selection).await?;
+        let mut for_ingester: Vec<Vec<Vec<u8>>> = vec![Vec::new(); listing.ingesters.len()];
+        let mut for_block: Vec<HashSet<ProfileId>> = vec![HashSet::new(); listing.blocks.len()];
+        for (profile, holder) in listing.profiles {
+            match holder {
+                Holder::Ingester(index) => for_ingester[index].push(profile.id.0.to_vec()),
+                Holder::Block(index) => {
+                    for_block[index].insert(profile.id);
                 }
-            });
+            }
+        }
+        let ingester_merges = listing
+            .ingesters
+            .iter()
+            .zip(for_ingester)
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(instance, ids)| self.merge_on(instance, tenant, selection, ids));
+        let query = block_query(
+            &selection.profile_type_id,
+            &selection.label_selector,
+            selection.start,
+            selection.end,
+        )?;
+        let block_merges = listing
+            .blocks
+            .into_iter()
+            .zip(for_block)
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(block, ids)| merge_block(block, query.clone(), ids));
+        let (from_ingesters, from_blocks) =
+            futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         let mut tree = Tree::new();
-        for merged in join_all(merges).await {
-            // Each holder's profiles are its alone: all are needed.
-            tree.merge(&merged?);
+        // Each holder's profiles are its alone: all are needed.
+        for merged in from_ingesters.iter().chain(&from_blocks) {
+            tree.merge(merged);
         }
         Ok(tree)
+    }
+
+    /// Merges the profiles `ids` on one ingester.
+    async fn merge_on(
+        &self,
+        instance: &InstanceDesc,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        ids: Vec<Vec<u8>>,
+    ) -> Result<Tree, RpcError> {
+        let mut client = self.clients.get(&instance.addr)?;
+        let request = tenant_request(
+            tenant,
+            ingester::MergeProfilesRequest {
+                selection: Some(selection.clone()),
+                only_listed: true,
+                profile_ids: ids,
+                max_nodes: 0,
+            },
+        )?;
+        let merged = tokio::time::timeout(self.timeout, client.merge_profiles(request))
+            .await
+            .map_err(|_| {
+                RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("ingester {} did not merge within {:?}", instance.id, self.timeout),
+                )
+            })??
+            .into_inner();
+        Tree::decode(&merged.tree).map_err(|err| RpcError::internal(format!("ingester {}: {err}", instance.id)))
     }
 }
 

@@ -123,6 +123,24 @@ pub const FLAGS: &[Flag] = &[
         "How often the runtime config file is re-read.",
     ),
     flag(
+        "querier.query-store-after",
+        "querier.query_store_after",
+        FlagKind::Duration,
+        "Query ranges older than this also read the blocks in object storage.",
+    ),
+    flag(
+        "querier.block-cache-dir",
+        "querier.block_cache_dir",
+        FlagKind::String,
+        "Where the querier caches blocks read from object storage (emptied at start).",
+    ),
+    flag(
+        "querier.block-cache-max-bytes",
+        "querier.block_cache_max_bytes",
+        FlagKind::Int,
+        "Most bytes of cached blocks; least recently used ones are removed first.",
+    ),
+    flag(
         "querier.max-query-length",
         "limits.max_query_length",
         FlagKind::Duration,

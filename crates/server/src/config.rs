@@ -36,6 +36,31 @@ pub struct Config {
     pub storage: StorageSettings,
     /// Per-tenant overrides of `limits`, re-read while running.
     pub runtime_config: RuntimeConfigSettings,
+    pub querier: QuerierSettings,
+}
+
+/// `querier:` where queries read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerierSettings {
+    /// Ranges older than this also read the blocks in object storage
+    /// (ingesters keep their blocks this long, 4h).
+    #[serde(with = "humantime_serde")]
+    pub query_store_after: Duration,
+    /// Where blocks read from object storage are cached (emptied at start).
+    pub block_cache_dir: String,
+    /// Most bytes of cached blocks; least recently used ones go first.
+    pub block_cache_max_bytes: u64,
+}
+
+impl Default for QuerierSettings {
+    fn default() -> Self {
+        Self {
+            query_store_after: Duration::from_secs(4 * 3600),
+            block_cache_dir: "./data/querier-cache".to_owned(),
+            block_cache_max_bytes: 10 << 30,
+        }
+    }
 }
 
 /// `runtime_config:` where the per-tenant limit overrides are.
@@ -71,6 +96,7 @@ impl Default for Config {
             pyroscopedb: PyroscopeDbSettings::default(),
             storage: StorageSettings::default(),
             runtime_config: RuntimeConfigSettings::default(),
+            querier: QuerierSettings::default(),
         }
     }
 }

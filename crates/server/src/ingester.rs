@@ -100,7 +100,7 @@ fn cluster_share(ring: &RingClient) -> ClusterShare {
     }
 }
 
-fn bucket_config(config: &Config) -> BucketConfig {
+pub fn bucket_config(config: &Config) -> BucketConfig {
     let storage = &config.storage;
     match storage.backend {
         StorageBackend::Filesystem => BucketConfig::Filesystem {

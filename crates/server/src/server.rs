@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use anyhow::Context;
 use axum::Router;
 use axum::response::IntoResponse;
 use flamedb_api::{ErrorCode, RpcError, RpcOptions, Tenancy};
-use flamedb_querier::Querier;
+use flamedb_querier::{Querier, Store};
+use flamedb_storage::Bucket;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::build_info::BuildInfo;
 use crate::config::{Config, Target};
 use crate::distributor::DistributorModule;
-use crate::ingester::IngesterModule;
+use crate::ingester::{IngesterModule, bucket_config};
 use crate::membership::Membership;
 use crate::metrics::{HttpMetrics, record_requests};
 use crate::overrides::Overrides;
@@ -84,9 +86,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
     });
     let distributor_routes = distributor.as_ref().map(|module| module.routes(&config));
-    let querier_routes = modules.contains(&Target::Querier).then(|| {
-        flamedb_querier::routes(
-            Querier::new(membership.ingester_ring.clone(), INGESTER_CALL_TIMEOUT),
+    let querier_routes = if modules.contains(&Target::Querier) {
+        let settings = &config.querier;
+        let bucket = Bucket::new(&bucket_config(&config)).context("cannot open object storage")?;
+        let store = Store::new(
+            bucket,
+            PathBuf::from(&settings.block_cache_dir),
+            settings.block_cache_max_bytes,
+        )
+        .with_context(|| format!("cannot prepare the block cache {}", settings.block_cache_dir))?;
+        let querier = Querier::new(membership.ingester_ring.clone(), INGESTER_CALL_TIMEOUT)
+            .with_store(store, settings.query_store_after);
+        Some(flamedb_querier::routes(
+            querier,
             overrides.tenant_limits(),
             RpcOptions {
                 tenancy: Tenancy {
@@ -94,8 +106,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 },
                 max_message_bytes: MAX_QUERY_BYTES,
             },
-        )
-    });
+        ))
+    } else {
+        None
+    };
     let stop_reloading = CancellationToken::new();
     let reloader = overrides.spawn_reloader(config.runtime_config.period, stop_reloading.clone());
 

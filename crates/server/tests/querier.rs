@@ -538,3 +538,98 @@ fn test_rf3_cluster_counts_every_profile_once_and_tolerates_one_ingester_down() 
         "{body}"
     );
 }
+
+/// Flushes `node`'s heads to blocks and waits until they are uploaded.
+fn flush_and_upload(node: &Flamedb) {
+    let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    wait_until(Duration::from_secs(30), "the blocks to be uploaded", || {
+        let shipped = node.metric("flamedb_ingester_shipped_blocks_total").unwrap_or(0.0);
+        let waiting = node.metric("flamedb_ingester_blocks_not_uploaded").unwrap_or(1.0);
+        (shipped >= 1.0 && waiting == 0.0).then_some(())
+    });
+}
+
+#[test]
+fn test_older_ranges_are_read_from_object_storage() {
+    let shared = flamedb_testkit::shared_dir();
+    let bucket = format!(
+        "-storage.filesystem.dir={}",
+        flamedb_testkit::path_in(shared.path(), "bucket")
+    );
+    let base = now_ms() - 30 * 60_000;
+    let pushed = {
+        let writer = start("writer", &[&bucket]);
+        let pushed = push_known(&writer, base);
+        flush_and_upload(&writer);
+        pushed
+    };
+    // A new process with empty ingester data: only the bucket has them.
+    let reader = start("reader", &[&bucket, "-querier.query-store-after=10m"]);
+    check_answers(&reader, &pushed, base - 1_000, base + 200_000);
+    // A range reaching into the ingesters' time reads both.
+    check_answers(&reader, &pushed, base - 1_000, now_ms());
+    assert!(
+        std::fs::read_dir(reader.workdir().join("data/querier-cache/anonymous"))
+            .unwrap()
+            .count()
+            >= 1,
+        "the block is cached"
+    );
+}
+
+#[test]
+fn test_rf3_copies_in_object_storage_count_once() {
+    let shared = flamedb_testkit::shared_dir();
+    let bucket = format!(
+        "-storage.filesystem.dir={}",
+        flamedb_testkit::path_in(shared.path(), "bucket")
+    );
+    let label = format!("querier-store-test-{}", std::process::id());
+    let mut base_args = cluster_args(&label);
+    base_args.push(bucket);
+    let front = start_with(
+        "distributor-querier",
+        &base_args,
+        &[
+            "-target=distributor,querier".into(),
+            "-querier.query-store-after=5m".into(),
+        ],
+    );
+    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
+    let ingesters: Vec<Flamedb> = (1..=3)
+        .map(|n| {
+            start_with(
+                &format!("ingester-{n}"),
+                &base_args,
+                &[
+                    "-target=ingester".into(),
+                    format!("-ingester.lifecycler.ID=ingester-{n}"),
+                    join.clone(),
+                ],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
+        let shards = front.get_json("/ring")["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (shards.iter().filter(|s| s["state"] == "ACTIVE").count() == 3).then_some(())
+    });
+    let base = now_ms() - 20 * 60_000;
+    let pushed = push_known(&front, base);
+    wait_until(Duration::from_secs(10), "all copies", || {
+        (ingesters
+            .iter()
+            .all(|node| node.metric("flamedb_ingester_profiles_total") == Some(12.0)))
+        .then_some(())
+    });
+    for node in &ingesters {
+        flush_and_upload(node);
+    }
+    // Older than 5 minutes: three blocks hold each profile; once each.
+    check_answers(&front, &pushed, base - 1_000, base + 200_000);
+    // Up to now: the ingesters' local blocks too; still once each.
+    check_answers(&front, &pushed, base - 1_000, now_ms());
+}
