@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::types::v1 as types;
-use flamedb_api::{ErrorCode, IngesterClients, RpcError, labels_from_pairs, tenant_request};
-use flamedb_model::{Labels, ProfileId, Tree};
+use flamedb_api::{ErrorCode, IngesterClients, RpcError, labels_from_pairs, profile_type_to_proto, tenant_request};
+use flamedb_model::{Labels, PROFILE_TYPE, ProfileId, ProfileType, Selector, Tree, parse_selector};
 use flamedb_ring::{InstanceDesc, Operation, RingClient, now_ms};
-use flamedb_storage::{Block, TimeRange};
+use flamedb_storage::{Block, SeriesIndex, TimeRange};
 use futures_util::future::{join_all, try_join_all};
 use tonic::transport::Channel;
 
@@ -143,28 +143,40 @@ impl Querier {
         tenant: &str,
         request: ingester::ProfileTypesRequest,
     ) -> Result<Vec<types::ProfileType>, RpcError> {
-        let answers = self
-            .each_ingester(|mut client| {
+        let (answers, stored) = futures_util::try_join!(
+            self.each_ingester(|mut client| {
                 let request = tenant_request(tenant, request);
                 async move { Ok(client.profile_types(request?).await?.into_inner().profile_types) }
+            }),
+            self.read_block_indexes(tenant, request.start, request.end, |series, range| {
+                series.label_values(PROFILE_TYPE, &[], range)
             })
-            .await?;
-        let by_id: BTreeMap<String, types::ProfileType> = answers
+        )?;
+        let mut by_id: BTreeMap<String, types::ProfileType> = answers
             .into_iter()
             .flat_map(|(_, types)| types)
             .map(|profile_type| (profile_type.id.clone(), profile_type))
             .collect();
+        for id in stored {
+            if let Ok(profile_type) = ProfileType::parse(&id) {
+                by_id.entry(id).or_insert_with(|| profile_type_to_proto(&profile_type));
+            }
+        }
         Ok(by_id.into_values().collect())
     }
 
     pub async fn label_names(&self, tenant: &str, request: types::LabelNamesRequest) -> Result<Vec<String>, RpcError> {
-        let answers = self
-            .each_ingester(|mut client| {
+        let selectors = selectors(&request.matchers)?;
+        let (answers, stored) = futures_util::try_join!(
+            self.each_ingester(|mut client| {
                 let request = tenant_request(tenant, request.clone());
                 async move { Ok(client.label_names(request?).await?.into_inner().names) }
+            }),
+            self.read_block_indexes(tenant, request.start, request.end, move |series, range| {
+                series.label_names(&selectors, range)
             })
-            .await?;
-        Ok(union(answers.into_iter().flat_map(|(_, names)| names)))
+        )?;
+        Ok(union(answers.into_iter().flat_map(|(_, names)| names).chain(stored)))
     }
 
     pub async fn label_values(
@@ -172,28 +184,74 @@ impl Querier {
         tenant: &str,
         request: types::LabelValuesRequest,
     ) -> Result<Vec<String>, RpcError> {
-        let answers = self
-            .each_ingester(|mut client| {
+        let selectors = selectors(&request.matchers)?;
+        let name = request.name.clone();
+        let (answers, stored) = futures_util::try_join!(
+            self.each_ingester(|mut client| {
                 let request = tenant_request(tenant, request.clone());
                 async move { Ok(client.label_values(request?).await?.into_inner().names) }
+            }),
+            self.read_block_indexes(tenant, request.start, request.end, move |series, range| {
+                series.label_values(&name, &selectors, range)
             })
-            .await?;
-        Ok(union(answers.into_iter().flat_map(|(_, names)| names)))
+        )?;
+        Ok(union(answers.into_iter().flat_map(|(_, names)| names).chain(stored)))
     }
 
     pub async fn series(&self, tenant: &str, request: ingester::SeriesRequest) -> Result<Vec<Labels>, RpcError> {
-        let answers = self
-            .each_ingester(|mut client| {
+        let selectors = selectors(&request.matchers)?;
+        let label_names = request.label_names.clone();
+        let (answers, stored) = futures_util::try_join!(
+            self.each_ingester(|mut client| {
                 let request = tenant_request(tenant, request.clone());
                 async move { Ok(client.series(request?).await?.into_inner().labels_set) }
+            }),
+            self.read_block_indexes(tenant, request.start, request.end, move |series, range| {
+                series
+                    .series_labels(&selectors, range)
+                    .into_iter()
+                    .map(|labels| project(&labels, &label_names))
+                    .collect()
             })
-            .await?;
+        )?;
         let unique: BTreeSet<Labels> = answers
             .into_iter()
             .flat_map(|(_, sets)| sets)
             .map(|set| labels_from_pairs(set.labels))
+            .chain(stored)
             .collect();
         Ok(unique.into_iter().collect())
+    }
+
+    /// `read` over the series index of every stored block overlapping
+    /// `start..end` (ms), when that range reaches past what the ingesters
+    /// keep; nothing otherwise (or for "any time", 0..0, as Pyroscope).
+    async fn read_block_indexes<T: Send + 'static>(
+        &self,
+        tenant: &str,
+        start: i64,
+        end: i64,
+        read: impl Fn(&SeriesIndex, TimeRange) -> Vec<T> + Send + Sync + 'static,
+    ) -> Result<Vec<T>, RpcError> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        if (start == 0 && end == 0) || start >= self.store_boundary() {
+            return Ok(Vec::new());
+        }
+        let range = TimeRange {
+            start_ms: start,
+            end_ms: end,
+        };
+        let blocks = store.blocks(tenant, range).await?;
+        tokio::task::spawn_blocking(move || blocks.iter().flat_map(|block| read(block.series(), range)).collect())
+            .await
+            .map_err(|err| RpcError::internal(err.to_string()))
+    }
+
+    /// Ranges starting before this (ms) read object storage too.
+    fn store_boundary(&self) -> i64 {
+        now_ms() - i64::try_from(self.query_store_after.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// The oldest and newest profile times (ms) over the ingesters.
@@ -219,7 +277,7 @@ impl Querier {
     /// Every profile of `selection`, each once (copies share an ID), with
     /// the sources that answered and which of them holds each.
     async fn list(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Listing, RpcError> {
-        let boundary = now_ms() - i64::try_from(self.query_store_after.as_millis()).unwrap_or(i64::MAX);
+        let boundary = self.store_boundary();
         let store = self.store.as_ref().filter(|_| selection.start < boundary);
         // Without a store, ingesters hold everything there is.
         let read_ingesters = store.is_none() || selection.end >= boundary;
@@ -404,6 +462,29 @@ async fn list_one(
         }
         page_token = page.next_page_token;
     }
+}
+
+/// `labels` keeping only `names` (all when `names` is empty).
+fn project(labels: &Labels, names: &[String]) -> Labels {
+    if names.is_empty() {
+        return labels.clone();
+    }
+    labels
+        .iter()
+        .filter(|label| names.contains(&label.name))
+        .cloned()
+        .collect()
+}
+
+fn selectors(matchers: &[String]) -> Result<Vec<Selector>, RpcError> {
+    matchers
+        .iter()
+        .filter(|matcher| !matcher.trim().is_empty())
+        .map(|matcher| {
+            parse_selector(matcher)
+                .map_err(|err| RpcError::invalid_argument(format!("label selector {matcher:?}: {err}")))
+        })
+        .collect()
 }
 
 fn union(values: impl Iterator<Item = String>) -> Vec<String> {

@@ -71,7 +71,6 @@ async fn label_names(
     request: types::LabelNamesRequest,
 ) -> Result<types::LabelNamesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
-    check_matchers(&request.matchers)?;
     let mut names = state.querier.label_names(tenant, request).await?;
     let utf8 = ctx
         .headers()
@@ -91,7 +90,6 @@ async fn label_values(
     request: types::LabelValuesRequest,
 ) -> Result<types::LabelValuesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
-    check_matchers(&request.matchers)?;
     Ok(types::LabelValuesResponse {
         names: state.querier.label_values(tenant, request).await?,
     })
@@ -99,7 +97,6 @@ async fn label_values(
 
 async fn series(state: State, ctx: RequestContext, request: pb::SeriesRequest) -> Result<pb::SeriesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
-    check_matchers(&request.matchers)?;
     let request = ingester::SeriesRequest {
         matchers: request.matchers,
         label_names: request.label_names,
@@ -336,14 +333,6 @@ async fn profile_stats(
     _: types::GetProfileStatsRequest,
 ) -> Result<types::GetProfileStatsResponse, RpcError> {
     state.querier.profile_stats(ctx.tenant()?.as_str()).await
-}
-
-fn check_matchers(matchers: &[String]) -> Result<(), RpcError> {
-    for matcher in matchers.iter().filter(|matcher| !matcher.trim().is_empty()) {
-        parse_selector(matcher)
-            .map_err(|err| RpcError::invalid_argument(format!("label selector {matcher:?}: {err}")))?;
-    }
-    Ok(())
 }
 
 /// The flame graph node limit of a query.

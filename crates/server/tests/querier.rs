@@ -429,31 +429,134 @@ fn check_pprof_diff_and_legacy_http(node: &Flamedb, pushed: &Pushed, start: i64,
     );
 }
 
+/// The real profiles of `../shared/testdata/pprof` that push as 200.
+const REAL_PROFILES: &[(&str, &str)] = &[
+    ("cpu.pb.gz", "process_cpu"),
+    ("go.cpu.labels.pprof", "process_cpu"),
+    ("cpu-js.pb.gz", "wall"),
+    ("heap.pb.gz", "memory"),
+    ("nodejs-wall.pb.gz", "wall"),
+    ("req_3.pprof", "block"),
+    ("profile_java", "process_cpu"),
+    ("profile_python", "process_cpu"),
+    ("profile_rust", "process_cpu"),
+];
+
+/// Pushes each real profile (stamped now) as its own service and returns,
+/// per (service, profile type), the total computed here from the pprof:
+/// samples with a negative value are dropped, as normalization does.
+fn push_real_profiles(node: &Flamedb) -> Option<BTreeMap<(String, String), i64>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
+    if !dir.is_dir() {
+        eprintln!("skipping: {} is absent", dir.display());
+        return None;
+    }
+    let mut expected = BTreeMap::new();
+    for (file, name) in REAL_PROFILES {
+        let raw = std::fs::read(dir.join(file)).unwrap();
+        let mut profile = flamedb_model::pprof::decode(&raw, 0).unwrap();
+        profile.time_nanos = now_nanos() - 5_000_000_000;
+        let service = format!("real-{}", file.replace('.', "-"));
+        let string = |index: i64| profile.string_table[index as usize].clone();
+        let period = profile
+            .period_type
+            .as_ref()
+            .map_or((String::new(), String::new()), |t| (string(t.r#type), string(t.unit)));
+        for (index, sample_type) in profile.sample_type.iter().enumerate() {
+            let id = format!(
+                "{name}:{}:{}:{}:{}",
+                string(sample_type.r#type),
+                string(sample_type.unit),
+                period.0,
+                period.1
+            );
+            let total: i64 = profile
+                .sample
+                .iter()
+                .filter(|sample| sample.value.iter().all(|v| *v >= 0))
+                .map(|sample| sample.value[index])
+                .sum();
+            if total > 0 {
+                expected.insert((service.clone(), id), total);
+            }
+        }
+        let request = PushRequest {
+            series: vec![RawProfileSeries {
+                labels: [
+                    ("__name__", *name),
+                    ("service_name", service.as_str()),
+                    ("__delta__", "false"),
+                ]
+                .iter()
+                .map(|(name, value)| types::LabelPair {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+                samples: vec![RawSample {
+                    raw_profile: profile.encode_to_vec(),
+                    id: String::new(),
+                }],
+                annotations: vec![],
+            }],
+        };
+        let (status, body) = node
+            .post_proto("/push.v1.PusherService/Push", request.encode_to_vec())
+            .unwrap();
+        assert_eq!(status, 200, "{file}: {}", String::from_utf8_lossy(&body));
+    }
+    Some(expected)
+}
+
+/// Every real profile's totals through SelectMergeStacktraces,
+/// SelectMergeProfile and SelectSeries, against `expected`.
+fn check_real_totals(node: &Flamedb, expected: &BTreeMap<(String, String), i64>) {
+    let (start, end) = (now_ms() - 60_000, now_ms() + 1_000);
+    for ((service, profile_type), total) in expected {
+        let selector = format!("{{service_name=\"{service}\"}}");
+        let request = querier::SelectMergeStacktracesRequest {
+            profile_type_id: profile_type.clone(),
+            label_selector: selector.clone(),
+            start,
+            end,
+            ..Default::default()
+        };
+        let graph: querier::SelectMergeStacktracesResponse = call(node, "SelectMergeStacktraces", &request).unwrap();
+        assert_eq!(graph.flamegraph.unwrap().total, *total, "{service} {profile_type}");
+
+        let request = querier::SelectMergeProfileRequest {
+            profile_type_id: profile_type.clone(),
+            label_selector: selector.clone(),
+            start,
+            end,
+            ..Default::default()
+        };
+        let profile: flamedb_model::pprof::Profile = call(node, "SelectMergeProfile", &request).unwrap();
+        let pprof_total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+        assert_eq!(pprof_total, *total, "pprof of {service} {profile_type}");
+
+        let request = querier::SelectSeriesRequest {
+            profile_type_id: profile_type.clone(),
+            label_selector: selector,
+            start,
+            end,
+            step: 15.0,
+            ..Default::default()
+        };
+        let series: querier::SelectSeriesResponse = call(node, "SelectSeries", &request).unwrap();
+        let series_total: f64 = series.series.iter().flat_map(|s| &s.points).map(|p| p.value).sum();
+        assert_eq!(series_total, *total as f64, "series of {service} {profile_type}");
+    }
+}
+
 #[test]
 fn test_real_profile_totals_match_the_pushed_pprof() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-    let Ok(raw) = std::fs::read(dir.join("profile_java")) else {
-        eprintln!("skipping: {} is absent", dir.display());
+    let node = start("single", &[]);
+    let Some(expected) = push_real_profiles(&node) else {
         return;
     };
-    let node = start("single", &[]);
-    let mut profile = flamedb_model::pprof::decode(&raw, 0).unwrap();
-    profile.time_nanos = now_nanos();
-    // The sum of each sample type's values, computed here from the pprof.
-    let index = profile
-        .sample_type
-        .iter()
-        .position(|t| profile.string_table[t.r#type as usize] == "cpu")
-        .unwrap();
-    let expected: i64 = profile.sample.iter().map(|s| s.value[index]).filter(|v| *v > 0).sum();
-    push(&node, "java-app", profile.encode_to_vec());
-    let graph = flame_graph(
-        &node,
-        r#"{service_name="java-app"}"#,
-        now_ms() - 60_000,
-        now_ms() + 1_000,
-    );
-    assert_eq!(graph.total, expected);
+    assert!(expected.len() >= 15, "{expected:?}");
+    check_real_totals(&node, &expected);
 }
 
 /// Short periods so the cluster forms and notices deaths quickly.
@@ -521,6 +624,18 @@ fn test_rf3_cluster_counts_every_profile_once_and_tolerates_one_ingester_down() 
     ingesters[0].kill();
     check_answers(&front, &pushed, start, end);
 
+    // The real profiles, written to the two left and read back whole.
+    if let Some(expected) = push_real_profiles(&front) {
+        wait_until(Duration::from_secs(10), "both copies", || {
+            let applied: Vec<Option<f64>> = ingesters[1..]
+                .iter()
+                .map(|node| node.metric("flamedb_ingester_profiles_total"))
+                .collect();
+            (applied[0].is_some() && applied[0] == applied[1]).then_some(())
+        });
+        check_real_totals(&front, &expected);
+    }
+
     // Two down: the answer would be partial, so it is an error.
     ingesters[1].kill();
     let request = querier::SelectMergeStacktracesRequest {
@@ -569,6 +684,39 @@ fn test_older_ranges_are_read_from_object_storage() {
     check_answers(&reader, &pushed, base - 1_000, base + 200_000);
     // A range reaching into the ingesters' time reads both.
     check_answers(&reader, &pushed, base - 1_000, now_ms());
+    // Labels, series and profile types of old ranges come from the blocks.
+    let (start, end) = (base - 1_000, base + 200_000);
+    let types: querier::ProfileTypesResponse =
+        call(&reader, "ProfileTypes", &querier::ProfileTypesRequest { start, end }).unwrap();
+    assert_eq!(types.profile_types.len(), 1);
+    assert_eq!(types.profile_types[0].id, CPU);
+    let values: types::LabelValuesResponse = call(
+        &reader,
+        "LabelValues",
+        &types::LabelValuesRequest {
+            name: "service_name".into(),
+            matchers: vec![],
+            start,
+            end,
+        },
+    )
+    .unwrap();
+    assert_eq!(values.names, ["checkout", "search"]);
+    let series: querier::SeriesResponse = call(
+        &reader,
+        "Series",
+        &querier::SeriesRequest {
+            matchers: vec![r#"{service_name="checkout"}"#.into()],
+            label_names: vec!["service_name".into()],
+            start,
+            end,
+        },
+    )
+    .unwrap();
+    assert_eq!(series.labels_set.len(), 1);
+    // Without a range: the ingesters only, which hold nothing here.
+    let names: types::LabelNamesResponse = call(&reader, "LabelNames", &types::LabelNamesRequest::default()).unwrap();
+    assert!(names.names.is_empty(), "{:?}", names.names);
     assert!(
         std::fs::read_dir(reader.workdir().join("data/querier-cache/anonymous"))
             .unwrap()
