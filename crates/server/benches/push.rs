@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
-use flamedb_testkit::{Flamedb, wait_until};
+mod setup;
 use prost::Message;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 const SERIES: usize = 64;
 
 struct Options {
@@ -100,49 +99,12 @@ fn main() {
         "-distributor.ingestion-rate-limit-mb=0",
         "-ingester.max-global-series-per-tenant=0",
     ];
-    let (target, _cluster) = if options.single {
-        let node = Flamedb::start(BINARY, "single", &common);
-        node.wait_ready(Duration::from_secs(60));
-        (node.http.clone(), vec![node])
+    let setup = if options.single {
+        setup::single(&common)
     } else {
-        let label = format!("-memberlist.cluster-label=bench-{}", std::process::id());
-        let mut base: Vec<&str> = common.to_vec();
-        base.extend([
-            "-memberlist.gossip-interval=100ms",
-            "-ingester.heartbeat-period=500ms",
-            &label,
-        ]);
-        let distributor = Flamedb::start(
-            BINARY,
-            "distributor",
-            &[base.as_slice(), &["-target=distributor"]].concat(),
-        );
-        let join = format!("-memberlist.join={}", distributor.gossip.clone().unwrap());
-        let mut nodes = vec![];
-        for n in 1..=3 {
-            let id = format!("-ingester.lifecycler.ID=ingester-{n}");
-            nodes.push(Flamedb::start(
-                BINARY,
-                &format!("ingester-{n}"),
-                &[base.as_slice(), &["-target=ingester", &id, &join]].concat(),
-            ));
-        }
-        for node in &nodes {
-            node.wait_ready(Duration::from_secs(60));
-        }
-        distributor.wait_ready(Duration::from_secs(60));
-        wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
-            let ring = distributor.get_json("/ring");
-            let active = ring["shards"]
-                .as_array()
-                .map(|shards| shards.iter().filter(|s| s["state"] == "ACTIVE").count())
-                .unwrap_or(0);
-            (active == 3).then_some(())
-        });
-        let http = distributor.http.clone();
-        nodes.push(distributor);
-        (http, nodes)
+        setup::rf3(&common, "distributor")
     };
+    let target = setup.target.clone();
 
     let requests = Arc::new(requests);
     let stop = Arc::new(AtomicBool::new(false));

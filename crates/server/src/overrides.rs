@@ -247,6 +247,14 @@ mod tests {
         assert_eq!(path, "overrides.a.ingestion_rate_mb");
     }
 
+    /// Replaces `path` at once, as config tools do (a plain write could be
+    /// read half-written).
+    fn replace(path: &std::path::Path, text: &str) {
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, path).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn test_the_file_is_reread_and_a_bad_file_keeps_the_last_overrides() {
         let dir = tempfile::tempdir().unwrap();
@@ -259,11 +267,11 @@ mod tests {
         let task = overrides
             .spawn_reloader(Duration::from_millis(20), cancel.clone())
             .unwrap();
-        std::fs::write(&path, "overrides:\n  a:\n    ingestion_rate_mb: 9\n").unwrap();
+        replace(&path, "overrides:\n  a:\n    ingestion_rate_mb: 9\n");
         flamedb_testkit::wait_until(Duration::from_secs(5), "the new rate", || {
             (overrides.get("a").ingestion_rate_mb == 9.0).then_some(())
         });
-        std::fs::write(&path, "overrides: [not, a, mapping]\n").unwrap();
+        replace(&path, "overrides: [not, a, mapping]\n");
         flamedb_testkit::wait_until(Duration::from_secs(5), "a failed reload", || {
             (overrides.reload_ok.get() == 0).then_some(())
         });

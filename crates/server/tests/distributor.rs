@@ -659,7 +659,10 @@ fn test_a_flood_over_the_tenant_rate_gets_429_and_other_tenants_go_on() {
     }
     assert!(node.metric("flamedb_distributor_discarded_profiles_total").unwrap() >= limited as f64);
     // The overrides file is re-read: the flooder gets room too.
-    std::fs::write(&overrides, "overrides:\n  flooder:\n    ingestion_rate_mb: 0\n").unwrap();
+    // Replaced at once, as config tools do.
+    let temp = dir.path().join("overrides.yaml.tmp");
+    std::fs::write(&temp, "overrides:\n  flooder:\n    ingestion_rate_mb: 0\n").unwrap();
+    std::fs::rename(&temp, &overrides).unwrap();
     wait_until(Duration::from_secs(10), "the overrides reload", || {
         let (status, _) = connect_push(&node, Some("flooder"), Encoding::Proto, &request("flood"));
         (status == 200).then_some(())

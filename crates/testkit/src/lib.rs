@@ -241,7 +241,21 @@ pub fn post_proto(http: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>
 
 /// POST `body` with `headers` to `path` of the server at `http`.
 pub fn post(http: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
-    let mut request = client().post(format!("http://{http}{path}")).body(body);
+    post_within(http, path, headers, body, REQUEST_TIMEOUT)
+}
+
+/// [`post`] with its own timeout (for benchmarks' long queries).
+pub fn post_within(
+    http: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut request = client()
+        .post(format!("http://{http}{path}"))
+        .timeout(timeout)
+        .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -251,9 +265,12 @@ pub fn post(http: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> 
     Ok((status, body.to_vec()))
 }
 
+/// How long a request of a test may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap()
 }
