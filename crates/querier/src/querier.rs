@@ -254,7 +254,8 @@ impl Querier {
         now_ms() - i64::try_from(self.query_store_after.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// The oldest and newest profile times (ms) over the ingesters.
+    /// The oldest and newest profile times (ms) over the ingesters and the
+    /// stored blocks.
     pub async fn profile_stats(&self, tenant: &str) -> Result<types::GetProfileStatsResponse, RpcError> {
         let answers = self
             .each_ingester(|mut client| {
@@ -262,15 +263,19 @@ impl Querier {
                 async move { Ok(client.get_profile_stats(request?).await?.into_inner()) }
             })
             .await?;
-        let ingested: Vec<_> = answers
+        let mut spans: Vec<(i64, i64)> = answers
             .into_iter()
             .map(|(_, stats)| stats)
-            .filter(|s| s.data_ingested)
+            .filter(|stats| stats.data_ingested)
+            .map(|stats| (stats.oldest_profile_time, stats.newest_profile_time))
             .collect();
+        if let Some(store) = &self.store {
+            spans.extend(store.time_spans(tenant).await?);
+        }
         Ok(types::GetProfileStatsResponse {
-            data_ingested: !ingested.is_empty(),
-            oldest_profile_time: ingested.iter().map(|s| s.oldest_profile_time).min().unwrap_or(0),
-            newest_profile_time: ingested.iter().map(|s| s.newest_profile_time).max().unwrap_or(0),
+            data_ingested: !spans.is_empty(),
+            oldest_profile_time: spans.iter().map(|span| span.0).min().unwrap_or(0),
+            newest_profile_time: spans.iter().map(|span| span.1).max().unwrap_or(0),
         })
     }
 

@@ -76,6 +76,16 @@ impl Store {
         })
     }
 
+    /// The first and last profile time (ms) of each of the tenant's blocks.
+    pub async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
+        let metas = self
+            .bucket
+            .list_blocks(tenant)
+            .await
+            .map_err(|err| store_error(format!("cannot list the blocks of tenant {tenant}: {err}")))?;
+        Ok(metas.iter().map(|meta| (meta.min_time, meta.max_time)).collect())
+    }
+
     /// The tenant's blocks that overlap `range`, opened.
     pub async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
         let metas = self

@@ -271,6 +271,18 @@ fn test_single_binary_answers_every_method_from_what_was_pushed() {
 
     check_pprof_diff_and_legacy_http(&node, &pushed, start, end);
 
+    // Connect JSON, as the Pyroscope UI sends it.
+    let (status, body) = node
+        .post(
+            &format!("{SERVICE}/LabelValues"),
+            &[("content-type", "application/json")],
+            br#"{"name":"service_name"}"#.to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["names"], serde_json::json!(["checkout", "search"]));
+
     // A small node limit folds into "other" and keeps the total.
     let request = querier::SelectMergeStacktracesRequest {
         profile_type_id: CPU.into(),
@@ -714,6 +726,11 @@ fn test_older_ranges_are_read_from_object_storage() {
     )
     .unwrap();
     assert_eq!(series.labels_set.len(), 1);
+    // The stored blocks count in the stats.
+    let stats: types::GetProfileStatsResponse =
+        call(&reader, "GetProfileStats", &types::GetProfileStatsRequest {}).unwrap();
+    assert!(stats.data_ingested);
+    assert_eq!(stats.oldest_profile_time, base);
     // Without a range: the ingesters only, which hold nothing here.
     let names: types::LabelNamesResponse = call(&reader, "LabelNames", &types::LabelNamesRequest::default()).unwrap();
     assert!(names.names.is_empty(), "{:?}", names.names);
