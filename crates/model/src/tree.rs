@@ -363,8 +363,9 @@ pub struct FlameGraphDiff {
 
 impl Tree {
     /// The diff flame graph of `left` and `right`: the union of their
-    /// stacks, each node with both sides' values; nodes small on both sides
-    /// fold into `other` (at most about `max_nodes`, 0: all).
+    /// stacks, each node with both sides' values. Nodes whose combined
+    /// total (left + right) is below the `max_nodes`-th largest fold into
+    /// `other` (0: keep all); Pyroscope ranks by the larger side instead.
     pub fn flame_graph_diff(left: &Tree, right: &Tree, max_nodes: usize) -> FlameGraphDiff {
         // The union tree decides the shape (and what folds); each side's
         // values are looked up by path.

@@ -6,7 +6,7 @@
 //! listed first, each ID is given to one holder (ingesters first), and
 //! each holder merges only its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use crate::store::{Store, block_query, list_block, merge_block};
 
 /// Profiles asked for per page of `SelectProfiles`.
 const PAGE_SIZE: u32 = 65_536;
+/// Profile IDs per `MergeProfiles` request (16 bytes each: 8 MiB).
+const IDS_PER_MERGE: usize = 500_000;
 
 /// One profile as the ingesters list it.
 #[derive(Debug, Clone)]
@@ -120,6 +122,8 @@ impl Querier {
         for (instance, result) in instances.into_iter().zip(results) {
             match result {
                 Ok(answer) => answers.push((instance, answer)),
+                // The request itself is wrong: every ingester would say so.
+                Err(err) if err.code == ErrorCode::InvalidArgument => return Err(err),
                 Err(err) => failures.push(format!("{} ({}): {}", instance.id, instance.addr, err.message)),
             }
         }
@@ -313,7 +317,9 @@ impl Querier {
             Ok::<_, RpcError>(blocks.into_iter().zip(listed).collect::<Vec<_>>())
         };
         let (ingester_answers, block_answers) = futures_util::try_join!(ingesters, blocks)?;
-        let mut seen: HashSet<ProfileId> = HashSet::new();
+        // Every holder of each ID: ingesters first; blocks only when no
+        // ingester has it.
+        let mut holders: HashMap<ProfileId, (ListedProfile, Vec<Holder>)> = HashMap::new();
         let mut listing = Listing {
             ingesters: Vec::new(),
             blocks: Vec::new(),
@@ -322,19 +328,31 @@ impl Querier {
         for (index, (instance, listed)) in ingester_answers.into_iter().enumerate() {
             listing.ingesters.push(instance);
             for profile in listed {
-                if seen.insert(profile.id) {
-                    listing.profiles.push((profile, Holder::Ingester(index)));
-                }
+                holders
+                    .entry(profile.id)
+                    .or_insert_with(|| (profile, Vec::new()))
+                    .1
+                    .push(Holder::Ingester(index));
             }
         }
         for (index, (block, listed)) in block_answers.into_iter().enumerate() {
             listing.blocks.push(block);
             for profile in listed {
-                if seen.insert(profile.id) {
-                    listing.profiles.push((profile, Holder::Block(index)));
+                let (_, holding) = holders.entry(profile.id).or_insert_with(|| (profile, Vec::new()));
+                if holding.iter().all(|holder| matches!(holder, Holder::Block(_))) {
+                    holding.push(Holder::Block(index));
                 }
             }
         }
+        // Each profile is merged by one of its holders, picked by its ID so
+        // replicas share the work.
+        listing.profiles = holders
+            .into_values()
+            .map(|(profile, holding)| {
+                let holder = holding[usize::from(profile.id.0[15]) % holding.len()];
+                (profile, holder)
+            })
+            .collect();
         Ok(listing)
     }
 
@@ -356,21 +374,46 @@ impl Querier {
     /// The merged tree of every profile of `selection`, each counted once.
     pub async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
         let listing = self.list(tenant, selection).await?;
+        self.merge_listing(tenant, selection, &listing).await
+    }
+
+    /// The merged tree and the listed profiles of `selection`, from one
+    /// listing (so both count the same profiles).
+    pub async fn merge_and_list(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+    ) -> Result<(Tree, Vec<ListedProfile>), RpcError> {
+        let listing = self.list(tenant, selection).await?;
+        let tree = self.merge_listing(tenant, selection, &listing).await?;
+        Ok((tree, listing.profiles.into_iter().map(|(profile, _)| profile).collect()))
+    }
+
+    async fn merge_listing(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        listing: &Listing,
+    ) -> Result<Tree, RpcError> {
         let mut for_ingester: Vec<Vec<Vec<u8>>> = vec![Vec::new(); listing.ingesters.len()];
         let mut for_block: Vec<HashSet<ProfileId>> = vec![HashSet::new(); listing.blocks.len()];
-        for (profile, holder) in listing.profiles {
-            match holder {
+        for (profile, holder) in &listing.profiles {
+            match *holder {
                 Holder::Ingester(index) => for_ingester[index].push(profile.id.0.to_vec()),
                 Holder::Block(index) => {
                     for_block[index].insert(profile.id);
                 }
             }
         }
+        // Requests stay well under the ingester's message limit.
         let ingester_merges = listing
             .ingesters
             .iter()
             .zip(for_ingester)
-            .filter(|(_, ids)| !ids.is_empty())
+            .flat_map(|(instance, ids)| {
+                let chunks: Vec<Vec<Vec<u8>>> = ids.chunks(IDS_PER_MERGE).map(<[_]>::to_vec).collect();
+                chunks.into_iter().map(move |ids| (instance, ids))
+            })
             .map(|(instance, ids)| self.merge_on(instance, tenant, selection, ids));
         let query = block_query(
             &selection.profile_type_id,
@@ -380,10 +423,10 @@ impl Querier {
         )?;
         let block_merges = listing
             .blocks
-            .into_iter()
+            .iter()
             .zip(for_block)
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(block, ids)| merge_block(block, query.clone(), ids));
+            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids));
         let (from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         let mut tree = Tree::new();
@@ -481,11 +524,15 @@ fn project(labels: &Labels, names: &[String]) -> Labels {
         .collect()
 }
 
+/// The selectors of `matchers` (OR-ed); an empty one matches everything,
+/// as on the ingesters.
 fn selectors(matchers: &[String]) -> Result<Vec<Selector>, RpcError> {
     matchers
         .iter()
-        .filter(|matcher| !matcher.trim().is_empty())
         .map(|matcher| {
+            if matcher.trim().is_empty() {
+                return Ok(Selector::default());
+            }
             parse_selector(matcher)
                 .map_err(|err| RpcError::invalid_argument(format!("label selector {matcher:?}: {err}")))
         })

@@ -120,24 +120,42 @@ fn flamebearer(graph: &FlameGraph) -> Value {
     })
 }
 
-/// One timeline: per step from `start` (s, snapped), the sum of the
-/// profiles whose time falls in `[t, t + step)`.
-fn timeline<'a>(profiles: impl Iterator<Item = &'a ListedProfile>, from_ms: i64, until_ms: i64, step_s: i64) -> Value {
+/// One timeline, as Pyroscope draws it: one sample per step of
+/// `[snap(from), snap(until))` (snapped down to the step), each the sum
+/// (or, with `average`, the mean) of the totals of the profiles in that
+/// step, zero where there are none.
+fn timeline<'a>(
+    profiles: impl Iterator<Item = &'a ListedProfile>,
+    from_ms: i64,
+    until_ms: i64,
+    step_s: i64,
+    average: bool,
+) -> Value {
     let step_ms = step_s * 1000;
     let start = from_ms.div_euclid(step_ms) * step_ms;
-    let end = until_ms.div_euclid(step_ms) * step_ms + step_ms;
-    let count = usize::try_from((end - start) / step_ms).unwrap_or(0);
-    let mut samples = vec![0i64; count];
+    let end = until_ms.div_euclid(step_ms) * step_ms;
+    let count = usize::try_from((end - start) / step_ms).unwrap_or(0).max(1);
+    let mut sums = vec![0i64; count];
+    let mut counts = vec![0i64; count];
     for profile in profiles {
-        if profile.time_ms < start || profile.time_ms >= end {
+        let Ok(index) = usize::try_from((profile.time_ms - start).div_euclid(step_ms)) else {
             continue;
+        };
+        if index < count {
+            sums[index] = sums[index].saturating_add(profile.total);
+            counts[index] += 1;
         }
-        let index = ((profile.time_ms - start) / step_ms) as usize;
-        samples[index] = samples[index].saturating_add(profile.total);
+    }
+    if average {
+        for (sum, count) in sums.iter_mut().zip(counts) {
+            if count > 0 {
+                *sum /= count;
+            }
+        }
     }
     json!({
         "startTime": start / 1000,
-        "samples": samples,
+        "samples": sums,
         "durationDelta": step_s,
         "watermarks": null,
     })
@@ -186,16 +204,13 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
             "heatmap": null,
         }));
     };
-    let (tree, profiles) = futures_util::try_join!(
-        state.querier.merge(tenant, &selection),
-        state.querier.select_profiles(tenant, &selection)
-    )?;
+    let (tree, profiles) = state.querier.merge_and_list(tenant, &selection).await?;
+    // The range as checked (the lookback cut its start): at most about
+    // 1,500 steps.
+    let (from, until) = (selection.start, selection.end);
     let step = step_seconds(from, until);
     let average = param(params, &["aggregation"]) == Some("avg");
-    let mut timeline_value = timeline(profiles.iter(), from, until, step);
-    if average {
-        average_timeline(&mut timeline_value, profiles.iter(), from, step);
-    }
+    let timeline_value = timeline(profiles.iter(), from, until, step, average);
     let groups = match param(params, &["groupBy"]) {
         Some(group_by) => {
             let mut by_value: std::collections::BTreeMap<String, Vec<&ListedProfile>> =
@@ -206,7 +221,7 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
             }
             let groups: serde_json::Map<String, Value> = by_value
                 .into_iter()
-                .map(|(value, members)| (value, timeline(members.into_iter(), from, until, step)))
+                .map(|(value, members)| (value, timeline(members.into_iter(), from, until, step, average)))
                 .collect();
             Value::Object(groups)
         }
@@ -220,32 +235,6 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
         "groups": groups,
         "heatmap": null,
     }))
-}
-
-/// `aggregation=avg`: each step's sum divided by its number of profiles.
-fn average_timeline<'a>(
-    timeline: &mut Value,
-    profiles: impl Iterator<Item = &'a ListedProfile>,
-    from_ms: i64,
-    step_s: i64,
-) {
-    let step_ms = step_s * 1000;
-    let start = from_ms.div_euclid(step_ms) * step_ms;
-    let Some(samples) = timeline["samples"].as_array_mut() else {
-        return;
-    };
-    let mut counts = vec![0i64; samples.len()];
-    for profile in profiles {
-        let index = (profile.time_ms - start).div_euclid(step_ms);
-        if let Some(count) = usize::try_from(index).ok().and_then(|index| counts.get_mut(index)) {
-            *count += 1;
-        }
-    }
-    for (sample, count) in samples.iter_mut().zip(counts) {
-        if count > 0 {
-            *sample = json!(sample.as_i64().unwrap_or(0) / count);
-        }
-    }
 }
 
 async fn render_diff(
@@ -401,12 +390,20 @@ mod tests {
             time_ms,
             total,
         };
-        let profiles = [profile(100_000, 5), profile(110_000, 2), profile(131_000, 7)];
-        let value = timeline(profiles.iter(), 95_000, 140_000, 15);
+        let profiles = [
+            profile(100_000, 5),
+            profile(110_000, 2),
+            profile(131_000, 7),
+            profile(134_000, 1),
+            profile(150_000, 9),
+        ];
+        let value = timeline(profiles.iter(), 95_000, 150_000, 15, false);
         assert_eq!(value["startTime"], 90);
         assert_eq!(value["durationDelta"], 15);
-        // Steps 90, 105, 120, 135: [90,105) has 100 s; [105,120) 110 s; [120,135) 131 s.
-        assert_eq!(value["samples"], json!([5, 2, 7, 0]));
+        // Steps [90,105) [105,120) [120,135) [135,150): 150 s is past the end.
+        assert_eq!(value["samples"], json!([5, 2, 8, 0]));
+        let average = timeline(profiles.iter(), 95_000, 150_000, 15, true);
+        assert_eq!(average["samples"], json!([5, 2, 4, 0]));
         assert_eq!(step_seconds(0, 3_600_000), 15);
         assert_eq!(step_seconds(0, 24 * 3_600_000), 60);
     }

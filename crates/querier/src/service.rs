@@ -56,10 +56,10 @@ async fn profile_types(
     request: pb::ProfileTypesRequest,
 ) -> Result<pb::ProfileTypesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
-    let request = ingester::ProfileTypesRequest {
-        start: request.start,
-        end: request.end,
+    let Some((start, end)) = label_range(request.start, request.end, &(state.limits)(tenant))? else {
+        return Ok(pb::ProfileTypesResponse::default());
     };
+    let request = ingester::ProfileTypesRequest { start, end };
     Ok(pb::ProfileTypesResponse {
         profile_types: state.querier.profile_types(tenant, request).await?,
     })
@@ -68,9 +68,13 @@ async fn profile_types(
 async fn label_names(
     state: State,
     ctx: RequestContext,
-    request: types::LabelNamesRequest,
+    mut request: types::LabelNamesRequest,
 ) -> Result<types::LabelNamesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
+    let Some((start, end)) = label_range(request.start, request.end, &(state.limits)(tenant))? else {
+        return Ok(types::LabelNamesResponse::default());
+    };
+    (request.start, request.end) = (start, end);
     let mut names = state.querier.label_names(tenant, request).await?;
     let utf8 = ctx
         .headers()
@@ -87,9 +91,16 @@ async fn label_names(
 async fn label_values(
     state: State,
     ctx: RequestContext,
-    request: types::LabelValuesRequest,
+    mut request: types::LabelValuesRequest,
 ) -> Result<types::LabelValuesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
+    if request.name.is_empty() {
+        return Err(RpcError::invalid_argument("name is required"));
+    }
+    let Some((start, end)) = label_range(request.start, request.end, &(state.limits)(tenant))? else {
+        return Ok(types::LabelValuesResponse::default());
+    };
+    (request.start, request.end) = (start, end);
     Ok(types::LabelValuesResponse {
         names: state.querier.label_values(tenant, request).await?,
     })
@@ -97,11 +108,14 @@ async fn label_values(
 
 async fn series(state: State, ctx: RequestContext, request: pb::SeriesRequest) -> Result<pb::SeriesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str();
+    let Some((start, end)) = label_range(request.start, request.end, &(state.limits)(tenant))? else {
+        return Ok(pb::SeriesResponse::default());
+    };
     let request = ingester::SeriesRequest {
         matchers: request.matchers,
         label_names: request.label_names,
-        start: request.start,
-        end: request.end,
+        start,
+        end,
     };
     let labels_set = state
         .querier
@@ -123,6 +137,12 @@ async fn select_merge_stacktraces(
     let tenant = ctx.tenant()?.as_str();
     let limits = (state.limits)(tenant);
     let max_nodes = max_nodes(request.max_nodes, &limits)?;
+    refuse_unsupported(
+        &request.profile_id_selector,
+        request.stack_trace_selector.as_ref(),
+        &request.trace_id_selector,
+        &request.span_selector,
+    )?;
     let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
     if format == pb::ProfileFormat::Dot {
         return Err(RpcError::new(
@@ -145,13 +165,7 @@ async fn select_merge_stacktraces(
         },
         pb::ProfileFormat::Pprof => pb::SelectMergeStacktracesResponse {
             pprof: Some(pb::PprofProfile {
-                profile: Some(pprof(
-                    &tree,
-                    &request.profile_type_id,
-                    request.start,
-                    request.end,
-                    max_nodes,
-                )?),
+                profile: Some(pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)?),
             }),
             ..Default::default()
         },
@@ -181,8 +195,15 @@ fn flame_graph(tree: &Tree, max_nodes: usize) -> pb::FlameGraph {
     }
 }
 
-/// The merged profile as pprof; `max_nodes` 0 keeps every stack.
-fn pprof(tree: &Tree, profile_type: &str, start_ms: i64, end_ms: i64, max_nodes: usize) -> Result<Profile, RpcError> {
+/// The merged profile as pprof (stamped with the range it covers);
+/// `max_nodes` 0 keeps every stack.
+fn pprof(
+    tree: &Tree,
+    profile_type: &str,
+    selection: Option<&ingester::ProfileSelection>,
+    max_nodes: usize,
+) -> Result<Profile, RpcError> {
+    let (start_ms, end_ms) = selection.map_or((0, 0), |selection| (selection.start, selection.end));
     let profile_type = ProfileType::parse(profile_type).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
     let truncated;
     let tree = if max_nodes == 0 {
@@ -194,7 +215,7 @@ fn pprof(tree: &Tree, profile_type: &str, start_ms: i64, end_ms: i64, max_nodes:
     Ok(tree.to_pprof(
         &profile_type,
         start_ms.saturating_mul(1_000_000),
-        (end_ms - start_ms).max(0).saturating_mul(1_000_000),
+        end_ms.saturating_sub(start_ms).max(0).saturating_mul(1_000_000),
     ))
 }
 
@@ -212,6 +233,12 @@ async fn select_merge_profile(
         None | Some(0) => 0,
         nodes => max_nodes(nodes, &limits)?,
     };
+    refuse_unsupported(
+        &request.profile_id_selector,
+        request.stack_trace_selector.as_ref(),
+        &request.trace_id_selector,
+        &[],
+    )?;
     let selection = selection(
         &request.profile_type_id,
         &request.label_selector,
@@ -220,7 +247,7 @@ async fn select_merge_profile(
         &limits,
     )?;
     let tree = merged(&state, tenant, selection.as_ref()).await?;
-    pprof(&tree, &request.profile_type_id, request.start, request.end, max_nodes)
+    pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)
 }
 
 /// Two selections as one diff flame graph.
@@ -280,7 +307,9 @@ async fn select_series(
             "missing step: step (in seconds) must be above 0",
         ));
     }
-    let step_ms = ((request.step * 1000.0) as i64).max(1);
+    refuse_unsupported(&[], request.stack_trace_selector.as_ref(), &[], &[])?;
+    // Saturating conversion; a step longer than any range is one point.
+    let step_ms = ((request.step * 1000.0) as i64).clamp(1, MAX_STEP_MS);
     let aggregation = match request.aggregation.map(types::TimeSeriesAggregationType::try_from) {
         None | Some(Ok(types::TimeSeriesAggregationType::Sum)) => Aggregation::Sum,
         Some(Ok(types::TimeSeriesAggregationType::Average)) => Aggregation::Average,
@@ -333,6 +362,43 @@ async fn profile_stats(
     _: types::GetProfileStatsRequest,
 ) -> Result<types::GetProfileStatsResponse, RpcError> {
     state.querier.profile_stats(ctx.tenant()?.as_str()).await
+}
+
+/// Longest SelectSeries step: 10 years.
+const MAX_STEP_MS: i64 = 10 * 365 * 24 * 3_600_000;
+
+/// Selectors flamedb does not apply yet: refused rather than ignored, so
+/// no one reads a merge of everything as the selection they asked for.
+fn refuse_unsupported(
+    profile_ids: &[String],
+    stack_trace: Option<&types::StackTraceSelector>,
+    trace_ids: &[String],
+    spans: &[String],
+) -> Result<(), RpcError> {
+    let stack_trace = stack_trace.is_some_and(|selector| !selector.call_site.is_empty() || selector.go_pgo.is_some());
+    let unsupported = [
+        ("profile_id_selector", !profile_ids.is_empty()),
+        ("stack_trace_selector", stack_trace),
+        ("trace_id_selector", !trace_ids.is_empty()),
+        ("span_selector", !spans.is_empty()),
+    ];
+    match unsupported.iter().find(|(_, given)| *given) {
+        Some((name, _)) => Err(RpcError::new(
+            flamedb_api::ErrorCode::Unimplemented,
+            format!("{name} is not supported yet"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The range of a label, series or profile type query: both 0 is any time
+/// (the ingesters' data, as in Pyroscope); otherwise checked like a select.
+/// `None`: wholly before the lookback limit (an empty answer).
+fn label_range(start: i64, end: i64, limits: &Limits) -> Result<Option<(i64, i64)>, RpcError> {
+    if start == 0 && end == 0 {
+        return Ok(Some((0, 0)));
+    }
+    time_range(start, end, limits, now_nanos() / 1_000_000)
 }
 
 /// The flame graph node limit of a query.
@@ -397,10 +463,10 @@ fn time_range(start: i64, end: i64, limits: &Limits, now_ms: i64) -> Result<Opti
         }
         start = start.max(oldest);
     }
-    if !limits.max_query_length.is_zero() && end - start > millis(limits.max_query_length) {
+    if !limits.max_query_length.is_zero() && end.saturating_sub(start) > millis(limits.max_query_length) {
         return Err(RpcError::invalid_argument(format!(
             "the query time range exceeds the limit (max_query_length, actual: {}, limit: {})",
-            humanize_ms(end - start),
+            humanize_ms(end.saturating_sub(start)),
             humanize_ms(millis(limits.max_query_length))
         )));
     }

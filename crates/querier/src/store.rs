@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flamedb_api::{ErrorCode, RpcError};
 use flamedb_model::{ProfileId, Tree, parse_selector};
@@ -16,6 +16,14 @@ use flamedb_storage::{Block, BlockMeta, Bucket, ProfileQuery, TimeRange, Ulid};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::querier::ListedProfile;
+
+/// Longest wait for a bucket listing.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for one block download.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Marks a directory as the querier's block cache.
+const CACHE_MARKER: &str = ".flamedb-block-cache";
 
 /// An opened cached block and when it was last used.
 struct Cached {
@@ -50,9 +58,20 @@ fn store_error(message: String) -> RpcError {
 impl Store {
     /// Reads `bucket`, caching up to `max_bytes` of blocks under `dir`
     /// (`<dir>/<tenant>/<block id>`). Blocks a previous run left there are
-    /// removed; nothing else in `dir` is touched.
+    /// removed; a non-empty `dir` that is not a block cache is refused, so
+    /// a mistyped path never loses anyone's data.
     pub fn new(bucket: Bucket, dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        let marker = dir.join(CACHE_MARKER);
+        if !marker.exists() {
+            if std::fs::read_dir(&dir)?.next().is_some() {
+                return Err(std::io::Error::other(format!(
+                    "{} is not empty and not a flamedb block cache (no {CACHE_MARKER}); choose an empty directory",
+                    dir.display()
+                )));
+            }
+            std::fs::write(&marker, b"flamedb querier block cache: contents are removed at start\n")?;
+        }
         for tenant in std::fs::read_dir(&dir)? {
             let tenant = tenant?.path();
             if !tenant.is_dir() {
@@ -78,21 +97,24 @@ impl Store {
 
     /// The first and last profile time (ms) of each of the tenant's blocks.
     pub async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
-        let metas = self
-            .bucket
-            .list_blocks(tenant)
-            .await
-            .map_err(|err| store_error(format!("cannot list the blocks of tenant {tenant}: {err}")))?;
+        let metas = self.list(tenant).await?;
         Ok(metas.iter().map(|meta| (meta.min_time, meta.max_time)).collect())
+    }
+
+    async fn list(&self, tenant: &str) -> Result<Vec<BlockMeta>, RpcError> {
+        tokio::time::timeout(LIST_TIMEOUT, self.bucket.list_blocks(tenant))
+            .await
+            .map_err(|_| {
+                store_error(format!(
+                    "listing the blocks of tenant {tenant} took over {LIST_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|err| store_error(format!("cannot list the blocks of tenant {tenant}: {err}")))
     }
 
     /// The tenant's blocks that overlap `range`, opened.
     pub async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
-        let metas = self
-            .bucket
-            .list_blocks(tenant)
-            .await
-            .map_err(|err| store_error(format!("cannot list the blocks of tenant {tenant}: {err}")))?;
+        let metas = self.list(tenant).await?;
         let mut blocks = Vec::new();
         for meta in metas
             .into_iter()
@@ -116,10 +138,9 @@ impl Store {
         tokio::fs::create_dir_all(&parent)
             .await
             .map_err(|err| store_error(format!("cannot create {}: {err}", parent.display())))?;
-        let path = self
-            .bucket
-            .download_block(tenant, meta.id, &parent)
+        let path = tokio::time::timeout(DOWNLOAD_TIMEOUT, self.bucket.download_block(tenant, meta.id, &parent))
             .await
+            .map_err(|_| store_error(format!("downloading block {} took over {DOWNLOAD_TIMEOUT:?}", meta.id)))?
             .map_err(|err| store_error(format!("cannot download block {} of tenant {tenant}: {err}", meta.id)))?;
         let block = tokio::task::spawn_blocking(move || Block::open(&path))
             .await
@@ -140,7 +161,6 @@ impl Store {
             evict(&mut cached, self.max_bytes)
         };
         for dir in evicted {
-            // Readers holding the block keep their open files (Unix).
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         Ok(block)
@@ -155,14 +175,16 @@ impl Store {
     }
 }
 
-/// Drops least recently used blocks until the cache fits `max_bytes` (the
-/// newest always stays); returns their directories.
+/// Drops least recently used blocks that no query holds until the cache
+/// fits `max_bytes` (blocks in use stay, so a query's blocks are never
+/// removed under it); returns their directories.
 fn evict(cached: &mut HashMap<(String, Ulid), Cached>, max_bytes: u64) -> Vec<PathBuf> {
     let mut total: u64 = cached.values().map(|entry| entry.bytes).sum();
     let mut removed = Vec::new();
-    while total > max_bytes && cached.len() > 1 {
+    while total > max_bytes {
         let Some(oldest) = cached
             .iter()
+            .filter(|(_, entry)| Arc::strong_count(&entry.block) == 1)
             .min_by_key(|(_, entry)| entry.used)
             .map(|(key, _)| key.clone())
         else {

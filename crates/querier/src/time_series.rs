@@ -44,8 +44,8 @@ pub fn time_series(
                 .map(|label| Label::new(label.name.clone(), label.value.clone()))
                 .collect(),
         );
-        let bucket = (profile.time_ms - start_ms).max(0).div_euclid(step_ms)
-            + i64::from((profile.time_ms - start_ms).max(0).rem_euclid(step_ms) != 0);
+        let offset = profile.time_ms.saturating_sub(start_ms).max(0);
+        let bucket = offset.div_euclid(step_ms) + i64::from(offset.rem_euclid(step_ms) != 0);
         let slot = series.entry(labels).or_default().entry(bucket).or_insert((0, 0));
         slot.0 = slot.0.saturating_add(profile.total);
         slot.1 += 1;
@@ -53,7 +53,9 @@ pub fn time_series(
     let mut out: Vec<(i64, TimeSeries)> = series
         .into_iter()
         .map(|(labels, buckets)| {
-            let sum: i64 = buckets.values().map(|(sum, _)| *sum).sum();
+            let sum = buckets
+                .values()
+                .fold(0i64, |total, (sum, _)| total.saturating_add(*sum));
             let points = buckets
                 .into_iter()
                 .map(|(bucket, (sum, count))| {
@@ -61,7 +63,7 @@ pub fn time_series(
                         Aggregation::Sum => sum as f64,
                         Aggregation::Average => sum as f64 / count as f64,
                     };
-                    (start_ms + bucket * step_ms, value)
+                    (start_ms.saturating_add(bucket.saturating_mul(step_ms)), value)
                 })
                 .collect();
             (sum, TimeSeries { labels, points })
