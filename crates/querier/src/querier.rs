@@ -429,12 +429,15 @@ impl Querier {
             .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids));
         let (from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
-        let mut tree = Tree::new();
-        // Each holder's profiles are its alone: all are needed.
-        for merged in from_ingesters.iter().chain(&from_blocks) {
-            tree.merge(merged);
-        }
-        Ok(tree)
+        crate::service::off_runtime(move || {
+            let mut tree = Tree::new();
+            // Each holder's profiles are its alone: all are needed.
+            for merged in from_ingesters.iter().chain(&from_blocks) {
+                tree.merge(merged);
+            }
+            Ok(tree)
+        })
+        .await
     }
 
     /// Merges the profiles `ids` on one ingester.
@@ -464,7 +467,11 @@ impl Querier {
                 )
             })??
             .into_inner();
-        Tree::decode(&merged.tree).map_err(|err| RpcError::internal(format!("ingester {}: {err}", instance.id)))
+        let id = instance.id.clone();
+        crate::service::off_runtime(move || {
+            Tree::decode(&merged.tree).map_err(|err| RpcError::internal(format!("ingester {id}: {err}")))
+        })
+        .await
     }
 }
 

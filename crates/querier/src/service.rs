@@ -158,22 +158,34 @@ async fn select_merge_stacktraces(
         &limits,
     )?;
     let tree = merged(&state, tenant, selection.as_ref()).await?;
-    Ok(match format {
-        pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
-            tree: tree.encode(max_nodes),
-            ..Default::default()
-        },
-        pb::ProfileFormat::Pprof => pb::SelectMergeStacktracesResponse {
-            pprof: Some(pb::PprofProfile {
-                profile: Some(pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)?),
-            }),
-            ..Default::default()
-        },
-        _ => pb::SelectMergeStacktracesResponse {
-            flamegraph: Some(flame_graph(&tree, max_nodes)),
-            ..Default::default()
-        },
+    off_runtime(move || {
+        Ok(match format {
+            pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
+                tree: tree.encode(max_nodes),
+                ..Default::default()
+            },
+            pb::ProfileFormat::Pprof => pb::SelectMergeStacktracesResponse {
+                pprof: Some(pb::PprofProfile {
+                    profile: Some(pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)?),
+                }),
+                ..Default::default()
+            },
+            _ => pb::SelectMergeStacktracesResponse {
+                flamegraph: Some(flame_graph(&tree, max_nodes)),
+                ..Default::default()
+            },
+        })
     })
+    .await
+}
+
+/// Runs CPU work (rendering large trees) off the async workers.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RpcError::internal(format!("the query failed: {err}")))?
 }
 
 /// The merged tree of a selection; empty when there is none (a range
@@ -247,7 +259,7 @@ async fn select_merge_profile(
         &limits,
     )?;
     let tree = merged(&state, tenant, selection.as_ref()).await?;
-    pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)
+    off_runtime(move || pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)).await
 }
 
 /// Two selections as one diff flame graph.
@@ -282,7 +294,7 @@ async fn diff(state: State, ctx: RequestContext, request: pb::DiffRequest) -> Re
         merged(&state, tenant, left_selection.as_ref()),
         merged(&state, tenant, right_selection.as_ref())
     )?;
-    let graph = Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes);
+    let graph = off_runtime(move || Ok(Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes))).await?;
     Ok(pb::DiffResponse {
         flamegraph: Some(pb::FlameGraphDiff {
             names: graph.names,
