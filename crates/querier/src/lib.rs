@@ -16,8 +16,9 @@
 //! The legacy HTTP API (`/pyroscope/render`, `render-diff`,
 //! `label-values`, `label-names`) answers from the same [`Querier`].
 //! Ranges older than `query_store_after` also read the blocks in object
-//! storage (downloaded to a bounded local cache); copies uploaded by
-//! different ingesters share profile IDs and count once.
+//! storage (small files cached locally, the profiles table read by byte
+//! ranges); copies uploaded by different ingesters share profile IDs and
+//! count once.
 
 mod querier;
 mod render;

@@ -1,8 +1,10 @@
 //! Blocks in object storage, for ranges older than the ingesters keep.
-//! A query lists the tenant's blocks, downloads those overlapping its range
-//! into a local cache (bounded: least recently used blocks go first) and
-//! reads them there. Every block of every ingester is read; the querier
-//! then counts each profile ID once.
+//! A query lists the tenant's blocks; of those overlapping its range, the
+//! meta, series index and symbols are downloaded into a local cache
+//! (bounded: least recently used blocks go first), while the profiles
+//! table is read in place by byte ranges, only the row groups and pages a
+//! query needs. Every block of every ingester is read; the querier then
+//! counts each profile ID once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flamedb_api::{ErrorCode, RpcError};
 use flamedb_model::{ProfileId, Tree, parse_selector};
-use flamedb_storage::block::TEMP_SUFFIX;
+use flamedb_storage::block::{PROFILES_FILE, TEMP_SUFFIX};
 use flamedb_storage::{Block, BlockMeta, Bucket, ProfileQuery, TimeRange, Ulid};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -19,7 +21,7 @@ use crate::querier::ListedProfile;
 
 /// Longest wait for a bucket listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for one block download.
+/// Longest wait for opening one block (its small files).
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Marks a directory as the querier's block cache.
@@ -138,16 +140,18 @@ impl Store {
         tokio::fs::create_dir_all(&parent)
             .await
             .map_err(|err| store_error(format!("cannot create {}: {err}", parent.display())))?;
-        let path = tokio::time::timeout(DOWNLOAD_TIMEOUT, self.bucket.download_block(tenant, meta.id, &parent))
+        let block = tokio::time::timeout(DOWNLOAD_TIMEOUT, self.bucket.open_block(tenant, meta.id, &parent))
             .await
-            .map_err(|_| store_error(format!("downloading block {} took over {DOWNLOAD_TIMEOUT:?}", meta.id)))?
-            .map_err(|err| store_error(format!("cannot download block {} of tenant {tenant}: {err}", meta.id)))?;
-        let block = tokio::task::spawn_blocking(move || Block::open(&path))
-            .await
-            .map_err(|err| RpcError::internal(err.to_string()))?
-            .map_err(|err| store_error(format!("cannot open block {}: {err}", meta.id)))?;
+            .map_err(|_| store_error(format!("opening block {} took over {DOWNLOAD_TIMEOUT:?}", meta.id)))?
+            .map_err(|err| store_error(format!("cannot open block {} of tenant {tenant}: {err}", meta.id)))?;
         let block = Arc::new(block);
-        let bytes = meta.files.iter().map(|file| file.size_bytes).sum();
+        // What is on local disk: everything but the profiles table.
+        let bytes = meta
+            .files
+            .iter()
+            .filter(|file| file.rel_path != PROFILES_FILE)
+            .map(|file| file.size_bytes)
+            .sum();
         let evicted = {
             let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
             cached.insert(

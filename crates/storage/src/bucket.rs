@@ -206,6 +206,53 @@ impl Bucket {
     /// Downloads a block into `parent/<id>` (through a temporary
     /// directory), checking every file against its meta.
     pub async fn download_block(&self, tenant: &str, id: Ulid, parent: &Path) -> Result<PathBuf, BucketError> {
+        let (target, _) = self.download_files(tenant, id, parent, None).await?;
+        let dir = target.clone();
+        tokio::task::spawn_blocking(move || crate::Block::open(&dir)?.verify())
+            .await
+            .map_err(|err| BucketError::Config(format!("opening block {id} failed: {err}")))??;
+        Ok(target)
+    }
+
+    /// Opens a block for reading in place: its meta, series and symbols
+    /// files are downloaded into `parent/<id>` (and checked), its profiles
+    /// table stays in the bucket and is read by byte ranges. Reads of the
+    /// returned block block on this async runtime: run them where blocking
+    /// is fine.
+    pub async fn open_block(&self, tenant: &str, id: Ulid, parent: &Path) -> Result<crate::Block, BucketError> {
+        let profiles = crate::block::PROFILES_FILE;
+        let (target, meta) = self.download_files(tenant, id, parent, Some(profiles)).await?;
+        let size = meta
+            .files
+            .iter()
+            .find(|file| file.rel_path == profiles)
+            .map(|file| file.size_bytes)
+            .unwrap_or(0);
+        let remote = crate::block::RemoteFile::new(
+            self.store.clone(),
+            Self::block_path(tenant, id, profiles),
+            size,
+            tokio::runtime::Handle::current(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let block = crate::Block::open_with(&target, Some(remote))?;
+            block.verify()?;
+            Ok::<_, crate::BlockError>(block)
+        })
+        .await
+        .map_err(|err| BucketError::Config(format!("opening block {id} failed: {err}")))?
+        .map_err(BucketError::from)
+    }
+
+    /// Downloads the files of a block but `skip` into `parent/<id>`
+    /// (through a temporary directory), checked against the meta.
+    async fn download_files(
+        &self,
+        tenant: &str,
+        id: Ulid,
+        parent: &Path,
+        skip: Option<&str>,
+    ) -> Result<(PathBuf, BlockMeta), BucketError> {
         let local_error = |path: &Path| {
             let path = path.display().to_string();
             move |source| BucketError::Local { path, source }
@@ -217,7 +264,7 @@ impl Bucket {
         let target = parent.join(id.to_string());
         let _ = tokio::fs::remove_dir_all(&temp).await;
         tokio::fs::create_dir_all(&temp).await.map_err(local_error(&temp))?;
-        for file in &meta.files {
+        for file in meta.files.iter().filter(|file| Some(file.rel_path.as_str()) != skip) {
             let remote = Self::block_path(tenant, id, &file.rel_path);
             let local = temp.join(&file.rel_path);
             let mut out = tokio::fs::File::create(&local).await.map_err(local_error(&local))?;
@@ -237,8 +284,7 @@ impl Bucket {
             .map_err(local_error(&temp))?;
         let _ = tokio::fs::remove_dir_all(&target).await;
         tokio::fs::rename(&temp, &target).await.map_err(local_error(&temp))?;
-        crate::Block::open(&target)?.verify()?;
-        Ok(target)
+        Ok((target, meta))
     }
 
     /// A whole (small) object.

@@ -16,6 +16,7 @@
 pub(crate) mod format;
 mod meta;
 mod profiles;
+mod remote;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -33,6 +34,8 @@ pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, FORMAT_VERSION};
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
 use crate::{ProfileQuery, ProfileRow, SelectedProfile};
+pub use profiles::FILE as PROFILES_FILE;
+pub(crate) use remote::RemoteFile;
 
 pub const META_FILE: &str = "meta.json";
 const SERIES_FILE: &str = "series.binpb.zst";
@@ -286,14 +289,27 @@ pub struct Block {
     series: SeriesIndex,
     /// Per series (by block id), its rows in the profiles table.
     rows: Vec<Range<u32>>,
+    /// Set when the profiles table stays in object storage (read by
+    /// ranges) and only the other files are in `dir`.
+    remote_profiles: Option<RemoteFile>,
 }
 
 impl Block {
     /// Opens the block in `dir`: checks the meta and that every file is
     /// there with its size, and loads the series index.
     pub fn open(dir: &Path) -> Result<Self, BlockError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens a block whose files but the profiles table are in `dir`; the
+    /// table is read by ranges from `profiles`.
+    pub(crate) fn open_with(dir: &Path, remote_profiles: Option<RemoteFile>) -> Result<Self, BlockError> {
         let meta = read_meta(dir)?;
-        for file in &meta.files {
+        for file in meta
+            .files
+            .iter()
+            .filter(|file| remote_profiles.is_none() || file.rel_path != profiles::FILE)
+        {
             let path = dir.join(&file.rel_path);
             let size = fs::metadata(&path).map_err(BlockError::io("read", &path))?.len();
             if size != file.size_bytes {
@@ -331,6 +347,7 @@ impl Block {
             meta,
             series,
             rows,
+            remote_profiles,
         })
     }
 
@@ -347,9 +364,15 @@ impl Block {
         &self.series
     }
 
-    /// Checks the size and CRC-32 of every file against `meta.json`.
+    /// Checks the size and CRC-32 of every local file against
+    /// `meta.json`.
     pub fn verify(&self) -> Result<(), BlockError> {
-        for file in &self.meta.files {
+        for file in self
+            .meta
+            .files
+            .iter()
+            .filter(|file| self.remote_profiles.is_none() || file.rel_path != profiles::FILE)
+        {
             read_checked(&self.dir, &self.meta, &file.rel_path)?;
         }
         Ok(())
@@ -388,7 +411,21 @@ impl Block {
         each: impl FnMut(profiles::RowView<'_>),
     ) -> Result<(), BlockError> {
         let path = self.dir.join(profiles::FILE);
-        profiles::read(&path, ranges, want, each).map_err(|reason| BlockError::corrupt(&path, reason))
+        let read = match &self.remote_profiles {
+            None => {
+                if ranges.is_empty() {
+                    return Ok(());
+                }
+                let file = File::open(&path).map_err(BlockError::io("open", &path))?;
+                profiles::read(file, ranges, want, each)
+            }
+            Some(remote) => {
+                let path = PathBuf::from(remote.path().as_ref());
+                return profiles::read(remote.clone(), ranges, want, each)
+                    .map_err(|reason| BlockError::corrupt(&path, reason));
+            }
+        };
+        read.map_err(|reason| BlockError::corrupt(&path, reason))
     }
 
     /// Calls `visit` for each profile matching `query`, in series then

@@ -29,10 +29,11 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 
 use crate::ProfileRow;
 
-pub(crate) const FILE: &str = "profiles.parquet";
+pub const FILE: &str = "profiles.parquet";
 const ROW_GROUP_ROWS: usize = 100_000;
 const BATCH_ROWS: usize = 8192;
 
@@ -188,10 +189,11 @@ pub(crate) struct RowView<'a> {
     pub values: &'a [i64],
 }
 
-/// Reads the rows in `ranges` (sorted, disjoint) of the table at `path`,
-/// calling `each` for every row.
-pub(crate) fn read(
-    path: &Path,
+/// Reads the rows in `ranges` (sorted, disjoint) of the table in `file`
+/// (a local file or an object read by ranges), calling `each` for every
+/// row.
+pub(crate) fn read<R: ChunkReader + 'static>(
+    file: R,
     ranges: Vec<Range<usize>>,
     want: Want,
     mut each: impl FnMut(RowView<'_>),
@@ -199,7 +201,6 @@ pub(crate) fn read(
     if ranges.is_empty() {
         return Ok(());
     }
-    let file = File::open(path).map_err(|err| format!("cannot open: {err}"))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|err| err.to_string())?;
     let expected = schema();
     let found = builder.schema();

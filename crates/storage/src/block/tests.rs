@@ -355,3 +355,43 @@ async fn test_blocks_round_trip_through_a_bucket() {
         source.answer(&everything, None)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn test_a_block_read_in_place_answers_as_a_downloaded_one() {
+    let source = Source::new(&[
+        (0, 1_000, vec![1, 2, 3, 0, 0]),
+        (1, 2_000, vec![0, 5, 0, 7, 0]),
+        (2, 3_000, vec![4, 0, 0, 0, 9]),
+    ]);
+    let local = tempfile::tempdir().unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let bucket = crate::Bucket::new(&crate::BucketConfig::Filesystem {
+        dir: remote.path().to_owned(),
+    })
+    .unwrap();
+    let id = Ulid::generate();
+    let meta = write_block(local.path(), id, source.contents(), &[]).unwrap();
+    bucket
+        .upload_block("t", &local.path().join(id.to_string()), &meta)
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let block = bucket.open_block("t", id, cache.path()).await.unwrap();
+    // Only the small files are local; the profiles table stays remote.
+    assert!(!cache.path().join(id.to_string()).join(PROFILES_FILE).exists());
+    assert!(cache.path().join(id.to_string()).join("meta.json").exists());
+    let answers = tokio::task::spawn_blocking(move || {
+        let everything = query("{}", TimeRange::ALL);
+        let one = query(r#"{service_name="svc-1"}"#, TimeRange::ALL);
+        (
+            block_answer(&block, &everything, None),
+            block_answer(&block, &one, None),
+        )
+    })
+    .await
+    .unwrap();
+    let everything = query("{}", TimeRange::ALL);
+    let one = query(r#"{service_name="svc-1"}"#, TimeRange::ALL);
+    assert_eq!(answers.0, source.answer(&everything, None));
+    assert_eq!(answers.1, source.answer(&one, None));
+}
