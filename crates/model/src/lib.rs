@@ -18,6 +18,7 @@
 //! given `now`.
 
 pub mod attime;
+mod dot;
 pub mod gzip;
 mod ingest;
 mod ingest_name;
@@ -33,6 +34,7 @@ mod symbols;
 mod tree;
 mod validate;
 
+pub use dot::to_dot;
 pub use ingest::{prepare_decoded, prepare_profile};
 pub use ingest_name::{IngestName, IngestNameError, parse_ingest_name};
 pub use labels::{

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::types::v1 as types;
-use flamedb_api::{ErrorCode, RpcError, Tenancy};
-use flamedb_model::{FlameGraph, ProfileType, attime, now_nanos};
+use flamedb_api::{RpcError, Tenancy};
+use flamedb_model::{FlameGraph, ProfileType, Tree, attime, now_nanos, to_dot};
 use serde_json::{Value, json};
 
 use crate::querier::ListedProfile;
@@ -174,7 +174,43 @@ async fn render(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
+    if param(&params, &["format"]) == Some("dot") {
+        return match render_dot(&render, &params, &headers).await {
+            Ok(dot) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], dot).into_response(),
+            Err(err) => err.into_response(),
+        };
+    }
     answer(render_json(&render, &params, &headers).await)
+}
+
+/// `format=dot`: the call graph of the merged profiles in Graphviz DOT,
+/// from a tree of at most 512 nodes, showing `maxNodes` (default 100)
+/// functions; an empty body when there is no data.
+async fn render_dot(render: &RenderState, params: &Params, headers: &HeaderMap) -> Result<String, RpcError> {
+    const SOURCE_NODES: usize = 512;
+    const SHOWN_NODES: usize = 100;
+    let tenant = render.tenancy.tenant(headers)?;
+    let tenant = tenant.as_str();
+    let state = &render.state;
+    let limits = (state.limits)(tenant);
+    let query =
+        param(params, &["query"]).ok_or_else(|| RpcError::invalid_argument("the query parameter is required"))?;
+    let (profile_type, selector) = split_query(query)?;
+    let (from, until) = range(params, "from", "until")?;
+    let shown = match requested_nodes(params) {
+        Some(nodes) if nodes > 0 => usize::try_from(nodes).unwrap_or(SHOWN_NODES),
+        _ => SHOWN_NODES,
+    };
+    let parsed_type = ProfileType::parse(&profile_type).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    let Some(selection) = selection(&profile_type, &selector, from, until, &limits)? else {
+        return Ok(String::new());
+    };
+    let tree = state.querier.merge(tenant, &selection).await?;
+    crate::service::off_runtime(move || {
+        let truncated = Tree::decode(&tree.encode(SOURCE_NODES)).map_err(|err| RpcError::internal(err.to_string()))?;
+        Ok(to_dot(&truncated, shown, &parsed_type.sample_unit))
+    })
+    .await
 }
 
 async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap) -> Result<Value, RpcError> {
@@ -182,12 +218,6 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
     let tenant = tenant.as_str();
     let state = &render.state;
     let limits = (state.limits)(tenant);
-    if param(params, &["format"]) == Some("dot") {
-        return Err(RpcError::new(
-            ErrorCode::Unimplemented,
-            "format=dot is not supported: ask for JSON",
-        ));
-    }
     let query =
         param(params, &["query"]).ok_or_else(|| RpcError::invalid_argument("the query parameter is required"))?;
     let (profile_type, selector) = split_query(query)?;
@@ -197,7 +227,7 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
     let Some(selection) = selection(&profile_type, &selector, from, until, &limits)? else {
         return Ok(json!({
             "version": 1,
-            "flamebearer": flamebearer(&flamedb_model::Tree::new().flame_graph(0)),
+            "flamebearer": flamebearer(&Tree::new().flame_graph(0)),
             "metadata": metadata(&parsed_type, "single"),
             "timeline": null,
             "groups": null,
@@ -271,11 +301,11 @@ async fn render_diff_json(render: &RenderState, params: &Params, headers: &Heade
     let merge = |selection: Option<ingester::ProfileSelection>| async move {
         match selection {
             Some(selection) => state.querier.merge(tenant, &selection).await,
-            None => Ok(flamedb_model::Tree::new()),
+            None => Ok(Tree::new()),
         }
     };
     let (left_tree, right_tree) = futures_util::try_join!(merge(left_selection), merge(right_selection))?;
-    let graph = flamedb_model::Tree::flame_graph_diff(&left_tree, &right_tree, nodes);
+    let graph = Tree::flame_graph_diff(&left_tree, &right_tree, nodes);
     let profile_type = ProfileType::parse(&left.0).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
     Ok(json!({
         "version": 1,

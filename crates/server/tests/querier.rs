@@ -416,6 +416,18 @@ fn check_pprof_diff_and_legacy_http(node: &Flamedb, pushed: &Pushed, start: i64,
     assert!(render["groups"]["checkout"].is_object(), "{render}");
     let (status, body) = node.get("/pyroscope/render?query=%7B%7D").unwrap();
     assert_eq!(status, 400, "{body}");
+    // format=dot: the call graph, as Profiles Drilldown asks for it.
+    let (status, dot) = node
+        .get(&format!(
+            "/pyroscope/render?query={query}&from={start}&until={end}&format=dot&max-nodes=10"
+        ))
+        .unwrap();
+    assert_eq!(status, 200, "{dot}");
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(
+        dot.contains("main") && dot.contains("work") && dot.contains("->"),
+        "{dot}"
+    );
 
     let diff = node.get_json(&format!(
         "/pyroscope/render-diff?leftQuery={query}&leftFrom={start}&leftUntil={end}&rightQuery={CPU}&rightFrom={start}&rightUntil={end}"
