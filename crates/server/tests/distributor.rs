@@ -16,7 +16,7 @@ use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
 use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
 use flamedb_model::{ProfileId, Tree};
-use flamedb_testkit::{Flamedb, wait_until};
+use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_active_ingesters, wait_until};
 use prost::Message;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -782,34 +782,6 @@ fn test_the_real_python_agent_pushes_to_the_real_server() {
     );
 }
 
-/// Short periods so the cluster forms and notices deaths quickly.
-fn cluster_args(label: &str) -> Vec<String> {
-    [
-        "-memberlist.gossip-interval=100ms",
-        "-ingester.heartbeat-period=200ms",
-        "-distributor.ring.heartbeat-period=200ms",
-        "-ring.heartbeat-timeout=3s",
-        "-distributor.push.timeout=2s",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .chain([format!("-memberlist.cluster-label={label}")])
-    .collect()
-}
-
-fn start_with(name: &str, base: &[String], extra: &[String]) -> Flamedb {
-    let args: Vec<&str> = base.iter().chain(extra).map(String::as_str).collect();
-    start(name, &args)
-}
-
-/// The ACTIVE ingesters `node`'s ring page shows.
-fn active_ingesters(node: &Flamedb) -> usize {
-    node.get_json("/ring")["shards"]
-        .as_array()
-        .map(|shards| shards.iter().filter(|shard| shard["state"] == "ACTIVE").count())
-        .unwrap_or(0)
-}
-
 fn cpu_push(service: &str, value: i64) -> PushRequest {
     let mut profile = Profile::decode(sized_profile(200).as_slice()).unwrap();
     profile.sample[0].value[0] = value;
@@ -823,45 +795,29 @@ const CLUSTER_CPU: &str = "process_cpu:cpu:nanoseconds::";
 
 #[test]
 fn test_rf3_cluster_writes_every_series_to_three_replicas_and_needs_a_quorum() {
-    let label = format!("distributor-test-{}", std::process::id());
-    let base = cluster_args(&label);
-    let distributor_1 = start_with(
+    let flags = cluster_flags(&format!("distributor-test-{}", std::process::id()));
+    let distributor_1 = start_ready(
+        BINARY,
         "distributor-1",
-        &base,
+        &flags,
         &[
             "-target=distributor".into(),
             "-distributor.ring.instance-id=distributor-1".into(),
         ],
     );
-    let seed = distributor_1.gossip.clone().unwrap();
-    let join = format!("-memberlist.join={seed}");
-    let mut ingesters: Vec<Flamedb> = (1..=3)
-        .map(|n| {
-            start_with(
-                &format!("ingester-{n}"),
-                &base,
-                &[
-                    "-target=ingester".into(),
-                    format!("-ingester.lifecycler.ID=ingester-{n}"),
-                    join.clone(),
-                ],
-            )
-        })
-        .collect();
-    let distributor_2 = start_with(
+    let mut ingesters = start_ingesters(BINARY, &distributor_1, 3, &flags, &[]);
+    let join = format!("-memberlist.join={}", distributor_1.gossip.clone().unwrap());
+    let distributor_2 = start_ready(
+        BINARY,
         "distributor-2",
-        &base,
+        &flags,
         &[
             "-target=distributor".into(),
             "-distributor.ring.instance-id=distributor-2".into(),
             join,
         ],
     );
-    for distributor in [&distributor_1, &distributor_2] {
-        wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
-            (active_ingesters(distributor) == 3).then_some(())
-        });
-    }
+    wait_active_ingesters(&distributor_2, 3);
 
     // Both distributors write; every series lands on all three replicas
     // under one profile ID.
@@ -944,7 +900,7 @@ fn test_a_single_binary_with_no_flags_takes_pushes_on_the_ring_and_in_metrics() 
     let node = start("single", &[]);
     let (status, body) = connect_push(&node, None, Encoding::GzipProto, &cpu_push("plain", 5));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(active_ingesters(&node), 1);
+    wait_active_ingesters(&node, 1);
     assert_eq!(node.metric("flamedb_ingester_profiles_total"), Some(1.0));
     assert_eq!(stored_ids(&node, CLUSTER_CPU, r#"{service_name="plain"}"#).len(), 1);
 }

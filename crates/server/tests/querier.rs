@@ -13,7 +13,7 @@ use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1 as types;
 use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
 use flamedb_model::{Tree, now_nanos};
-use flamedb_testkit::{Flamedb, wait_until};
+use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_until};
 use prost::Message;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -583,52 +583,16 @@ fn test_real_profile_totals_match_the_pushed_pprof() {
     check_real_totals(&node, &expected);
 }
 
-/// Short periods so the cluster forms and notices deaths quickly.
-fn cluster_args(label: &str) -> Vec<String> {
-    [
-        "-memberlist.gossip-interval=100ms",
-        "-ingester.heartbeat-period=200ms",
-        "-distributor.ring.heartbeat-period=200ms",
-        "-ring.heartbeat-timeout=3s",
-        "-distributor.push.timeout=2s",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .chain([format!("-memberlist.cluster-label={label}")])
-    .collect()
-}
-
-fn start_with(name: &str, base: &[String], extra: &[String]) -> Flamedb {
-    let args: Vec<&str> = base.iter().chain(extra).map(String::as_str).collect();
-    start(name, &args)
-}
-
 #[test]
 fn test_rf3_cluster_counts_every_profile_once_and_tolerates_one_ingester_down() {
-    let label = format!("querier-test-{}", std::process::id());
-    let base = cluster_args(&label);
-    let front = start_with("distributor-querier", &base, &["-target=distributor,querier".into()]);
-    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
-    let mut ingesters: Vec<Flamedb> = (1..=3)
-        .map(|n| {
-            start_with(
-                &format!("ingester-{n}"),
-                &base,
-                &[
-                    "-target=ingester".into(),
-                    format!("-ingester.lifecycler.ID=ingester-{n}"),
-                    join.clone(),
-                ],
-            )
-        })
-        .collect();
-    wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
-        let shards = front.get_json("/ring")["shards"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (shards.iter().filter(|s| s["state"] == "ACTIVE").count() == 3).then_some(())
-    });
+    let flags = cluster_flags(&format!("querier-test-{}", std::process::id()));
+    let front = start_ready(
+        BINARY,
+        "distributor-querier",
+        &flags,
+        &["-target=distributor,querier".into()],
+    );
+    let mut ingesters = start_ingesters(BINARY, &front, 3, &flags, &[]);
     let base_ms = now_ms() - 600_000;
     let pushed = push_known(&front, base_ms);
     let (start, end) = (base_ms - 1_000, now_ms() + 1_000);
@@ -762,38 +726,18 @@ fn test_rf3_copies_in_object_storage_count_once() {
         "-storage.filesystem.dir={}",
         flamedb_testkit::path_in(shared.path(), "bucket")
     );
-    let label = format!("querier-store-test-{}", std::process::id());
-    let mut base_args = cluster_args(&label);
-    base_args.push(bucket);
-    let front = start_with(
+    let mut flags = cluster_flags(&format!("querier-store-test-{}", std::process::id()));
+    flags.push(bucket);
+    let front = start_ready(
+        BINARY,
         "distributor-querier",
-        &base_args,
+        &flags,
         &[
             "-target=distributor,querier".into(),
             "-querier.query-store-after=5m".into(),
         ],
     );
-    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
-    let ingesters: Vec<Flamedb> = (1..=3)
-        .map(|n| {
-            start_with(
-                &format!("ingester-{n}"),
-                &base_args,
-                &[
-                    "-target=ingester".into(),
-                    format!("-ingester.lifecycler.ID=ingester-{n}"),
-                    join.clone(),
-                ],
-            )
-        })
-        .collect();
-    wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
-        let shards = front.get_json("/ring")["shards"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (shards.iter().filter(|s| s["state"] == "ACTIVE").count() == 3).then_some(())
-    });
+    let ingesters = start_ingesters(BINARY, &front, 3, &flags, &[]);
     let base = now_ms() - 20 * 60_000;
     let pushed = push_known(&front, base);
     wait_until(Duration::from_secs(10), "all copies", || {

@@ -309,3 +309,56 @@ pub fn shared_dir() -> tempfile::TempDir {
 pub fn path_in(dir: &Path, name: &str) -> String {
     PathBuf::from(dir).join(name).display().to_string()
 }
+
+/// Flags for the processes of a test cluster: short gossip and heartbeat
+/// periods, so membership forms and deaths show within seconds, a short
+/// push timeout, and a cluster label of its own.
+pub fn cluster_flags(label: &str) -> Vec<String> {
+    [
+        "-memberlist.gossip-interval=100ms",
+        "-ingester.heartbeat-period=200ms",
+        "-distributor.ring.heartbeat-period=200ms",
+        "-ring.heartbeat-timeout=3s",
+        "-distributor.push.timeout=2s",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain([format!("-memberlist.cluster-label={label}")])
+    .collect()
+}
+
+/// Starts `binary` with `flags` then `extra`, and waits until it is ready.
+pub fn start_ready(binary: &str, name: &str, flags: &[String], extra: &[String]) -> Flamedb {
+    let args: Vec<&str> = flags.iter().chain(extra).map(String::as_str).collect();
+    let node = Flamedb::start(binary, name, &args);
+    node.wait_ready(Duration::from_secs(60));
+    node
+}
+
+/// Starts `count` ingesters (`ingester-1`, ...) that join the gossip of
+/// `seed`, each with `flags` then `extra`, and waits until `seed` sees them
+/// all ACTIVE.
+pub fn start_ingesters(binary: &str, seed: &Flamedb, count: usize, flags: &[String], extra: &[String]) -> Vec<Flamedb> {
+    let join = format!("-memberlist.join={}", seed.gossip.clone().expect("the seed gossips"));
+    let ingesters = (1..=count)
+        .map(|n| {
+            let mut args = vec![
+                "-target=ingester".to_owned(),
+                format!("-ingester.lifecycler.ID=ingester-{n}"),
+                join.clone(),
+            ];
+            args.extend_from_slice(extra);
+            start_ready(binary, &format!("ingester-{n}"), flags, &args)
+        })
+        .collect();
+    wait_active_ingesters(seed, count);
+    ingesters
+}
+
+/// Waits until the ingester ring `node` sees has `count` ACTIVE instances.
+pub fn wait_active_ingesters(node: &Flamedb, count: usize) {
+    wait_until(Duration::from_secs(30), &format!("{count} ACTIVE ingesters"), || {
+        let shards = node.get_json("/ring")["shards"].as_array().cloned().unwrap_or_default();
+        (shards.iter().filter(|shard| shard["state"] == "ACTIVE").count() == count).then_some(())
+    });
+}

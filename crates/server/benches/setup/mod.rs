@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flamedb_testkit::{Flamedb, wait_until};
+use flamedb_testkit::{Flamedb, start_ingesters, start_ready};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 const READY: Duration = Duration::from_secs(60);
@@ -31,37 +31,14 @@ pub fn single(args: &[&str]) -> Setup {
 
 /// A front process running `front_target` and three ingesters, RF=3.
 pub fn rf3(args: &[&str], front_target: &str) -> Setup {
-    let label = format!("-memberlist.cluster-label=bench-{}", std::process::id());
-    let mut base: Vec<&str> = args.to_vec();
-    base.extend([
-        "-memberlist.gossip-interval=100ms",
-        "-ingester.heartbeat-period=500ms",
-        &label,
+    let mut flags: Vec<String> = args.iter().map(ToString::to_string).collect();
+    flags.extend([
+        "-memberlist.gossip-interval=100ms".to_owned(),
+        "-ingester.heartbeat-period=500ms".to_owned(),
+        format!("-memberlist.cluster-label=bench-{}", std::process::id()),
     ]);
-    let front_target = format!("-target={front_target}");
-    let front = Flamedb::start(BINARY, "front", &[base.as_slice(), &[&front_target]].concat());
-    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
-    let mut processes = vec![];
-    for n in 1..=3 {
-        let id = format!("-ingester.lifecycler.ID=ingester-{n}");
-        processes.push(Flamedb::start(
-            BINARY,
-            &format!("ingester-{n}"),
-            &[base.as_slice(), &["-target=ingester", &id, &join]].concat(),
-        ));
-    }
-    for node in &processes {
-        node.wait_ready(READY);
-    }
-    front.wait_ready(READY);
-    wait_until(Duration::from_secs(30), "3 ACTIVE ingesters", || {
-        let ring = front.get_json("/ring");
-        let active = ring["shards"]
-            .as_array()
-            .map(|shards| shards.iter().filter(|s| s["state"] == "ACTIVE").count())
-            .unwrap_or(0);
-        (active == 3).then_some(())
-    });
+    let front = start_ready(BINARY, "front", &flags, &[format!("-target={front_target}")]);
+    let mut processes = start_ingesters(BINARY, &front, 3, &flags, &[]);
     let target = front.http.clone();
     processes.push(front);
     Setup { target, processes }
