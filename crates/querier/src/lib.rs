@@ -26,7 +26,6 @@ mod service;
 mod store;
 mod time_series;
 
-pub use querier::{ListedProfile, Querier};
+pub use querier::Querier;
 pub use service::routes;
 pub use store::Store;
-pub use time_series::{Aggregation, TimeSeries, time_series};

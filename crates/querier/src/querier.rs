@@ -142,7 +142,7 @@ impl Querier {
         Ok(answers)
     }
 
-    pub async fn profile_types(
+    pub(crate) async fn profile_types(
         &self,
         tenant: &str,
         request: ingester::ProfileTypesRequest,
@@ -169,7 +169,11 @@ impl Querier {
         Ok(by_id.into_values().collect())
     }
 
-    pub async fn label_names(&self, tenant: &str, request: types::LabelNamesRequest) -> Result<Vec<String>, RpcError> {
+    pub(crate) async fn label_names(
+        &self,
+        tenant: &str,
+        request: types::LabelNamesRequest,
+    ) -> Result<Vec<String>, RpcError> {
         let selectors = selectors(&request.matchers)?;
         let (answers, stored) = futures_util::try_join!(
             self.each_ingester(|mut client| {
@@ -183,7 +187,7 @@ impl Querier {
         Ok(union(answers.into_iter().flat_map(|(_, names)| names).chain(stored)))
     }
 
-    pub async fn label_values(
+    pub(crate) async fn label_values(
         &self,
         tenant: &str,
         request: types::LabelValuesRequest,
@@ -202,7 +206,7 @@ impl Querier {
         Ok(union(answers.into_iter().flat_map(|(_, names)| names).chain(stored)))
     }
 
-    pub async fn series(&self, tenant: &str, request: ingester::SeriesRequest) -> Result<Vec<Labels>, RpcError> {
+    pub(crate) async fn series(&self, tenant: &str, request: ingester::SeriesRequest) -> Result<Vec<Labels>, RpcError> {
         let selectors = selectors(&request.matchers)?;
         let label_names = request.label_names.clone();
         let (answers, stored) = futures_util::try_join!(
@@ -260,7 +264,7 @@ impl Querier {
 
     /// The oldest and newest profile times (ms) over the ingesters and the
     /// stored blocks.
-    pub async fn profile_stats(&self, tenant: &str) -> Result<types::GetProfileStatsResponse, RpcError> {
+    pub(crate) async fn profile_stats(&self, tenant: &str) -> Result<types::GetProfileStatsResponse, RpcError> {
         let answers = self
             .each_ingester(|mut client| {
                 let request = tenant_request(tenant, types::GetProfileStatsRequest {});
@@ -357,7 +361,7 @@ impl Querier {
     }
 
     /// Every profile of `selection`, each once.
-    pub async fn select_profiles(
+    pub(crate) async fn select_profiles(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
@@ -372,14 +376,14 @@ impl Querier {
     }
 
     /// The merged tree of every profile of `selection`, each counted once.
-    pub async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
+    pub(crate) async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
         let listing = self.list(tenant, selection).await?;
         self.merge_listing(tenant, selection, &listing).await
     }
 
     /// The merged tree and the listed profiles of `selection`, from one
     /// listing (so both count the same profiles).
-    pub async fn merge_and_list(
+    pub(crate) async fn merge_and_list(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,

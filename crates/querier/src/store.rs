@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// The first and last profile time (ms) of each of the tenant's blocks.
-    pub async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
+    pub(crate) async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
         let metas = self.list(tenant).await?;
         Ok(metas.iter().map(|meta| (meta.min_time, meta.max_time)).collect())
     }
@@ -115,7 +115,7 @@ impl Store {
     }
 
     /// The tenant's blocks that overlap `range`, opened.
-    pub async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
+    pub(crate) async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
         let metas = self.list(tenant).await?;
         let mut blocks = Vec::new();
         for meta in metas
