@@ -1,0 +1,309 @@
+//! A continuous write-then-read checker, like mimir-continuous-test: it
+//! pushes CPU profiles with known values through the public API at a
+//! steady rate, remembers which were acknowledged, then reads every series
+//! back (`SelectSeries`, one-second steps) and reports profiles that are
+//! missing, counted twice or wrong.
+//!
+//! Each series gets at most one profile per second, stamped at the middle
+//! of its second, so every one-second point of a series holds exactly one
+//! profile's value. A push that was not acknowledged may still have been
+//! stored (a replica wrote it before the quorum failed); its point may be
+//! present or absent, but never counted twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
+use flamedb_api::pb::querier::v1 as querier;
+use flamedb_api::pb::types::v1::LabelPair;
+use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use prost::Message;
+
+/// What to write and where.
+#[derive(Debug, Clone)]
+pub struct CheckerConfig {
+    /// `host:port` pushes go to.
+    pub push_to: String,
+    /// `host:port` queries go to.
+    pub query_from: String,
+    /// Sent as `X-Scope-OrgID` when set.
+    pub tenant: Option<String>,
+    /// Series written round-robin; each gets at most one profile a second.
+    pub series: usize,
+    /// Pushes a second (at most `series`).
+    pub rate: usize,
+    /// Labels every series of this run (`checker_run`).
+    pub run: String,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub acknowledged: usize,
+    /// Pushes answered with an error (or not at all): maybe stored.
+    pub unacknowledged: usize,
+    /// Acknowledged profiles not found.
+    pub lost: usize,
+    /// Profiles found with twice (or more) their value.
+    pub double_counted: usize,
+    /// Points with any other value, or where nothing was written.
+    pub wrong: usize,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.double_counted == 0 && self.wrong == 0
+    }
+
+    /// One line for logs and CI.
+    pub fn summary(&self) -> String {
+        format!(
+            "checker: acknowledged={} unacknowledged={} lost={} double_counted={} wrong={}",
+            self.acknowledged, self.unacknowledged, self.lost, self.double_counted, self.wrong
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot read series {series} back: {message}")]
+    Read { series: String, message: String },
+}
+
+/// One written profile.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The point it lands on (ms): the end of its second.
+    point_ms: i64,
+    value: i64,
+    acknowledged: bool,
+}
+
+/// Writes profiles, then checks them.
+#[derive(Debug)]
+pub struct Checker {
+    config: CheckerConfig,
+    client: reqwest::blocking::Client,
+    /// Per series, what was written.
+    written: Vec<Vec<Written>>,
+    next_series: usize,
+    /// The last second each series was written in.
+    last_second: Vec<i64>,
+    sequence: i64,
+}
+
+impl Checker {
+    pub fn new(config: CheckerConfig) -> Self {
+        let series = config.series.max(1);
+        Self {
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            written: vec![Vec::new(); series],
+            last_second: vec![i64::MIN; series],
+            next_series: 0,
+            sequence: 0,
+            config,
+        }
+    }
+
+    fn service(&self, series: usize) -> String {
+        format!("checker-{series}")
+    }
+
+    fn headers(&self, request: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        let request = request.header("content-type", "application/proto");
+        match &self.config.tenant {
+            Some(tenant) => request.header("x-scope-orgid", tenant),
+            None => request,
+        }
+    }
+
+    /// Writes for `duration` at the configured rate.
+    pub fn write_for(&mut self, duration: Duration) {
+        let interval = Duration::from_secs_f64(1.0 / self.config.rate.max(1) as f64);
+        let end = Instant::now() + duration;
+        let mut next = Instant::now();
+        while Instant::now() < end {
+            self.write_one();
+            next += interval;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    /// Writes one profile to the next series free this second; returns
+    /// whether it was acknowledged.
+    pub fn write_one(&mut self) -> bool {
+        let now_ms = flamedb_model::now_nanos() / 1_000_000;
+        let second = now_ms.div_euclid(1000);
+        let count = self.written.len();
+        let Some(series) = (0..count)
+            .map(|offset| (self.next_series + offset) % count)
+            .find(|&series| self.last_second[series] < second)
+        else {
+            return false;
+        };
+        self.next_series = (series + 1) % count;
+        self.last_second[series] = second;
+        self.sequence += 1;
+        let value = self.sequence;
+        let time_ms = second * 1000 + 500;
+        let body = PushRequest {
+            series: vec![RawProfileSeries {
+                labels: [
+                    ("__name__", "process_cpu"),
+                    ("service_name", self.service(series).as_str()),
+                    ("checker_run", self.config.run.as_str()),
+                ]
+                .iter()
+                .map(|(name, value)| LabelPair {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+                samples: vec![RawSample {
+                    raw_profile: profile(time_ms, value),
+                    id: String::new(),
+                }],
+                annotations: vec![],
+            }],
+        }
+        .encode_to_vec();
+        let url = format!("http://{}/push.v1.PusherService/Push", self.config.push_to);
+        let acknowledged = self
+            .headers(self.client.post(url))
+            .body(body)
+            .send()
+            .is_ok_and(|response| response.status().is_success());
+        self.written[series].push(Written {
+            point_ms: second * 1000 + 1000,
+            value,
+            acknowledged,
+        });
+        acknowledged
+    }
+
+    /// Reads every series back and compares.
+    pub fn check(&self) -> Result<Report, CheckError> {
+        let mut report = Report::default();
+        for (series, written) in self.written.iter().enumerate() {
+            report.acknowledged += written.iter().filter(|w| w.acknowledged).count();
+            report.unacknowledged += written.iter().filter(|w| !w.acknowledged).count();
+            let (Some(first), Some(last)) = (written.first(), written.last()) else {
+                continue;
+            };
+            let points = self.read(series, first.point_ms - 1000, last.point_ms)?;
+            let expected: BTreeMap<i64, Written> = written.iter().map(|w| (w.point_ms, *w)).collect();
+            for (point_ms, found) in &points {
+                match expected.get(point_ms) {
+                    None => report.wrong += 1,
+                    Some(w) if *found == w.value => {}
+                    Some(w) if *found >= 2 * w.value && found % w.value == 0 => report.double_counted += 1,
+                    Some(_) => report.wrong += 1,
+                }
+            }
+            for w in written.iter().filter(|w| w.acknowledged) {
+                if !points.contains_key(&w.point_ms) {
+                    report.lost += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The one-second points of `series` in `(start, end]`.
+    fn read(&self, series: usize, start_ms: i64, end_ms: i64) -> Result<BTreeMap<i64, i64>, CheckError> {
+        let service = self.service(series);
+        let error = |message: String| CheckError::Read {
+            series: service.clone(),
+            message,
+        };
+        let request = querier::SelectSeriesRequest {
+            profile_type_id: "process_cpu:cpu:nanoseconds::".to_owned(),
+            label_selector: format!("{{service_name=\"{service}\", checker_run=\"{}\"}}", self.config.run),
+            start: start_ms,
+            end: end_ms,
+            step: 1.0,
+            ..Default::default()
+        };
+        let url = format!(
+            "http://{}/querier.v1.QuerierService/SelectSeries",
+            self.config.query_from
+        );
+        let response = self
+            .headers(self.client.post(url))
+            .body(request.encode_to_vec())
+            .send()
+            .map_err(|err| error(err.to_string()))?;
+        let status = response.status();
+        let body = response.bytes().map_err(|err| error(err.to_string()))?;
+        if !status.is_success() {
+            return Err(error(format!("{status}: {}", String::from_utf8_lossy(&body))));
+        }
+        let answer = querier::SelectSeriesResponse::decode(body.as_ref()).map_err(|err| error(err.to_string()))?;
+        Ok(answer
+            .series
+            .iter()
+            .flat_map(|series| &series.points)
+            .map(|point| (point.timestamp, point.value as i64))
+            .collect())
+    }
+}
+
+/// A CPU profile of one stack (`checker;write`) worth `value`.
+fn profile(time_ms: i64, value: i64) -> Vec<u8> {
+    Profile {
+        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+        string_table: ["", "cpu", "nanoseconds", "checker", "write"]
+            .map(String::from)
+            .to_vec(),
+        function: (1..=2)
+            .map(|id| Function {
+                id,
+                name: id as i64 + 2,
+                ..Function::default()
+            })
+            .collect(),
+        location: (1..=2)
+            .map(|id| Location {
+                id,
+                line: vec![Line {
+                    function_id: id,
+                    ..Line::default()
+                }],
+                ..Location::default()
+            })
+            .collect(),
+        sample: vec![Sample {
+            location_id: vec![2, 1],
+            value: vec![value],
+            label: vec![],
+        }],
+        time_nanos: time_ms * 1_000_000,
+        ..Profile::default()
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_summary_and_cleanliness() {
+        let report = Report {
+            acknowledged: 10,
+            unacknowledged: 1,
+            ..Report::default()
+        };
+        assert!(report.is_clean());
+        assert_eq!(
+            report.summary(),
+            "checker: acknowledged=10 unacknowledged=1 lost=0 double_counted=0 wrong=0"
+        );
+        assert!(!Report { lost: 1, ..report }.is_clean());
+    }
+}

@@ -1,0 +1,144 @@
+//! Fault scenarios with the continuous checker writing through the public
+//! API: SIGKILL of the single binary (RF=1, the WAL keeps every
+//! acknowledged profile) and repeated SIGKILL and restart of one ingester
+//! of three (RF=3). Afterwards every acknowledged profile must be read back
+//! once, with its value. `FLAMEDB_LONG_TESTS=1` runs the long variants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::thread;
+use std::time::Duration;
+
+use flamedb_checker::{Checker, CheckerConfig};
+use flamedb_testkit::{Flamedb, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
+
+fn long() -> bool {
+    std::env::var_os("FLAMEDB_LONG_TESTS").is_some()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn checker(target: &str, run: &str) -> Checker {
+    Checker::new(CheckerConfig {
+        push_to: target.to_owned(),
+        query_from: target.to_owned(),
+        tenant: None,
+        series: 10,
+        rate: 20,
+        run: run.to_owned(),
+    })
+}
+
+/// Checks and prints the report; panics on loss, double counting or
+/// wrong values.
+fn assert_clean(checker: &Checker, kills: usize) {
+    let report = checker.check().unwrap();
+    println!("{} kills={kills}", report.summary());
+    assert!(report.is_clean(), "{} kills={kills}", report.summary());
+    assert!(report.acknowledged > 20, "{}", report.summary());
+}
+
+#[test]
+fn test_rf1_sigkill_during_load_loses_nothing_acknowledged() {
+    let dir = shared_dir();
+    let port = free_port();
+    let flags: Vec<String> = vec![
+        format!("-server.http-listen-port={port}"),
+        format!("-pyroscopedb.data-path={}", path_in(dir.path(), "data")),
+        format!("-storage.filesystem.dir={}", path_in(dir.path(), "bucket")),
+        format!("-querier.block-cache-dir={}", path_in(dir.path(), "cache")),
+    ];
+    let target = format!("127.0.0.1:{port}");
+    let mut node = start_ready(BINARY, "single", &flags, &[]);
+    let kills = if long() { 10 } else { 2 };
+    let mut checker = checker(&target, "rf1");
+    for _ in 0..kills {
+        let writer = thread::spawn(move || {
+            checker.write_for(Duration::from_millis(1500));
+            checker
+        });
+        thread::sleep(Duration::from_millis(700));
+        node.kill();
+        checker = writer.join().unwrap();
+        node = start_ready(BINARY, "single", &flags, &[]);
+    }
+    checker.write_for(Duration::from_secs(1));
+    assert_clean(&checker, kills);
+    drop(node);
+}
+
+/// An ingester of the cluster, restartable with its data and tokens.
+struct Member {
+    name: String,
+    flags: Vec<String>,
+    process: Option<Flamedb>,
+}
+
+impl Member {
+    fn start(&mut self) {
+        self.process = Some(start_ready(BINARY, &self.name, &self.flags, &[]));
+    }
+}
+
+#[test]
+fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
+    let dir = shared_dir();
+    let base = cluster_flags(&format!("faults-test-{}", std::process::id()));
+    let front = start_ready(BINARY, "front", &base, &["-target=distributor,querier".into()]);
+    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
+    let mut members: Vec<Member> = (1..=3)
+        .map(|n| {
+            let mut flags = base.clone();
+            flags.extend([
+                "-target=ingester".to_owned(),
+                format!("-ingester.lifecycler.ID=ingester-{n}"),
+                format!(
+                    "-ingester.tokens-file-path={}",
+                    path_in(dir.path(), &format!("tokens-{n}.json"))
+                ),
+                format!(
+                    "-pyroscopedb.data-path={}",
+                    path_in(dir.path(), &format!("ingester-{n}"))
+                ),
+                join.clone(),
+            ]);
+            Member {
+                name: format!("ingester-{n}"),
+                flags,
+                process: None,
+            }
+        })
+        .collect();
+    for member in &mut members {
+        member.start();
+    }
+    wait_active_ingesters(&front, 3);
+
+    let kills = if long() { 20 } else { 3 };
+    let mut checker = checker(&front.http, "rf3");
+    for _ in 0..kills {
+        let writer = thread::spawn(move || {
+            checker.write_for(Duration::from_millis(1200));
+            checker
+        });
+        thread::sleep(Duration::from_millis(500));
+        // Always the same ingester: its restarts replay its WAL.
+        let victim = &mut members[0];
+        if let Some(mut process) = victim.process.take() {
+            process.kill();
+        }
+        checker = writer.join().unwrap();
+        victim.start();
+        wait_active_ingesters(&front, 3);
+    }
+    checker.write_for(Duration::from_secs(1));
+    assert_clean(&checker, kills);
+}
