@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use flamedb_checker::{Checker, CheckerConfig};
-use flamedb_testkit::{Flamedb, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters};
+use flamedb_testkit::{Flamedb, Signal, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 
@@ -88,10 +88,10 @@ impl Member {
     }
 }
 
-#[test]
-fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
-    let dir = shared_dir();
-    let base = cluster_flags(&format!("faults-test-{}", std::process::id()));
+/// A front process (distributor and querier) and three ingesters with
+/// their own data and tokens files under `dir`, RF=3, all ACTIVE.
+fn cluster(dir: &std::path::Path, label: &str) -> (Flamedb, Vec<Member>) {
+    let base = cluster_flags(&format!("{label}-{}", std::process::id()));
     let front = start_ready(BINARY, "front", &base, &["-target=distributor,querier".into()]);
     let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
     let mut members: Vec<Member> = (1..=3)
@@ -102,12 +102,9 @@ fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
                 format!("-ingester.lifecycler.ID=ingester-{n}"),
                 format!(
                     "-ingester.tokens-file-path={}",
-                    path_in(dir.path(), &format!("tokens-{n}.json"))
+                    path_in(dir, &format!("tokens-{n}.json"))
                 ),
-                format!(
-                    "-pyroscopedb.data-path={}",
-                    path_in(dir.path(), &format!("ingester-{n}"))
-                ),
+                format!("-pyroscopedb.data-path={}", path_in(dir, &format!("ingester-{n}"))),
                 join.clone(),
             ]);
             Member {
@@ -121,24 +118,118 @@ fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
         member.start();
     }
     wait_active_ingesters(&front, 3);
+    (front, members)
+}
 
+/// Writes with `checker` in the background for `duration`, running
+/// `during` meanwhile; returns the checker.
+fn while_writing(mut checker: Checker, duration: Duration, during: impl FnOnce()) -> Checker {
+    let writer = thread::spawn(move || {
+        checker.write_for(duration);
+        checker
+    });
+    during();
+    writer.join().unwrap()
+}
+
+#[test]
+fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
+    let dir = shared_dir();
+    let (front, mut members) = cluster(dir.path(), "faults-kill");
     let kills = if long() { 20 } else { 3 };
     let mut checker = checker(&front.http, "rf3");
     for _ in 0..kills {
-        let writer = thread::spawn(move || {
-            checker.write_for(Duration::from_millis(1200));
-            checker
-        });
-        thread::sleep(Duration::from_millis(500));
         // Always the same ingester: its restarts replay its WAL.
         let victim = &mut members[0];
-        if let Some(mut process) = victim.process.take() {
-            process.kill();
-        }
-        checker = writer.join().unwrap();
+        checker = while_writing(checker, Duration::from_millis(1200), || {
+            thread::sleep(Duration::from_millis(500));
+            if let Some(mut process) = victim.process.take() {
+                process.kill();
+            }
+        });
         victim.start();
         wait_active_ingesters(&front, 3);
     }
     checker.write_for(Duration::from_secs(1));
     assert_clean(&checker, kills);
+}
+
+#[test]
+fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
+    let dir = shared_dir();
+    let (front, mut members) = cluster(dir.path(), "faults-two-down");
+    let mut checker = checker(&front.http, "two-down");
+    checker.write_for(Duration::from_secs(1));
+    for member in &mut members[..2] {
+        if let Some(mut process) = member.process.take() {
+            process.kill();
+        }
+    }
+    // No quorum: pushes fail, and none is acknowledged.
+    let acknowledged_before = checker.check().map_or(0, |report| report.acknowledged);
+    for _ in 0..5 {
+        assert!(
+            !checker.write_one(),
+            "a push was acknowledged with two of three ingesters down"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    for member in &mut members[..2] {
+        member.start();
+    }
+    wait_active_ingesters(&front, 3);
+    checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.acknowledged > acknowledged_before);
+}
+
+#[test]
+fn test_rf3_rolling_restart_with_sigterm_fails_no_push() {
+    let dir = shared_dir();
+    let (front, mut members) = cluster(dir.path(), "faults-rolling");
+    let mut checker = checker(&front.http, "rolling");
+    for member in &mut members {
+        checker = while_writing(checker, Duration::from_millis(1500), || {
+            thread::sleep(Duration::from_millis(300));
+            // Dropping the process sends SIGTERM and waits for it to
+            // leave the ring (LEAVING, flush, gone).
+            drop(member.process.take());
+        });
+        member.start();
+        wait_active_ingesters(&front, 3);
+    }
+    checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+}
+
+#[test]
+fn test_rf3_hung_ingester_does_not_stop_writes_and_rejoins() {
+    let dir = shared_dir();
+    let (front, members) = cluster(dir.path(), "faults-hung");
+    let hung = members[0].process.as_ref().unwrap();
+    let mut checker = checker(&front.http, "hung");
+    hung.signal(Signal::SIGSTOP);
+    // Pushes answer at two acknowledgements while the third waits.
+    checker.write_for(Duration::from_secs(4));
+    flamedb_testkit::wait_until(Duration::from_secs(20), "the hung ingester to turn UNHEALTHY", || {
+        let page = front.get_json("/ring");
+        page["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|shard| shard["id"] == "ingester-1" && shard["state"] == "UNHEALTHY")
+            .then_some(())
+    });
+    hung.signal(Signal::SIGCONT);
+    wait_active_ingesters(&front, 3);
+    checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
 }
