@@ -2,7 +2,7 @@
 //! every call goes to every instance the ring allows for reads, at once; as
 //! many may fail as the ring's read set tolerates, else the query fails
 //! saying which did. Ranges reaching past `query_store_after` ago also read
-//! the blocks. Profiles are counted once: the IDs each source holds are
+//! the blocks; the ingesters are read for every range. Profiles are counted once: the IDs each source holds are
 //! listed first, each ID is given to one holder (ingesters first), and
 //! each holder merges only its own.
 
@@ -290,18 +290,10 @@ impl Querier {
     /// Every profile of `selection`, each once (copies share an ID), with
     /// the sources that answered and which of them holds each.
     async fn list(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Listing, RpcError> {
-        let boundary = self.store_boundary();
-        let store = self.store.as_ref().filter(|_| selection.start < boundary);
-        // Without a store, ingesters hold everything there is.
-        let read_ingesters = store.is_none() || selection.end >= boundary;
-        let ingesters = async {
-            if read_ingesters {
-                self.each_ingester(|client| list_one(client, tenant, selection.clone()))
-                    .await
-            } else {
-                Ok(Vec::new())
-            }
-        };
+        let store = self.store.as_ref().filter(|_| selection.start < self.store_boundary());
+        // Ingesters are always asked, however old the range: a block they
+        // could not upload yet (object storage down) is only theirs.
+        let ingesters = self.each_ingester(|client| list_one(client, tenant, selection.clone()));
         let blocks = async {
             let Some(store) = store else {
                 return Ok(Vec::new());

@@ -10,7 +10,9 @@ use std::thread;
 use std::time::Duration;
 
 use flamedb_checker::{Checker, CheckerConfig};
-use flamedb_testkit::{Flamedb, Signal, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters};
+use flamedb_testkit::{
+    Flamedb, S3Server, Signal, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 
@@ -89,9 +91,11 @@ impl Member {
 }
 
 /// A front process (distributor and querier) and three ingesters with
-/// their own data and tokens files under `dir`, RF=3, all ACTIVE.
-fn cluster(dir: &std::path::Path, label: &str) -> (Flamedb, Vec<Member>) {
-    let base = cluster_flags(&format!("{label}-{}", std::process::id()));
+/// their own data and tokens files under `dir`, RF=3, all ACTIVE; every
+/// process also gets `extra`.
+fn cluster(dir: &std::path::Path, label: &str, extra: &[String]) -> (Flamedb, Vec<Member>) {
+    let mut base = cluster_flags(&format!("{label}-{}", std::process::id()));
+    base.extend_from_slice(extra);
     let front = start_ready(BINARY, "front", &base, &["-target=distributor,querier".into()]);
     let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
     let mut members: Vec<Member> = (1..=3)
@@ -135,7 +139,7 @@ fn while_writing(mut checker: Checker, duration: Duration, during: impl FnOnce()
 #[test]
 fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
     let dir = shared_dir();
-    let (front, mut members) = cluster(dir.path(), "faults-kill");
+    let (front, mut members) = cluster(dir.path(), "faults-kill", &[]);
     let kills = if long() { 20 } else { 3 };
     let mut checker = checker(&front.http, "rf3");
     for _ in 0..kills {
@@ -157,7 +161,7 @@ fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
 #[test]
 fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
     let dir = shared_dir();
-    let (front, mut members) = cluster(dir.path(), "faults-two-down");
+    let (front, mut members) = cluster(dir.path(), "faults-two-down", &[]);
     let mut checker = checker(&front.http, "two-down");
     checker.write_for(Duration::from_secs(1));
     for member in &mut members[..2] {
@@ -188,7 +192,7 @@ fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
 #[test]
 fn test_rf3_rolling_restart_with_sigterm_fails_no_push() {
     let dir = shared_dir();
-    let (front, mut members) = cluster(dir.path(), "faults-rolling");
+    let (front, mut members) = cluster(dir.path(), "faults-rolling", &[]);
     let mut checker = checker(&front.http, "rolling");
     for member in &mut members {
         checker = while_writing(checker, Duration::from_millis(1500), || {
@@ -210,7 +214,7 @@ fn test_rf3_rolling_restart_with_sigterm_fails_no_push() {
 #[test]
 fn test_rf3_hung_ingester_does_not_stop_writes_and_rejoins() {
     let dir = shared_dir();
-    let (front, members) = cluster(dir.path(), "faults-hung");
+    let (front, members) = cluster(dir.path(), "faults-hung", &[]);
     let hung = members[0].process.as_ref().unwrap();
     let mut checker = checker(&front.http, "hung");
     hung.signal(Signal::SIGSTOP);
@@ -228,6 +232,45 @@ fn test_rf3_hung_ingester_does_not_stop_writes_and_rejoins() {
     hung.signal(Signal::SIGCONT);
     wait_active_ingesters(&front, 3);
     checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+}
+
+#[test]
+fn test_rf3_object_storage_down_during_flushes_loses_nothing_and_uploads_resume() {
+    let dir = shared_dir();
+    let Some(mut s3) = S3Server::start_if_installed(&dir.path().join("s3")) else {
+        return;
+    };
+    // Queries read the bucket for anything older than a second, so the
+    // uploaded copies are read (and must count once) too.
+    let mut extra = s3.flags();
+    extra.push("-querier.query-store-after=1s".to_owned());
+    let (front, members) = cluster(dir.path(), "faults-s3", &extra);
+    let mut checker = checker(&front.http, "s3");
+    checker.write_for(Duration::from_secs(1));
+    s3.stop();
+    let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
+    checker = while_writing(checker, Duration::from_secs(2), || {
+        for node in &ingesters {
+            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        }
+    });
+    for node in &ingesters {
+        flamedb_testkit::wait_until(Duration::from_secs(60), "a failed upload", || {
+            (node.metric("flamedb_ingester_ship_failures_total").unwrap_or(0.0) >= 1.0).then_some(())
+        });
+    }
+    s3.restart();
+    for node in &ingesters {
+        flamedb_testkit::wait_until(Duration::from_secs(90), "the waiting blocks uploaded", || {
+            (node.metric("flamedb_ingester_blocks_not_uploaded") == Some(0.0)).then_some(())
+        });
+    }
+    assert!(!s3.blocks("anonymous").is_empty());
     let report = checker.check().unwrap();
     println!("{}", report.summary());
     assert!(report.is_clean(), "{}", report.summary());

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
 use flamedb_model::{ProfileId, Tree};
-use flamedb_testkit::{Flamedb, Signal, path_in, shared_dir, wait_until};
+use flamedb_testkit::{Flamedb, S3Server, Signal, path_in, shared_dir, wait_until};
 use prost::Message;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -433,100 +433,14 @@ fn test_full_disk_answers_503_and_recovers() {
     assert_all_acknowledged_stored(&node, &acknowledged);
 }
 
-/// The S3-compatible server the tests use (`s3s-fs`, installed by
-/// `.ci/run` into `.tools/bin`), on a free port.
-struct S3Server {
-    child: Option<Child>,
-    port: u16,
-    root: PathBuf,
-    binary: PathBuf,
-}
-
-const S3_KEY: &str = "flamedb-test";
-const S3_SECRET: &str = "flamedb-test-secret";
-const S3_BUCKET: &str = "blocks";
-
-impl S3Server {
-    fn binary() -> Option<PathBuf> {
-        let candidates = [
-            std::env::var_os("FLAMEDB_S3S_FS").map(PathBuf::from),
-            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/s3s-fs")),
-        ];
-        candidates.into_iter().flatten().find(|path| path.is_file())
-    }
-
-    fn start(binary: PathBuf, root: PathBuf) -> Self {
-        std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            child: None,
-            port,
-            root,
-            binary,
-        };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_until(Duration::from_secs(30), "s3s-fs listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).ok().map(drop)
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn blocks(&self, tenant: &str) -> Vec<PathBuf> {
-        std::fs::read_dir(self.root.join(S3_BUCKET).join(tenant).join("blocks"))
-            .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn test_blocks_wait_while_s3_is_down_and_upload_when_it_is_back() {
-    let Some(binary) = S3Server::binary() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("s3s-fs is not installed; .ci/run installs it into .tools/bin");
-        }
-        eprintln!("skipping: s3s-fs is not installed (run .ci/run, or set FLAMEDB_S3S_FS)");
+    let dir = shared_dir();
+    let Some(mut s3) = S3Server::start_if_installed(&dir.path().join("s3")) else {
         return;
     };
-    let dir = shared_dir();
-    let mut s3 = S3Server::start(binary, dir.path().join("s3"));
-    let endpoint = format!("-storage.s3.endpoint=127.0.0.1:{}", s3.port);
-    let args = [
-        "-storage.backend=s3",
-        endpoint.as_str(),
-        "-storage.s3.insecure",
-        "-storage.s3.bucket-name=blocks",
-        "-storage.s3.access-key-id=flamedb-test",
-        "-storage.s3.secret-access-key=flamedb-test-secret",
-    ];
+    let flags = s3.flags();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let node = start(dir.path(), "ingester", &args);
     let (status, _) = node.post_proto(PUSH, push_request("api", &[(1, 5)])).unwrap();
     assert_eq!(status, 200);

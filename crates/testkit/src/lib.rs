@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
 
+mod s3;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+pub use s3::S3Server;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
