@@ -55,6 +55,33 @@ impl Report {
         self.lost == 0 && self.double_counted == 0 && self.wrong == 0
     }
 
+    /// The counts in Prometheus text format (for node_exporter's textfile
+    /// collector, or any scraper of a file).
+    pub fn prometheus_text(&self) -> String {
+        let metrics = [
+            ("acknowledged", self.acknowledged, "Pushes acknowledged"),
+            (
+                "unacknowledged",
+                self.unacknowledged,
+                "Pushes answered with an error or not at all",
+            ),
+            ("lost", self.lost, "Acknowledged profiles not read back"),
+            (
+                "double_counted",
+                self.double_counted,
+                "Profiles read back with a multiple of their value",
+            ),
+            ("wrong", self.wrong, "Points read back with any other value"),
+        ];
+        let mut text = String::new();
+        for (name, value, help) in metrics {
+            text.push_str(&format!(
+                "# HELP flamedb_checker_{name} {help}.\n# TYPE flamedb_checker_{name} gauge\nflamedb_checker_{name} {value}\n"
+            ));
+        }
+        text
+    }
+
     /// One line for logs and CI.
     pub fn summary(&self) -> String {
         format!(
@@ -304,6 +331,7 @@ mod tests {
             report.summary(),
             "checker: acknowledged=10 unacknowledged=1 lost=0 double_counted=0 wrong=0"
         );
+        assert!(report.prometheus_text().contains("\nflamedb_checker_acknowledged 10\n"));
         assert!(!Report { lost: 1, ..report }.is_clean());
     }
 }

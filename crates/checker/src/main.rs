@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! flamedb-checker --push 127.0.0.1:4040 [--query HOST:PORT] [--tenant T]
-//!                 [--series 10] [--rate 10] [--seconds 60]
+//!                 [--series 10] [--rate 10] [--seconds 60] [--metrics-file PATH]
 //! ```
+//!
+//! `--metrics-file` writes the counts in Prometheus text format (for a
+//! textfile collector).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +56,12 @@ fn main() -> ExitCode {
     match checker.check() {
         Ok(report) => {
             println!("{}", report.summary());
+            if let Some(path) = value("--metrics-file")
+                && let Err(err) = std::fs::write(&path, report.prometheus_text())
+            {
+                eprintln!("flamedb-checker: cannot write {path}: {err}");
+                return ExitCode::FAILURE;
+            }
             if report.is_clean() {
                 ExitCode::SUCCESS
             } else {
