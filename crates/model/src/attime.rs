@@ -76,7 +76,10 @@ fn parse_date(text: &str) -> Option<i64> {
     if day == 0 || day > days_in_month {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 * SECOND)
+    // Dates past 2262 do not fit in nanoseconds.
+    days_from_civil(year, month, day)
+        .checked_mul(86_400)
+        .and_then(|seconds| seconds.checked_mul(SECOND))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
@@ -112,6 +115,8 @@ mod tests {
         assert_eq!(parse("20231114", NOW), Ok(1_699_920_000 * SECOND));
         assert_eq!(parse("19700101", NOW), Ok(0));
         assert_eq!(parse("20240229", NOW), Ok(1_709_164_800 * SECOND));
+        // Too late for nanoseconds: read as seconds, as any other number.
+        assert_eq!(parse("99991231", NOW), Ok(99_991_231 * SECOND));
         // Not a date: 8 digits of seconds.
         assert_eq!(parse("20231399", NOW), Ok(20_231_399 * SECOND));
         assert_eq!(parse("now", NOW), Ok(NOW));
