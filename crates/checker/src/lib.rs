@@ -162,7 +162,8 @@ impl Checker {
     }
 
     /// Writes one profile to the next series free this second; returns
-    /// whether it was acknowledged.
+    /// whether it was acknowledged (false, without sending anything, when
+    /// every series already has its profile for this second).
     pub fn write_one(&mut self) -> bool {
         let now_ms = flamedb_model::now_nanos() / 1_000_000;
         let second = now_ms.div_euclid(1000);
