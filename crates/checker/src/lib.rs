@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1::LabelPair;
-use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::pprof::StackProfileBuilder;
 use prost::Message;
 
 /// What to write and where.
@@ -283,37 +283,9 @@ impl Checker {
 
 /// A CPU profile of one stack (`checker;write`) worth `value`.
 fn profile(time_ms: i64, value: i64) -> Vec<u8> {
-    Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
-        string_table: ["", "cpu", "nanoseconds", "checker", "write"]
-            .map(String::from)
-            .to_vec(),
-        function: (1..=2)
-            .map(|id| Function {
-                id,
-                name: id as i64 + 2,
-                ..Function::default()
-            })
-            .collect(),
-        location: (1..=2)
-            .map(|id| Location {
-                id,
-                line: vec![Line {
-                    function_id: id,
-                    ..Line::default()
-                }],
-                ..Location::default()
-            })
-            .collect(),
-        sample: vec![Sample {
-            location_id: vec![2, 1],
-            value: vec![value],
-            label: vec![],
-        }],
-        time_nanos: time_ms * 1_000_000,
-        ..Profile::default()
-    }
-    .encode_to_vec()
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds").time(time_ms * 1_000_000, 0);
+    builder.add(["checker", "write"], value);
+    builder.build().encode_to_vec()
 }
 
 #[cfg(test)]

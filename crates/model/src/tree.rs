@@ -477,34 +477,14 @@ impl Tree {
         time_nanos: i64,
         duration_nanos: i64,
     ) -> crate::pprof::Profile {
-        use crate::pprof::{Function, Line, Location, Profile, Sample, ValueType};
-        let mut strings: Vec<String> = vec![String::new()];
-        let mut string_index: HashMap<String, i64> = HashMap::new();
-        let mut string = |text: &str| -> i64 {
-            if text.is_empty() {
-                return 0;
-            }
-            *string_index.entry(text.to_owned()).or_insert_with(|| {
-                strings.push(text.to_owned());
-                strings.len() as i64 - 1
-            })
-        };
-        let sample_type = vec![ValueType {
-            r#type: string(&profile_type.sample_type),
-            unit: string(&profile_type.sample_unit),
-        }];
-        let period_type =
-            (!profile_type.period_type.is_empty() || !profile_type.period_unit.is_empty()).then(|| ValueType {
-                r#type: string(&profile_type.period_type),
-                unit: string(&profile_type.period_unit),
-            });
-        // Location (and function) ID of each tree name, 1-based.
-        let mut location_of: HashMap<u32, u64> = HashMap::new();
-        let mut functions = Vec::new();
-        let mut locations = Vec::new();
-        let mut samples = Vec::new();
-        // (node, depth); the path holds location IDs root first.
-        let mut path: Vec<u64> = Vec::new();
+        let mut builder = crate::pprof::StackProfileBuilder::new(&profile_type.sample_type, &profile_type.sample_unit)
+            .time(time_nanos, duration_nanos);
+        if !profile_type.period_type.is_empty() || !profile_type.period_unit.is_empty() {
+            builder = builder.period(&profile_type.period_type, &profile_type.period_unit, 1);
+        }
+        // Depth-first, children in name order; the path holds the names
+        // from the root.
+        let mut path: Vec<&str> = Vec::new();
         let mut stack: Vec<(u32, usize)> = self
             .sorted_children(0)
             .into_iter()
@@ -513,31 +493,10 @@ impl Tree {
             .collect();
         while let Some((node, depth)) = stack.pop() {
             path.truncate(depth);
-            let current = &self.nodes[node as usize];
-            let location = *location_of.entry(current.name).or_insert_with(|| {
-                let id = locations.len() as u64 + 1;
-                functions.push(Function {
-                    id,
-                    name: string(&self.names[current.name as usize]),
-                    ..Function::default()
-                });
-                locations.push(Location {
-                    id,
-                    line: vec![Line {
-                        function_id: id,
-                        ..Line::default()
-                    }],
-                    ..Location::default()
-                });
-                id
-            });
-            path.push(location);
-            if current.self_value != 0 {
-                samples.push(Sample {
-                    location_id: path.iter().rev().copied().collect(),
-                    value: vec![current.self_value],
-                    label: Vec::new(),
-                });
+            path.push(self.name_of(node));
+            let self_value = self.nodes[node as usize].self_value;
+            if self_value != 0 {
+                builder.add(path.iter().copied(), self_value);
             }
             stack.extend(
                 self.sorted_children(node)
@@ -546,18 +505,7 @@ impl Tree {
                     .map(|child| (child, depth + 1)),
             );
         }
-        Profile {
-            sample_type,
-            sample: samples,
-            location: locations,
-            function: functions,
-            string_table: strings,
-            time_nanos,
-            duration_nanos,
-            period_type,
-            period: i64::from(!profile_type.period_type.is_empty()),
-            ..Profile::default()
-        }
+        builder.build()
     }
 }
 

@@ -10,7 +10,7 @@ use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
 use flamedb_model::now_nanos;
-use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_testkit::{Flamedb, start_ready};
 use prost::Message;
 
@@ -18,43 +18,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 const PUSH: &str = "/push.v1.PusherService/Push";
 const CPU: &str = "process_cpu:cpu:nanoseconds::";
 
-/// A CPU profile whose one sample is the stack `depth` frames deep, of
-/// value `value`.
-fn profile(depth: u64, value: i64) -> Vec<u8> {
-    Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
-        string_table: ["", "cpu", "nanoseconds", "main", "work"].map(String::from).to_vec(),
-        function: vec![
-            Function {
-                id: 1,
-                name: 3,
-                ..Function::default()
-            },
-            Function {
-                id: 2,
-                name: 4,
-                ..Function::default()
-            },
-        ],
-        location: (1..=2)
-            .map(|id| Location {
-                id,
-                line: vec![Line {
-                    function_id: id,
-                    ..Line::default()
-                }],
-                ..Location::default()
-            })
-            .collect(),
-        sample: vec![Sample {
-            location_id: (0..depth).map(|i| if i + 1 == depth { 1 } else { 2 }).collect(),
-            value: vec![value],
-            label: vec![],
-        }],
-        time_nanos: now_nanos(),
-        ..Profile::default()
-    }
-    .encode_to_vec()
+/// A CPU profile whose one sample is the stack `depth` frames deep
+/// (`main`, then `work` repeated), of value `value`.
+fn profile(depth: usize, value: i64) -> Vec<u8> {
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds").time(now_nanos(), 0);
+    let frames = std::iter::once("main").chain(std::iter::repeat_n("work", depth.saturating_sub(1)));
+    builder.add(frames, value);
+    builder.build().encode_to_vec()
 }
 
 fn labels(service: &str) -> Vec<LabelPair> {

@@ -14,7 +14,7 @@ use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
-use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::pprof::{Profile, StackProfileBuilder};
 use flamedb_model::{ProfileId, Tree};
 use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_active_ingesters, wait_until};
 use prost::Message;
@@ -569,38 +569,9 @@ fn sized_profile(size: usize) -> Vec<u8> {
     let names: Vec<String> = (0..size / 40)
         .map(|i| format!("function_number_{i:06}_padding_x"))
         .collect();
-    let mut string_table = vec![String::new(), "cpu".to_owned(), "nanoseconds".to_owned()];
-    string_table.extend(names.iter().cloned());
-    let functions = names.len() as u64;
-    Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
-        string_table,
-        function: (1..=functions)
-            .map(|id| Function {
-                id,
-                name: id as i64 + 2,
-                ..Function::default()
-            })
-            .collect(),
-        location: (1..=functions)
-            .map(|id| Location {
-                id,
-                line: vec![Line {
-                    function_id: id,
-                    ..Line::default()
-                }],
-                ..Location::default()
-            })
-            .collect(),
-        sample: vec![Sample {
-            location_id: (1..=functions).collect(),
-            value: vec![1],
-            label: vec![],
-        }],
-        time_nanos: flamedb_model::now_nanos(),
-        ..Profile::default()
-    }
-    .encode_to_vec()
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds").time(flamedb_model::now_nanos(), 0);
+    builder.add(names.iter().map(String::as_str), 1);
+    builder.build().encode_to_vec()
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
-use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{ProfileId, Tree};
 use flamedb_testkit::{Flamedb, S3Server, Signal, path_in, shared_dir, wait_until};
 use prost::Message;
@@ -46,42 +46,11 @@ fn now_ms() -> i64 {
 
 /// A one-sample CPU profile (`main;work`) worth `value`.
 fn cpu_profile(time_ms: i64, value: i64) -> Vec<u8> {
-    let profile = Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
-        period_type: Some(ValueType { r#type: 1, unit: 2 }),
-        period: 10_000_000,
-        string_table: ["", "cpu", "nanoseconds", "main", "work"].map(String::from).to_vec(),
-        function: vec![
-            Function {
-                id: 1,
-                name: 3,
-                ..Function::default()
-            },
-            Function {
-                id: 2,
-                name: 4,
-                ..Function::default()
-            },
-        ],
-        location: (1..=2)
-            .map(|id| Location {
-                id,
-                line: vec![Line {
-                    function_id: id,
-                    ..Line::default()
-                }],
-                ..Location::default()
-            })
-            .collect(),
-        sample: vec![Sample {
-            location_id: vec![2, 1],
-            value: vec![value],
-            label: vec![],
-        }],
-        time_nanos: time_ms * 1_000_000,
-        ..Profile::default()
-    };
-    profile.encode_to_vec()
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds")
+        .period("cpu", "nanoseconds", 10_000_000)
+        .time(time_ms * 1_000_000, 0);
+    builder.add(["main", "work"], value);
+    builder.build().encode_to_vec()
 }
 
 fn profile_id(n: u64) -> ProfileId {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1 as types;
-use flamedb_model::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{Tree, now_nanos};
 use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_until};
 use prost::Message;
@@ -34,45 +34,12 @@ fn now_ms() -> i64 {
 /// A CPU profile at `time_ms`: `main;work` worth `work` and `main;idle`
 /// worth `idle`.
 fn cpu_profile(time_ms: i64, work: i64, idle: i64) -> Vec<u8> {
-    let names = ["", "cpu", "nanoseconds", "main", "work", "idle"];
-    Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
-        period_type: Some(ValueType { r#type: 1, unit: 2 }),
-        period: 10_000_000,
-        string_table: names.map(String::from).to_vec(),
-        function: (1..=3)
-            .map(|id| Function {
-                id,
-                name: id as i64 + 2,
-                ..Function::default()
-            })
-            .collect(),
-        location: (1..=3)
-            .map(|id| Location {
-                id,
-                line: vec![Line {
-                    function_id: id,
-                    ..Line::default()
-                }],
-                ..Location::default()
-            })
-            .collect(),
-        sample: vec![
-            Sample {
-                location_id: vec![2, 1],
-                value: vec![work],
-                label: vec![],
-            },
-            Sample {
-                location_id: vec![3, 1],
-                value: vec![idle],
-                label: vec![],
-            },
-        ],
-        time_nanos: time_ms * 1_000_000,
-        ..Profile::default()
-    }
-    .encode_to_vec()
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds")
+        .period("cpu", "nanoseconds", 10_000_000)
+        .time(time_ms * 1_000_000, 0);
+    builder.add(["main", "work"], work);
+    builder.add(["main", "idle"], idle);
+    builder.build().encode_to_vec()
 }
 
 fn push(node: &Flamedb, service: &str, raw: Vec<u8>) {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use flamedb_model::pprof::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use flamedb_model::pprof::{Profile, StackProfileBuilder};
 
 /// A stack, root first, and its value.
 pub type Stack<'a> = (Vec<&'a str>, i64);
@@ -120,94 +120,20 @@ pub fn build_profile(
     from_nanos: i64,
     until_nanos: i64,
 ) -> Profile {
-    let mut strings = Strings::default();
-    let mut profile = Profile {
-        time_nanos: from_nanos,
-        duration_nanos: until_nanos.saturating_sub(from_nanos).max(0),
-        mapping: vec![Mapping {
-            id: 1,
-            has_functions: true,
-            ..Mapping::default()
-        }],
-        ..Profile::default()
-    };
-    let (sample_type, sample_unit, scale) = if kind.timed && sample_rate != 0 {
+    let duration = until_nanos.saturating_sub(from_nanos).max(0);
+    let (mut builder, scale) = if kind.timed && sample_rate != 0 {
         let period = 1_000_000_000 / i64::from(sample_rate);
-        profile.period = period;
-        profile.period_type = Some(ValueType {
-            r#type: strings.index("cpu"),
-            unit: strings.index("nanoseconds"),
-        });
         let name = if kind.metric == "wall" { "wall" } else { "cpu" };
-        (name, "nanoseconds", period)
+        let builder = StackProfileBuilder::new(name, "nanoseconds").period("cpu", "nanoseconds", period);
+        (builder, period)
     } else {
-        (kind.sample_type.as_str(), kind.sample_unit, 1)
+        (StackProfileBuilder::new(&kind.sample_type, kind.sample_unit), 1)
     };
-    profile.sample_type = vec![ValueType {
-        r#type: strings.index(sample_type),
-        unit: strings.index(sample_unit),
-    }];
-    let mut locations: HashMap<&str, u64> = HashMap::new();
+    builder = builder.time(from_nanos, duration);
     for (frames, value) in stacks {
-        let location_id = frames
-            .iter()
-            .rev()
-            .map(|&frame| {
-                *locations.entry(frame).or_insert_with(|| {
-                    let id = profile.location.len() as u64 + 1;
-                    profile.function.push(Function {
-                        id,
-                        name: strings.index(frame),
-                        ..Function::default()
-                    });
-                    profile.location.push(Location {
-                        id,
-                        mapping_id: 1,
-                        line: vec![Line {
-                            function_id: id,
-                            ..Line::default()
-                        }],
-                        ..Location::default()
-                    });
-                    id
-                })
-            })
-            .collect();
-        profile.sample.push(Sample {
-            location_id,
-            value: vec![value.saturating_mul(scale)],
-            label: Vec::new(),
-        });
+        builder.add(frames.iter().copied(), value.saturating_mul(scale));
     }
-    profile.string_table = strings.table;
-    profile
-}
-
-/// A string table being built: `""` first, each string once.
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Default for Strings {
-    fn default() -> Self {
-        Self {
-            table: vec![String::new()],
-            index: HashMap::from([(String::new(), 0)]),
-        }
-    }
-}
-
-impl Strings {
-    fn index(&mut self, text: &str) -> i64 {
-        if let Some(&index) = self.index.get(text) {
-            return index;
-        }
-        let index = self.table.len() as i64;
-        self.table.push(text.to_owned());
-        self.index.insert(text.to_owned(), index);
-        index
-    }
+    builder.build()
 }
 
 #[cfg(test)]
