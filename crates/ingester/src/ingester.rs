@@ -56,10 +56,13 @@ pub struct IngesterConfig {
     /// How often blocks not yet in object storage are uploaded (also right
     /// after each flush; failures back off from 1 s to 5 min).
     pub ship_period: Duration,
-    /// How long an uploaded block stays on local disk.
+    /// How long an uploaded block stays on local disk: the querier's
+    /// `query_store_after`, as queries for newer ranges read only the
+    /// ingesters.
     pub local_retention: Duration,
     /// Below this much free disk, or this share (percent), uploaded blocks
-    /// are deleted early, oldest first.
+    /// are deleted early, oldest first, if all they hold is older than
+    /// `local_retention`.
     pub min_free_disk_bytes: u64,
     pub min_free_disk_percent: f64,
 }

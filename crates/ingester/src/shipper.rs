@@ -2,8 +2,11 @@
 //! are written (and every `ship_period`), with backoff while storage is
 //! down; nothing is dropped, blocks simply wait on disk. A local block is
 //! deleted only once uploaded, and then either after `local_retention` or,
-//! oldest first, when the disk runs low. Blocks whose WAL records are still
-//! on disk are kept, so a restart cannot replay what they hold.
+//! oldest first, when the disk runs low. Two kinds of block are always
+//! kept: those whose WAL records are still on disk (a restart would replay
+//! them twice), and those holding profiles newer than `local_retention`
+//! (the querier reads only ingesters for that range: deleting them would
+//! hide acknowledged profiles from queries until the range ages out).
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -119,33 +122,35 @@ impl Inner {
     }
 
     /// Deletes uploaded blocks past the local retention, then more
-    /// (oldest first) while the disk is low. A block is dropped from the
-    /// queryable set at once; its files go when the last query using it
-    /// is done.
+    /// (oldest first) while the disk is low, never one holding profiles
+    /// newer than the retention. A block is dropped from the queryable set
+    /// at once; its files go when the last query using it is done.
     pub(crate) fn enforce_retention(&self) {
         let now_ms = flamedb_model::now_nanos() / 1_000_000;
         let retention_ms = i64::try_from(self.config.local_retention.as_millis()).unwrap_or(i64::MAX);
+        let queried_from_ms = now_ms.saturating_sub(retention_ms);
         let kept_from = self.wal_kept_from.load(Ordering::Relaxed);
         // Deletable: uploaded, and no WAL segment left holds its records.
         let deletable = self.blocks_where(|block| block.is_uploaded() && block.note.last.segment < kept_from);
-        let mut kept = Vec::new();
+        let mut early = Vec::new();
         for (tenant, block) in deletable {
-            if now_ms.saturating_sub(block.uploaded_at_ms()) >= retention_ms {
+            if block.uploaded_at_ms() <= queried_from_ms {
                 self.delete_block(&tenant, &block, "retention");
-            } else {
-                kept.push((tenant, block));
+            } else if block.block.meta().max_time < queried_from_ms {
+                early.push((tenant, block));
             }
         }
-        let mut deletable = kept.into_iter();
+        let mut early = early.into_iter();
         let mut low = self.disk_is_low();
-        while low && let Some((tenant, block)) = deletable.next() {
+        while low && let Some((tenant, block)) = early.next() {
             self.delete_block(&tenant, &block, "disk_low");
             low = self.disk_is_low();
         }
         if low {
             warn!(
                 dir = %self.config.data_dir.display(),
-                "disk space is low and no uploaded block is left to delete"
+                "disk space is low; the uploaded blocks left hold profiles of the last local_retention, \
+                 which queries read from this ingester only, so they stay"
             );
         }
     }

@@ -650,6 +650,44 @@ async fn test_blocks_are_shipped_then_deleted_locally_after_retention() {
 }
 
 #[tokio::test]
+async fn test_low_disk_deletes_only_blocks_older_than_the_retention() {
+    let context = TestContext::new();
+    let remote = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(remote.path());
+    let config = IngesterConfig {
+        ship_period: std::time::Duration::from_millis(20),
+        local_retention: std::time::Duration::from_secs(3600),
+        // Over 100 %: the disk is always low.
+        min_free_disk_percent: 101.0,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let (ingester, _) = start_ingester(config, Limits::default(), Some(bucket.clone()));
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    ingester
+        .push("t", vec![incoming("api", 1, now_ms - 2 * 3600 * 1000, 5)])
+        .await
+        .unwrap();
+    ingester.push("t", vec![incoming("api", 2, now_ms, 6)]).await.unwrap();
+    ingester.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bucket.list_blocks("t").await.unwrap().len() < 2 || ingester.local_blocks().len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old block was never uploaded and deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Many more shipper rounds: the recent block stays, as queries for
+    // the last hour read only this ingester.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let local = ingester.local_blocks();
+    assert_eq!(local.len(), 1);
+    assert!(local[0].1.min_time >= now_ms - 1000, "{local:?}");
+    assert_eq!(total(&ingester, "t"), 6);
+    ingester.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn test_blocks_wait_while_storage_is_down_and_upload_when_it_is_back() {
     let context = TestContext::new();
     let remote = tempfile::tempdir().unwrap();

@@ -267,6 +267,31 @@ fn test_sigterm_flushes_and_uploads_then_restart_reads_the_blocks() {
 }
 
 #[test]
+fn test_low_disk_keeps_the_blocks_queries_read_from_ingesters() {
+    let dir = shared_dir();
+    // 100 % must be free: the disk is always low.
+    let node = start(
+        dir.path(),
+        "ingester",
+        &["-pyroscopedb.retention-policy-min-disk-available-percentage=1"],
+    );
+    let pushed = [(1, 5), (2, 6)];
+    let (status, body) = node.post_proto(PUSH, push_request("api", &pushed)).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = node.post_proto("/ingester/flush", Vec::new()).unwrap();
+    assert_eq!(status, 200);
+    // After the upload the shipper looks at the disk, finds it low, and
+    // keeps the block: its profiles are newer than query-store-after.
+    wait_until(Duration::from_secs(60), "a low-disk check after the upload", || {
+        let log = node.log();
+        let uploaded = log.find("block uploaded")?;
+        log[uploaded..].contains("disk space is low").then_some(())
+    });
+    assert_eq!(node.metric("flamedb_ingester_local_blocks"), Some(1.0));
+    assert_all_acknowledged_stored(&node, &pushed);
+}
+
+#[test]
 fn test_memory_ceiling_holds_under_a_push_flood() {
     let dir = shared_dir();
     let ceiling = 300_000u64;
