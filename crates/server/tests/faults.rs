@@ -2,7 +2,9 @@
 //! API: SIGKILL of the single binary (RF=1, the WAL keeps every
 //! acknowledged profile) and repeated SIGKILL and restart of one ingester
 //! of three (RF=3). Afterwards every acknowledged profile must be read back
-//! once, with its value. `FLAMEDB_LONG_TESTS=1` runs the long variants.
+//! once, with its value. Also: two ingesters down, a rolling restart, a
+//! hung ingester, object storage down and a full disk on one ingester.
+//! `FLAMEDB_LONG_TESTS=1` runs the long variants.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use flamedb_checker::{Checker, CheckerConfig};
 use flamedb_testkit::{
-    Flamedb, S3Server, Signal, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters,
+    Flamedb, S3Server, Signal, SmallDisk, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -273,6 +275,36 @@ fn test_rf3_object_storage_down_during_flushes_loses_nothing_and_uploads_resume(
     assert!(!s3.blocks("anonymous").is_empty());
     let report = checker.check().unwrap();
     println!("{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+}
+
+#[test]
+fn test_rf3_full_disk_on_one_ingester_fails_that_replica_only() {
+    let dir = shared_dir();
+    // ingester-1's data directory (see `cluster`) on a 16 MiB disk.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("ingester-1"), 16 << 20) else {
+        eprintln!("skipping: cannot mount a tmpfs here (needs root); the full-disk scenario is untested on this machine");
+        return;
+    };
+    let (front, mut members) = cluster(dir.path(), "faults-disk", &[]);
+    // Dropped in reverse order: the processes stop before the unmount.
+    let mut checker = checker(&front.http, "disk-full");
+    checker.write_for(Duration::from_secs(1));
+    disk.fill(0);
+    // Pushes go on at two acknowledgements; ingester-1 refuses its copies.
+    checker.write_for(Duration::from_secs(3));
+    let full = members[0].process.as_mut().unwrap();
+    assert!(full.is_running(), "the ingester died on a full disk:\n{}", full.log());
+    let refused = full.metric("flamedb_ingester_pushes_refused_total{reason=\"wal\"}");
+    assert!(refused.unwrap_or(0.0) > 0.0, "the full disk refused nothing");
+    let report = checker.check().unwrap();
+    assert_eq!(report.unacknowledged, 0, "a push failed: {}", report.summary());
+
+    disk.free_up();
+    checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("{} refused_by_full_replica={}", report.summary(), refused.unwrap_or(0.0));
     assert!(report.is_clean(), "{}", report.summary());
     assert_eq!(report.unacknowledged, 0, "{}", report.summary());
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{ProfileId, Tree};
-use flamedb_testkit::{Flamedb, S3Server, Signal, path_in, shared_dir, wait_until};
+use flamedb_testkit::{Flamedb, S3Server, Signal, SmallDisk, path_in, shared_dir, wait_until};
 use prost::Message;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -338,59 +337,10 @@ fn test_memory_ceiling_holds_under_a_push_flood() {
     assert_all_acknowledged_stored(&node, &acknowledged.lock().unwrap());
 }
 
-/// A small tmpfs mounted for the test, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        mounted.then_some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills the disk but for `leave` bytes with a ballast file.
-    fn fill(&self, leave: u64) {
-        let stats = nix::sys::statvfs::statvfs(self.path()).unwrap();
-        let free = stats.blocks_available() * stats.fragment_size();
-        let ballast = std::fs::File::create(self.path().join("ballast")).unwrap();
-        let mut remaining = free.saturating_sub(leave);
-        let chunk = vec![0xa5u8; 64 * 1024];
-        let mut writer = std::io::BufWriter::new(ballast);
-        while remaining > 0 {
-            let n = remaining.min(chunk.len() as u64) as usize;
-            if std::io::Write::write_all(&mut writer, &chunk[..n]).is_err() {
-                break;
-            }
-            remaining -= n as u64;
-        }
-        let _ = std::io::Write::flush(&mut writer);
-    }
-
-    fn free_up(&self) {
-        std::fs::remove_file(self.path().join("ballast")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 #[test]
 fn test_full_disk_answers_503_and_recovers() {
-    let Some(disk) = SmallDisk::mount(16 << 20) else {
+    let dir = shared_dir();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), 16 << 20) else {
         eprintln!("skipping: cannot mount a tmpfs here (needs root); the full-disk case is untested on this machine");
         return;
     };

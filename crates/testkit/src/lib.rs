@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
 
 mod s3;
+mod small_disk;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 pub use s3::S3Server;
+pub use small_disk::SmallDisk;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
