@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -12,6 +13,15 @@ use crate::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
 
 /// `X-Scope-OrgID` as gRPC metadata (keys are lower case).
 const ORG_ID_METADATA: &str = "x-scope-orgid";
+
+/// A connection to an ingester not made within this fails its calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every connection is pinged this often (HTTP/2 PING), idle or not; a
+/// ping unanswered for `KEEPALIVE_TIMEOUT` closes it and fails its calls.
+/// A partitioned ingester (no reset, no FIN: packets just vanish) is so
+/// noticed within seconds rather than when the kernel gives up.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Ingester clients by `host:port`.
 #[derive(Debug, Default)]
@@ -32,7 +42,13 @@ impl IngesterClients {
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|err| RpcError::new(ErrorCode::Internal, format!("ingester address {addr:?}: {err}")))?;
-                let channel = endpoint.connect_lazy();
+                let channel = endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }

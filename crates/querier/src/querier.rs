@@ -1,7 +1,8 @@
 //! Reads over the ingesters of the ring and the blocks in object storage:
 //! every call goes to every instance the ring allows for reads, at once; as
 //! many may fail as the ring's read set tolerates, else the query fails
-//! saying which did. Ranges reaching past `query_store_after` ago also read
+//! saying which did. Once the answers make a complete one, the slow rest
+//! get a short grace and then count as failed. Ranges reaching past `query_store_after` ago also read
 //! the blocks; the ingesters are read for every range. Profiles are counted once: the IDs each source holds are
 //! listed first, each ID is given to one holder (ingesters first), and
 //! each holder merges only its own.
@@ -17,13 +18,17 @@ use flamedb_api::{ErrorCode, IngesterClients, RpcError, labels_from_pairs, profi
 use flamedb_model::{Labels, PROFILE_TYPE, ProfileId, ProfileType, Selector, Tree, parse_selector};
 use flamedb_ring::{InstanceDesc, Operation, RingClient, now_ms};
 use flamedb_storage::{Block, SeriesIndex, TimeRange};
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::try_join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tonic::transport::Channel;
 
 use flamedb_api::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
 
 use crate::store::{Store, block_query, list_block, merge_block};
 
+/// Once the ingesters that answered make a complete answer, the others
+/// get as long again as those took, and at least this.
+const STRAGGLER_WAIT_MIN: Duration = Duration::from_secs(1);
 /// Profiles asked for per page of `SelectProfiles`.
 const PAGE_SIZE: u32 = 65_536;
 /// Profile IDs per `MergeProfiles` request (16 bytes each: 8 MiB).
@@ -103,28 +108,64 @@ impl Querier {
             .replication_set_for_all(Operation::Read, now_ms())
             .map_err(|err| RpcError::new(ErrorCode::Unavailable, format!("cannot read the ingesters: {err}")))?;
         let instances: Vec<InstanceDesc> = set.instances.iter().map(|instance| (*instance).clone()).collect();
-        let calls = instances.iter().map(|instance| {
-            let client = self.clients.get(&instance.addr);
-            let call = client.map(&call);
-            async move {
-                match tokio::time::timeout(self.timeout, call?).await {
-                    Ok(result) => result,
-                    Err(_) => Err(RpcError::new(
-                        ErrorCode::DeadlineExceeded,
-                        format!("no answer within {:?}", self.timeout),
-                    )),
+        let mut calls: FuturesUnordered<_> = instances
+            .iter()
+            .enumerate()
+            .map(|(index, instance)| {
+                let call = self.clients.get(&instance.addr).map(&call);
+                async move {
+                    let result = match call {
+                        Err(err) => Err(err),
+                        Ok(call) => tokio::time::timeout(self.timeout, call).await.unwrap_or_else(|_| {
+                            Err(RpcError::new(
+                                ErrorCode::DeadlineExceeded,
+                                format!("no answer within {:?}", self.timeout),
+                            ))
+                        }),
+                    };
+                    (index, result)
                 }
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let mut results: Vec<Option<Result<T, RpcError>>> = instances.iter().map(|_| None).collect();
+        let mut failed = 0;
+        let mut pending = instances.len();
+        // Until the answers so far make a complete one, wait for all (up to
+        // the call timeout); then give the rest as long again as that
+        // took (at least STRAGGLER_WAIT_MIN): a partitioned or hung
+        // ingester the ring still calls healthy must not hold every query.
+        let mut straggler_deadline = None;
+        while pending > 0 {
+            if straggler_deadline.is_none() && failed + pending <= set.max_errors {
+                straggler_deadline = Some(tokio::time::Instant::now() + started.elapsed().max(STRAGGLER_WAIT_MIN));
             }
-        });
-        let results = join_all(calls).await;
+            let next = match straggler_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, calls.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => calls.next().await,
+            };
+            let Some((index, result)) = next else { break };
+            pending -= 1;
+            failed += usize::from(result.is_err());
+            results[index] = Some(result);
+        }
         let mut answers = Vec::new();
         let mut failures = Vec::new();
         for (instance, result) in instances.into_iter().zip(results) {
             match result {
-                Ok(answer) => answers.push((instance, answer)),
+                Some(Ok(answer)) => answers.push((instance, answer)),
                 // The request itself is wrong: every ingester would say so.
-                Err(err) if err.code == ErrorCode::InvalidArgument => return Err(err),
-                Err(err) => failures.push(format!("{} ({}): {}", instance.id, instance.addr, err.message)),
+                Some(Err(err)) if err.code == ErrorCode::InvalidArgument => return Err(err),
+                Some(Err(err)) => failures.push(format!("{} ({}): {}", instance.id, instance.addr, err.message)),
+                None => failures.push(format!(
+                    "{} ({}): no answer within {:?}, when the others had answered",
+                    instance.id,
+                    instance.addr,
+                    started.elapsed()
+                )),
             }
         }
         if failures.len() > set.max_errors {
