@@ -3,7 +3,8 @@
 //! acknowledged profile) and repeated SIGKILL and restart of one ingester
 //! of three (RF=3). Afterwards every acknowledged profile must be read back
 //! once, with its value. Also: two ingesters down, a rolling restart, a
-//! hung ingester, object storage down and a full disk on one ingester.
+//! hung ingester, object storage down, a full disk on one ingester and a
+//! network partition between the front and one ingester.
 //! `FLAMEDB_LONG_TESTS=1` runs the long variants.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use flamedb_checker::{Checker, CheckerConfig};
 use flamedb_testkit::{
-    Flamedb, S3Server, Signal, SmallDisk, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters,
+    Flamedb, Link, S3Server, Signal, SmallDisk, cluster_flags, path_in, shared_dir, start_ready, wait_active_ingesters,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -96,6 +97,18 @@ impl Member {
 /// their own data and tokens files under `dir`, RF=3, all ACTIVE; every
 /// process also gets `extra`.
 fn cluster(dir: &std::path::Path, label: &str, extra: &[String]) -> (Flamedb, Vec<Member>) {
+    cluster_with(dir, label, extra, &[], |_| {})
+}
+
+/// [`cluster`], with `first_extra` for ingester-1 only, and `started`
+/// called once ingester-1 runs (before the others start).
+fn cluster_with(
+    dir: &std::path::Path,
+    label: &str,
+    extra: &[String],
+    first_extra: &[String],
+    started: impl FnOnce(&Flamedb),
+) -> (Flamedb, Vec<Member>) {
     let mut base = cluster_flags(&format!("{label}-{}", std::process::id()));
     base.extend_from_slice(extra);
     let front = start_ready(BINARY, "front", &base, &["-target=distributor,querier".into()]);
@@ -120,7 +133,10 @@ fn cluster(dir: &std::path::Path, label: &str, extra: &[String]) -> (Flamedb, Ve
             }
         })
         .collect();
-    for member in &mut members {
+    members[0].flags.extend_from_slice(first_extra);
+    members[0].start();
+    started(members[0].process.as_ref().unwrap());
+    for member in &mut members[1..] {
         member.start();
     }
     wait_active_ingesters(&front, 3);
@@ -284,7 +300,9 @@ fn test_rf3_full_disk_on_one_ingester_fails_that_replica_only() {
     let dir = shared_dir();
     // ingester-1's data directory (see `cluster`) on a 16 MiB disk.
     let Some(disk) = SmallDisk::mount(&dir.path().join("ingester-1"), 16 << 20) else {
-        eprintln!("skipping: cannot mount a tmpfs here (needs root); the full-disk scenario is untested on this machine");
+        eprintln!(
+            "skipping: cannot mount a tmpfs here (needs root); the full-disk scenario is untested on this machine"
+        );
         return;
     };
     let (front, mut members) = cluster(dir.path(), "faults-disk", &[]);
@@ -304,7 +322,43 @@ fn test_rf3_full_disk_on_one_ingester_fails_that_replica_only() {
     disk.free_up();
     checker.write_for(Duration::from_secs(1));
     let report = checker.check().unwrap();
-    println!("{} refused_by_full_replica={}", report.summary(), refused.unwrap_or(0.0));
+    println!(
+        "{} refused_by_full_replica={}",
+        report.summary(),
+        refused.unwrap_or(0.0)
+    );
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+}
+
+#[test]
+fn test_rf3_partitioned_ingester_does_not_stop_writes_or_reads() {
+    let dir = shared_dir();
+    // The front reaches ingester-1 only through `link`; gossip is direct,
+    // so the ring keeps ingester-1 ACTIVE and healthy through the cut.
+    let link = Link::start();
+    let (front, _members) = cluster_with(
+        dir.path(),
+        "faults-partition",
+        &[],
+        &[format!("-ingester.lifecycler.port={}", link.port())],
+        |ingester| link.set_target(&ingester.http),
+    );
+    let mut checker = checker(&front.http, "partition");
+    checker.write_for(Duration::from_secs(1));
+    link.cut();
+    // Pushes answer at two acknowledgements; the copy for ingester-1 waits
+    // until the push timeout.
+    checker.write_for(Duration::from_secs(3));
+    let report = checker.check().unwrap();
+    println!("during the partition: {}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "a push failed: {}", report.summary());
+
+    link.heal();
+    checker.write_for(Duration::from_secs(1));
+    let report = checker.check().unwrap();
+    println!("after healing: {}", report.summary());
     assert!(report.is_clean(), "{}", report.summary());
     assert_eq!(report.unacknowledged, 0, "{}", report.summary());
 }

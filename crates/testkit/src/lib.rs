@@ -9,9 +9,14 @@
 //!      ├─ get / get_json / post / post_form / post_proto / metric ─▶ HTTP
 //!      └─ signal(SIGTERM|SIGSTOP|SIGCONT) / kill() / wait_exit()
 //! ```
+//!
+//! Also: [`S3Server`] (object storage that can go down), [`SmallDisk`] (a
+//! tmpfs to fill) and [`Link`] (a TCP proxy that can be cut, for
+//! partitions).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
 
+mod link;
 mod s3;
 mod small_disk;
 
@@ -22,6 +27,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use link::Link;
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 pub use s3::S3Server;

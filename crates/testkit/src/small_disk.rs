@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 
 /// A tmpfs mounted on a directory, unmounted when dropped (drop it before
 /// the temporary directory holding it).
+#[derive(Debug)]
 pub struct SmallDisk {
     dir: PathBuf,
 }
