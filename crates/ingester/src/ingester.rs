@@ -279,6 +279,7 @@ impl Ingester {
         metrics: IngesterMetrics,
         bucket: Option<Bucket>,
     ) -> Result<(Self, ReplayReport), StartError> {
+        let started = std::time::Instant::now();
         let blocks = local_blocks::load(&config.data_dir.join(BLOCKS_DIR))?;
         let wal_config = WalConfig {
             segment_bytes: config.wal_segment_bytes,
@@ -315,6 +316,7 @@ impl Ingester {
         inner.update_block_gauge();
         let report = Self::replay(&inner, replay, &notes)?;
         info!(
+            seconds = started.elapsed().as_secs_f64(),
             records = report.wal.records,
             bytes = report.wal.bytes,
             profiles = report.profiles,

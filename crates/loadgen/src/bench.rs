@@ -1,0 +1,420 @@
+//! The whole benchmark in one run: starts the configurations under test
+//! (the single binary, then one distributor with three ingesters, RF=3)
+//! on 127.0.0.1, drives them with the workload, and returns the table of
+//! docs/benchmarks.md.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flamedb_testkit::{Flamedb, start_ingesters, start_ready};
+
+use crate::push::{self, PushConfig, PushStats};
+use crate::query::{QueryClient, QueryKind, Scope};
+use crate::workload::{self, Request, Source};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The `flamedb` binary under test.
+    pub binary: PathBuf,
+    /// Where the pprof files are.
+    pub profiles: PathBuf,
+    /// Seconds of each timed push phase.
+    pub seconds: u64,
+    /// Series of the push workload.
+    pub series: usize,
+    /// Series, and profiles per series, of the data queries read.
+    pub query_series: usize,
+    pub query_profiles_per_series: usize,
+    /// Runs of each query.
+    pub query_runs: usize,
+    pub clients: usize,
+}
+
+impl BenchConfig {
+    /// The full run (a few minutes).
+    pub fn full(binary: PathBuf, profiles: PathBuf) -> Self {
+        Self {
+            binary,
+            profiles,
+            seconds: 30,
+            series: 200,
+            query_series: 100,
+            query_profiles_per_series: 144,
+            query_runs: 5,
+            clients: 8,
+        }
+    }
+
+    /// A short run that only shows everything works.
+    pub fn short(binary: PathBuf, profiles: PathBuf) -> Self {
+        Self {
+            seconds: 2,
+            series: 20,
+            query_series: 10,
+            query_profiles_per_series: 12,
+            query_runs: 1,
+            clients: 4,
+            ..Self::full(binary, profiles)
+        }
+    }
+}
+
+/// The flags every process gets: no rate limits, room for large heads,
+/// profiles of the whole last day accepted.
+const COMMON: [&str; 5] = [
+    "-distributor.ingestion-rate-limit-mb=0",
+    "-validation.reject-older-than=0s",
+    "-ingester.max-global-series-per-tenant=0",
+    "-ingester.max-head-memory=17179869184",
+    "-memberlist.gossip-interval=100ms",
+];
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, usize::from) as f64
+}
+
+/// Runs everything; the report as Markdown.
+pub fn run(config: &BenchConfig) -> Result<String, String> {
+    let sources = workload::read_sources(&config.profiles, workload::DEFAULT_FILES).map_err(|err| err.to_string())?;
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    // Eight differing profiles per series, all stamped now.
+    let requests = Arc::new(workload::requests(&sources, config.series, 8, now_ms, 0));
+    let cores = cores();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Workload: {} series over {} pprof files ({}), Connect proto with gzipped pprof, {} client threads; {} cores; {} s per push phase.\n",
+        config.series,
+        sources.len(),
+        workload::DEFAULT_FILES.join(", "),
+        config.clients,
+        cores,
+        config.seconds
+    );
+
+    // The decode limit: gunzip + pprof decode of the same input, one thread.
+    let decode_mb = workload::decode_rate(&requests, (config.seconds as f64 / 3.0).max(1.0)) / 1e6;
+
+    let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
+    let single_flags = single_flags(dir.path());
+    // Processes run in their own directories: the path must be absolute.
+    let binary = config
+        .binary
+        .canonicalize()
+        .map_err(|err| format!("the flamedb binary {}: {err}", config.binary.display()))?
+        .display()
+        .to_string();
+    let mut single = start_ready(&binary, "single", &single_flags, &[]);
+    let peak_single = push_phase(config, &single.http, &requests, None)?;
+    let memory = memory_figures(&single, &peak_single);
+
+    // Restart: everything pushed is in the WAL only (heads are not flushed).
+    let wal_bytes = dir_size(&dir.path().join("data/wal"));
+    single.kill();
+    let restarted_at = Instant::now();
+    let single = start_ready(&binary, "single-restarted", &single_flags, &[]);
+    let to_ready = restarted_at.elapsed().as_secs_f64();
+    let replay_seconds = log_field(&single.log(), "WAL replayed", "seconds").unwrap_or(f64::NAN);
+
+    let (status, body) = single.post("/ingester/flush", &[], Vec::new())?;
+    if status != 200 {
+        return Err(format!("flush answered {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let block_bytes = dir_size(&dir.path().join("data/blocks"));
+    drop(single);
+
+    let rf3_dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
+    let cluster = Cluster::start(&binary, rf3_dir.path());
+    let peak_rf3 = push_phase(config, &cluster.front.http, &requests, None)?;
+    let half_rate = peak_rf3.profiles_per_second() / 2.0;
+    let mut at_half = push_phase(config, &cluster.front.http, &requests, Some(half_rate))?;
+    drop(cluster);
+
+    let _ = writeln!(
+        out,
+        "| ingest | profiles/s per core | samples/s per core | MB/s per core (uncompressed pprof) | vs decode limit | push p50 / p99 ms |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for (name, mut stats) in [
+        ("single binary", peak_single.clone()),
+        ("1 distributor + 3 ingesters, RF=3", peak_rf3.clone()),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.1} / {:.1} |",
+            stats.profiles_per_second() / cores,
+            stats.samples_per_second() / cores,
+            stats.megabytes_per_second() / cores,
+            stats.megabytes_per_second() / cores / decode_mb,
+            stats.latencies.percentile_ms(0.5),
+            stats.latencies.percentile_ms(0.99),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| decode limit (gunzip + pprof decode, one thread) | | | {decode_mb:.2} | 1x | |"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Push latency at 50 % of the RF=3 peak ({half_rate:.0} profiles/s, fsync'd WAL): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms ({} pushes, {} failed).\n",
+        at_half.latencies.percentile_ms(0.5),
+        at_half.latencies.percentile_ms(0.99),
+        at_half.latencies.percentile_ms(0.999),
+        at_half.acknowledged,
+        at_half.failed,
+    );
+    let _ = writeln!(out, "{memory}");
+    let _ = writeln!(
+        out,
+        "Storage after flush: {:.1} MB of blocks for {} samples and {:.1} MB of uncompressed pprof: {:.2} bytes per sample, {:.3} bytes per pprof byte.\n",
+        block_bytes as f64 / 1e6,
+        peak_single.samples,
+        peak_single.pprof_bytes as f64 / 1e6,
+        block_bytes as f64 / peak_single.samples.max(1) as f64,
+        block_bytes as f64 / peak_single.pprof_bytes.max(1) as f64,
+    );
+    let _ = writeln!(
+        out,
+        "Restart: a {:.0} MB WAL replayed in {replay_seconds:.2} s ({:.0} MB/s); ready (ACTIVE) {to_ready:.2} s after the start.\n",
+        wal_bytes as f64 / 1e6,
+        wal_bytes as f64 / 1e6 / replay_seconds,
+    );
+    out.push_str(&query_phase(config, &binary, &sources)?);
+    Ok(out)
+}
+
+fn single_flags(dir: &Path) -> Vec<String> {
+    let mut flags: Vec<String> = COMMON.iter().map(ToString::to_string).collect();
+    flags.extend([
+        format!("-pyroscopedb.data-path={}", dir.join("data").display()),
+        format!("-storage.filesystem.dir={}", dir.join("bucket").display()),
+        format!("-querier.block-cache-dir={}", dir.join("cache").display()),
+    ]);
+    flags
+}
+
+/// One distributor and querier, three ingesters, RF=3.
+struct Cluster {
+    front: Flamedb,
+    /// Held so they run as long as the cluster.
+    _ingesters: Vec<Flamedb>,
+}
+
+impl Cluster {
+    fn start(binary: &str, dir: &Path) -> Self {
+        let mut flags: Vec<String> = COMMON.iter().map(ToString::to_string).collect();
+        flags.extend([
+            "-ingester.heartbeat-period=500ms".to_owned(),
+            format!("-memberlist.cluster-label=bench-{}", std::process::id()),
+            format!("-storage.filesystem.dir={}", dir.join("bucket").display()),
+        ]);
+        let front = start_ready(
+            binary,
+            "front",
+            &flags,
+            &[
+                "-target=distributor,querier".to_owned(),
+                format!("-querier.block-cache-dir={}", dir.join("cache").display()),
+            ],
+        );
+        let ingesters = start_ingesters(binary, &front, 3, &flags, &[]);
+        Self {
+            front,
+            _ingesters: ingesters,
+        }
+    }
+}
+
+fn push_phase(
+    config: &BenchConfig,
+    target: &str,
+    requests: &Arc<Vec<Request>>,
+    rate: Option<f64>,
+) -> Result<PushStats, String> {
+    let stats = push::run(
+        &PushConfig {
+            target: target.to_owned(),
+            clients: config.clients,
+            rate,
+            duration: Duration::from_secs(config.seconds),
+        },
+        requests,
+    );
+    if stats.acknowledged == 0 || stats.failed > 0 {
+        return Err(format!(
+            "pushes to {target}: {} acknowledged, {} failed; first failure: {}",
+            stats.acknowledged,
+            stats.failed,
+            stats.first_failure.as_deref().unwrap_or("none")
+        ));
+    }
+    Ok(stats)
+}
+
+/// RSS and head bytes per active series and per ingested MB.
+fn memory_figures(node: &Flamedb, pushed: &PushStats) -> String {
+    let rss = rss_bytes(node.pid()).unwrap_or(0) as f64;
+    let head = node.metric("flamedb_ingester_head_bytes").unwrap_or(0.0);
+    let series = node.metric("flamedb_ingester_active_series").unwrap_or(0.0).max(1.0);
+    let megabytes = (pushed.pprof_bytes as f64 / 1e6).max(1e-9);
+    format!(
+        "Single-binary memory after the push phase: RSS {:.0} MB, heads {:.0} MB, {series:.0} active series, {:.1} MB of pprof ingested: RSS {:.0} KB and heads {:.0} KB per series; RSS {:.2} MB and heads {:.2} MB per ingested MB.\n",
+        rss / 1e6,
+        head / 1e6,
+        megabytes,
+        rss / series / 1e3,
+        head / series / 1e3,
+        rss / 1e6 / megabytes,
+        head / 1e6 / megabytes,
+    )
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The number after `field=` on the last log line containing `marker`.
+fn log_field(log: &str, marker: &str, field: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|line| line.contains(marker))?;
+    let at = line.find(&format!("{field}="))? + field.len() + 1;
+    line[at..].split(|c: char| c.is_whitespace()).next()?.parse().ok()
+}
+
+/// Fills 24 hours in the single binary and in the RF=3 cluster, then
+/// times flame graphs and pprof merges over the last hour and the day.
+fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result<String, String> {
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    let day_ms = 24 * 3600 * 1000;
+    let per_series = config.query_profiles_per_series;
+    let span_ms = day_ms / per_series.max(1) as i64;
+    let requests = Arc::new(workload::requests(
+        sources,
+        config.query_series,
+        per_series,
+        now_ms,
+        span_ms,
+    ));
+    let kinds = [
+        (QueryKind::FlameGraph, "{}", "flame graph, all series"),
+        (QueryKind::MergeProfile, "{}", "SelectMergeProfile, all series"),
+        (
+            QueryKind::MergeProfile,
+            "{service_name=\"loadgen-0\"}",
+            "SelectMergeProfile, one service",
+        ),
+    ];
+    let ranges = [("1 h", 3600 * 1000), ("24 h", day_ms)];
+    let mut results: Vec<Vec<f64>> = Vec::new();
+    for rf3 in [false, true] {
+        let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
+        let (_cluster, _single) = if rf3 {
+            (Some(Cluster::start(binary, dir.path())), None)
+        } else {
+            (
+                None,
+                Some(start_ready(binary, "single", &single_flags(dir.path()), &[])),
+            )
+        };
+        let target = match (&_cluster, &_single) {
+            (Some(cluster), _) => cluster.front.http.clone(),
+            (None, Some(single)) => single.http.clone(),
+            (None, None) => unreachable!("one of the two was started"),
+        };
+        fill(&target, &requests, config.clients)?;
+        let client = QueryClient::new(&target);
+        let mut medians = Vec::new();
+        for (kind, selector, _) in kinds {
+            for (_, range_ms) in ranges {
+                let scope = Scope {
+                    start_ms: now_ms + 1000 - range_ms,
+                    end_ms: now_ms + 1000,
+                    selector: selector.to_owned(),
+                };
+                let mut latencies = client.repeat(kind, &scope, config.query_runs)?;
+                medians.push(latencies.percentile_ms(0.5));
+            }
+        }
+        results.push(medians);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Queries over {} series with a CPU profile every {:.0} min for 24 h ({} profiles), median of {} runs:\n",
+        config.query_series,
+        span_ms as f64 / 60_000.0,
+        requests.len(),
+        config.query_runs
+    );
+    let _ = writeln!(
+        out,
+        "| query | range | single binary (RF=1) ms | RF=3 cluster ms | RF=3 / RF=1 |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let mut column = 0;
+    for (_, _, name) in kinds {
+        for (range, _) in ranges {
+            let (rf1, rf3) = (results[0][column], results[1][column]);
+            let _ = writeln!(out, "| {name} | {range} | {rf1:.1} | {rf3:.1} | {:.2} |", rf3 / rf1);
+            column += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Pushes every request once.
+fn fill(target: &str, requests: &Arc<Vec<Request>>, clients: usize) -> Result<(), String> {
+    let chunks: Vec<Arc<Vec<Request>>> = requests
+        .chunks(requests.len().div_ceil(clients.max(1)).max(1))
+        .map(|chunk| Arc::new(chunk.to_vec()))
+        .collect();
+    let threads: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let url = format!("http://{target}/push.v1.PusherService/Push");
+            std::thread::spawn(move || -> Result<(), String> {
+                let http = reqwest::blocking::Client::new();
+                for request in chunk.iter() {
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/proto")
+                        .body(request.body.clone())
+                        .send()
+                        .map_err(|err| err.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!(
+                            "filling: {}: {}",
+                            response.status(),
+                            response.text().unwrap_or_default()
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| "a filling thread panicked".to_owned())??;
+    }
+    Ok(())
+}
