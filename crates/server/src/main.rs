@@ -16,6 +16,11 @@ mod status;
 
 use std::process::ExitCode;
 
+/// jemalloc serves every allocation (see the reason in Cargo.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use cli::Invocation;
 
 fn main() -> ExitCode {
