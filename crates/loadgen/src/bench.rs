@@ -108,7 +108,7 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
         .display()
         .to_string();
     let mut single = start_ready(&binary, "single", &single_flags, &[]);
-    let peak_single = push_phase(config, &single.http, &requests, None)?;
+    let (peak_single, single_cpu) = push_phase(config, &single.http, &[single.pid()], &requests, None)?;
     let memory = memory_figures(&single, &peak_single);
 
     // Restart: everything pushed is in the WAL only (heads are not flushed).
@@ -128,34 +128,42 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
 
     let rf3_dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
     let cluster = Cluster::start(&binary, rf3_dir.path());
-    let peak_rf3 = push_phase(config, &cluster.front.http, &requests, None)?;
+    let pids = cluster.pids();
+    let (peak_rf3, rf3_cpu) = push_phase(config, &cluster.front.http, &pids, &requests, None)?;
     let half_rate = peak_rf3.profiles_per_second() / 2.0;
-    let mut at_half = push_phase(config, &cluster.front.http, &requests, Some(half_rate))?;
+    let (mut at_half, _) = push_phase(config, &cluster.front.http, &pids, &requests, Some(half_rate))?;
     drop(cluster);
 
     let _ = writeln!(
         out,
-        "| ingest | profiles/s per core | samples/s per core | MB/s per core (uncompressed pprof) | vs decode limit | push p50 / p99 ms |"
+        "| ingest | profiles/s per core | samples/s per core | MB/s per core | MB per flamedb CPU second | that ÷ decode limit | push p50 / p99 ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for (name, mut stats) in [
-        ("single binary", peak_single.clone()),
-        ("1 distributor + 3 ingesters, RF=3", peak_rf3.clone()),
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for (name, mut stats, cpu) in [
+        ("single binary", peak_single.clone(), single_cpu),
+        ("1 distributor + 3 ingesters, RF=3", peak_rf3.clone(), rf3_cpu),
     ] {
+        let per_cpu_second = stats.pprof_bytes as f64 / 1e6 / cpu.max(1e-9);
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.1} / {:.1} |",
+            "| {name} | {:.0} | {:.0} | {:.2} | {per_cpu_second:.2} | {:.2} | {:.1} / {:.1} |",
             stats.profiles_per_second() / cores,
             stats.samples_per_second() / cores,
             stats.megabytes_per_second() / cores,
-            stats.megabytes_per_second() / cores / decode_mb,
+            per_cpu_second / decode_mb,
             stats.latencies.percentile_ms(0.5),
             stats.latencies.percentile_ms(0.99),
         );
     }
     let _ = writeln!(
         out,
-        "| decode limit (gunzip + pprof decode, one thread) | | | {decode_mb:.2} | 1x | |"
+        "| decode limit: gunzip + pprof decode of the same input, one thread | | | | {decode_mb:.2} | 1 | |"
+    );
+    let _ = writeln!(
+        out,
+        "\nPer core: the rate divided by the machine's {cores} cores, which the load generator shares. \
+         Per flamedb CPU second: uncompressed pprof MB over the CPU time (user + system) of the flamedb \
+         processes during the phase; MB are of uncompressed pprof."
     );
     let _ = writeln!(out);
     let _ = writeln!(
@@ -201,10 +209,16 @@ fn single_flags(dir: &Path) -> Vec<String> {
 struct Cluster {
     front: Flamedb,
     /// Held so they run as long as the cluster.
-    _ingesters: Vec<Flamedb>,
+    ingesters: Vec<Flamedb>,
 }
 
 impl Cluster {
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.front.pid())
+            .chain(self.ingesters.iter().map(Flamedb::pid))
+            .collect()
+    }
+
     fn start(binary: &str, dir: &Path) -> Self {
         let mut flags: Vec<String> = COMMON.iter().map(ToString::to_string).collect();
         flags.extend([
@@ -222,19 +236,19 @@ impl Cluster {
             ],
         );
         let ingesters = start_ingesters(binary, &front, 3, &flags, &[]);
-        Self {
-            front,
-            _ingesters: ingesters,
-        }
+        Self { front, ingesters }
     }
 }
 
+/// A push phase and the CPU seconds the `pids` (flamedb) used meanwhile.
 fn push_phase(
     config: &BenchConfig,
     target: &str,
+    pids: &[u32],
     requests: &Arc<Vec<Request>>,
     rate: Option<f64>,
-) -> Result<PushStats, String> {
+) -> Result<(PushStats, f64), String> {
+    let cpu_before = cpu_seconds(pids);
     let stats = push::run(
         &PushConfig {
             target: target.to_owned(),
@@ -252,7 +266,7 @@ fn push_phase(
             stats.first_failure.as_deref().unwrap_or("none")
         ));
     }
-    Ok(stats)
+    Ok((stats, cpu_seconds(pids) - cpu_before))
 }
 
 /// RSS and head bytes per active series and per ingested MB.
@@ -271,6 +285,22 @@ fn memory_figures(node: &Flamedb, pushed: &PushStats) -> String {
         rss / 1e6 / megabytes,
         head / 1e6 / megabytes,
     )
+}
+
+/// CPU seconds (user + system, all threads) the processes used so far.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // USER_HZ: the unit of /proc/<pid>/stat times, 100 on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / TICKS_PER_SECOND)
+        })
+        .sum()
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {

@@ -140,6 +140,8 @@ fn push_loop(
             Err(err) => {
                 stats.failed += 1;
                 stats.first_failure.get_or_insert_with(|| err.to_string());
+                // Unreachable: do not spin.
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
