@@ -156,6 +156,8 @@ pub enum StartError {
     Wal(#[from] WalError),
     #[error("cannot read the local blocks: {0}")]
     Blocks(#[from] BlockError),
+    #[error("WAL replay: {0}")]
+    Thread(String),
 }
 
 /// What did not complete at shutdown; nothing is lost (heads are in the
@@ -339,59 +341,116 @@ impl Ingester {
         ))
     }
 
+    /// Replays `replay` into the heads. A second thread reads and decodes
+    /// the records (half the work) while this one applies them in WAL
+    /// order, which the delta state depends on.
     fn replay(
         inner: &Arc<Inner>,
-        mut replay: flamedb_wal::Replay,
+        replay: flamedb_wal::Replay,
         notes: &BTreeMap<String, Vec<FlushNote>>,
     ) -> Result<ReplayReport, StartError> {
-        let mut report = ReplayReport::default();
         let replay_from = inner.restore_delta_state(replay.first_segment());
-        for record in replay.by_ref() {
-            let record = record?;
-            let position = record.position;
-            if replay_from.is_some_and(|from| position.segment < from) {
-                continue;
+        let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<Result<DecodedRecord, WalError>>(REPLAY_QUEUE);
+        std::thread::scope(|scope| {
+            let decoder = std::thread::Builder::new()
+                .name("wal-replay-decode".to_owned())
+                .spawn_scoped(scope, move || decode_records(replay, replay_from, &decoded_tx))
+                .map_err(|err| StartError::Thread(err.to_string()))?;
+            let mut report = ReplayReport::default();
+            let applied = decoded_rx
+                .iter()
+                .try_for_each(|decoded| Self::apply_replayed(inner, notes, decoded?, &mut report));
+            // On an error the receiver is dropped here and the decoder stops.
+            drop(decoded_rx);
+            let replay = decoder
+                .join()
+                .map_err(|_| StartError::Thread("the WAL decoding thread panicked".to_owned()))?;
+            applied?;
+            inner.recount_memory();
+            report.wal = replay.stats();
+            inner.metrics.record_replay(&report);
+            Ok(report)
+        })
+    }
+
+    /// Applies one replayed record, in WAL order.
+    fn apply_replayed(
+        inner: &Arc<Inner>,
+        notes: &BTreeMap<String, Vec<FlushNote>>,
+        decoded: DecodedRecord,
+        report: &mut ReplayReport,
+    ) -> Result<(), StartError> {
+        let position = decoded.position;
+        let (tenant, profiles) = match decoded.record {
+            Ok(record) => record,
+            Err(err) => {
+                warn!(segment = %position.segment, offset = position.offset, error = %err, "skipping an unreadable WAL record");
+                report.unreadable_records += 1;
+                return Ok(());
             }
-            let (tenant, profiles) = match record::decode(&record.payload) {
-                Ok(decoded) => decoded,
-                Err(err) => {
-                    warn!(segment = %position.segment, offset = position.offset, error = %err, "skipping an unreadable WAL record");
-                    report.unreadable_records += 1;
-                    continue;
-                }
+        };
+        let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
+        let tenant_state = inner.tenant(&tenant);
+        // In record order, as when it arrived: the delta state depends on it.
+        for profile in profiles {
+            let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
+                report.invalid_profiles += 1;
+                continue;
             };
-            let flushed = notes.get(&tenant).map_or(&[][..], Vec::as_slice);
-            let tenant_state = inner.tenant(&tenant);
-            // In record order, as when it arrived: the delta state depends
-            // on it.
-            for profile in profiles {
-                let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
-                    report.invalid_profiles += 1;
-                    continue;
-                };
-                let time_ms = ready.profile.time_nanos.div_euclid(1_000_000);
-                if flushed.iter().any(|note| note.covers(position, time_ms)) {
-                    // In a block already; its cumulative values are still
-                    // the base of the next delta.
-                    report.profiles_in_blocks += 1;
-                    observe_cumulative(&ready.profile, &ready.inserts, &mut tenant_state.delta());
-                } else {
-                    report.profiles += 1;
-                    {
-                        let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-                        for insert in &ready.inserts {
-                            limiter.touch(insert.fingerprint, now_ms());
-                        }
+            let time_ms = ready.profile.time_nanos.div_euclid(1_000_000);
+            if flushed.iter().any(|note| note.covers(position, time_ms)) {
+                // In a block already; its cumulative values are still the
+                // base of the next delta.
+                report.profiles_in_blocks += 1;
+                observe_cumulative(&ready.profile, &ready.inserts, &mut tenant_state.delta());
+            } else {
+                report.profiles += 1;
+                {
+                    let mut limiter = tenant_state.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+                    for insert in &ready.inserts {
+                        limiter.touch(insert.fingerprint, now_ms());
                     }
-                    inner.apply(&tenant, vec![ready], position);
                 }
+                inner.apply(&tenant, vec![ready], position);
             }
         }
-        inner.recount_memory();
-        report.wal = replay.stats();
-        inner.metrics.record_replay(&report);
-        Ok(report)
+        Ok(())
     }
+}
+
+/// Decoded records queued between the replay threads.
+const REPLAY_QUEUE: usize = 64;
+
+/// A WAL record read back and decoded (or why it could not be).
+struct DecodedRecord {
+    position: Position,
+    record: Result<(String, Vec<record::RecordProfile>), record::RecordError>,
+}
+
+/// Reads and decodes every record from `replay_from` on into `decoded`;
+/// stops at the end, at a read error (sent on), or when nobody listens.
+/// Gives the replay back for its statistics.
+fn decode_records(
+    mut replay: flamedb_wal::Replay,
+    replay_from: Option<SegmentId>,
+    decoded: &std::sync::mpsc::SyncSender<Result<DecodedRecord, WalError>>,
+) -> flamedb_wal::Replay {
+    for record in replay.by_ref() {
+        let item = match record {
+            // Left by a cut-short trim: all in blocks already.
+            Ok(record) if replay_from.is_some_and(|from| record.position.segment < from) => continue,
+            Ok(record) => Ok(DecodedRecord {
+                position: record.position,
+                record: record::decode(&record.payload),
+            }),
+            Err(err) => Err(err),
+        };
+        let stop = item.is_err();
+        if decoded.send(item).is_err() || stop {
+            break;
+        }
+    }
+    replay
 }
 
 impl Inner {
