@@ -371,7 +371,7 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
             (None, Some(single)) => single.http.clone(),
             (None, None) => unreachable!("one of the two was started"),
         };
-        fill(&target, &requests, config.clients)?;
+        push::fill(&target, &requests, config.clients)?;
         let client = QueryClient::new(&target);
         let mut medians = Vec::new();
         for (kind, selector, _) in kinds {
@@ -410,41 +410,4 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
         }
     }
     Ok(out)
-}
-
-/// Pushes every request once.
-fn fill(target: &str, requests: &Arc<Vec<Request>>, clients: usize) -> Result<(), String> {
-    let chunks: Vec<Arc<Vec<Request>>> = requests
-        .chunks(requests.len().div_ceil(clients.max(1)).max(1))
-        .map(|chunk| Arc::new(chunk.to_vec()))
-        .collect();
-    let threads: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let url = format!("http://{target}/push.v1.PusherService/Push");
-            std::thread::spawn(move || -> Result<(), String> {
-                let http = reqwest::blocking::Client::new();
-                for request in chunk.iter() {
-                    let response = http
-                        .post(&url)
-                        .header("content-type", "application/proto")
-                        .body(request.body.clone())
-                        .send()
-                        .map_err(|err| err.to_string())?;
-                    if !response.status().is_success() {
-                        return Err(format!(
-                            "filling: {}: {}",
-                            response.status(),
-                            response.text().unwrap_or_default()
-                        ));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().map_err(|_| "a filling thread panicked".to_owned())??;
-    }
-    Ok(())
 }

@@ -4,11 +4,15 @@
 //! ```text
 //! flamedb-loadgen push  --target HOST:PORT [--profiles DIR] [--series 100] [--clients 8]
 //!                       [--rate PUSHES_PER_S] [--seconds 30]
+//! flamedb-loadgen fill  --target HOST:PORT [--profiles DIR] [--series 100] [--hours 24]
+//!                       [--per-series 144] [--clients 8]
 //! flamedb-loadgen query --target HOST:PORT [--seconds 30] [--hours 1] [--series 100]
 //! flamedb-loadgen bench --binary PATH [--profiles DIR] [--short]
 //! ```
 //!
-//! `--profiles` defaults to `../shared/testdata/pprof`. `query` runs the
+//! `--profiles` defaults to `../shared/testdata/pprof`. `fill` pushes
+//! `--per-series` profiles per series spread over the last `--hours`, once
+//! (the server must accept old profiles: `-validation.reject-older-than`). `query` runs the
 //! production mix (reference §2.6) over the last `--hours`, on the
 //! services `push` creates.
 
@@ -59,16 +63,17 @@ impl Args {
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
-        eprintln!("usage: flamedb-loadgen push|query|bench [options] (see the crate documentation)");
+        eprintln!("usage: flamedb-loadgen push|fill|query|bench [options] (see the crate documentation)");
         return ExitCode::from(2);
     }
     let command = args.remove(0);
     let args = Args(args);
     let result = match command.as_str() {
         "push" => run_push(&args),
+        "fill" => run_fill(&args),
         "query" => run_query(&args),
         "bench" => run_bench(&args),
-        other => Err(format!("unknown command {other:?}: push, query or bench")),
+        other => Err(format!("unknown command {other:?}: push, fill, query or bench")),
     };
     match result {
         Ok(report) => {
@@ -112,6 +117,28 @@ fn run_push(args: &Args) -> Result<String, String> {
             .first_failure
             .map(|failure| format!("; first failure: {failure}"))
             .unwrap_or_default(),
+    ))
+}
+
+fn run_fill(args: &Args) -> Result<String, String> {
+    let sources = workload::read_sources(&args.profiles(), workload::DEFAULT_FILES).map_err(|err| err.to_string())?;
+    let series = usize::try_from(args.number("--series", 100)?).unwrap_or(100);
+    let per_series = usize::try_from(args.number("--per-series", 144)?.max(1)).unwrap_or(144);
+    let hours = i64::try_from(args.number("--hours", 24)?).unwrap_or(24);
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    let span_ms = hours * 3600 * 1000 / per_series as i64;
+    let requests = Arc::new(workload::requests(&sources, series, per_series, now_ms, span_ms));
+    let started = std::time::Instant::now();
+    push::fill(
+        &args.target()?,
+        &requests,
+        usize::try_from(args.number("--clients", 8)?).unwrap_or(8),
+    )?;
+    Ok(format!(
+        "pushed {} profiles ({series} series, one every {:.1} min over {hours} h) in {:.1} s",
+        requests.len(),
+        span_ms as f64 / 60_000.0,
+        started.elapsed().as_secs_f64()
     ))
 }
 

@@ -147,3 +147,41 @@ fn push_loop(
     }
     stats
 }
+
+/// Pushes every request once, from `clients` threads; the first failure
+/// stops it.
+pub fn fill(target: &str, requests: &Arc<Vec<Request>>, clients: usize) -> Result<(), String> {
+    let chunks: Vec<Arc<Vec<Request>>> = requests
+        .chunks(requests.len().div_ceil(clients.max(1)).max(1))
+        .map(|chunk| Arc::new(chunk.to_vec()))
+        .collect();
+    let threads: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let url = format!("http://{target}/push.v1.PusherService/Push");
+            std::thread::spawn(move || -> Result<(), String> {
+                let http = reqwest::blocking::Client::new();
+                for request in chunk.iter() {
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/proto")
+                        .body(request.body.clone())
+                        .send()
+                        .map_err(|err| err.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!(
+                            "filling: {}: {}",
+                            response.status(),
+                            response.text().unwrap_or_default()
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| "a filling thread panicked".to_owned())??;
+    }
+    Ok(())
+}
