@@ -358,18 +358,13 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
     let mut results: Vec<Vec<f64>> = Vec::new();
     for rf3 in [false, true] {
         let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
-        let (_cluster, _single) = if rf3 {
-            (Some(Cluster::start(binary, dir.path())), None)
+        // The processes live until the end of this round.
+        let (target, _cluster, _single) = if rf3 {
+            let cluster = Cluster::start(binary, dir.path());
+            (cluster.front.http.clone(), Some(cluster), None)
         } else {
-            (
-                None,
-                Some(start_ready(binary, "single", &single_flags(dir.path()), &[])),
-            )
-        };
-        let target = match (&_cluster, &_single) {
-            (Some(cluster), _) => cluster.front.http.clone(),
-            (None, Some(single)) => single.http.clone(),
-            (None, None) => unreachable!("one of the two was started"),
+            let node = start_ready(binary, "single", &single_flags(dir.path()), &[]);
+            (node.http.clone(), None, Some(node))
         };
         push::fill(&target, &requests, config.clients)?;
         let client = QueryClient::new(&target);

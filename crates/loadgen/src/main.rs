@@ -89,7 +89,7 @@ fn main() -> ExitCode {
 
 fn run_push(args: &Args) -> Result<String, String> {
     let sources = workload::read_sources(&args.profiles(), workload::DEFAULT_FILES).map_err(|err| err.to_string())?;
-    let series = usize::try_from(args.number("--series", 100)?).unwrap_or(100);
+    let series = usize::try_from(args.number("--series", 100)?.max(1)).unwrap_or(100);
     let now_ms = flamedb_model::now_nanos() / 1_000_000;
     let requests = Arc::new(workload::requests(&sources, series, 1, now_ms, 0));
     let rate = args.number("--rate", 0)?;
@@ -102,6 +102,12 @@ fn run_push(args: &Args) -> Result<String, String> {
         },
         &requests,
     );
+    if stats.acknowledged == 0 {
+        return Err(format!(
+            "no push was acknowledged; first failure: {}",
+            stats.first_failure.unwrap_or_default()
+        ));
+    }
     Ok(format!(
         "acknowledged {} failed {} in {:.1} s: {:.0} profiles/s, {:.0} samples/s, {:.2} MB/s (uncompressed pprof); latency ms p50 {:.1} p99 {:.1} p99.9 {:.1}{}",
         stats.acknowledged,
@@ -122,7 +128,7 @@ fn run_push(args: &Args) -> Result<String, String> {
 
 fn run_fill(args: &Args) -> Result<String, String> {
     let sources = workload::read_sources(&args.profiles(), workload::DEFAULT_FILES).map_err(|err| err.to_string())?;
-    let series = usize::try_from(args.number("--series", 100)?).unwrap_or(100);
+    let series = usize::try_from(args.number("--series", 100)?.max(1)).unwrap_or(100);
     let per_series = usize::try_from(args.number("--per-series", 144)?.max(1)).unwrap_or(144);
     let hours = i64::try_from(args.number("--hours", 24)?).unwrap_or(24);
     let now_ms = flamedb_model::now_nanos() / 1_000_000;

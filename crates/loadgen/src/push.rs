@@ -60,6 +60,12 @@ impl PushStats {
 /// Pushes `requests` (each client walks them from its own offset) until
 /// `config.duration` has passed.
 pub fn run(config: &PushConfig, requests: &Arc<Vec<Request>>) -> PushStats {
+    if requests.is_empty() {
+        return PushStats {
+            first_failure: Some("nothing to send".to_owned()),
+            ..PushStats::default()
+        };
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let clients = config.clients.max(1);
     let interval = config
