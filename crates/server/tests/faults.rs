@@ -51,6 +51,15 @@ fn assert_clean(checker: &Checker, kills: usize) {
     assert!(report.acknowledged > 5, "{}", report.summary());
 }
 
+/// Checks and prints the report (after `what`); panics on loss, double
+/// counting, wrong values or any push that failed.
+fn assert_clean_and_every_push_acknowledged(checker: &Checker, what: &str) {
+    let report = checker.check().unwrap();
+    println!("{what}{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "a push failed: {}", report.summary());
+}
+
 #[test]
 fn test_rf1_sigkill_during_load_loses_nothing_acknowledged() {
     let dir = shared_dir();
@@ -223,10 +232,7 @@ fn test_rf3_rolling_restart_with_sigterm_fails_no_push() {
         wait_active_ingesters(&front, 3);
     }
     checker.write_for(Duration::from_secs(1));
-    let report = checker.check().unwrap();
-    println!("{}", report.summary());
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "");
 }
 
 #[test]
@@ -250,10 +256,7 @@ fn test_rf3_hung_ingester_does_not_stop_writes_and_rejoins() {
     hung.signal(Signal::SIGCONT);
     wait_active_ingesters(&front, 3);
     checker.write_for(Duration::from_secs(1));
-    let report = checker.check().unwrap();
-    println!("{}", report.summary());
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "");
 }
 
 #[test]
@@ -289,10 +292,7 @@ fn test_rf3_object_storage_down_during_flushes_loses_nothing_and_uploads_resume(
         });
     }
     assert!(!s3.blocks("anonymous").is_empty());
-    let report = checker.check().unwrap();
-    println!("{}", report.summary());
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "");
 }
 
 #[test]
@@ -316,19 +316,14 @@ fn test_rf3_full_disk_on_one_ingester_fails_that_replica_only() {
     assert!(full.is_running(), "the ingester died on a full disk:\n{}", full.log());
     let refused = full.metric("flamedb_ingester_pushes_refused_total{reason=\"wal\"}");
     assert!(refused.unwrap_or(0.0) > 0.0, "the full disk refused nothing");
-    let report = checker.check().unwrap();
-    assert_eq!(report.unacknowledged, 0, "a push failed: {}", report.summary());
+    assert_clean_and_every_push_acknowledged(
+        &checker,
+        &format!("while the disk is full (copies refused: {}): ", refused.unwrap_or(0.0)),
+    );
 
     disk.free_up();
     checker.write_for(Duration::from_secs(1));
-    let report = checker.check().unwrap();
-    println!(
-        "{} refused_by_full_replica={}",
-        report.summary(),
-        refused.unwrap_or(0.0)
-    );
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "after freeing the disk: ");
 }
 
 #[test]
@@ -350,15 +345,9 @@ fn test_rf3_partitioned_ingester_does_not_stop_writes_or_reads() {
     // Pushes answer at two acknowledgements; the copy for ingester-1 waits
     // until the push timeout.
     checker.write_for(Duration::from_secs(3));
-    let report = checker.check().unwrap();
-    println!("during the partition: {}", report.summary());
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "a push failed: {}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "during the partition: ");
 
     link.heal();
     checker.write_for(Duration::from_secs(1));
-    let report = checker.check().unwrap();
-    println!("after healing: {}", report.summary());
-    assert!(report.is_clean(), "{}", report.summary());
-    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert_clean_and_every_push_acknowledged(&checker, "after healing: ");
 }
