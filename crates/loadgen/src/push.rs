@@ -122,72 +122,77 @@ fn push_loop(
         let request = &requests[next % requests.len()];
         next += 1;
         let sent = Instant::now();
-        let answer = http
-            .post(url)
-            .header("content-type", "application/proto")
-            .body(request.body.clone())
-            .send();
+        let answer = push_one(&http, url, request);
         let elapsed = sent.elapsed();
         match answer {
-            Ok(response) if response.status().is_success() => {
+            Ok(()) => {
                 stats.acknowledged += 1;
                 stats.samples += request.samples as u64;
                 stats.pprof_bytes += request.pprof_bytes as u64;
                 stats.latencies.push(elapsed);
             }
-            Ok(response) => {
+            Err(failure) => {
                 stats.failed += 1;
-                if stats.first_failure.is_none() {
-                    let status = response.status();
-                    let body = response.text().unwrap_or_default();
-                    stats.first_failure = Some(format!("{status}: {body}"));
+                let unreachable = matches!(failure, PushFailure::Unreachable(_));
+                stats.first_failure.get_or_insert_with(|| failure.to_string());
+                if unreachable {
+                    // Do not spin.
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-            }
-            Err(err) => {
-                stats.failed += 1;
-                stats.first_failure.get_or_insert_with(|| err.to_string());
-                // Unreachable: do not spin.
-                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
     stats
 }
 
-/// Pushes every request once, from `clients` threads; the first failure
-/// stops it.
-pub fn fill(target: &str, requests: &Arc<Vec<Request>>, clients: usize) -> Result<(), String> {
-    let chunks: Vec<Arc<Vec<Request>>> = requests
-        .chunks(requests.len().div_ceil(clients.max(1)).max(1))
-        .map(|chunk| Arc::new(chunk.to_vec()))
-        .collect();
-    let threads: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let url = format!("http://{target}/push.v1.PusherService/Push");
-            std::thread::spawn(move || -> Result<(), String> {
-                let http = reqwest::blocking::Client::new();
-                for request in chunk.iter() {
-                    let response = http
-                        .post(&url)
-                        .header("content-type", "application/proto")
-                        .body(request.body.clone())
-                        .send()
-                        .map_err(|err| err.to_string())?;
-                    if !response.status().is_success() {
-                        return Err(format!(
-                            "filling: {}: {}",
-                            response.status(),
-                            response.text().unwrap_or_default()
-                        ));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().map_err(|_| "a filling thread panicked".to_owned())??;
+/// Why a push was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+enum PushFailure {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one push request; `Ok` once the server acknowledged it.
+fn push_one(http: &reqwest::blocking::Client, url: &str, request: &Request) -> Result<(), PushFailure> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/proto")
+        .body(request.body.clone())
+        .send()
+        .map_err(|err| PushFailure::Unreachable(err.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
     }
-    Ok(())
+    Err(PushFailure::Refused(format!(
+        "{status}: {}",
+        response.text().unwrap_or_default()
+    )))
+}
+
+/// Pushes every request once, from `clients` threads, each stopping at
+/// its first failure; the error is the first, in request order.
+pub fn fill(target: &str, requests: &[Request], clients: usize) -> Result<(), String> {
+    let url = format!("http://{target}/push.v1.PusherService/Push");
+    let chunk_size = requests.len().div_ceil(clients.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = requests
+            .chunks(chunk_size)
+            .map(|chunk| {
+                let url = url.as_str();
+                scope.spawn(move || -> Result<(), String> {
+                    let http = reqwest::blocking::Client::new();
+                    chunk
+                        .iter()
+                        .try_for_each(|request| push_one(&http, url, request))
+                        .map_err(|failure| format!("filling: {failure}"))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|thread| thread.join().map_err(|_| "a filling thread panicked".to_owned())?)
+    })
 }
