@@ -149,8 +149,8 @@ impl Inner {
         if low {
             warn!(
                 dir = %self.config.data_dir.display(),
-                "disk space is low; the uploaded blocks left hold profiles of the last local_retention, \
-                 which queries read from this ingester only, so they stay"
+                "disk space is low; the uploaded blocks left hold profiles newer than \
+                 -querier.query-store-after, which queries read from the ingesters only, so they stay"
             );
         }
     }
