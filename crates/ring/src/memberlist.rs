@@ -321,6 +321,9 @@ impl RingStore for MemberlistStore {
                 state.set(heartbeat_key(ring, &desc.id), desc.heartbeat_ms);
             })
             .await;
+            // This process's own view holds the change at once: a view
+            // without it made the lifecycler think it had been forgotten.
+            self.refresh().await;
             Ok(())
         })
     }
@@ -340,19 +343,22 @@ impl RingStore for MemberlistStore {
 
     fn leave<'a>(&'a self, ring: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut chitchat = self.chitchat.lock().await;
-            // Older registrations of the instance (a process killed before
-            // a restart) still gossip; a forget marker hides them too.
-            let newest = newest_heartbeat(chitchat.node_states().values(), ring, instance_id);
-            let state = chitchat.self_node_state();
-            for key in [ring_key(ring, instance_id), heartbeat_key(ring, instance_id)] {
-                if state.get(&key).is_some() {
-                    state.delete(&key);
+            {
+                let mut chitchat = self.chitchat.lock().await;
+                // Older registrations of the instance (a process killed
+                // before a restart) still gossip; a forget marker hides them.
+                let newest = newest_heartbeat(chitchat.node_states().values(), ring, instance_id);
+                let state = chitchat.self_node_state();
+                for key in [ring_key(ring, instance_id), heartbeat_key(ring, instance_id)] {
+                    if state.get(&key).is_some() {
+                        state.delete(&key);
+                    }
+                }
+                if let Some(heartbeat) = newest {
+                    state.set_with_ttl(forget_key(ring, instance_id), heartbeat);
                 }
             }
-            if let Some(heartbeat) = newest {
-                state.set_with_ttl(forget_key(ring, instance_id), heartbeat);
-            }
+            self.refresh().await;
             Ok(())
         })
     }

@@ -192,3 +192,14 @@ fn test_the_newest_registration_of_an_instance_wins() {
     assert_eq!(ingesters.len(), 1);
     assert_eq!((ingesters[0].heartbeat_ms, ingesters[0].tokens.clone()), (50, vec![7]));
 }
+
+#[tokio::test]
+async fn test_own_changes_are_in_own_view_at_once() {
+    let transport = ChannelTransport::default();
+    let a = node(&transport, 1601, &[], "test").await;
+    let view = a.watch("ingester");
+    a.publish("ingester", desc("ingester-a", 10)).await.unwrap();
+    assert_eq!(heartbeat_of(&view.borrow(), "ingester-a"), Some(10));
+    a.leave("ingester", "ingester-a").await.unwrap();
+    assert!(view.borrow().is_empty());
+}
