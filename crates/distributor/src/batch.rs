@@ -1,6 +1,6 @@
 //! What one request brought: the decoded profiles with the labels of their
 //! series, and the profiles refused while decoding. The ingest APIs fill a
-//! batch; [`crate::Distributor::push`] takes it.
+//! batch inside [`crate::Distributor::prepare`].
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
-//! The distributor's push pipeline: rate limit, prepare, give IDs and
-//! replicate each batch of decoded profiles.
+//! The distributor's push pipeline: decode, rate limit, prepare and give
+//! IDs on one blocking thread, then replicate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +56,18 @@ impl From<PushError> for RpcError {
     }
 }
 
-/// Takes pushes; cheap to clone.
+/// A request's profiles made ready to store: its series, each with a new
+/// ID, and the profiles refused.
+#[derive(Debug)]
+pub struct Prepared {
+    series: Vec<ReplicatedProfile>,
+    rejections: Vec<Rejection>,
+    /// When the push arrived (for the push latency metric).
+    started: Instant,
+}
+
+/// Takes pushes in two steps, [`Distributor::prepare`] then
+/// [`Distributor::store`]; cheap to clone.
 #[derive(Clone)]
 pub struct Distributor {
     inner: Arc<Inner>,
@@ -108,36 +119,45 @@ impl Distributor {
         (self.inner.limits)(tenant)
     }
 
-    /// An empty batch under the limits of `tenant`.
-    pub fn batch(&self, tenant: &str) -> PushBatch {
-        PushBatch::new(self.limits(tenant))
+    /// Decodes a request with `decode` into a batch under the limits of
+    /// `tenant`, then rate-limits, validates, normalizes and splits each
+    /// profile into series with new IDs. All of it is CPU work, done on one
+    /// blocking thread: off the async workers, so heartbeats and gossip
+    /// never wait behind a large push.
+    pub async fn prepare<F>(&self, tenant: &str, decode: F) -> Result<Prepared, RpcError>
+    where
+        F: FnOnce(&mut PushBatch) -> Result<(), RpcError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let distributor = self.clone();
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = PushBatch::new(distributor.limits(&tenant));
+            decode(&mut batch)?;
+            if batch.is_empty() {
+                return Err(RpcError::invalid_argument("no profiles received"));
+            }
+            let (series, rejections) = distributor.prepare_batch(&tenant, batch);
+            Ok(Prepared {
+                series,
+                rejections,
+                started,
+            })
+        })
+        .await
+        .map_err(|err| RpcError::internal(format!("preparing the push failed: {err}")))?
     }
 
-    /// Stores the profiles of `batch`: each is rate-limited, validated,
-    /// normalized and split into series; the series get IDs and go to a
-    /// quorum of their replicas. The valid profiles are stored even when
-    /// others are refused; the error then lists every refusal.
-    pub async fn push(&self, tenant: &str, batch: PushBatch) -> Result<PushReport, PushError> {
+    /// Writes the series of `prepared` to a quorum of their replicas. The
+    /// valid profiles are stored even when others were refused; the error
+    /// then lists every refusal.
+    pub async fn store(&self, tenant: &str, prepared: Prepared) -> Result<PushReport, PushError> {
         let inner = &self.inner;
-        if batch.is_empty() {
-            return Err(PushError {
-                code: ErrorCode::InvalidArgument,
-                message: "no profiles received".to_owned(),
-            });
-        }
-        let started = Instant::now();
-        // Validation and normalization are CPU work: off the async workers,
-        // so heartbeats and gossip never wait behind a large push.
-        let (series, rejections) = {
-            let distributor = self.clone();
-            let tenant = tenant.to_owned();
-            tokio::task::spawn_blocking(move || distributor.prepare(&tenant, batch))
-                .await
-                .map_err(|err| PushError {
-                    code: ErrorCode::Internal,
-                    message: format!("preparing the profiles failed: {err}"),
-                })?
-        };
+        let Prepared {
+            series,
+            rejections,
+            started,
+        } = prepared;
         let stored = series.len();
         let replicated = if series.is_empty() {
             Ok(())
@@ -175,7 +195,7 @@ impl Distributor {
 
     /// Rate-limits and prepares each profile of `batch`: the series to
     /// store, each with a new ID, and every refusal.
-    fn prepare(&self, tenant: &str, batch: PushBatch) -> (Vec<ReplicatedProfile>, Vec<Rejection>) {
+    fn prepare_batch(&self, tenant: &str, batch: PushBatch) -> (Vec<ReplicatedProfile>, Vec<Rejection>) {
         let inner = &self.inner;
         let PushBatch {
             limits,

@@ -26,7 +26,7 @@ mod remote;
 mod replication;
 
 pub use batch::{BodyTooLarge, PushBatch, Rejection};
-pub use distributor::{Distributor, DistributorConfig, PushError, PushReport};
+pub use distributor::{Distributor, DistributorConfig, Prepared, PushError, PushReport};
 pub use metrics::DistributorMetrics;
 pub use push_api::routes;
 pub use rate_limit::RateLimiter;

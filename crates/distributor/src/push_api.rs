@@ -27,12 +27,8 @@ pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
 /// stored series-profile its own.
 async fn push(distributor: Distributor, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
-    // Decompressing and decoding are CPU work: off the async workers.
-    let batch = {
-        let distributor = distributor.clone();
-        let tenant = tenant.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut batch = distributor.batch(&tenant);
+    let prepared = distributor
+        .prepare(&tenant, move |batch| {
             for series in request.series {
                 let labels = labels_from_pairs(series.labels);
                 for sample in series.samples {
@@ -43,11 +39,9 @@ async fn push(distributor: Distributor, ctx: RequestContext, request: PushReques
                         .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
                 }
             }
-            Ok::<_, RpcError>(batch)
+            Ok(())
         })
-        .await
-        .map_err(|err| RpcError::internal(format!("decoding the push failed: {err}")))??
-    };
-    distributor.push(&tenant, batch).await?;
+        .await?;
+    distributor.store(&tenant, prepared).await?;
     Ok(PushResponse {})
 }

@@ -106,8 +106,8 @@ async fn handle(
     let tenant = tenant.as_str();
     let request = IngestRequest::parse(params)?;
     let format = format(params, headers)?;
-    let mut batch = state.distributor.batch(tenant);
-    let body = read_body(body, batch.limits().ingestion_body_limit_bytes()).await?;
+    let limits = state.distributor.limits(tenant);
+    let body = read_body(body, limits.ingestion_body_limit_bytes()).await?;
     if request
         .name
         .labels
@@ -117,11 +117,12 @@ async fn handle(
         // Pyroscope drops these silently (span profiles of old agents).
         return Ok(());
     }
+    let distributor = &state.distributor;
     match format {
         Format::Folded | Format::Lines => {
             // The text becomes a pprof at least as large: the profile size
             // limit bounds it before any parsing.
-            let max = batch.limits().max_profile_size_bytes;
+            let max = limits.max_profile_size_bytes;
             if max != 0 && body.len() > max {
                 return Err(RpcError::invalid_argument(format!(
                     "the profile of {} ({} bytes) is larger than max_profile_size_bytes ({max} bytes)",
@@ -129,25 +130,24 @@ async fn handle(
                     body.len()
                 )));
             }
-            let text = std::str::from_utf8(&body)
-                .map_err(|err| RpcError::invalid_argument(format!("the body is not UTF-8 text: {err}")))?;
-            let stacks = if format == Format::Lines {
-                text::parse_lines(text)
-            } else {
-                text::parse_folded(text)
-                    .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?
-            };
-            let kind = text::profile_type(&request.name.app_name)
-                .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-            let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
-            let labels = request.labels(kind.metric, &kind.app_name);
-            let size = body.len();
-            batch.add(labels, profile, size);
-            push(state, tenant, batch).await.map_err(RpcError::from)
+            let prepared = distributor
+                .prepare(tenant, move |batch| add_text(batch, &request, &body, format))
+                .await?;
+            distributor
+                .store(tenant, prepared)
+                .await
+                .map(|_| ())
+                .map_err(RpcError::from)
         }
         Format::Pprof => {
-            add_pprof(&mut batch, &request, &body, None)?;
-            push(state, tenant, batch).await.map_err(pprof_error)
+            let prepared = distributor
+                .prepare(tenant, move |batch| add_pprof(batch, &request, &body, None))
+                .await?;
+            distributor
+                .store(tenant, prepared)
+                .await
+                .map(|_| ())
+                .map_err(pprof_error)
         }
         Format::Multipart => {
             let form = read_multipart(headers, body).await?;
@@ -170,14 +170,35 @@ async fn handle(
                 })?),
                 None => None,
             };
-            add_pprof(&mut batch, &request, &profile, config.as_ref())?;
-            push(state, tenant, batch).await.map_err(pprof_error)
+            let prepared = distributor
+                .prepare(tenant, move |batch| {
+                    add_pprof(batch, &request, &profile, config.as_ref())
+                })
+                .await?;
+            distributor
+                .store(tenant, prepared)
+                .await
+                .map(|_| ())
+                .map_err(pprof_error)
         }
     }
 }
 
-async fn push(state: &IngestState, tenant: &str, batch: PushBatch) -> Result<(), PushError> {
-    state.distributor.push(tenant, batch).await.map(|_| ())
+/// Parses folded stacks or lines sent to `/ingest` into a profile of the
+/// type the name's suffix gives, added under the labels of the request.
+fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format: Format) -> Result<(), RpcError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|err| RpcError::invalid_argument(format!("the body is not UTF-8 text: {err}")))?;
+    let stacks = if format == Format::Lines {
+        text::parse_lines(text)
+    } else {
+        text::parse_folded(text).map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?
+    };
+    let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
+    let labels = request.labels(kind.metric, &kind.app_name);
+    batch.add(labels, profile, body.len());
+    Ok(())
 }
 
 /// Decodes a pprof sent to `/ingest`, applies the legacy fix-ups and adds
