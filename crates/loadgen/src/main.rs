@@ -26,6 +26,11 @@ use flamedb_loadgen::push::{self, PushConfig};
 use flamedb_loadgen::query::{QueryClient, Scope};
 use flamedb_loadgen::workload;
 
+/// jemalloc, as in flamedb (see the reason in Cargo.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEFAULT_PROFILES: &str = "../shared/testdata/pprof";
 
 struct Args(Vec<String>);

@@ -31,6 +31,9 @@ use crate::store::{Store, block_query, list_block, merge_block};
 const STRAGGLER_WAIT_MIN: Duration = Duration::from_secs(1);
 /// Profiles asked for per page of `SelectProfiles`.
 const PAGE_SIZE: u32 = 65_536;
+/// Selections of more profiles than this are merged by all their holders,
+/// each a share; smaller ones by as few holders as possible.
+const SPREAD_MERGES_ABOVE: usize = 16_384;
 /// Profile IDs per `MergeProfiles` request (16 bytes each: 8 MiB).
 const IDS_PER_MERGE: usize = 500_000;
 
@@ -44,7 +47,7 @@ pub struct ListedProfile {
 }
 
 /// Where a listed profile is read from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Holder {
     Ingester(usize),
     Block(usize),
@@ -381,15 +384,7 @@ impl Querier {
                 }
             }
         }
-        // Each profile is merged by one of its holders, picked by its ID so
-        // replicas share the work.
-        listing.profiles = holders
-            .into_values()
-            .map(|(profile, holding)| {
-                let holder = holding[usize::from(profile.id.0[15]) % holding.len()];
-                (profile, holder)
-            })
-            .collect();
+        listing.profiles = pick_holders(holders.into_values().collect());
         Ok(listing)
     }
 
@@ -512,6 +507,38 @@ impl Querier {
     }
 }
 
+/// Picks the one holder that merges each profile. A large selection is
+/// spread over the replicas by profile ID, so holders share the work. A
+/// small one goes to as few holders as possible: each profile to the
+/// holder of it that holds the most, so fewer partial trees are sent and
+/// merged again.
+fn pick_holders(listed: Vec<(ListedProfile, Vec<Holder>)>) -> Vec<(ListedProfile, Holder)> {
+    if listed.len() > SPREAD_MERGES_ABOVE {
+        return listed
+            .into_iter()
+            .filter_map(|(profile, holding)| {
+                let holder = *holding.get(usize::from(profile.id.0[15]) % holding.len().max(1))?;
+                Some((profile, holder))
+            })
+            .collect();
+    }
+    let mut held: HashMap<Holder, usize> = HashMap::new();
+    for holder in listed.iter().flat_map(|(_, holding)| holding) {
+        *held.entry(*holder).or_default() += 1;
+    }
+    listed
+        .into_iter()
+        .filter_map(|(profile, holding)| {
+            // The most held, then the first listed: a stable choice.
+            let holder = holding
+                .iter()
+                .copied()
+                .max_by_key(|holder| (held.get(holder), std::cmp::Reverse(*holder)))?;
+            Some((profile, holder))
+        })
+        .collect()
+}
+
 /// Pages through one ingester's `SelectProfiles`.
 async fn list_one(
     mut client: IngesterServiceClient<Channel>,
@@ -585,4 +612,53 @@ fn selectors(matchers: &[String]) -> Result<Vec<Selector>, RpcError> {
 
 fn union(values: impl Iterator<Item = String>) -> Vec<String> {
     values.collect::<BTreeSet<String>>().into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(n: usize, holding: &[Holder]) -> Vec<(ListedProfile, Vec<Holder>)> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                id[15] = i as u8;
+                let profile = ListedProfile {
+                    id: ProfileId(id),
+                    labels: Arc::new(Labels::default()),
+                    time_ms: 0,
+                    total: 1,
+                };
+                (profile, holding.to_vec())
+            })
+            .collect()
+    }
+
+    fn holders_used(picked: &[(ListedProfile, Holder)]) -> HashSet<Holder> {
+        picked.iter().map(|(_, holder)| *holder).collect()
+    }
+
+    #[test]
+    fn test_small_selections_are_merged_by_as_few_holders_as_possible() {
+        let replicas = [Holder::Ingester(2), Holder::Ingester(0), Holder::Ingester(1)];
+        let mut profiles = listed(100, &replicas);
+        // Ingester 1 also holds profiles the others do not: it holds the most.
+        profiles.extend(listed(10, &[Holder::Ingester(1)]));
+        profiles.extend(listed(5, &[Holder::Block(0)]));
+        let picked = pick_holders(profiles);
+        assert_eq!(picked.len(), 115);
+        assert_eq!(
+            holders_used(&picked),
+            HashSet::from([Holder::Ingester(1), Holder::Block(0)])
+        );
+    }
+
+    #[test]
+    fn test_large_selections_are_spread_over_the_holders() {
+        let replicas = [Holder::Ingester(0), Holder::Ingester(1), Holder::Ingester(2)];
+        let picked = pick_holders(listed(SPREAD_MERGES_ABOVE + 1, &replicas));
+        assert_eq!(picked.len(), SPREAD_MERGES_ABOVE + 1);
+        assert_eq!(holders_used(&picked), HashSet::from(replicas));
+    }
 }
