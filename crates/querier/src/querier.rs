@@ -132,7 +132,6 @@ impl Querier {
             .collect();
         let started = tokio::time::Instant::now();
         let mut results: Vec<Option<Result<T, RpcError>>> = instances.iter().map(|_| None).collect();
-        let mut failed = 0;
         let mut pending = instances.len();
         // Until the answers so far make a complete one, wait for all (up to
         // the call timeout); then give the rest as long again as that
@@ -140,7 +139,7 @@ impl Querier {
         // ingester the ring still calls healthy must not hold every query.
         let mut straggler_deadline = None;
         while pending > 0 {
-            if straggler_deadline.is_none() && failed + pending <= set.max_errors {
+            if straggler_deadline.is_none() && set.tolerates(without_answer(&instances, &results)) {
                 straggler_deadline = Some(tokio::time::Instant::now() + started.elapsed().max(STRAGGLER_WAIT_MIN));
             }
             let next = match straggler_deadline {
@@ -152,9 +151,9 @@ impl Querier {
             };
             let Some((index, result)) = next else { break };
             pending -= 1;
-            failed += usize::from(result.is_err());
             results[index] = Some(result);
         }
+        let tolerated = set.tolerates(without_answer(&instances, &results));
         let mut answers = Vec::new();
         let mut failures = Vec::new();
         for (instance, result) in instances.into_iter().zip(results) {
@@ -171,14 +170,14 @@ impl Querier {
                 )),
             }
         }
-        if failures.len() > set.max_errors {
+        if !tolerated {
             return Err(RpcError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "{} of {} ingesters failed, at most {} may for a complete answer: {}",
+                    "{} of {} ingesters failed, and {} for a complete answer: {}",
                     failures.len(),
                     answers.len() + failures.len(),
-                    set.max_errors,
+                    set.tolerance(),
                     failures.join("; ")
                 ),
             ));
@@ -505,6 +504,18 @@ impl Querier {
         })
         .await
     }
+}
+
+/// The instances whose call failed or has not answered.
+fn without_answer<'a, T>(
+    instances: &'a [InstanceDesc],
+    results: &'a [Option<Result<T, RpcError>>],
+) -> impl Iterator<Item = &'a InstanceDesc> {
+    instances
+        .iter()
+        .zip(results)
+        .filter(|(_, result)| !matches!(result, Some(Ok(_))))
+        .map(|(instance, _)| instance)
 }
 
 /// Picks the one holder that merges each profile. A large selection is

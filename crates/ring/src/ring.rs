@@ -79,6 +79,35 @@ impl ReplicationSet<'_> {
     pub fn min_success(&self) -> usize {
         self.instances.len().saturating_sub(self.max_errors)
     }
+
+    /// Whether the operation still succeeds when the calls to `failed`
+    /// (instances of this set) fail: at most `max_errors` of them, or, for
+    /// zone-aware reads, any number within `max_unavailable_zones` zones.
+    pub fn tolerates<'b>(&self, failed: impl IntoIterator<Item = &'b InstanceDesc>) -> bool {
+        let failed: Vec<&InstanceDesc> = failed.into_iter().collect();
+        if failed.len() <= self.max_errors {
+            return true;
+        }
+        if self.max_unavailable_zones == 0 {
+            return false;
+        }
+        let mut zones: Vec<&str> = failed.iter().map(|desc| desc.zone.as_str()).collect();
+        zones.sort_unstable();
+        zones.dedup();
+        zones.len() <= self.max_unavailable_zones
+    }
+
+    /// What [`Self::tolerates`] allows, in words for error messages.
+    pub fn tolerance(&self) -> String {
+        if self.max_unavailable_zones == 0 {
+            format!("at most {} may fail", self.max_errors)
+        } else {
+            format!(
+                "at most {} may fail, or any in {} zone(s)",
+                self.max_errors, self.max_unavailable_zones
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1 as types;
 use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{Tree, now_nanos};
-use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_until};
+use flamedb_testkit::{Flamedb, cluster_flags, start_ingesters, start_ready, wait_active_ingesters, wait_until};
 use prost::Message;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
@@ -593,6 +593,72 @@ fn test_rf3_cluster_counts_every_profile_once_and_tolerates_one_ingester_down() 
 
     // Two down: the answer would be partial, so it is an error.
     ingesters[1].kill();
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: "{}".into(),
+        start,
+        end,
+        ..Default::default()
+    };
+    let (status, body) =
+        call::<_, querier::SelectMergeStacktracesResponse>(&front, "SelectMergeStacktraces", &request).unwrap_err();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ingesters failed") || body.contains("unhealthy"),
+        "{body}"
+    );
+}
+
+#[test]
+fn test_zone_aware_reads_survive_a_whole_zone_down() {
+    let mut flags = cluster_flags(&format!("querier-zones-{}", std::process::id()));
+    flags.push("-distributor.zone-awareness-enabled=true".into());
+    let front = start_ready(
+        BINARY,
+        "distributor-querier",
+        &flags,
+        &["-target=distributor,querier".into()],
+    );
+    let join = format!("-memberlist.join={}", front.gossip.clone().unwrap());
+    let mut ingesters: Vec<Flamedb> = [
+        ("ingester-a1", "zone-a"),
+        ("ingester-a2", "zone-a"),
+        ("ingester-b", "zone-b"),
+        ("ingester-c", "zone-c"),
+    ]
+    .iter()
+    .map(|(id, zone)| {
+        let args = [
+            "-target=ingester".to_owned(),
+            format!("-ingester.lifecycler.ID={id}"),
+            format!("-ingester.availability-zone={zone}"),
+            join.clone(),
+        ];
+        start_ready(BINARY, id, &flags, &args)
+    })
+    .collect();
+    wait_active_ingesters(&front, 4);
+    let base_ms = now_ms() - 600_000;
+    let pushed = push_known(&front, base_ms);
+    let (start, end) = (base_ms - 1_000, now_ms() + 1_000);
+    // One copy per zone: 12 profiles, 36 copies.
+    wait_until(Duration::from_secs(10), "all copies", || {
+        let copies: f64 = ingesters
+            .iter()
+            .map(|node| node.metric("flamedb_ingester_profiles_total").unwrap_or(0.0))
+            .sum();
+        (copies == 36.0).then_some(())
+    });
+    check_answers(&front, &pushed, start, end);
+
+    // Zone a down whole, before the ring notices: two calls fail, but in
+    // one zone, and zones b and c hold a copy of every profile.
+    ingesters[0].kill();
+    ingesters[1].kill();
+    check_answers(&front, &pushed, start, end);
+
+    // A second zone down: the answer would be partial, so it is an error.
+    ingesters[2].kill();
     let request = querier::SelectMergeStacktracesRequest {
         profile_type_id: CPU.into(),
         label_selector: "{}".into(),

@@ -174,6 +174,42 @@ fn test_zone_awareness_one_replica_per_zone() {
 }
 
 #[test]
+fn test_zone_aware_reads_tolerate_failures_within_one_zone() {
+    let instances: Vec<InstanceDesc> = [("a1", "z1"), ("a2", "z1"), ("b1", "z2"), ("c1", "z3")]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, zone))| {
+            let mut desc = instance(id, InstanceState::Active, &[10 + i as u32]);
+            desc.zone = (*zone).to_owned();
+            desc
+        })
+        .collect();
+    let ring = Ring::new(
+        instances.clone(),
+        RingConfig {
+            zone_awareness_enabled: true,
+            ..config(3)
+        },
+    );
+    let set = ring.replication_set_for_all(Operation::Read, NOW).unwrap();
+    assert_eq!((set.max_errors, set.max_unavailable_zones), (0, 1));
+    let by_id = |id: &str| set.instances.iter().copied().find(|desc| desc.id == id).unwrap();
+    assert!(set.tolerates([]));
+    assert!(set.tolerates([by_id("b1")]));
+    assert!(set.tolerates([by_id("a1"), by_id("a2")]));
+    assert!(!set.tolerates([by_id("a1"), by_id("b1")]));
+    assert_eq!(set.tolerance(), "at most 0 may fail, or any in 1 zone(s)");
+
+    // Without zones, the count decides.
+    let ring = Ring::new(instances, config(3));
+    let set = ring.replication_set_for_all(Operation::Read, NOW).unwrap();
+    assert_eq!((set.max_errors, set.max_unavailable_zones), (1, 0));
+    assert!(set.tolerates(set.instances[..1].iter().copied()));
+    assert!(!set.tolerates(set.instances[..2].iter().copied()));
+    assert_eq!(set.tolerance(), "at most 1 may fail");
+}
+
+#[test]
 fn test_reads_over_the_whole_ring() {
     let mut instances = four(ACTIVE4);
     let ring = Ring::new(instances.clone(), config(3));
