@@ -10,7 +10,9 @@ use serde::Serialize;
 /// Connect protocol's (the same as connect-go's), plus `PayloadTooLarge`
 /// for bodies over a size limit (Connect `resource_exhausted`, HTTP 413)
 /// and `UnprocessableEntity` for a legacy `/ingest` pprof that fails
-/// validation (Connect `invalid_argument`, HTTP 422, as Pyroscope answers).
+/// validation (Connect `invalid_argument`, HTTP 422, as Pyroscope answers),
+/// and `RequestTimeout` for a request body not received in time (Connect
+/// `deadline_exceeded`, HTTP 408).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     Canceled,
@@ -31,6 +33,7 @@ pub enum ErrorCode {
     Unauthenticated,
     PayloadTooLarge,
     UnprocessableEntity,
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -40,7 +43,7 @@ impl ErrorCode {
             Self::Canceled => "canceled",
             Self::Unknown => "unknown",
             Self::InvalidArgument | Self::UnprocessableEntity => "invalid_argument",
-            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::DeadlineExceeded | Self::RequestTimeout => "deadline_exceeded",
             Self::NotFound => "not_found",
             Self::AlreadyExists => "already_exists",
             Self::PermissionDenied => "permission_denied",
@@ -72,6 +75,7 @@ impl ErrorCode {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -81,7 +85,7 @@ impl ErrorCode {
             Self::Canceled => 1,
             Self::Unknown => 2,
             Self::InvalidArgument | Self::UnprocessableEntity => 3,
-            Self::DeadlineExceeded => 4,
+            Self::DeadlineExceeded | Self::RequestTimeout => 4,
             Self::NotFound => 5,
             Self::AlreadyExists => 6,
             Self::PermissionDenied => 7,
@@ -185,7 +189,7 @@ impl IntoResponse for RpcError {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 18] = [
+    const ALL: [ErrorCode; 19] = [
         ErrorCode::Canceled,
         ErrorCode::Unknown,
         ErrorCode::InvalidArgument,
@@ -204,12 +208,13 @@ mod tests {
         ErrorCode::Unauthenticated,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnprocessableEntity,
+        ErrorCode::RequestTimeout,
     ];
 
     #[test]
     fn test_connect_http_mapping_matches_connect_go() {
         let expected = [
-            499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401, 413, 422,
+            499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401, 413, 422, 408,
         ];
         for (code, status) in ALL.iter().zip(expected) {
             assert_eq!(code.http_status().as_u16(), status, "{code:?}");
@@ -223,6 +228,7 @@ mod tests {
             let expected = match code {
                 ErrorCode::PayloadTooLarge => ErrorCode::ResourceExhausted,
                 ErrorCode::UnprocessableEntity => ErrorCode::InvalidArgument,
+                ErrorCode::RequestTimeout => ErrorCode::DeadlineExceeded,
                 code => code,
             };
             assert_eq!(back, expected);

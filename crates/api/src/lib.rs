@@ -13,6 +13,7 @@
 //!                     ErrorCode ─▶ HTTP status | Connect code | gRPC status
 //! ```
 
+mod body;
 mod client;
 mod convert;
 mod error;
@@ -51,6 +52,7 @@ pub mod pb {
     }
 }
 
+pub use body::{BodyReadTimeout, with_body_read_timeout};
 pub use client::{IngesterClients, tenant_request};
 pub use convert::{labels_from_pairs, labels_to_pairs, profile_type_to_proto};
 pub use error::{ErrorCode, RpcError};

@@ -227,6 +227,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
                 ErrorCode::PayloadTooLarge,
                 format!("request body is larger than the limit of {limit} bytes"),
             )
+        } else if let Some(timeout) = crate::BodyReadTimeout::find(&err) {
+            RpcError::new(ErrorCode::RequestTimeout, timeout.to_string())
         } else {
             RpcError::new(ErrorCode::InvalidArgument, format!("cannot read request body: {err}"))
         }

@@ -75,6 +75,12 @@ pub const FLAGS: &[Flag] = &[
         "How long in-flight requests may take to finish on SIGTERM or SIGINT.",
     ),
     flag(
+        "server.http-server-read-timeout",
+        "server.http_server_read_timeout",
+        FlagKind::Duration,
+        "How long a request body may take to arrive; a slower one gets 408.",
+    ),
+    flag(
         "log.level",
         "server.log_level",
         FlagKind::String,

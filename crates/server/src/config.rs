@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
+    /// How long a request body may take to arrive (408 after).
+    #[serde(with = "humantime_serde")]
+    pub http_server_read_timeout: Duration,
     /// `debug`, `info`, `warn` or `error`.
     pub log_level: LogLevel,
     /// `logfmt` (human-readable lines) or `json`.
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             http_listen_address: String::new(),
             http_listen_port: 4040,
             graceful_shutdown_timeout: Duration::from_secs(30),
+            http_server_read_timeout: Duration::from_secs(30),
             log_level: LogLevel::Info,
             log_format: LogFormat::Logfmt,
         }
@@ -360,6 +364,7 @@ impl Config {
             ),
             ("memberlist.gossip_interval", self.memberlist.gossip_interval),
             ("distributor.pushtimeout", self.distributor.pushtimeout),
+            ("server.http_server_read_timeout", self.server.http_server_read_timeout),
             ("runtime_config.period", self.runtime_config.period),
         ] {
             if period.is_zero() {

@@ -116,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reloader = overrides.spawn_reloader(config.runtime_config.period, stop_reloading.clone());
 
     let grace = config.server.graceful_shutdown_timeout;
+    let read_timeout = config.server.http_server_read_timeout;
     let mut checks = membership.readiness_checks();
     if let Some(module) = &ingester {
         checks.push(module.readiness_check());
@@ -134,8 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         app = app.merge(routes);
     }
-    let app = app
-        .fallback(route_not_found)
+    let app = flamedb_api::with_body_read_timeout(app.fallback(route_not_found), read_timeout)
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
 
     let stop = CancellationToken::new();

@@ -89,6 +89,50 @@ fn test_bad_flags_and_config_fail_at_start_naming_them() {
     assert!(stderr.contains("unknown field `servr`"), "{stderr}");
 }
 
+/// Sends `head` and the first bytes of a body of `Content-Length: 1000`,
+/// then stalls; returns the status line of the answer.
+fn stall_body(flamedb: &Flamedb, head: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&flamedb.http).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "{head}\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nfoo;bar 1\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(2).any(|window| window == b"\r\n") {
+        match stream.read(&mut buffer).unwrap() {
+            0 => break,
+            read => answer.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn test_a_stalled_request_body_gets_408() {
+    let flamedb = start(&["-server.http-server-read-timeout=1s"]);
+    assert_eq!(
+        stall_body(&flamedb, "POST /ingest?name=app.cpu HTTP/1.1"),
+        "HTTP/1.1 408 Request Timeout"
+    );
+    assert_eq!(
+        stall_body(
+            &flamedb,
+            "POST /push.v1.PusherService/Push HTTP/1.1\r\nContent-Type: application/proto"
+        ),
+        "HTTP/1.1 408 Request Timeout"
+    );
+    // The server goes on.
+    let (status, body) = flamedb
+        .post("/ingest?name=app.cpu", &[], b"foo;bar 1\n".to_vec())
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
 #[test]
 fn test_operator_endpoints() {
     let flamedb = start(&[

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flamedb_api::{ErrorCode, RpcError, Tenancy};
+use flamedb_api::{BodyReadTimeout, ErrorCode, RpcError, Tenancy};
 use flamedb_model::{IngestName, Labels, attime, now_nanos, parse_ingest_name};
 use http_body_util::BodyExt;
 
@@ -251,6 +251,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
             ErrorCode::PayloadTooLarge,
             format!("the request body is larger than ingestion_body_limit_mb ({limit} bytes)"),
         )),
+        Err(err) if let Some(timeout) = BodyReadTimeout::find(&*err) => {
+            Err(RpcError::new(ErrorCode::RequestTimeout, timeout.to_string()))
+        }
         // The client went away or the connection broke.
         Err(err) => Err(RpcError::new(
             ErrorCode::Canceled,
