@@ -71,11 +71,6 @@ impl PushBatch {
         }
     }
 
-    /// The limits the batch is checked against.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Decompresses a pushed `raw_profile` (gzip or plain), within the
     /// profile size limit and the request's body limit. A profile over the
     /// size limit is a rejection; a request over the body limit fails whole.

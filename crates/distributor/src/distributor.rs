@@ -60,6 +60,7 @@ impl From<PushError> for RpcError {
 /// ID, and the profiles refused.
 #[derive(Debug)]
 pub struct Prepared {
+    tenant: String,
     series: Vec<ReplicatedProfile>,
     rejections: Vec<Rejection>,
     /// When the push arrived (for the push latency metric).
@@ -139,6 +140,7 @@ impl Distributor {
             }
             let (series, rejections) = distributor.prepare_batch(&tenant, batch);
             Ok(Prepared {
+                tenant,
                 series,
                 rejections,
                 started,
@@ -151,9 +153,10 @@ impl Distributor {
     /// Writes the series of `prepared` to a quorum of their replicas. The
     /// valid profiles are stored even when others were refused; the error
     /// then lists every refusal.
-    pub async fn store(&self, tenant: &str, prepared: Prepared) -> Result<PushReport, PushError> {
+    pub async fn store(&self, prepared: Prepared) -> Result<PushReport, PushError> {
         let inner = &self.inner;
         let Prepared {
+            tenant,
             series,
             rejections,
             started,
@@ -169,7 +172,7 @@ impl Distributor {
                 &inner.stragglers,
                 inner.config.push_timeout,
                 &inner.metrics,
-                tenant,
+                &tenant,
                 series,
             )
             .await

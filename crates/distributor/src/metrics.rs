@@ -69,7 +69,7 @@ impl DistributorMetrics {
         );
         registry.register(
             "flamedb_distributor_push_duration_seconds",
-            "Time from a push's decoded profiles to its answer (quorum reached or failed)",
+            "Time from a push's body to its answer: decoding, preparing and writing to a quorum of replicas (reached or failed)",
             metrics.push_seconds.clone(),
         );
         registry.register(

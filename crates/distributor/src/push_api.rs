@@ -42,6 +42,6 @@ async fn push(distributor: Distributor, ctx: RequestContext, request: PushReques
             Ok(())
         })
         .await?;
-    distributor.store(&tenant, prepared).await?;
+    distributor.store(prepared).await?;
     Ok(PushResponse {})
 }

@@ -32,7 +32,7 @@ const STRAGGLER_WAIT_MIN: Duration = Duration::from_secs(1);
 /// Profiles asked for per page of `SelectProfiles`.
 const PAGE_SIZE: u32 = 65_536;
 /// Selections of more profiles than this are merged by all their holders,
-/// each a share; smaller ones by as few holders as possible.
+/// each a share; smaller ones by few holders (see `pick_holders`).
 const SPREAD_MERGES_ABOVE: usize = 16_384;
 /// Profile IDs per `MergeProfiles` request (16 bytes each: 8 MiB).
 const IDS_PER_MERGE: usize = 500_000;
@@ -174,7 +174,7 @@ impl Querier {
             return Err(RpcError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "{} of {} ingesters failed, and {} for a complete answer: {}",
+                    "{} of {} ingesters failed; a complete answer allows {}: {}",
                     failures.len(),
                     answers.len() + failures.len(),
                     set.tolerance(),
@@ -383,7 +383,7 @@ impl Querier {
                 }
             }
         }
-        listing.profiles = pick_holders(holders.into_values().collect());
+        listing.profiles = pick_holders(holders.into_values().collect())?;
         Ok(listing)
     }
 
@@ -520,16 +520,22 @@ fn without_answer<'a, T>(
 
 /// Picks the one holder that merges each profile. A large selection is
 /// spread over the replicas by profile ID, so holders share the work. A
-/// small one goes to as few holders as possible: each profile to the
-/// holder of it that holds the most, so fewer partial trees are sent and
-/// merged again.
-fn pick_holders(listed: Vec<(ListedProfile, Vec<Holder>)>) -> Vec<(ListedProfile, Holder)> {
+/// small one goes to few holders: each profile to the holder of it that
+/// holds the most, so fewer partial trees are sent and merged again; ties
+/// go to a holder picked by the selection's IDs, so different queries
+/// load different replicas.
+fn pick_holders(listed: Vec<(ListedProfile, Vec<Holder>)>) -> Result<Vec<(ListedProfile, Holder)>, RpcError> {
+    let no_holder =
+        |profile: &ListedProfile| RpcError::internal(format!("profile {} was listed without a holder", profile.id));
     if listed.len() > SPREAD_MERGES_ABOVE {
         return listed
             .into_iter()
-            .filter_map(|(profile, holding)| {
-                let holder = *holding.get(usize::from(profile.id.0[15]) % holding.len().max(1))?;
-                Some((profile, holder))
+            .map(|(profile, holding)| {
+                let pick = usize::from(profile.id.0[15]) % holding.len().max(1);
+                match holding.get(pick) {
+                    Some(&holder) => Ok((profile, holder)),
+                    None => Err(no_holder(&profile)),
+                }
             })
             .collect();
     }
@@ -537,15 +543,29 @@ fn pick_holders(listed: Vec<(ListedProfile, Vec<Holder>)>) -> Vec<(ListedProfile
     for holder in listed.iter().flat_map(|(_, holding)| holding) {
         *held.entry(*holder).or_default() += 1;
     }
+    let mut order: Vec<Holder> = held.keys().copied().collect();
+    order.sort_unstable();
+    let first = usize::from(
+        listed
+            .iter()
+            .fold(0u8, |sum, (profile, _)| sum.wrapping_add(profile.id.0[14])),
+    ) % order.len().max(1);
+    // 0 for the holder that wins ties, then 1, 2, ... in holder order.
+    let tie_rank = |holder: &Holder| {
+        let rank = order.binary_search(holder).unwrap_or(0);
+        (rank + order.len() - first) % order.len().max(1)
+    };
     listed
         .into_iter()
-        .filter_map(|(profile, holding)| {
-            // The most held, then the first listed: a stable choice.
+        .map(|(profile, holding)| {
             let holder = holding
                 .iter()
                 .copied()
-                .max_by_key(|holder| (held.get(holder), std::cmp::Reverse(*holder)))?;
-            Some((profile, holder))
+                .max_by_key(|holder| (held.get(holder).copied(), std::cmp::Reverse(tie_rank(holder))));
+            match holder {
+                Some(holder) => Ok((profile, holder)),
+                None => Err(no_holder(&profile)),
+            }
         })
         .collect()
 }
@@ -627,6 +647,8 @@ fn union(values: impl Iterator<Item = String>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn listed(n: usize, holding: &[Holder]) -> Vec<(ListedProfile, Vec<Holder>)> {
@@ -634,6 +656,7 @@ mod tests {
             .map(|i| {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                id[14] = i as u8;
                 id[15] = i as u8;
                 let profile = ListedProfile {
                     id: ProfileId(id),
@@ -651,13 +674,13 @@ mod tests {
     }
 
     #[test]
-    fn test_small_selections_are_merged_by_as_few_holders_as_possible() {
+    fn test_small_selections_are_merged_by_few_holders() {
         let replicas = [Holder::Ingester(2), Holder::Ingester(0), Holder::Ingester(1)];
         let mut profiles = listed(100, &replicas);
         // Ingester 1 also holds profiles the others do not: it holds the most.
         profiles.extend(listed(10, &[Holder::Ingester(1)]));
         profiles.extend(listed(5, &[Holder::Block(0)]));
-        let picked = pick_holders(profiles);
+        let picked = pick_holders(profiles).unwrap();
         assert_eq!(picked.len(), 115);
         assert_eq!(
             holders_used(&picked),
@@ -666,9 +689,29 @@ mod tests {
     }
 
     #[test]
+    fn test_ties_go_to_different_replicas_for_different_selections() {
+        let replicas = [Holder::Ingester(0), Holder::Ingester(1), Holder::Ingester(2)];
+        let mut chosen = HashSet::new();
+        for n in 1..40 {
+            let picked = pick_holders(listed(n, &replicas)).unwrap();
+            let used = holders_used(&picked);
+            assert_eq!(used.len(), 1, "one holder for {n} profiles");
+            chosen.extend(used);
+        }
+        assert_eq!(chosen, HashSet::from(replicas));
+    }
+
+    #[test]
+    fn test_a_profile_without_holders_is_an_error_not_a_smaller_answer() {
+        let mut profiles = listed(3, &[Holder::Ingester(0)]);
+        profiles[1].1.clear();
+        assert_eq!(pick_holders(profiles).unwrap_err().code, ErrorCode::Internal);
+    }
+
+    #[test]
     fn test_large_selections_are_spread_over_the_holders() {
         let replicas = [Holder::Ingester(0), Holder::Ingester(1), Holder::Ingester(2)];
-        let picked = pick_holders(listed(SPREAD_MERGES_ABOVE + 1, &replicas));
+        let picked = pick_holders(listed(SPREAD_MERGES_ABOVE + 1, &replicas)).unwrap();
         assert_eq!(picked.len(), SPREAD_MERGES_ABOVE + 1);
         assert_eq!(holders_used(&picked), HashSet::from(replicas));
     }

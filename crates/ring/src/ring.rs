@@ -70,7 +70,8 @@ pub struct ReplicationSet<'a> {
     pub instances: Vec<&'a InstanceDesc>,
     /// Calls that may fail while the operation still succeeds.
     pub max_errors: usize,
-    /// For zone-aware reads: whole zones that may fail besides `max_errors`.
+    /// For zone-aware reads: whole zones that may fail (instead of at most
+    /// `max_errors` calls, which is then 0).
     pub max_unavailable_zones: usize,
 }
 
@@ -83,6 +84,8 @@ impl ReplicationSet<'_> {
     /// Whether the operation still succeeds when the calls to `failed`
     /// (instances of this set) fail: at most `max_errors` of them, or, for
     /// zone-aware reads, any number within `max_unavailable_zones` zones.
+    /// An instance without a zone counts as a zone of its own: nothing
+    /// keeps the copies it holds out of other zoneless instances.
     pub fn tolerates<'b>(&self, failed: impl IntoIterator<Item = &'b InstanceDesc>) -> bool {
         let failed: Vec<&InstanceDesc> = failed.into_iter().collect();
         if failed.len() <= self.max_errors {
@@ -91,7 +94,13 @@ impl ReplicationSet<'_> {
         if self.max_unavailable_zones == 0 {
             return false;
         }
-        let mut zones: Vec<&str> = failed.iter().map(|desc| desc.zone.as_str()).collect();
+        let mut zones: Vec<(&str, &str)> = failed
+            .iter()
+            .map(|desc| match desc.zone.as_str() {
+                "" => ("", desc.id.as_str()),
+                zone => (zone, ""),
+            })
+            .collect();
         zones.sort_unstable();
         zones.dedup();
         zones.len() <= self.max_unavailable_zones
@@ -100,12 +109,9 @@ impl ReplicationSet<'_> {
     /// What [`Self::tolerates`] allows, in words for error messages.
     pub fn tolerance(&self) -> String {
         if self.max_unavailable_zones == 0 {
-            format!("at most {} may fail", self.max_errors)
+            format!("at most {} failed", self.max_errors)
         } else {
-            format!(
-                "at most {} may fail, or any in {} zone(s)",
-                self.max_errors, self.max_unavailable_zones
-            )
+            format!("failures within {} zone(s)", self.max_unavailable_zones)
         }
     }
 }

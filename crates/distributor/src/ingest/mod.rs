@@ -133,21 +133,13 @@ async fn handle(
             let prepared = distributor
                 .prepare(tenant, move |batch| add_text(batch, &request, &body, format))
                 .await?;
-            distributor
-                .store(tenant, prepared)
-                .await
-                .map(|_| ())
-                .map_err(RpcError::from)
+            distributor.store(prepared).await.map(|_| ()).map_err(RpcError::from)
         }
         Format::Pprof => {
             let prepared = distributor
                 .prepare(tenant, move |batch| add_pprof(batch, &request, &body, None))
                 .await?;
-            distributor
-                .store(tenant, prepared)
-                .await
-                .map(|_| ())
-                .map_err(pprof_error)
+            distributor.store(prepared).await.map(|_| ()).map_err(pprof_error)
         }
         Format::Multipart => {
             let form = read_multipart(headers, body).await?;
@@ -175,11 +167,7 @@ async fn handle(
                     add_pprof(batch, &request, &profile, config.as_ref())
                 })
                 .await?;
-            distributor
-                .store(tenant, prepared)
-                .await
-                .map(|_| ())
-                .map_err(pprof_error)
+            distributor.store(prepared).await.map(|_| ()).map_err(pprof_error)
         }
     }
 }

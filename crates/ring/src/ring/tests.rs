@@ -198,7 +198,14 @@ fn test_zone_aware_reads_tolerate_failures_within_one_zone() {
     assert!(set.tolerates([by_id("b1")]));
     assert!(set.tolerates([by_id("a1"), by_id("a2")]));
     assert!(!set.tolerates([by_id("a1"), by_id("b1")]));
-    assert_eq!(set.tolerance(), "at most 0 may fail, or any in 1 zone(s)");
+    assert_eq!(set.tolerance(), "failures within 1 zone(s)");
+    // Instances without a zone are each a zone of their own.
+    let mut zoneless = by_id("a1").clone();
+    zoneless.zone.clear();
+    let mut other = by_id("a2").clone();
+    other.zone.clear();
+    assert!(set.tolerates([&zoneless]));
+    assert!(!set.tolerates([&zoneless, &other]));
 
     // Without zones, the count decides.
     let ring = Ring::new(instances, config(3));
@@ -206,7 +213,7 @@ fn test_zone_aware_reads_tolerate_failures_within_one_zone() {
     assert_eq!((set.max_errors, set.max_unavailable_zones), (1, 0));
     assert!(set.tolerates(set.instances[..1].iter().copied()));
     assert!(!set.tolerates(set.instances[..2].iter().copied()));
-    assert_eq!(set.tolerance(), "at most 1 may fail");
+    assert_eq!(set.tolerance(), "at most 1 failed");
 }
 
 #[test]
