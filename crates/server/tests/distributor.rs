@@ -546,6 +546,32 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
     let tree = merged(&node, "memory:inuse_space:bytes::", r#"{service_name="app"}"#);
     assert_eq!(tree.total(), 3);
 
+    // Speedscope: one series per speedscope profile (`profile_name`),
+    // values in seconds become nanoseconds.
+    let speedscope = br#"{"profiles": [
+        {"type": "sampled", "name": "one", "unit": "seconds", "samples": [[0, 1], [0]], "weights": [2, 0.5]},
+        {"type": "sampled", "name": "two", "unit": "seconds", "samples": [[0]], "weights": [1]}],
+        "shared": {"frames": [{"name": "main"}, {"name": "work"}]}}"#;
+    let (status, answer) = ingest(
+        &node,
+        "name=scoped.cpu&format=speedscope",
+        "application/json",
+        speedscope.to_vec(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let tree = merged(&node, CPU, r#"{service_name="scoped",profile_name="one"}"#);
+    let mut stacks = tree.stacks();
+    stacks.sort();
+    assert_eq!(
+        stacks,
+        vec![
+            (vec!["main".to_owned()], 500_000_000),
+            (vec!["main".to_owned(), "work".to_owned()], 2_000_000_000),
+        ]
+    );
+    let tree = merged(&node, CPU, r#"{service_name="scoped"}"#);
+    assert_eq!(tree.total(), 3_500_000_000);
+
     // Bad input: each with its status, nothing stored.
     for (query, body, expected) in [
         ("name=%7Benv%3Dx%7D", "a 1", 400),
@@ -553,6 +579,7 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
         ("name=app&from=yesterday", "a 1", 400),
         ("name=app", "a;b notanumber", 422),
         ("name=app&format=jfr", "x", 501),
+        ("name=app&format=speedscope", "{\"profiles\": 1}", 422),
     ] {
         let (status, answer) = ingest(&node, query, "text/plain", body.as_bytes().to_vec());
         assert_eq!(status, expected, "{query}: {answer}");

@@ -5,13 +5,16 @@
 //! 100), `spyName` (default `unknown`), `format`; `units` and
 //! `aggregationType` are accepted and unused, as in Pyroscope. Formats:
 //! `format=pprof` (raw pprof body), multipart `profile` (+
-//! `sample_type_config`, `prev_profile`), `format=lines`, and folded stacks
-//! otherwise. Success is 200 with an empty body; errors are JSON
-//! `{"code","message"}`: 400 bad `name` or time (and invalid text
-//! profiles), 413 body over the limit, 422 a pprof that cannot be decoded
-//! or fails validation, 429 limits, 5xx when no quorum.
+//! `sample_type_config`, `prev_profile`), `format=lines`,
+//! `format=speedscope` (one series per speedscope profile, labelled
+//! `profile_name`), and folded stacks otherwise. Success is 200 with an
+//! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
+//! (and invalid text profiles), 408 a body that did not arrive in time, 413
+//! body over the limit, 422 a pprof or speedscope file that cannot be
+//! decoded or fails validation, 429 limits, 5xx when no quorum.
 
 mod pprof;
+mod speedscope;
 mod text;
 
 use std::collections::HashMap;
@@ -30,6 +33,8 @@ use crate::batch::{PushBatch, Rejection};
 use crate::distributor::{Distributor, PushError};
 
 const DEFAULT_SAMPLE_RATE: u32 = 100;
+/// The sample rate of values in nanoseconds (a period of 1 ns).
+const NANOS_PER_SECOND: u32 = 1_000_000_000;
 /// Labels of `name` that start with `__` are dropped, except this one.
 const SESSION_ID: &str = "__session_id__";
 
@@ -55,6 +60,7 @@ enum Format {
     Lines,
     Pprof,
     Multipart,
+    Speedscope,
 }
 
 fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, RpcError> {
@@ -65,7 +71,8 @@ fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Forma
     match params.get("format").map(String::as_str).unwrap_or_default() {
         "pprof" => Ok(Format::Pprof),
         "lines" => Ok(Format::Lines),
-        unsupported @ ("trie" | "tree" | "jfr" | "speedscope") => Err(RpcError::new(
+        "speedscope" => Ok(Format::Speedscope),
+        unsupported @ ("trie" | "tree" | "jfr") => Err(RpcError::new(
             ErrorCode::Unimplemented,
             format!(
                 "format={unsupported} is not supported by flamedb yet: send pprof (format=pprof or multipart), folded stacks or lines"
@@ -119,7 +126,7 @@ async fn handle(
     }
     let distributor = &state.distributor;
     match format {
-        Format::Folded | Format::Lines => {
+        Format::Folded | Format::Lines | Format::Speedscope => {
             // The text becomes a pprof at least as large: the profile size
             // limit bounds it before any parsing.
             let max = limits.max_profile_size_bytes;
@@ -131,7 +138,10 @@ async fn handle(
                 )));
             }
             let prepared = distributor
-                .prepare(tenant, move |batch| add_text(batch, &request, &body, format))
+                .prepare(tenant, move |batch| match format {
+                    Format::Speedscope => add_speedscope(batch, &request, &body),
+                    _ => add_text(batch, &request, &body, format),
+                })
                 .await?;
             distributor.store(prepared).await.map(|_| ()).map_err(RpcError::from)
         }
@@ -186,6 +196,37 @@ fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format:
     let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
     let labels = request.labels(kind.metric, &kind.app_name);
     batch.add(labels, profile, body.len());
+    Ok(())
+}
+
+/// How many stack frames a speedscope file may expand to, per byte of it
+/// (a folded text of the same stacks takes at least 2 bytes per frame).
+const SPEEDSCOPE_FRAMES_PER_BYTE: usize = 8;
+
+/// Parses a speedscope file sent to `/ingest`: one profile per speedscope
+/// profile name, of the type the name's suffix gives, labelled
+/// `profile_name`. Time units make the values nanoseconds unless the
+/// request set its own `sampleRate`.
+fn add_speedscope(batch: &mut PushBatch, request: &IngestRequest, body: &[u8]) -> Result<(), RpcError> {
+    let file = speedscope::parse(body, body.len().saturating_mul(SPEEDSCOPE_FRAMES_PER_BYTE))
+        .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
+    let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    let share = body.len() / file.profiles.len().max(1);
+    for profile in &file.profiles {
+        let in_nanos = kind.timed
+            && request.sample_rate == DEFAULT_SAMPLE_RATE
+            && matches!(profile.unit, speedscope::Unit::Time { .. });
+        let sample_rate = if in_nanos {
+            NANOS_PER_SECOND
+        } else {
+            request.sample_rate
+        };
+        let stacks = file.stacks(profile, in_nanos);
+        let pprof = text::build_profile(&stacks, &kind, sample_rate, request.from, request.until);
+        let mut labels = request.labels(kind.metric, &kind.app_name);
+        labels.set("profile_name", profile.name.as_str());
+        batch.add(labels, pprof, share);
+    }
     Ok(())
 }
 
