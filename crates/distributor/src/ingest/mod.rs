@@ -9,7 +9,7 @@
 //! `format=speedscope` (one series per speedscope profile, labelled
 //! `profile_name`), and folded stacks otherwise. Success is 200 with an
 //! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
-//! (and invalid text profiles), 408 a body that did not arrive in time, 413
+//! (and invalid text profiles), 408 a body that did not arrive (in time), 413
 //! body over the limit, 422 a pprof or speedscope file that cannot be
 //! decoded or fails validation, 429 limits, 5xx when no quorum.
 
@@ -283,9 +283,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
         Err(err) if let Some(timeout) = BodyReadTimeout::find(&*err) => {
             Err(RpcError::new(ErrorCode::RequestTimeout, timeout.to_string()))
         }
-        // The client went away or the connection broke.
+        // Too slow, or the connection broke: 408, as Pyroscope answers.
         Err(err) => Err(RpcError::new(
-            ErrorCode::Canceled,
+            ErrorCode::RequestTimeout,
             format!("cannot read the request body: {err}"),
         )),
     }
