@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use flamedb_model::pprof::{Profile, string_at};
 use flamedb_model::{Labels, ProfileId, SPAN_ID, Selector, Tree};
 use flamedb_storage::{
-    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, Symbols, TimeRange, Ulid,
+    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, Symbols, TimeRange, Ulid, add_samples,
 };
 use flamedb_wal::Position;
 use foldhash::{HashMap, HashMapExt};
@@ -212,17 +212,22 @@ impl Head {
     }
 
     /// Adds the stacks of the profiles matching `query` (only those in
-    /// `only`, when given) to `tree`, by function name.
-    pub fn merge_into(&self, query: &ProfileQuery, only: Option<&HashSet<ProfileId>>, tree: &mut Tree) {
+    /// `only`, when given; only the samples of `spans`, when given) to
+    /// `tree`, by function name.
+    pub fn merge_into(
+        &self,
+        query: &ProfileQuery,
+        only: Option<&HashSet<ProfileId>>,
+        spans: Option<&HashSet<u64>>,
+        tree: &mut Tree,
+    ) {
         let data = self.read();
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
         for row in Self::selected_rows(&data, query) {
             if only.is_some_and(|only| !only.contains(&row.id)) {
                 continue;
             }
-            for (stack, value) in row.stacks.iter().zip(row.values.iter()) {
-                *by_stack.entry(*stack).or_insert(0) += value;
-            }
+            add_samples(&mut by_stack, &row.stacks, &row.values, row.span_ids.as_deref(), spans);
         }
         data.symbols.add_to_tree(by_stack, tree);
     }

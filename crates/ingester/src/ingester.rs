@@ -722,24 +722,25 @@ impl Ingester {
         Ok(page.finish())
     }
 
-    /// The matching profiles (only those in `only`, when given) merged into
-    /// one tree by function name. Reads local blocks: call it where
-    /// blocking is fine.
+    /// The matching profiles (only those in `only`, when given; only the
+    /// samples of `spans`, when given) merged into one tree by function
+    /// name. Reads local blocks: call it where blocking is fine.
     pub fn merge(
         &self,
         tenant: &str,
         query: &ProfileQuery,
         only: Option<&HashSet<ProfileId>>,
+        spans: Option<&HashSet<u64>>,
     ) -> Result<Tree, QueryError> {
         let (heads, blocks) = self.sources(tenant, query.range);
         let mut tree = Tree::new();
         for head in heads {
-            head.merge_into(query, only, &mut tree);
+            head.merge_into(query, only, spans, &mut tree);
         }
         for local in blocks {
             local
                 .block
-                .merge_into(query, only, &mut tree)
+                .merge_into(query, only, spans, &mut tree)
                 .map_err(|source| QueryError {
                     tenant: tenant.to_owned(),
                     source,

@@ -338,8 +338,9 @@ async fn merge_profiles(
     } else {
         None
     };
+    let spans: Option<HashSet<u64>> = (!request.span_ids.is_empty()).then(|| request.span_ids.into_iter().collect());
     let max_nodes = usize::try_from(request.max_nodes).unwrap_or(0);
-    let tree = tokio::task::spawn_blocking(move || ingester.merge(&tenant, &query, only.as_ref()))
+    let tree = tokio::task::spawn_blocking(move || ingester.merge(&tenant, &query, only.as_ref(), spans.as_ref()))
         .await
         .map_err(|err| RpcError::internal(err.to_string()))?
         .map_err(query_error)?;

@@ -114,7 +114,7 @@ fn select_all(ingester: &Ingester, tenant: &str, query: &ProfileQuery) -> Vec<Se
 }
 
 fn total(ingester: &Ingester, tenant: &str) -> i64 {
-    ingester.merge(tenant, &cpu_query("{}"), None).unwrap().total()
+    ingester.merge(tenant, &cpu_query("{}"), None, None).unwrap().total()
 }
 
 #[tokio::test]
@@ -177,7 +177,13 @@ async fn test_only_some_profile_ids() {
         .await
         .unwrap();
     let only = [ProfileId([2; 16])].into_iter().collect();
-    assert_eq!(ingester.merge("t", &cpu_query("{}"), Some(&only)).unwrap().total(), 20);
+    assert_eq!(
+        ingester
+            .merge("t", &cpu_query("{}"), Some(&only), None)
+            .unwrap()
+            .total(),
+        20
+    );
     let early = ProfileQuery {
         range: TimeRange {
             start_ms: 0,
@@ -185,7 +191,7 @@ async fn test_only_some_profile_ids() {
         },
         ..cpu_query("{}")
     };
-    assert_eq!(ingester.merge("t", &early, None).unwrap().total(), 10);
+    assert_eq!(ingester.merge("t", &early, None, None).unwrap().total(), 10);
 }
 
 #[tokio::test]
@@ -357,7 +363,7 @@ async fn test_real_profiles_keep_their_totals() {
         .collect();
     let parts = profiles.len();
     ingester.push("t", profiles).await.unwrap();
-    let tree = ingester.merge("t", &cpu_query("{}"), None).unwrap();
+    let tree = ingester.merge("t", &cpu_query("{}"), None, None).unwrap();
     assert_eq!(tree.total(), expected);
     let selected = select_all(&ingester, "t", &cpu_query("{}"));
     assert_eq!(selected.len(), parts);
@@ -379,7 +385,7 @@ fn sorted(mut stacks: Stacks) -> Stacks {
 }
 
 fn sorted_stacks(ingester: &Ingester, tenant: &str) -> Stacks {
-    sorted(ingester.merge(tenant, &cpu_query("{}"), None).unwrap().stacks())
+    sorted(ingester.merge(tenant, &cpu_query("{}"), None, None).unwrap().stacks())
 }
 
 /// Everything the ingester answers about a tenant, for comparisons.
@@ -591,7 +597,7 @@ async fn test_a_trim_cut_short_by_a_crash_is_finished_at_start() {
     // The old segments are skipped (a block holds them); the 170 is still
     // 40 more than the 130 before it.
     assert_eq!((report.profiles, report.profiles_in_blocks), (1, 0));
-    assert_eq!(restarted.merge("t", &alloc, None).unwrap().total(), 30 + 40);
+    assert_eq!(restarted.merge("t", &alloc, None, None).unwrap().total(), 30 + 40);
 }
 
 #[tokio::test]
@@ -607,11 +613,11 @@ async fn test_cumulative_series_keep_their_deltas_across_a_restart() {
     ingester.push("t", vec![alloc_profile(2_000, 130)]).await.unwrap();
     ingester.flush().await.unwrap();
     ingester.push("t", vec![alloc_profile(3_000, 170)]).await.unwrap();
-    assert_eq!(ingester.merge("t", &alloc, None).unwrap().total(), 30 + 40);
+    assert_eq!(ingester.merge("t", &alloc, None, None).unwrap().total(), 30 + 40);
     drop(ingester);
     // The 130 is in a block, the 170 replayed: its delta is still 40.
     let restarted = context.start();
-    assert_eq!(restarted.merge("t", &alloc, None).unwrap().total(), 30 + 40);
+    assert_eq!(restarted.merge("t", &alloc, None, None).unwrap().total(), 30 + 40);
 }
 
 /// Waits (up to a minute) for `done`.

@@ -405,7 +405,20 @@ impl Querier {
     /// The merged tree of every profile of `selection`, each counted once.
     pub(crate) async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
         let listing = self.list(tenant, selection).await?;
-        self.merge_listing(tenant, selection, &listing).await
+        self.merge_listing(tenant, selection, &listing, None).await
+    }
+
+    /// The merged tree of the samples of `spans` in the profiles of
+    /// `selection`, each profile counted once.
+    pub(crate) async fn merge_spans(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        spans: HashSet<u64>,
+    ) -> Result<Tree, RpcError> {
+        let listing = self.list(tenant, selection).await?;
+        self.merge_listing(tenant, selection, &listing, Some(Arc::new(spans)))
+            .await
     }
 
     /// The merged tree and the listed profiles of `selection`, from one
@@ -416,16 +429,20 @@ impl Querier {
         selection: &ingester::ProfileSelection,
     ) -> Result<(Tree, Vec<ListedProfile>), RpcError> {
         let listing = self.list(tenant, selection).await?;
-        let tree = self.merge_listing(tenant, selection, &listing).await?;
+        let tree = self.merge_listing(tenant, selection, &listing, None).await?;
         Ok((tree, listing.profiles.into_iter().map(|(profile, _)| profile).collect()))
     }
 
+    /// Merges each listed profile on its holder: all samples, or only those
+    /// of `spans`.
     async fn merge_listing(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
         listing: &Listing,
+        spans: Option<Arc<HashSet<u64>>>,
     ) -> Result<Tree, RpcError> {
+        let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         let mut for_ingester: Vec<Vec<Vec<u8>>> = vec![Vec::new(); listing.ingesters.len()];
         let mut for_block: Vec<HashSet<ProfileId>> = vec![HashSet::new(); listing.blocks.len()];
         for (profile, holder) in &listing.profiles {
@@ -445,7 +462,7 @@ impl Querier {
                 let chunks: Vec<Vec<Vec<u8>>> = ids.chunks(IDS_PER_MERGE).map(<[_]>::to_vec).collect();
                 chunks.into_iter().map(move |ids| (instance, ids))
             })
-            .map(|(instance, ids)| self.merge_on(instance, tenant, selection, ids));
+            .map(|(instance, ids)| self.merge_on(instance, tenant, selection, ids, span_ids.clone()));
         let query = block_query(
             &selection.profile_type_id,
             &selection.label_selector,
@@ -457,7 +474,7 @@ impl Querier {
             .iter()
             .zip(for_block)
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids));
+            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids, spans.clone()));
         let (from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         crate::service::off_runtime(move || {
@@ -471,13 +488,15 @@ impl Querier {
         .await
     }
 
-    /// Merges the profiles `ids` on one ingester.
+    /// Merges the profiles `ids` on one ingester (only the samples of
+    /// `span_ids`, when any).
     async fn merge_on(
         &self,
         instance: &InstanceDesc,
         tenant: &str,
         selection: &ingester::ProfileSelection,
         ids: Vec<Vec<u8>>,
+        span_ids: Vec<u64>,
     ) -> Result<Tree, RpcError> {
         let mut client = self.clients.get(&instance.addr)?;
         let request = tenant_request(
@@ -487,6 +506,7 @@ impl Querier {
                 only_listed: true,
                 profile_ids: ids,
                 max_nodes: 0,
+                span_ids,
             },
         )?;
         let merged = tokio::time::timeout(self.timeout, client.merge_profiles(request))

@@ -2,6 +2,7 @@
 //! range, node limits, selectors) as Pyroscope's front end makes them,
 //! then the [`Querier`].
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Router;
@@ -43,6 +44,7 @@ pub fn routes(querier: Querier, limits: TenantLimits, options: RpcOptions) -> Ro
     let router = method!(router, "LabelValues", label_values);
     let router = method!(router, "Series", series);
     let router = method!(router, "SelectMergeStacktraces", select_merge_stacktraces);
+    let router = method!(router, "SelectMergeSpanProfile", select_merge_span_profile);
     let router = method!(router, "SelectMergeProfile", select_merge_profile);
     let router = method!(router, "Diff", diff);
     let router = method!(router, "SelectSeries", select_series);
@@ -141,8 +143,8 @@ async fn select_merge_stacktraces(
         &request.profile_id_selector,
         request.stack_trace_selector.as_ref(),
         &request.trace_id_selector,
-        &request.span_selector,
     )?;
+    let spans = span_ids(&request.span_selector)?;
     let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
     if format == pb::ProfileFormat::Dot {
         return Err(RpcError::new(
@@ -157,7 +159,10 @@ async fn select_merge_stacktraces(
         request.end,
         &limits,
     )?;
-    let tree = merged(&state, tenant, selection.as_ref()).await?;
+    let tree = match spans {
+        Some(spans) => merged_spans(&state, tenant, selection.as_ref(), spans).await?,
+        None => merged(&state, tenant, selection.as_ref()).await?,
+    };
     off_runtime(move || {
         Ok(match format {
             pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
@@ -177,6 +182,81 @@ async fn select_merge_stacktraces(
         })
     })
     .await
+}
+
+/// The samples of some spans (trace to profiles): a flame graph, or tree
+/// bytes with `format` TREE. No span selected is an empty answer.
+async fn select_merge_span_profile(
+    state: State,
+    ctx: RequestContext,
+    request: pb::SelectMergeSpanProfileRequest,
+) -> Result<pb::SelectMergeSpanProfileResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str();
+    let limits = (state.limits)(tenant);
+    let max_nodes = max_nodes(request.max_nodes, &limits)?;
+    let spans = span_ids(&request.span_selector)?.unwrap_or_default();
+    let selection = selection(
+        &request.profile_type_id,
+        &request.label_selector,
+        request.start,
+        request.end,
+        &limits,
+    )?;
+    let tree = if spans.is_empty() {
+        Tree::new()
+    } else {
+        merged_spans(&state, tenant, selection.as_ref(), spans).await?
+    };
+    let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
+    off_runtime(move || {
+        Ok(match format {
+            pb::ProfileFormat::Tree => pb::SelectMergeSpanProfileResponse {
+                tree: tree.encode(max_nodes),
+                ..Default::default()
+            },
+            _ => pb::SelectMergeSpanProfileResponse {
+                flamegraph: Some(flame_graph(&tree, max_nodes)),
+                ..Default::default()
+            },
+        })
+    })
+    .await
+}
+
+/// The span IDs of a span selector (16 hex digits each, as agents label
+/// samples); `None` when it is empty.
+fn span_ids(selector: &[String]) -> Result<Option<HashSet<u64>>, RpcError> {
+    if selector.is_empty() {
+        return Ok(None);
+    }
+    selector
+        .iter()
+        .map(|span| {
+            u64::from_str_radix(span, 16)
+                .ok()
+                .filter(|_| span.len() <= 16)
+                .ok_or_else(|| {
+                    RpcError::invalid_argument(format!(
+                        "span_selector: {span:?} is not a span ID (up to 16 hex digits)"
+                    ))
+                })
+        })
+        .collect::<Result<HashSet<u64>, RpcError>>()
+        .map(Some)
+}
+
+/// The merged samples of `spans` in a selection; empty when there is no
+/// selection.
+async fn merged_spans(
+    state: &State,
+    tenant: &str,
+    selection: Option<&ingester::ProfileSelection>,
+    spans: HashSet<u64>,
+) -> Result<Tree, RpcError> {
+    match selection {
+        Some(selection) => state.querier.merge_spans(tenant, selection, spans).await,
+        None => Ok(Tree::new()),
+    }
 }
 
 /// Runs CPU work (rendering large trees) off the async workers.
@@ -249,7 +329,6 @@ async fn select_merge_profile(
         &request.profile_id_selector,
         request.stack_trace_selector.as_ref(),
         &request.trace_id_selector,
-        &[],
     )?;
     let selection = selection(
         &request.profile_type_id,
@@ -319,7 +398,7 @@ async fn select_series(
             "missing step: step (in seconds) must be above 0",
         ));
     }
-    refuse_unsupported(&[], request.stack_trace_selector.as_ref(), &[], &[])?;
+    refuse_unsupported(&[], request.stack_trace_selector.as_ref(), &[])?;
     // Saturating conversion; a step longer than any range is one point.
     let step_ms = ((request.step * 1000.0) as i64).clamp(1, MAX_STEP_MS);
     let aggregation = match request.aggregation.map(types::TimeSeriesAggregationType::try_from) {
@@ -385,14 +464,12 @@ fn refuse_unsupported(
     profile_ids: &[String],
     stack_trace: Option<&types::StackTraceSelector>,
     trace_ids: &[String],
-    spans: &[String],
 ) -> Result<(), RpcError> {
     let stack_trace = stack_trace.is_some_and(|selector| !selector.call_site.is_empty() || selector.go_pgo.is_some());
     let unsupported = [
         ("profile_id_selector", !profile_ids.is_empty()),
         ("stack_trace_selector", stack_trace),
         ("trace_id_selector", !trace_ids.is_empty()),
-        ("span_selector", !spans.is_empty()),
     ];
     match unsupported.iter().find(|(_, given)| *given) {
         Some((name, _)) => Err(RpcError::new(

@@ -241,16 +241,18 @@ pub(crate) async fn list_block(block: Arc<Block>, query: ProfileQuery) -> Result
     .map_err(|err| RpcError::internal(err.to_string()))?
 }
 
-/// The merged tree of the profiles `only` of `block`.
+/// The merged tree of the profiles `only` of `block` (only the samples of
+/// `spans`, when given).
 pub(crate) async fn merge_block(
     block: Arc<Block>,
     query: ProfileQuery,
     only: HashSet<ProfileId>,
+    spans: Option<Arc<HashSet<u64>>>,
 ) -> Result<Tree, RpcError> {
     tokio::task::spawn_blocking(move || {
         let mut tree = Tree::new();
         block
-            .merge_into(&query, Some(&only), &mut tree)
+            .merge_into(&query, Some(&only), spans.as_deref(), &mut tree)
             .map_err(|err| store_error(format!("cannot read block {}: {err}", block.meta().id)))?;
         Ok(tree)
     })

@@ -675,6 +675,83 @@ fn test_zone_aware_reads_survive_a_whole_zone_down() {
     );
 }
 
+/// A CPU profile whose samples carry span IDs: main;work in span a1 (30),
+/// main;idle in span b2 (50), main;gc in none (20).
+fn span_profile(time_ms: i64) -> Vec<u8> {
+    let mut builder = StackProfileBuilder::new("cpu", "nanoseconds")
+        .period("cpu", "nanoseconds", 10_000_000)
+        .time(time_ms * 1_000_000, 0);
+    builder.add(["main", "work"], 30);
+    builder.add(["main", "idle"], 50);
+    builder.add(["main", "gc"], 20);
+    let mut profile = builder.build();
+    let key = profile.string_table.len() as i64;
+    profile
+        .string_table
+        .extend(["span_id", "00000000000000a1", "00000000000000b2"].map(String::from));
+    assert_eq!(profile.sample.len(), 3);
+    for (sample, span) in profile.sample.iter_mut().zip([key + 1, key + 2]) {
+        sample.label.push(flamedb_model::pprof::Label {
+            key,
+            str: span,
+            ..Default::default()
+        });
+    }
+    profile.encode_to_vec()
+}
+
+#[test]
+fn test_span_selectors_merge_only_the_samples_of_those_spans() {
+    let dir = flamedb_testkit::shared_dir();
+    let data = format!("-pyroscopedb.data-path={}", dir.path().join("data").display());
+    let node = start_ready(BINARY, "single", &[data], &[]);
+    let time = now_ms() - 60_000;
+    push(&node, "traced", span_profile(time));
+    let (start, end) = (time - 1_000, now_ms() + 1_000);
+    let span_total = |spans: &[&str]| -> Result<i64, (u16, String)> {
+        let request = querier::SelectMergeSpanProfileRequest {
+            profile_type_id: CPU.into(),
+            label_selector: r#"{service_name="traced"}"#.into(),
+            span_selector: spans.iter().map(ToString::to_string).collect(),
+            start,
+            end,
+            ..Default::default()
+        };
+        let response: querier::SelectMergeSpanProfileResponse = call(&node, "SelectMergeSpanProfile", &request)?;
+        Ok(response.flamegraph.unwrap_or_default().total)
+    };
+    let stacktraces_total = |spans: &[&str]| -> i64 {
+        let request = querier::SelectMergeStacktracesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: r#"{service_name="traced"}"#.into(),
+            span_selector: spans.iter().map(ToString::to_string).collect(),
+            start,
+            end,
+            ..Default::default()
+        };
+        let response: querier::SelectMergeStacktracesResponse =
+            call(&node, "SelectMergeStacktraces", &request).unwrap();
+        response.flamegraph.unwrap().total
+    };
+    let check = || {
+        assert_eq!(span_total(&["00000000000000a1"]), Ok(30));
+        assert_eq!(span_total(&["a1", "b2"]), Ok(80));
+        assert_eq!(span_total(&["c3"]), Ok(0));
+        assert_eq!(span_total(&[]), Ok(0));
+        assert_eq!(stacktraces_total(&["b2"]), 50);
+        assert_eq!(stacktraces_total(&[]), 100);
+    };
+    check();
+    let (status, body) = span_total(&["not-a-span"]).unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("span_selector"), "{body}");
+    // The same from the block the head is flushed into.
+    let (status, _) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+    assert_eq!(status, 200);
+    assert!(std::fs::read_dir(dir.path().join("data/blocks")).is_ok_and(|mut entries| entries.next().is_some()));
+    check();
+}
+
 /// Flushes `node`'s heads to blocks and waits until they are uploaded.
 fn flush_and_upload(node: &Flamedb) {
     let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();

@@ -1,6 +1,8 @@
 //! What queries ask for and what they get back, the same for heads and
 //! blocks.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use flamedb_model::{Labels, Matcher, PROFILE_TYPE, ProfileId, Selector};
@@ -66,6 +68,35 @@ pub type ProfileKey = (i64, u64, ProfileId);
 impl SelectedProfile {
     pub fn key(&self) -> ProfileKey {
         (self.time_nanos, self.fingerprint, self.id)
+    }
+}
+
+/// Adds samples (stack, value) to `by_stack`: all of them, or with `spans`
+/// only those whose span ID (`span_ids`, one per sample; 0 for none) is in
+/// it.
+pub fn add_samples<S: BuildHasher>(
+    by_stack: &mut HashMap<u32, i64, S>,
+    stacks: &[u32],
+    values: &[i64],
+    span_ids: Option<&[u64]>,
+    spans: Option<&HashSet<u64>>,
+) {
+    match spans {
+        None => {
+            for (&stack, &value) in stacks.iter().zip(values) {
+                *by_stack.entry(stack).or_insert(0) += value;
+            }
+        }
+        Some(spans) => {
+            let Some(span_ids) = span_ids else {
+                return;
+            };
+            for ((&stack, &value), span) in stacks.iter().zip(values).zip(span_ids) {
+                if *span != 0 && spans.contains(span) {
+                    *by_stack.entry(stack).or_insert(0) += value;
+                }
+            }
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, FORMAT_VERSION};
 
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
-use crate::{ProfileQuery, ProfileRow, SelectedProfile};
+use crate::{ProfileQuery, ProfileRow, SelectedProfile, add_samples};
 pub use profiles::FILE as PROFILES_FILE;
 pub(crate) use remote::RemoteFile;
 
@@ -463,27 +463,31 @@ impl Block {
     }
 
     /// Adds the stacks of the profiles matching `query` (only those in
-    /// `only`, when given) to `tree`, by function name.
+    /// `only`, when given; only the samples of `spans`, when given) to
+    /// `tree`, by function name.
     pub fn merge_into(
         &self,
         query: &ProfileQuery,
         only: Option<&HashSet<ProfileId>>,
+        spans: Option<&HashSet<u64>>,
         tree: &mut Tree,
     ) -> Result<(), BlockError> {
         let (_, ranges) = self.ranges(query);
         if ranges.is_empty() {
             return Ok(());
         }
+        let want = match spans {
+            Some(_) => profiles::Want::SamplesAndSpans,
+            None => profiles::Want::Samples,
+        };
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
-        self.read_rows(ranges, profiles::Want::Samples, |row| {
+        self.read_rows(ranges, want, |row| {
             if !query.range.contains(row.time_nanos.div_euclid(1_000_000))
                 || only.is_some_and(|only| !only.contains(&row.id))
             {
                 return;
             }
-            for (&stack, &value) in row.stacks.iter().zip(row.values) {
-                *by_stack.entry(stack).or_insert(0) += value;
-            }
+            add_samples(&mut by_stack, row.stacks, row.values, row.span_ids, spans);
         })?;
         self.symbols()?.add_to_tree(by_stack, tree);
         Ok(())

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use arrow_array::builder::{FixedSizeBinaryBuilder, Int64Builder, ListBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt32Type};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use flamedb_model::ProfileId;
 use parquet::arrow::ArrowWriter;
@@ -43,6 +43,7 @@ const TIME: usize = 2;
 const TOTAL: usize = 3;
 const STACKS: usize = 4;
 const VALUES: usize = 5;
+const SPAN_IDS: usize = 6;
 
 fn item(data_type: DataType) -> Arc<Field> {
     Arc::new(Field::new("item", data_type, false))
@@ -175,6 +176,8 @@ pub(crate) fn write<'a>(
 pub(crate) enum Want {
     Totals,
     Samples,
+    /// Samples and the span ID of each.
+    SamplesAndSpans,
 }
 
 /// One row as a read hands it out.
@@ -187,6 +190,8 @@ pub(crate) struct RowView<'a> {
     /// Empty unless samples were asked for.
     pub stacks: &'a [u32],
     pub values: &'a [i64],
+    /// One per sample, if spans were asked for and the row has them.
+    pub span_ids: Option<&'a [u64]>,
 }
 
 /// Reads the rows in `ranges` (sorted, disjoint) of the table in `file`
@@ -223,6 +228,7 @@ pub(crate) fn read<R: ChunkReader + 'static>(
     columns.extend_from_slice(match want {
         Want::Totals => &[TOTAL],
         Want::Samples => &[STACKS, VALUES],
+        Want::SamplesAndSpans => &[STACKS, VALUES, SPAN_IDS],
     });
     let projection = ProjectionMask::roots(builder.parquet_schema(), columns);
     let reader = builder
@@ -245,10 +251,21 @@ fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>
     let times = column("time_nanos")?.as_primitive_opt::<Int64Type>()?.values();
     let totals = match want {
         Want::Totals => Some(column("total")?.as_primitive_opt::<Int64Type>()?.values()),
-        Want::Samples => None,
+        Want::Samples | Want::SamplesAndSpans => None,
+    };
+    let spans = match want {
+        Want::SamplesAndSpans => {
+            let spans = column("span_ids")?.as_list_opt::<i32>()?;
+            Some((
+                spans,
+                spans.value_offsets(),
+                spans.values().as_primitive_opt::<UInt64Type>()?.values(),
+            ))
+        }
+        Want::Totals | Want::Samples => None,
     };
     let samples = match want {
-        Want::Samples => {
+        Want::Samples | Want::SamplesAndSpans => {
             let stacks = column("stacks")?.as_list_opt::<i32>()?;
             let values = column("values")?.as_list_opt::<i32>()?;
             Some((
@@ -261,19 +278,29 @@ fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>
         Want::Totals => None,
     };
     for row in 0..batch.num_rows() {
+        let slice = |offsets: &[i32]| -> Option<Range<usize>> {
+            Some(usize::try_from(*offsets.get(row)?).ok()?..usize::try_from(*offsets.get(row + 1)?).ok()?)
+        };
         let (stacks, values): (&[u32], &[i64]) = match samples {
             Some((stack_offsets, stack_values, value_offsets, value_values)) => {
-                let span = |offsets: &[i32]| -> Option<Range<usize>> {
-                    Some(usize::try_from(offsets[row]).ok()?..usize::try_from(offsets[row + 1]).ok()?)
-                };
-                let stacks = stack_values.get(span(stack_offsets)?)?;
-                let values = value_values.get(span(value_offsets)?)?;
+                let stacks = stack_values.get(slice(stack_offsets)?)?;
+                let values = value_values.get(slice(value_offsets)?)?;
                 if stacks.len() != values.len() {
                     return None;
                 }
                 (stacks, values)
             }
             None => (&[], &[]),
+        };
+        let span_ids = match spans {
+            Some((list, offsets, ids)) if !list.is_null(row) => {
+                let ids = ids.get(slice(offsets)?)?;
+                if ids.len() != stacks.len() {
+                    return None;
+                }
+                Some(ids)
+            }
+            _ => None,
         };
         each(RowView {
             id: ProfileId::from_slice(ids.value(row))?,
@@ -282,6 +309,7 @@ fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>
             total: totals.map_or_else(|| values.iter().sum(), |totals| totals[row]),
             stacks,
             values,
+            span_ids,
         });
     }
     Some(())

@@ -146,7 +146,7 @@ fn block_answer(block: &Block, query: &ProfileQuery, only: Option<&HashSet<Profi
         .unwrap();
     profiles.sort();
     let mut tree = Tree::new();
-    block.merge_into(query, only, &mut tree).unwrap();
+    block.merge_into(query, only, None, &mut tree).unwrap();
     (profiles, sorted_stacks(&tree))
 }
 
@@ -205,6 +205,18 @@ fn test_block_answers_what_its_source_answered() {
     let (_, stacks) = block_answer(&block, &everything, Some(&only));
     assert_eq!(stacks, source.answer(&everything, Some(&only)).1);
     assert_eq!(stacks.iter().map(|(_, value)| value).sum::<i64>(), 12 + 5);
+
+    // Span filters: rows 0 and 2 carry span IDs 0 (none) and 2 on every
+    // sample, rows 1 and 3 no span IDs.
+    let spans = |ids: &[u64]| -> i64 {
+        let spans: HashSet<u64> = ids.iter().copied().collect();
+        let mut tree = Tree::new();
+        block.merge_into(&everything, None, Some(&spans), &mut tree).unwrap();
+        tree.total()
+    };
+    assert_eq!(spans(&[2]), 4 + 9);
+    assert_eq!(spans(&[0, 2]), 4 + 9);
+    assert_eq!(spans(&[1, 3, 7]), 0);
 }
 
 #[test]
@@ -223,7 +235,7 @@ fn test_damaged_blocks_are_refused_with_the_file_named() {
     fs::write(&symbols, &bytes).unwrap();
     let block = Block::open(&block_dir).unwrap();
     let err = block
-        .merge_into(&query("{}", TimeRange::ALL), None, &mut Tree::new())
+        .merge_into(&query("{}", TimeRange::ALL), None, None, &mut Tree::new())
         .unwrap_err();
     assert!(err.to_string().contains(SYMBOLS_FILE), "{err}");
     assert!(block.verify().is_err());
