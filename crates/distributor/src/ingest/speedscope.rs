@@ -474,6 +474,48 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any events and samples: an answer or an error, never a panic;
+        /// stacks stay within the frame budget and hold no negative value.
+        #[test]
+        fn test_any_profile_parses_or_is_refused(
+            events in proptest::collection::vec((0u8..3, 0u32..50, 0usize..5), 0..40),
+            samples in proptest::collection::vec((proptest::collection::vec(0usize..5, 0..6), 0u32..9), 0..20),
+            budget in 1usize..200,
+        ) {
+            let mut at = 0;
+            let events: Vec<String> = events
+                .iter()
+                .map(|&(kind, step, frame)| {
+                    at += step;
+                    let kind = ["O", "C", "X"][usize::from(kind)];
+                    format!(r#"{{"type": "{kind}", "at": {at}, "frame": {frame}}}"#)
+                })
+                .collect();
+            let (stacks, weights): (Vec<String>, Vec<String>) = samples
+                .iter()
+                .map(|(stack, weight)| (format!("{stack:?}"), weight.to_string()))
+                .unzip();
+            let body = file(&format!(
+                r#"{{"type": "evented", "name": "e", "unit": "none", "startValue": 0, "events": [{}]}},
+                   {{"type": "sampled", "name": "s", "unit": "seconds", "samples": [{}], "weights": [{}]}}"#,
+                events.join(","),
+                stacks.join(","),
+                weights.join(",")
+            ));
+            if let Ok(parsed) = parse(body.as_bytes(), budget) {
+                let mut frames = 0;
+                for profile in &parsed.profiles {
+                    for (stack, value) in parsed.stacks(profile, true) {
+                        frames += stack.len();
+                        proptest::prop_assert!(value > 0);
+                    }
+                }
+                proptest::prop_assert!(frames <= budget);
+            }
+        }
+    }
+
     #[test]
     fn test_the_real_speedscope_files() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/speedscope");
