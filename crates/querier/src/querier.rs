@@ -402,22 +402,16 @@ impl Querier {
             .collect())
     }
 
-    /// The merged tree of every profile of `selection`, each counted once.
-    pub(crate) async fn merge(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Tree, RpcError> {
-        let listing = self.list(tenant, selection).await?;
-        self.merge_listing(tenant, selection, &listing, None).await
-    }
-
-    /// The merged tree of the samples of `spans` in the profiles of
-    /// `selection`, each profile counted once.
-    pub(crate) async fn merge_spans(
+    /// The merged tree of every profile of `selection` (only the samples
+    /// of `spans`, when given), each profile counted once.
+    pub(crate) async fn merge(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
-        spans: HashSet<u64>,
+        spans: Option<HashSet<u64>>,
     ) -> Result<Tree, RpcError> {
         let listing = self.list(tenant, selection).await?;
-        self.merge_listing(tenant, selection, &listing, Some(Arc::new(spans)))
+        self.merge_listing(tenant, selection, &listing, spans.map(Arc::new))
             .await
     }
 

@@ -205,7 +205,7 @@ async fn render_dot(render: &RenderState, params: &Params, headers: &HeaderMap) 
     let Some(selection) = selection(&profile_type, &selector, from, until, &limits)? else {
         return Ok(String::new());
     };
-    let tree = state.querier.merge(tenant, &selection).await?;
+    let tree = state.querier.merge(tenant, &selection, None).await?;
     crate::service::off_runtime(move || {
         let truncated = Tree::decode(&tree.encode(SOURCE_NODES)).map_err(|err| RpcError::internal(err.to_string()))?;
         Ok(to_dot(&truncated, shown, &parsed_type.sample_unit))
@@ -300,7 +300,7 @@ async fn render_diff_json(render: &RenderState, params: &Params, headers: &Heade
     let right_selection = selection(&right.0, &right.1, right.2, right.3, &limits)?;
     let merge = |selection: Option<ingester::ProfileSelection>| async move {
         match selection {
-            Some(selection) => state.querier.merge(tenant, &selection).await,
+            Some(selection) => state.querier.merge(tenant, &selection, None).await,
             None => Ok(Tree::new()),
         }
     };

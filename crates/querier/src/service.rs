@@ -159,10 +159,7 @@ async fn select_merge_stacktraces(
         request.end,
         &limits,
     )?;
-    let tree = match spans {
-        Some(spans) => merged_spans(&state, tenant, selection.as_ref(), spans).await?,
-        None => merged(&state, tenant, selection.as_ref()).await?,
-    };
+    let tree = merged(&state, tenant, selection.as_ref(), spans).await?;
     off_runtime(move || {
         Ok(match format {
             pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
@@ -205,7 +202,7 @@ async fn select_merge_span_profile(
     let tree = if spans.is_empty() {
         Tree::new()
     } else {
-        merged_spans(&state, tenant, selection.as_ref(), spans).await?
+        merged(&state, tenant, selection.as_ref(), Some(spans)).await?
     };
     let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
     off_runtime(move || {
@@ -245,20 +242,6 @@ fn span_ids(selector: &[String]) -> Result<Option<HashSet<u64>>, RpcError> {
         .map(Some)
 }
 
-/// The merged samples of `spans` in a selection; empty when there is no
-/// selection.
-async fn merged_spans(
-    state: &State,
-    tenant: &str,
-    selection: Option<&ingester::ProfileSelection>,
-    spans: HashSet<u64>,
-) -> Result<Tree, RpcError> {
-    match selection {
-        Some(selection) => state.querier.merge_spans(tenant, selection, spans).await,
-        None => Ok(Tree::new()),
-    }
-}
-
 /// Runs CPU work (rendering large trees) off the async workers.
 pub(crate) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
@@ -268,11 +251,17 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
         .map_err(|err| RpcError::internal(format!("the query failed: {err}")))?
 }
 
-/// The merged tree of a selection; empty when there is none (a range
-/// wholly before the lookback limit).
-async fn merged(state: &State, tenant: &str, selection: Option<&ingester::ProfileSelection>) -> Result<Tree, RpcError> {
+/// The merged tree of a selection (only the samples of `spans`, when
+/// given); empty when there is none (a range wholly before the lookback
+/// limit).
+async fn merged(
+    state: &State,
+    tenant: &str,
+    selection: Option<&ingester::ProfileSelection>,
+    spans: Option<HashSet<u64>>,
+) -> Result<Tree, RpcError> {
     match selection {
-        Some(selection) => state.querier.merge(tenant, selection).await,
+        Some(selection) => state.querier.merge(tenant, selection, spans).await,
         None => Ok(Tree::new()),
     }
 }
@@ -337,7 +326,7 @@ async fn select_merge_profile(
         request.end,
         &limits,
     )?;
-    let tree = merged(&state, tenant, selection.as_ref()).await?;
+    let tree = merged(&state, tenant, selection.as_ref(), None).await?;
     off_runtime(move || pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)).await
 }
 
@@ -370,8 +359,8 @@ async fn diff(state: State, ctx: RequestContext, request: pb::DiffRequest) -> Re
         &limits,
     )?;
     let (left_tree, right_tree) = futures_util::try_join!(
-        merged(&state, tenant, left_selection.as_ref()),
-        merged(&state, tenant, right_selection.as_ref())
+        merged(&state, tenant, left_selection.as_ref(), None),
+        merged(&state, tenant, right_selection.as_ref(), None)
     )?;
     let graph = off_runtime(move || Ok(Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes))).await?;
     Ok(pb::DiffResponse {
