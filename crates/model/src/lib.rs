@@ -22,6 +22,7 @@ mod dot;
 pub mod gzip;
 mod ingest;
 mod ingest_name;
+pub mod jfr;
 mod labels;
 mod limits;
 mod normalize;

@@ -578,7 +578,8 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
         ("name=my.app", "a 1", 400),
         ("name=app&from=yesterday", "a 1", 400),
         ("name=app", "a;b notanumber", 422),
-        ("name=app&format=jfr", "x", 501),
+        ("name=app&format=jfr", "x", 422),
+        ("name=app&format=tree", "x", 501),
         ("name=app&format=speedscope", "{\"profiles\": 1}", 422),
     ] {
         let (status, answer) = ingest(&node, query, "text/plain", body.as_bytes().to_vec());
@@ -589,6 +590,46 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
     // The push shows up in the ingester's metrics.
     assert!(node.metric("flamedb_ingester_profiles_total").unwrap() >= 2.0);
     assert!(node.metric("flamedb_distributor_received_profiles_total").unwrap() >= 2.0);
+}
+
+#[test]
+fn test_jfr_from_the_java_agent_is_stored_as_cpu_per_context() {
+    let Some(pprof_dir) = testdata_dir() else { return };
+    let dir = pprof_dir.join("../jfr");
+    let node = start("single", &[]);
+    let cpu = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+    // Raw (gzipped) recording: 478 CPU samples of 10 ms.
+    let kafka = std::fs::read(dir.join("cortex-dev-01__kafka-0__cpu__0.jfr.gz")).unwrap();
+    let (status, body) = ingest(
+        &node,
+        "name=kafka%7Benv%3Ddev%7D&format=jfr&from=now-10s&until=now&spyName=javaspy",
+        "application/octet-stream",
+        kafka,
+    );
+    assert_eq!((status, body.as_str()), (200, ""));
+    let tree = merged(
+        &node,
+        cpu,
+        r#"{service_name="kafka",env="dev",jfr_event="cpu",pyroscope_spy="javaspy"}"#,
+    );
+    assert_eq!(tree.total(), 478 * 10_000_000);
+
+    // Multipart with async-profiler context labels: one series per
+    // context, 2188 samples in all.
+    let jfr = std::fs::read(dir.join("dump1.jfr.gz")).unwrap();
+    let labels = std::fs::read(dir.join("dump1.labels.pb.gz")).unwrap();
+    let (content_type, body) = multipart(&[("jfr", &jfr), ("labels", &labels)]);
+    let (status, answer) = ingest(&node, "name=app&format=jfr&from=now-10s&until=now", &content_type, body);
+    assert_eq!((status, answer.as_str()), (200, ""));
+    let all = r#"{service_name="app",jfr_event="itimer"}"#;
+    assert_eq!(merged(&node, cpu, all).total(), 2188 * 10_000_000);
+    assert_eq!(stored_ids(&node, cpu, all).len(), 5);
+
+    // Not a recording: 422, nothing stored.
+    let (content_type, body) = multipart(&[("jfr", b"FLR\0 broken")]);
+    let (status, answer) = ingest(&node, "name=broken&format=jfr", &content_type, body);
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("JFR"), "{answer}");
 }
 
 /// A CPU profile of `size` bytes or so, stamped now.

@@ -7,12 +7,15 @@
 //! `format=pprof` (raw pprof body), multipart `profile` (+
 //! `sample_type_config`, `prev_profile`), `format=lines`,
 //! `format=speedscope` (one series per speedscope profile, labelled
-//! `profile_name`), and folded stacks otherwise. Success is 200 with an
+//! `profile_name`), `format=jfr` (the CPU samples of a Java Flight
+//! Recorder file, raw or multipart `jfr` + `labels`), and folded stacks
+//! otherwise. Success is 200 with an
 //! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
 //! (and invalid text profiles), 408 a body that did not arrive (in time), 413
 //! body over the limit, 422 a pprof or speedscope file that cannot be
 //! decoded or fails validation, 429 limits, 5xx when no quorum.
 
+mod jfr;
 mod pprof;
 mod speedscope;
 mod text;
@@ -61,6 +64,8 @@ enum Format {
     Pprof,
     Multipart,
     Speedscope,
+    /// Raw JFR, or multipart `jfr` + `labels`.
+    Jfr,
 }
 
 fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, RpcError> {
@@ -72,10 +77,11 @@ fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Forma
         "pprof" => Ok(Format::Pprof),
         "lines" => Ok(Format::Lines),
         "speedscope" => Ok(Format::Speedscope),
-        unsupported @ ("trie" | "tree" | "jfr") => Err(RpcError::new(
+        "jfr" => Ok(Format::Jfr),
+        unsupported @ ("trie" | "tree") => Err(RpcError::new(
             ErrorCode::Unimplemented,
             format!(
-                "format={unsupported} is not supported by flamedb yet: send pprof (format=pprof or multipart), folded stacks or lines"
+                "format={unsupported} is not supported by flamedb yet: send pprof (format=pprof or multipart), JFR, speedscope, folded stacks or lines"
             ),
         )),
         _ if content_type.contains("binary/octet-stream+trie") || content_type.contains("binary/octet-stream+tree") => {
@@ -86,9 +92,16 @@ fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Forma
                 ),
             ))
         }
-        _ if content_type.contains("multipart/form-data") => Ok(Format::Multipart),
+        _ if is_multipart(headers) => Ok(Format::Multipart),
         _ => Ok(Format::Folded),
     }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|content_type| content_type.contains("multipart/form-data"))
 }
 
 async fn ingest(
@@ -144,6 +157,23 @@ async fn handle(
                 })
                 .await?;
             distributor.store(prepared).await.map(|_| ()).map_err(RpcError::from)
+        }
+        Format::Jfr => {
+            let (jfr, labels) = if is_multipart(headers) {
+                let form = read_multipart(headers, body).await?;
+                let jfr = form.jfr.ok_or_else(|| {
+                    RpcError::new(ErrorCode::UnprocessableEntity, "the multipart body has no jfr field")
+                })?;
+                (jfr, form.labels)
+            } else {
+                (body, None)
+            };
+            let prepared = distributor
+                .prepare(tenant, move |batch| {
+                    jfr::add_jfr(batch, &request, &jfr, labels.as_deref())
+                })
+                .await?;
+            distributor.store(prepared).await.map(|_| ()).map_err(pprof_error)
         }
         Format::Pprof => {
             let prepared = distributor
@@ -297,6 +327,8 @@ struct Form {
     profile: Option<Bytes>,
     prev_profile: Option<Bytes>,
     sample_type_config: Option<Bytes>,
+    jfr: Option<Bytes>,
+    labels: Option<Bytes>,
 }
 
 async fn read_multipart(headers: &HeaderMap, body: Bytes) -> Result<Form, RpcError> {
@@ -315,6 +347,8 @@ async fn read_multipart(headers: &HeaderMap, body: Bytes) -> Result<Form, RpcErr
             Some("profile") => &mut form.profile,
             Some("prev_profile") => &mut form.prev_profile,
             Some("sample_type_config") => &mut form.sample_type_config,
+            Some("jfr") => &mut form.jfr,
+            Some("labels") => &mut form.labels,
             _ => continue,
         };
         *slot = Some(field.bytes().await.map_err(bad)?);
@@ -448,8 +482,13 @@ mod tests {
             Format::Pprof
         );
         assert_eq!(
-            format(&params(&[("format", "jfr")]), &headers).unwrap_err().code,
+            format(&params(&[("format", "tree")]), &headers).unwrap_err().code,
             ErrorCode::Unimplemented
+        );
+        assert_eq!(format(&params(&[("format", "jfr")]), &headers).unwrap(), Format::Jfr);
+        assert_eq!(
+            format(&params(&[("format", "speedscope")]), &headers).unwrap(),
+            Format::Speedscope
         );
     }
 }

@@ -1,0 +1,666 @@
+//! Java Flight Recorder files as the Pyroscope Java agent (async-profiler)
+//! sends them: the CPU samples (`jdk.ExecutionSample`), each with its
+//! stack of frame names and async-profiler's context ID, and the profiling
+//! event the recording was made with (`cpu`, `itimer`, `wall`).
+//!
+//! A file is a series of chunks. Each chunk has a header, a metadata event
+//! that describes every type (classes with typed fields), constant pools
+//! (stack traces, methods, classes, symbols, strings, ...) and events whose
+//! fields refer to the pools. Integers are LEB128-style varints when the
+//! chunk says so, else big-endian. Every length and count read from the
+//! input is checked against the bytes left, and nesting is bounded, so a
+//! damaged or hostile file is refused without a large allocation.
+//!
+//! Frame names are `class.method` with classes in their internal form
+//! (`java/lang/Thread.run`); classes the JVM generates with a counter lose
+//! it (`App$$Lambda$75.0x0000000800c22a28` → `App$$Lambda_`), as Pyroscope
+//! names them, so a frame keeps one name across restarts.
+
+use std::collections::{BTreeMap, HashMap};
+
+const MAGIC: &[u8; 4] = b"FLR\0";
+const HEADER_BYTES: usize = 68;
+const METADATA_EVENT: i64 = 0;
+const CONSTANT_POOL_EVENT: i64 = 1;
+/// Nesting of metadata elements and of values; real files use a few levels.
+const MAX_DEPTH: usize = 32;
+/// Sampling events of other profile types, not read yet: counted so the
+/// caller can say what it did not store.
+const OTHER_SAMPLES: [&str; 8] = [
+    "jdk.ObjectAllocationInNewTLAB",
+    "jdk.ObjectAllocationOutsideTLAB",
+    "jdk.ObjectAllocationSample",
+    "jdk.JavaMonitorEnter",
+    "jdk.ThreadPark",
+    "profiler.LiveObject",
+    "profiler.Malloc",
+    "profiler.WallClockSample",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JfrError {
+    #[error("not a JFR file (no FLR magic at byte {offset})")]
+    Magic { offset: usize },
+    #[error("the JFR file is damaged at byte {offset}: {what}")]
+    Damaged { offset: usize, what: String },
+}
+
+/// What a recording holds that flamedb stores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recording {
+    /// The profiling event (`cpu`, `itimer`, `wall`), when the recording
+    /// says.
+    pub event: Option<String>,
+    /// Frame names; stacks refer to them by index.
+    pub names: Vec<String>,
+    /// CPU samples by context ID and stack (indices into `names`, root
+    /// first), with how many samples each.
+    pub cpu: HashMap<(i64, Vec<u32>), u64>,
+    /// Events of other profile types (allocations, locks, wall clock), by
+    /// event name: not read.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// Reads every chunk of `data`.
+pub fn parse(data: &[u8]) -> Result<Recording, JfrError> {
+    let mut recording = Recording::default();
+    let mut names: HashMap<String, u32> = HashMap::new();
+    let mut start = 0;
+    while start < data.len() {
+        start = parse_chunk(data, start, &mut recording, &mut names)?;
+    }
+    Ok(recording)
+}
+
+fn damaged(offset: usize, what: impl Into<String>) -> JfrError {
+    JfrError::Damaged {
+        offset,
+        what: what.into(),
+    }
+}
+
+/// Reads the chunk at `start`; returns where the next one starts.
+fn parse_chunk(
+    data: &[u8],
+    start: usize,
+    recording: &mut Recording,
+    names: &mut HashMap<String, u32>,
+) -> Result<usize, JfrError> {
+    let mut header = Reader::new(data, start, data.len(), false);
+    if header.bytes(4)? != MAGIC {
+        return Err(JfrError::Magic { offset: start });
+    }
+    let _version = header.bytes(4)?;
+    let size = header.fixed_i64()?;
+    let _constant_pool_offset = header.fixed_i64()?;
+    let metadata_offset = header.fixed_i64()?;
+    let _start_nanos = header.fixed_i64()?;
+    let _duration_nanos = header.fixed_i64()?;
+    let _start_ticks = header.fixed_i64()?;
+    let _ticks_per_second = header.fixed_i64()?;
+    let features = header.fixed_i32()?;
+    let compressed = features & 1 != 0;
+    let end = usize::try_from(size)
+        .ok()
+        .and_then(|size| start.checked_add(size))
+        .filter(|&end| end <= data.len() && end >= start + HEADER_BYTES)
+        .ok_or_else(|| damaged(start + 8, format!("a chunk size of {size} bytes")))?;
+    let metadata_at = usize::try_from(metadata_offset)
+        .ok()
+        .and_then(|offset| start.checked_add(offset))
+        .filter(|&at| at >= start + HEADER_BYTES && at < end)
+        .ok_or_else(|| damaged(start + 24, format!("a metadata offset of {metadata_offset}")))?;
+    let types = Types::parse(&mut Reader::new(data, metadata_at, end, compressed))?;
+
+    let mut pools: HashMap<(i64, i64), Value> = HashMap::new();
+    // Samples and settings refer to pools that may come later in the chunk.
+    let mut samples: Vec<(Value, i64)> = Vec::new();
+    let mut settings: Vec<(Value, Value)> = Vec::new();
+    let mut at = start + HEADER_BYTES;
+    while at < end {
+        let mut event = Reader::new(data, at, end, compressed);
+        let size = event.int()?;
+        let event_end = usize::try_from(size)
+            .ok()
+            .filter(|&size| size > 0)
+            .and_then(|size| at.checked_add(size))
+            .filter(|&event_end| event_end <= end)
+            .ok_or_else(|| damaged(at, format!("an event size of {size} bytes")))?;
+        event.end = event_end;
+        let kind = event.long()?;
+        match kind {
+            METADATA_EVENT => {}
+            CONSTANT_POOL_EVENT => read_pools(&mut event, &types, &mut pools)?,
+            kind if Some(kind) == types.execution_sample => {
+                let class = types.class(kind, event.pos)?;
+                let Value::Object(fields) = read_object(&mut event, &types, class, 0)? else {
+                    return Err(damaged(at, "an execution sample that is not an object"));
+                };
+                let stack = class.field(&fields, "stackTrace").cloned().unwrap_or(Value::Null);
+                let context = match class.field(&fields, "contextId") {
+                    Some(Value::Int(context)) => *context,
+                    _ => 0,
+                };
+                samples.push((stack, context));
+            }
+            kind if Some(kind) == types.active_setting => {
+                let class = types.class(kind, event.pos)?;
+                if let Value::Object(fields) = read_object(&mut event, &types, class, 0)? {
+                    let field = |name| class.field(&fields, name).cloned().unwrap_or(Value::Null);
+                    settings.push((field("name"), field("value")));
+                }
+            }
+            kind => {
+                if let Some(class) = types.classes.get(&kind)
+                    && OTHER_SAMPLES.contains(&class.name.as_str())
+                {
+                    *recording.skipped.entry(class.name.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        at = event_end;
+    }
+
+    let resolver = Resolver {
+        types: &types,
+        pools: &pools,
+    };
+    for (name, value) in settings {
+        if resolver.string(&name).as_deref() == Some("event")
+            && let Some(value) = resolver.string(&value)
+        {
+            recording.event = Some(value);
+        }
+    }
+    for (stack, context) in samples {
+        let frames = resolver.frames(&stack, names, &mut recording.names);
+        *recording.cpu.entry((context, frames)).or_insert(0) += 1;
+    }
+    Ok(end)
+}
+
+/// Constant pools of one checkpoint event.
+fn read_pools(event: &mut Reader<'_>, types: &Types, pools: &mut HashMap<(i64, i64), Value>) -> Result<(), JfrError> {
+    let _start = event.long()?;
+    let _duration = event.long()?;
+    let _delta = event.long()?;
+    let _kind = event.u8()?;
+    let count = event.count()?;
+    for _ in 0..count {
+        let class_id = event.long()?;
+        let class = types.class(class_id, event.pos)?;
+        let entries = event.count()?;
+        for _ in 0..entries {
+            let index = event.long()?;
+            let value = read_value(event, types, class, 0)?;
+            pools.insert((class_id, index), value);
+        }
+    }
+    Ok(())
+}
+
+/// A value of a field: numbers, text, a reference into a pool, an array or
+/// an object (fields in their class's order).
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Null,
+    Int(i64),
+    Float,
+    Text(String),
+    Ref { class: i64, index: i64 },
+    Array(Vec<Value>),
+    Object(Vec<Value>),
+}
+
+fn read_value(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usize) -> Result<Value, JfrError> {
+    Ok(match class.name.as_str() {
+        "boolean" | "byte" => Value::Int(i64::from(reader.u8()?)),
+        "char" | "short" | "int" => Value::Int(i64::from(reader.int()?)),
+        "long" => Value::Int(reader.long()?),
+        "float" => {
+            reader.bytes(4)?;
+            Value::Float
+        }
+        "double" => {
+            reader.bytes(8)?;
+            Value::Float
+        }
+        "java.lang.String" => match reader.string()? {
+            Text::Null => Value::Null,
+            Text::Inline(text) => Value::Text(text),
+            Text::Pool(index) => Value::Ref { class: class.id, index },
+        },
+        _ => read_object(reader, types, class, depth)?,
+    })
+}
+
+fn read_object(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usize) -> Result<Value, JfrError> {
+    if depth > MAX_DEPTH {
+        return Err(damaged(reader.pos, "values nested too deep"));
+    }
+    let mut fields = Vec::with_capacity(class.fields.len());
+    for field in &class.fields {
+        let read_one = |reader: &mut Reader<'_>| -> Result<Value, JfrError> {
+            if field.pool {
+                Ok(Value::Ref {
+                    class: field.type_id,
+                    index: reader.long()?,
+                })
+            } else {
+                read_value(reader, types, types.class(field.type_id, reader.pos)?, depth + 1)
+            }
+        };
+        let value = if field.array {
+            let count = reader.count()?;
+            let mut items = Vec::new();
+            for _ in 0..count {
+                items.push(read_one(reader)?);
+            }
+            Value::Array(items)
+        } else {
+            read_one(reader)?
+        };
+        fields.push(value);
+    }
+    Ok(Value::Object(fields))
+}
+
+/// Follows references into the pools to frame names and strings.
+struct Resolver<'a> {
+    types: &'a Types,
+    pools: &'a HashMap<(i64, i64), Value>,
+}
+
+impl Resolver<'_> {
+    /// `value`, or what it refers to, with its class.
+    fn deref<'v>(&'v self, value: &'v Value, class: i64) -> Option<(&'v Value, &'v Class)> {
+        match value {
+            Value::Ref { class, index } => {
+                let value = self.pools.get(&(*class, *index))?;
+                Some((value, self.types.classes.get(class)?))
+            }
+            value => Some((value, self.types.classes.get(&class)?)),
+        }
+    }
+
+    /// The text of a string value or of a reference to one.
+    fn string(&self, value: &Value) -> Option<String> {
+        match value {
+            Value::Text(text) => Some(text.clone()),
+            Value::Ref { class, index } => match self.pools.get(&(*class, *index))? {
+                Value::Text(text) => Some(text.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The field `name` of an object value (or of the object a reference
+    /// points to) of class `class`.
+    fn field<'v>(&'v self, value: &'v Value, class: i64, name: &str) -> Option<(&'v Value, i64)> {
+        let (value, class) = self.deref(value, class)?;
+        let Value::Object(fields) = value else { return None };
+        let index = class.fields.iter().position(|field| field.name == name)?;
+        Some((fields.get(index)?, class.fields[index].type_id))
+    }
+
+    /// The `string` of a symbol.
+    fn symbol(&self, value: &Value, class: i64) -> Option<String> {
+        let (text, _) = self.field(value, class, "string")?;
+        self.string(text)
+    }
+
+    /// The frames of a stack trace, root first, as indices into `names`.
+    fn frames(&self, stack: &Value, index: &mut HashMap<String, u32>, names: &mut Vec<String>) -> Vec<u32> {
+        let Some(stack_class) = self.types.stack_trace else {
+            return Vec::new();
+        };
+        let Some((Value::Array(frames), frame_class)) = self.field(stack, stack_class, "frames") else {
+            return Vec::new();
+        };
+        let mut out: Vec<u32> = frames
+            .iter()
+            .map(|frame| {
+                let name = self
+                    .frame_name(frame, frame_class)
+                    .unwrap_or_else(|| "unknown".to_owned());
+                match index.get(&name) {
+                    Some(&id) => id,
+                    None => {
+                        let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                        index.insert(name.clone(), id);
+                        names.push(name);
+                        id
+                    }
+                }
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    fn frame_name(&self, frame: &Value, frame_class: i64) -> Option<String> {
+        let (method, method_class) = self.field(frame, frame_class, "method")?;
+        let class_name = self
+            .field(method, method_class, "type")
+            .and_then(|(class, class_id)| {
+                let (name, symbol_class) = self.field(class, class_id, "name")?;
+                self.symbol(name, symbol_class)
+            })
+            .unwrap_or_default();
+        let (name, symbol_class) = self.field(method, method_class, "name")?;
+        let method_name = self.symbol(name, symbol_class)?;
+        Some(format!("{}.{method_name}", without_generated_suffix(&class_name)))
+    }
+}
+
+/// Class names the JVM generates with a counter lose it, so the frame
+/// keeps one name across runs: `App$$Lambda$75.0x0000000800c22a28` and
+/// `App$$Lambda/0x...` become `App$$Lambda_`, reflection accessors
+/// (`jdk/internal/reflect/GeneratedMethodAccessor12`) end in `_`.
+fn without_generated_suffix(class: &str) -> std::borrow::Cow<'_, str> {
+    const ACCESSORS: [&str; 3] = [
+        "GeneratedMethodAccessor",
+        "GeneratedConstructorAccessor",
+        "GeneratedSerializationConstructorAccessor",
+    ];
+    for accessor in ACCESSORS {
+        if let Some(at) = class.find(accessor) {
+            let end = at + accessor.len();
+            let rest = &class[end..];
+            let after = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            if after.len() < rest.len() {
+                return format!("{}_{after}", &class[..end]).into();
+            }
+        }
+    }
+    const LAMBDA: &str = "$$Lambda";
+    let Some(at) = class.find(LAMBDA) else {
+        return class.into();
+    };
+    let rest = &class[at + LAMBDA.len()..];
+    let digits = rest
+        .strip_prefix('$')
+        .map_or(rest, |after| after.trim_start_matches(|c: char| c.is_ascii_digit()));
+    let Some(hex) = digits.strip_prefix(".0x").or_else(|| digits.strip_prefix("/0x")) else {
+        return class.into();
+    };
+    let after = hex.trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    format!("{}_{after}", &class[..at + LAMBDA.len()]).into()
+}
+
+/// A field of a class.
+#[derive(Debug, Clone)]
+struct Field {
+    name: String,
+    type_id: i64,
+    /// The value is a reference into the type's constant pool.
+    pool: bool,
+    array: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Class {
+    id: i64,
+    name: String,
+    fields: Vec<Field>,
+}
+
+impl Class {
+    fn field<'v>(&self, values: &'v [Value], name: &str) -> Option<&'v Value> {
+        let index = self.fields.iter().position(|field| field.name == name)?;
+        values.get(index)
+    }
+}
+
+/// The types of a chunk, from its metadata event.
+#[derive(Debug, Default)]
+struct Types {
+    classes: HashMap<i64, Class>,
+    execution_sample: Option<i64>,
+    active_setting: Option<i64>,
+    stack_trace: Option<i64>,
+}
+
+impl Types {
+    fn class(&self, id: i64, offset: usize) -> Result<&Class, JfrError> {
+        self.classes
+            .get(&id)
+            .ok_or_else(|| damaged(offset, format!("type {id} is not in the metadata")))
+    }
+
+    fn parse(reader: &mut Reader<'_>) -> Result<Self, JfrError> {
+        let at = reader.pos;
+        let size = reader.int()?;
+        reader.end = usize::try_from(size)
+            .ok()
+            .and_then(|size| at.checked_add(size))
+            .filter(|&end| end <= reader.end)
+            .ok_or_else(|| damaged(at, format!("a metadata size of {size} bytes")))?;
+        if reader.long()? != METADATA_EVENT {
+            return Err(damaged(at, "the metadata offset does not point at the metadata"));
+        }
+        let _start = reader.long()?;
+        let _duration = reader.long()?;
+        let _id = reader.long()?;
+        let count = reader.count()?;
+        let mut strings = Vec::new();
+        for _ in 0..count {
+            strings.push(match reader.string()? {
+                Text::Inline(text) => text,
+                Text::Null | Text::Pool(_) => String::new(),
+            });
+        }
+        let root = Element::parse(reader, &strings, 0)?;
+        let mut types = Self::default();
+        for metadata in root.children.iter().filter(|element| element.name == "metadata") {
+            for class in metadata.children.iter().filter(|element| element.name == "class") {
+                let id = class.attribute("id").and_then(|id| id.parse().ok());
+                let Some(id) = id else { continue };
+                let name = class.attribute("name").unwrap_or_default().to_owned();
+                let fields = class
+                    .children
+                    .iter()
+                    .filter(|element| element.name == "field")
+                    .map(|field| Field {
+                        name: field.attribute("name").unwrap_or_default().to_owned(),
+                        type_id: field.attribute("class").and_then(|id| id.parse().ok()).unwrap_or(-1),
+                        pool: field.attribute("constantPool") == Some("true"),
+                        array: field.attribute("dimension") == Some("1"),
+                    })
+                    .collect();
+                match name.as_str() {
+                    "jdk.ExecutionSample" => types.execution_sample = Some(id),
+                    "jdk.ActiveSetting" => types.active_setting = Some(id),
+                    "jdk.types.StackTrace" => types.stack_trace = Some(id),
+                    _ => {}
+                }
+                types.classes.insert(id, Class { id, name, fields });
+            }
+        }
+        Ok(types)
+    }
+}
+
+/// An element of the metadata tree.
+#[derive(Debug)]
+struct Element {
+    name: String,
+    attributes: Vec<(String, String)>,
+    children: Vec<Element>,
+}
+
+impl Element {
+    fn parse(reader: &mut Reader<'_>, strings: &[String], depth: usize) -> Result<Self, JfrError> {
+        if depth > MAX_DEPTH {
+            return Err(damaged(reader.pos, "metadata nested too deep"));
+        }
+        let string = |reader: &mut Reader<'_>| -> Result<String, JfrError> {
+            let at = reader.pos;
+            let index = reader.int()?;
+            usize::try_from(index)
+                .ok()
+                .and_then(|index| strings.get(index))
+                .cloned()
+                .ok_or_else(|| damaged(at, format!("metadata string {index} does not exist")))
+        };
+        let name = string(reader)?;
+        let count = reader.count()?;
+        let mut attributes = Vec::new();
+        for _ in 0..count {
+            attributes.push((string(reader)?, string(reader)?));
+        }
+        let count = reader.count()?;
+        let mut children = Vec::new();
+        for _ in 0..count {
+            children.push(Self::parse(reader, strings, depth + 1)?);
+        }
+        Ok(Self {
+            name,
+            attributes,
+            children,
+        })
+    }
+
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+enum Text {
+    Null,
+    Inline(String),
+    Pool(i64),
+}
+
+/// Reads the bytes of `data` between `pos` and `end`.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    end: usize,
+    compressed: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(data: &'a [u8], pos: usize, end: usize, compressed: bool) -> Self {
+        Self {
+            data,
+            pos,
+            end: end.min(data.len()),
+            compressed,
+        }
+    }
+
+    /// Bytes left before `end`.
+    fn left(&self) -> usize {
+        self.end.saturating_sub(self.pos)
+    }
+
+    fn bytes(&mut self, count: usize) -> Result<&'a [u8], JfrError> {
+        let end = self
+            .pos
+            .checked_add(count)
+            .filter(|&end| end <= self.end)
+            .ok_or_else(|| damaged(self.pos, format!("{count} bytes needed, {} left", self.left())))?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, JfrError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn fixed_i64(&mut self) -> Result<i64, JfrError> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.bytes(8)?);
+        Ok(i64::from_be_bytes(bytes))
+    }
+
+    fn fixed_i32(&mut self) -> Result<i32, JfrError> {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(self.bytes(4)?);
+        Ok(i32::from_be_bytes(bytes))
+    }
+
+    /// A varint of up to 9 bytes (the ninth holds 8 bits).
+    fn varint(&mut self) -> Result<i64, JfrError> {
+        let mut value: u64 = 0;
+        for shift in 0..8 {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << (7 * shift);
+            if byte & 0x80 == 0 {
+                return Ok(value as i64);
+            }
+        }
+        value |= u64::from(self.u8()?) << 56;
+        Ok(value as i64)
+    }
+
+    fn long(&mut self) -> Result<i64, JfrError> {
+        if self.compressed {
+            self.varint()
+        } else {
+            self.fixed_i64()
+        }
+    }
+
+    fn int(&mut self) -> Result<i32, JfrError> {
+        if self.compressed {
+            // Ints are varints of their 32 bits.
+            Ok(self.varint()? as i32)
+        } else {
+            self.fixed_i32()
+        }
+    }
+
+    /// A count of items that follow: each takes at least one byte (or is
+    /// bounded by the bytes left), so a count over them is damage.
+    fn count(&mut self) -> Result<usize, JfrError> {
+        let at = self.pos;
+        let count = self.int()?;
+        usize::try_from(count)
+            .ok()
+            .filter(|&count| count <= self.left())
+            .ok_or_else(|| damaged(at, format!("a count of {count} with {} bytes left", self.left())))
+    }
+
+    fn string(&mut self) -> Result<Text, JfrError> {
+        let at = self.pos;
+        Ok(match self.u8()? {
+            0 => Text::Null,
+            1 => Text::Inline(String::new()),
+            2 => Text::Pool(self.long()?),
+            3 => {
+                let length = self.count()?;
+                let bytes = self.bytes(length)?;
+                Text::Inline(String::from_utf8(bytes.to_vec()).map_err(|_| damaged(at, "a string that is not UTF-8"))?)
+            }
+            4 => {
+                let length = self.count()?;
+                let mut text = String::with_capacity(length);
+                for _ in 0..length {
+                    let code = self.int()?;
+                    text.push(
+                        u32::try_from(code)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .unwrap_or(char::REPLACEMENT_CHARACTER),
+                    );
+                }
+                Text::Inline(text)
+            }
+            5 => {
+                let length = self.count()?;
+                Text::Inline(self.bytes(length)?.iter().map(|&byte| char::from(byte)).collect())
+            }
+            encoding => return Err(damaged(at, format!("string encoding {encoding}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::gzip::gunzip;
+use crate::pprof::{decode_plain, string_at};
+
+fn testdata() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/jfr");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent", dir.display());
+        None
+    }
+}
+
+fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    gunzip(&std::fs::read(dir.join(name)).unwrap(), 1 << 30).unwrap()
+}
+
+type Stacks = BTreeMap<Vec<String>, i64>;
+
+/// The stacks of an expected pprof (root first), by function name.
+fn expected_stacks(dir: &std::path::Path, name: &str) -> Stacks {
+    let profile = decode_plain(&read(dir, name)).unwrap();
+    let function_of = |location_id: u64| -> String {
+        let location = profile
+            .location
+            .iter()
+            .find(|location| location.id == location_id)
+            .unwrap();
+        let function_id = location.line[0].function_id;
+        let function = profile
+            .function
+            .iter()
+            .find(|function| function.id == function_id)
+            .unwrap();
+        string_at(&profile, function.name).to_owned()
+    };
+    let mut stacks = Stacks::new();
+    for sample in &profile.sample {
+        let mut frames: Vec<String> = sample.location_id.iter().map(|&id| function_of(id)).collect();
+        frames.reverse();
+        *stacks.entry(frames).or_insert(0) += sample.value[0];
+    }
+    stacks
+}
+
+/// Fails with the first stacks that differ.
+fn assert_same(ours: &Stacks, expected: &Stacks) {
+    let tail = |(stack, value): (&Vec<String>, &i64)| (stack.len(), stack.clone(), *value);
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(stack, value)| ours.get(*stack) != Some(value))
+        .map(tail)
+        .take(4)
+        .collect();
+    let extra: Vec<_> = ours
+        .iter()
+        .filter(|(stack, value)| expected.get(*stack) != Some(value))
+        .map(tail)
+        .take(4)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} stacks ours, {} expected; total {} vs {}\nexpected, not ours: {missing:?}\nours, not expected: {extra:?}",
+        ours.len(),
+        expected.len(),
+        ours.values().sum::<i64>(),
+        expected.values().sum::<i64>()
+    );
+}
+
+/// Our stacks of the contexts `keep` accepts, each sample 10 ms.
+fn stacks(recording: &Recording, keep: impl Fn(i64) -> bool) -> Stacks {
+    let mut stacks = Stacks::new();
+    for ((context, frames), count) in &recording.cpu {
+        if keep(*context) {
+            let names = frames.iter().map(|&id| recording.names[id as usize].clone()).collect();
+            *stacks.entry(names).or_insert(0) += *count as i64 * 10_000_000;
+        }
+    }
+    stacks
+}
+
+#[test]
+fn test_cpu_samples_match_what_pyroscope_makes_of_them() {
+    let Some(dir) = testdata() else { return };
+    let kafka = parse(&read(&dir, "cortex-dev-01__kafka-0__cpu__0.jfr.gz")).unwrap();
+    assert_eq!(kafka.cpu.values().sum::<u64>(), 478);
+    assert_eq!(kafka.event.as_deref(), Some("cpu"));
+    assert_same(
+        &stacks(&kafka, |_| true),
+        &expected_stacks(
+            &dir,
+            "cortex-dev-01__kafka-0__cpu__0.jfr.gz.process_cpu_cpu_nanoseconds_cpu_nanoseconds.17241709254077376921.pb.gz",
+        ),
+    );
+
+    // Async-profiler contexts: all of them together, and each labelled
+    // one on its own.
+    let dump = parse(&read(&dir, "dump1.jfr.gz")).unwrap();
+    assert_eq!(dump.event.as_deref(), Some("itimer"));
+    assert_same(
+        &stacks(&dump, |_| true),
+        &expected_stacks(
+            &dir,
+            "dump1.jfr.gz.process_cpu_cpu_nanoseconds_cpu_nanoseconds.17241709254077376921.pb.gz",
+        ),
+    );
+    let mut labelled: Vec<Stacks> = (1..=4).map(|context| stacks(&dump, |c| c == context)).collect();
+    let mut expected: Vec<Stacks> = [
+        "15666661103234080825",
+        "16370823494798218517",
+        "2539015855607244867",
+        "5571933481434853072",
+    ]
+    .iter()
+    .map(|hash| {
+        expected_stacks(
+            &dir,
+            &format!("dump1.jfr.gz.process_cpu_cpu_nanoseconds_cpu_nanoseconds.{hash}.pb.gz"),
+        )
+    })
+    .collect();
+    labelled.sort();
+    expected.sort();
+    assert_eq!(labelled, expected);
+}
+
+#[test]
+fn test_generated_classes_lose_their_counter() {
+    for (class, expected) in [
+        ("App$$Lambda$75.0x0000000800c22a28", "App$$Lambda_"),
+        (
+            "kafka/log/LogValidator$$$Lambda$1377.0x000000080156f840",
+            "kafka/log/LogValidator$$$Lambda_",
+        ),
+        ("App$$Lambda/0x0000000800c22a28", "App$$Lambda_"),
+        (
+            "java/lang/invoke/LambdaForm$DMH.0x0000000801578c00",
+            "java/lang/invoke/LambdaForm$DMH.0x0000000801578c00",
+        ),
+        ("App$$Lambda$75", "App$$Lambda$75"),
+        ("java/lang/Thread", "java/lang/Thread"),
+        (
+            "jdk/internal/reflect/GeneratedMethodAccessor2",
+            "jdk/internal/reflect/GeneratedMethodAccessor_",
+        ),
+        (
+            "jdk/internal/reflect/GeneratedConstructorAccessor17",
+            "jdk/internal/reflect/GeneratedConstructorAccessor_",
+        ),
+        ("a/GeneratedMethodAccessorX", "a/GeneratedMethodAccessorX"),
+    ] {
+        assert_eq!(without_generated_suffix(class), expected, "{class}");
+    }
+}
+
+#[test]
+fn test_damaged_files_are_refused_not_trusted() {
+    assert_eq!(parse(b"not a jfr").unwrap_err(), JfrError::Magic { offset: 0 });
+    let Some(dir) = testdata() else { return };
+    let good = read(&dir, "dump1.jfr.gz");
+    // Cut anywhere, or with a byte changed: an error or fewer samples,
+    // never a panic.
+    let step = good.len() / 12;
+    for cut in (0..good.len()).step_by(step) {
+        let _ = parse(&good[..cut]);
+    }
+    for at in (step / 2..good.len()).step_by(step) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x5a;
+        let _ = parse(&bad);
+    }
+}
