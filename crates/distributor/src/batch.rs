@@ -147,11 +147,6 @@ impl PushBatch {
     pub fn reject(&mut self, rejection: Rejection) {
         self.rejections.push(rejection);
     }
-
-    /// Whether nothing was received at all.
-    pub fn is_empty(&self) -> bool {
-        self.profiles.is_empty() && self.rejections.is_empty()
-    }
 }
 
 #[cfg(test)]

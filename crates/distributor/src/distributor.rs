@@ -135,9 +135,6 @@ impl Distributor {
         tokio::task::spawn_blocking(move || {
             let mut batch = PushBatch::new(distributor.limits(&tenant));
             decode(&mut batch)?;
-            if batch.is_empty() {
-                return Err(RpcError::invalid_argument("no profiles received"));
-            }
             let (series, rejections) = distributor.prepare_batch(&tenant, batch);
             Ok(Prepared {
                 tenant,

@@ -29,6 +29,9 @@ async fn push(distributor: Distributor, ctx: RequestContext, request: PushReques
     let tenant = ctx.tenant()?.as_str().to_owned();
     let prepared = distributor
         .prepare(&tenant, move |batch| {
+            if request.series.iter().all(|series| series.samples.is_empty()) {
+                return Err(RpcError::invalid_argument("no profiles received"));
+            }
             for series in request.series {
                 let labels = labels_from_pairs(series.labels);
                 for sample in series.samples {

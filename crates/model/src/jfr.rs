@@ -24,6 +24,11 @@ const METADATA_EVENT: i64 = 0;
 const CONSTANT_POOL_EVENT: i64 = 1;
 /// Nesting of metadata elements and of values; real files use a few levels.
 const MAX_DEPTH: usize = 32;
+/// Values read per byte of a chunk at most: objects of field-less classes
+/// take no bytes, and nested classes many values per byte.
+const VALUES_PER_BYTE: usize = 4;
+/// Stack frames the CPU samples may expand to, per byte of the file.
+const FRAMES_PER_BYTE: usize = 8;
 /// Sampling events of other profile types, not read yet: counted so the
 /// caller can say what it did not store.
 const OTHER_SAMPLES: [&str; 8] = [
@@ -43,6 +48,8 @@ pub enum JfrError {
     Magic { offset: usize },
     #[error("the JFR file is damaged at byte {offset}: {what}")]
     Damaged { offset: usize, what: String },
+    #[error("the JFR file expands to more than {limit} {what}")]
+    TooLarge { limit: usize, what: &'static str },
 }
 
 /// What a recording holds that flamedb stores.
@@ -53,9 +60,11 @@ pub struct Recording {
     pub event: Option<String>,
     /// Frame names; stacks refer to them by index.
     pub names: Vec<String>,
-    /// CPU samples by context ID and stack (indices into `names`, root
-    /// first), with how many samples each.
-    pub cpu: HashMap<(i64, Vec<u32>), u64>,
+    /// Distinct stacks: indices into `names`, root first.
+    pub stacks: Vec<Vec<u32>>,
+    /// CPU samples by context ID and stack (index into `stacks`), with how
+    /// many samples each. Samples of sleeping threads are not CPU.
+    pub cpu: HashMap<(i64, usize), u64>,
     /// Events of other profile types (allocations, locks, wall clock), by
     /// event name: not read.
     pub skipped: BTreeMap<String, u64>,
@@ -68,6 +77,18 @@ pub fn parse(data: &[u8]) -> Result<Recording, JfrError> {
     let mut start = 0;
     while start < data.len() {
         start = parse_chunk(data, start, &mut recording, &mut names)?;
+    }
+    let limit = data.len().saturating_mul(FRAMES_PER_BYTE);
+    let frames = recording
+        .cpu
+        .keys()
+        .map(|&(_, stack)| recording.stacks.get(stack).map_or(0, Vec::len))
+        .fold(0usize, usize::saturating_add);
+    if frames > limit {
+        return Err(JfrError::TooLarge {
+            limit,
+            what: "stack frames",
+        });
     }
     Ok(recording)
 }
@@ -111,10 +132,11 @@ fn parse_chunk(
         .filter(|&at| at >= start + HEADER_BYTES && at < end)
         .ok_or_else(|| damaged(start + 24, format!("a metadata offset of {metadata_offset}")))?;
     let types = Types::parse(&mut Reader::new(data, metadata_at, end, compressed))?;
+    types.values_left.set((end - start).saturating_mul(VALUES_PER_BYTE));
 
     let mut pools: HashMap<(i64, i64), Value> = HashMap::new();
     // Samples and settings refer to pools that may come later in the chunk.
-    let mut samples: Vec<(Value, i64)> = Vec::new();
+    let mut samples: Vec<(Value, i64, Value)> = Vec::new();
     let mut settings: Vec<(Value, Value)> = Vec::new();
     let mut at = start + HEADER_BYTES;
     while at < end {
@@ -141,7 +163,8 @@ fn parse_chunk(
                     Some(Value::Int(context)) => *context,
                     _ => 0,
                 };
-                samples.push((stack, context));
+                let state = class.field(&fields, "state").cloned().unwrap_or(Value::Null);
+                samples.push((stack, context, state));
             }
             kind if Some(kind) == types.active_setting => {
                 let class = types.class(kind, event.pos)?;
@@ -172,9 +195,41 @@ fn parse_chunk(
             recording.event = Some(value);
         }
     }
-    for (stack, context) in samples {
-        let frames = resolver.frames(&stack, names, &mut recording.names);
-        *recording.cpu.entry((context, frames)).or_insert(0) += 1;
+    if recording.event.as_deref() == Some("wall") {
+        // Wall-clock samples, not CPU: not read yet.
+        if !samples.is_empty() {
+            *recording
+                .skipped
+                .entry("jdk.ExecutionSample (wall clock)".to_owned())
+                .or_insert(0) += samples.len() as u64;
+        }
+        return Ok(end);
+    }
+    // Each stack is resolved once, however many samples share it.
+    let mut resolved: HashMap<(i64, i64), usize> = HashMap::new();
+    for (stack, context, state) in samples {
+        let sleeping = types
+            .thread_state
+            .and_then(|class| resolver.field(&state, class, "name"))
+            .and_then(|(name, _)| resolver.string(name))
+            .is_some_and(|name| name == "STATE_SLEEPING");
+        if sleeping {
+            continue;
+        }
+        let stack_id = match stack {
+            Value::Ref { class, index } if resolved.contains_key(&(class, index)) => resolved[&(class, index)],
+            _ => {
+                recording
+                    .stacks
+                    .push(resolver.frames(&stack, names, &mut recording.names));
+                let id = recording.stacks.len() - 1;
+                if let Value::Ref { class, index } = stack {
+                    resolved.insert((class, index), id);
+                }
+                id
+            }
+        };
+        *recording.cpu.entry((context, stack_id)).or_insert(0) += 1;
     }
     Ok(end)
 }
@@ -213,6 +268,7 @@ enum Value {
 }
 
 fn read_value(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usize) -> Result<Value, JfrError> {
+    types.take_value(reader.pos)?;
     Ok(match class.name.as_str() {
         "boolean" | "byte" => Value::Int(i64::from(reader.u8()?)),
         "char" | "short" | "int" => Value::Int(i64::from(reader.int()?)),
@@ -250,6 +306,7 @@ fn read_object(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usi
                 read_value(reader, types, types.class(field.type_id, reader.pos)?, depth + 1)
             }
         };
+        types.take_value(reader.pos)?;
         let value = if field.array {
             let count = reader.count()?;
             let mut items = Vec::new();
@@ -318,20 +375,17 @@ impl Resolver<'_> {
         let Some((Value::Array(frames), frame_class)) = self.field(stack, stack_class, "frames") else {
             return Vec::new();
         };
+        // Frames whose method or class cannot be resolved are left out.
         let mut out: Vec<u32> = frames
             .iter()
-            .map(|frame| {
-                let name = self
-                    .frame_name(frame, frame_class)
-                    .unwrap_or_else(|| "unknown".to_owned());
-                match index.get(&name) {
-                    Some(&id) => id,
-                    None => {
-                        let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
-                        index.insert(name.clone(), id);
-                        names.push(name);
-                        id
-                    }
+            .filter_map(|frame| self.frame_name(frame, frame_class))
+            .map(|name| match index.get(&name) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    index.insert(name.clone(), id);
+                    names.push(name);
+                    id
                 }
             })
             .collect();
@@ -341,13 +395,9 @@ impl Resolver<'_> {
 
     fn frame_name(&self, frame: &Value, frame_class: i64) -> Option<String> {
         let (method, method_class) = self.field(frame, frame_class, "method")?;
-        let class_name = self
-            .field(method, method_class, "type")
-            .and_then(|(class, class_id)| {
-                let (name, symbol_class) = self.field(class, class_id, "name")?;
-                self.symbol(name, symbol_class)
-            })
-            .unwrap_or_default();
+        let (class, class_id) = self.field(method, method_class, "type")?;
+        let (name, symbol_class) = self.field(class, class_id, "name")?;
+        let class_name = self.symbol(name, symbol_class)?;
         let (name, symbol_class) = self.field(method, method_class, "name")?;
         let method_name = self.symbol(name, symbol_class)?;
         Some(format!("{}.{method_name}", without_generated_suffix(&class_name)))
@@ -355,38 +405,38 @@ impl Resolver<'_> {
 }
 
 /// Class names the JVM generates with a counter lose it, so the frame
-/// keeps one name across runs: `App$$Lambda$75.0x0000000800c22a28` and
-/// `App$$Lambda/0x...` become `App$$Lambda_`, reflection accessors
-/// (`jdk/internal/reflect/GeneratedMethodAccessor12`) end in `_`.
+/// keeps one name across runs, as Pyroscope names them: lambda classes
+/// (`App$$Lambda$75.0x0000000800c22a28`, `Main$$Lambda$1/1831932724`,
+/// `App$$Lambda/0x...`, `Foo$$Lambda123`) become `App$$Lambda_`, and
+/// reflection accessors (`jdk/internal/reflect/GeneratedMethodAccessor12`)
+/// end in `_`.
 fn without_generated_suffix(class: &str) -> std::borrow::Cow<'_, str> {
-    const ACCESSORS: [&str; 3] = [
-        "GeneratedMethodAccessor",
-        "GeneratedConstructorAccessor",
-        "GeneratedSerializationConstructorAccessor",
-    ];
-    for accessor in ACCESSORS {
-        if let Some(at) = class.find(accessor) {
-            let end = at + accessor.len();
-            let rest = &class[end..];
-            let after = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-            if after.len() < rest.len() {
-                return format!("{}_{after}", &class[..end]).into();
-            }
-        }
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
+    const ACCESSOR: &str = "GeneratedMethodAccessor";
+    if let Some(at) = class.find(ACCESSOR)
+        && digits(&class[at + ACCESSOR.len()..])
+    {
+        return format!("{}_", &class[..at + ACCESSOR.len()]).into();
     }
     const LAMBDA: &str = "$$Lambda";
-    let Some(at) = class.find(LAMBDA) else {
+    let Some(at) = class.rfind(LAMBDA).filter(|&at| at > 0) else {
         return class.into();
     };
     let rest = &class[at + LAMBDA.len()..];
-    let digits = rest
-        .strip_prefix('$')
-        .map_or(rest, |after| after.trim_start_matches(|c: char| c.is_ascii_digit()));
-    let Some(hex) = digits.strip_prefix(".0x").or_else(|| digits.strip_prefix("/0x")) else {
-        return class.into();
+    // `$?\d*[./](0x)?[0-9a-f]+` or `\d+`, to the end of the name.
+    let generated = digits(rest) || {
+        let counter = rest.strip_prefix('$').unwrap_or(rest);
+        let after_counter = counter.trim_start_matches(|c: char| c.is_ascii_digit());
+        after_counter
+            .strip_prefix(['.', '/'])
+            .map(|hex| hex.strip_prefix("0x").unwrap_or(hex))
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
     };
-    let after = hex.trim_start_matches(|c: char| c.is_ascii_hexdigit());
-    format!("{}_{after}", &class[..at + LAMBDA.len()]).into()
+    if generated {
+        format!("{}_", &class[..at + LAMBDA.len()]).into()
+    } else {
+        class.into()
+    }
 }
 
 /// A field of a class.
@@ -420,9 +470,22 @@ struct Types {
     execution_sample: Option<i64>,
     active_setting: Option<i64>,
     stack_trace: Option<i64>,
+    thread_state: Option<i64>,
+    /// Values the chunk may still hold (see [`VALUES_PER_BYTE`]).
+    values_left: std::cell::Cell<usize>,
 }
 
 impl Types {
+    /// Counts one more value read; refuses past the chunk's allowance.
+    fn take_value(&self, offset: usize) -> Result<(), JfrError> {
+        let left = self.values_left.get();
+        if left == 0 {
+            return Err(damaged(offset, "more values than the chunk's size allows"));
+        }
+        self.values_left.set(left - 1);
+        Ok(())
+    }
+
     fn class(&self, id: i64, offset: usize) -> Result<&Class, JfrError> {
         self.classes
             .get(&id)
@@ -473,6 +536,7 @@ impl Types {
                     "jdk.ExecutionSample" => types.execution_sample = Some(id),
                     "jdk.ActiveSetting" => types.active_setting = Some(id),
                     "jdk.types.StackTrace" => types.stack_trace = Some(id),
+                    "jdk.types.ThreadState" => types.thread_state = Some(id),
                     _ => {}
                 }
                 types.classes.insert(id, Class { id, name, fields });
@@ -484,24 +548,26 @@ impl Types {
 
 /// An element of the metadata tree.
 #[derive(Debug)]
-struct Element {
-    name: String,
-    attributes: Vec<(String, String)>,
-    children: Vec<Element>,
+struct Element<'s> {
+    name: &'s str,
+    /// Borrowed from the string table: a string used by many attributes
+    /// is never copied.
+    attributes: Vec<(&'s str, &'s str)>,
+    children: Vec<Element<'s>>,
 }
 
-impl Element {
-    fn parse(reader: &mut Reader<'_>, strings: &[String], depth: usize) -> Result<Self, JfrError> {
+impl<'s> Element<'s> {
+    fn parse(reader: &mut Reader<'_>, strings: &'s [String], depth: usize) -> Result<Self, JfrError> {
         if depth > MAX_DEPTH {
             return Err(damaged(reader.pos, "metadata nested too deep"));
         }
-        let string = |reader: &mut Reader<'_>| -> Result<String, JfrError> {
+        let string = |reader: &mut Reader<'_>| -> Result<&'s str, JfrError> {
             let at = reader.pos;
             let index = reader.int()?;
             usize::try_from(index)
                 .ok()
                 .and_then(|index| strings.get(index))
-                .cloned()
+                .map(String::as_str)
                 .ok_or_else(|| damaged(at, format!("metadata string {index} does not exist")))
         };
         let name = string(reader)?;
@@ -522,11 +588,11 @@ impl Element {
         })
     }
 
-    fn attribute(&self, key: &str) -> Option<&str> {
+    fn attribute(&self, key: &str) -> Option<&'s str> {
         self.attributes
             .iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| *value)
     }
 }
 

@@ -2,12 +2,14 @@
 //! is the recording, or multipart with the recording in `jfr` and
 //! async-profiler's context labels in `labels` (a `LabelsSnapshot`; either
 //! may be gzipped). The CPU samples become one `process_cpu` profile per
-//! context, labelled with the context's labels and `jfr_event`.
+//! context, labelled with the context's labels and `jfr_event`. The whole
+//! recording, decompressed, must fit `max_profile_size_bytes` (Pyroscope
+//! applies that limit to each profile made from it). A recording without
+//! CPU samples stores nothing and answers 200.
 
 use std::collections::HashMap;
 
 use flamedb_api::{ErrorCode, RpcError};
-use flamedb_model::gzip::gunzip_if_compressed;
 use flamedb_model::jfr;
 use flamedb_model::pprof::StackProfileBuilder;
 use prost::Message;
@@ -61,9 +63,13 @@ pub(super) fn add_jfr(
     }
     let snapshot = match labels {
         Some(labels) if !labels.is_empty() => {
-            let limit = batch.limits.ingestion_body_limit_bytes();
-            let plain = gunzip_if_compressed(labels, limit)
-                .map_err(|err| unprocessable(format!("the labels of the JFR: {err}")))?;
+            // Within the same size limits as the recording.
+            let Some(plain) = batch
+                .decompress(&app, labels)
+                .map_err(|err| unprocessable(err.to_string()))?
+            else {
+                return Ok(());
+            };
             LabelsSnapshot::decode(plain.as_ref())
                 .map_err(|err| unprocessable(format!("the labels of the JFR are not a LabelsSnapshot: {err}")))?
         }
@@ -72,14 +78,17 @@ pub(super) fn add_jfr(
     let period = 1_000_000_000 / i64::from(request.sample_rate.max(1));
     let duration = request.until.saturating_sub(request.from).max(0);
     let mut by_context: HashMap<i64, StackProfileBuilder> = HashMap::new();
-    for ((context, frames), count) in &recording.cpu {
+    for ((context, stack), count) in &recording.cpu {
         let builder = by_context.entry(*context).or_insert_with(|| {
             StackProfileBuilder::new("cpu", "nanoseconds")
                 .period("cpu", "nanoseconds", period)
                 .time(request.from, duration)
         });
-        let names = frames
-            .iter()
+        let names = recording
+            .stacks
+            .get(*stack)
+            .into_iter()
+            .flatten()
             .filter_map(|&frame| recording.names.get(frame as usize).map(String::as_str));
         builder.add(names, i64::try_from(*count).unwrap_or(i64::MAX).saturating_mul(period));
     }

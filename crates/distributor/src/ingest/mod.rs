@@ -12,7 +12,7 @@
 //! otherwise. Success is 200 with an
 //! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
 //! (and invalid text profiles), 408 a body that did not arrive (in time), 413
-//! body over the limit, 422 a pprof or speedscope file that cannot be
+//! body over the limit, 422 a pprof, JFR or speedscope file that cannot be
 //! decoded or fails validation, 429 limits, 5xx when no quorum.
 
 mod jfr;

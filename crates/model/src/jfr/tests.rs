@@ -77,9 +77,12 @@ fn assert_same(ours: &Stacks, expected: &Stacks) {
 /// Our stacks of the contexts `keep` accepts, each sample 10 ms.
 fn stacks(recording: &Recording, keep: impl Fn(i64) -> bool) -> Stacks {
     let mut stacks = Stacks::new();
-    for ((context, frames), count) in &recording.cpu {
+    for ((context, stack), count) in &recording.cpu {
         if keep(*context) {
-            let names = frames.iter().map(|&id| recording.names[id as usize].clone()).collect();
+            let names = recording.stacks[*stack]
+                .iter()
+                .map(|&id| recording.names[id as usize].clone())
+                .collect();
             *stacks.entry(names).or_insert(0) += *count as i64 * 10_000_000;
         }
     }
@@ -152,7 +155,13 @@ fn test_generated_classes_lose_their_counter() {
         ),
         (
             "jdk/internal/reflect/GeneratedConstructorAccessor17",
-            "jdk/internal/reflect/GeneratedConstructorAccessor_",
+            "jdk/internal/reflect/GeneratedConstructorAccessor17",
+        ),
+        ("Main$$Lambda$1/1831932724", "Main$$Lambda_"),
+        ("Foo$$Lambda123", "Foo$$Lambda_"),
+        (
+            "App$$Lambda$75.0x0000000800c22a28$Inner",
+            "App$$Lambda$75.0x0000000800c22a28$Inner",
         ),
         ("a/GeneratedMethodAccessorX", "a/GeneratedMethodAccessorX"),
     ] {
