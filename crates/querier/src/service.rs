@@ -229,9 +229,9 @@ fn span_ids(selector: &[String]) -> Result<Option<HashSet<u64>>, RpcError> {
     selector
         .iter()
         .map(|span| {
-            u64::from_str_radix(span, 16)
-                .ok()
-                .filter(|_| span.len() <= 16)
+            let hex = !span.is_empty() && span.len() <= 16 && span.bytes().all(|byte| byte.is_ascii_hexdigit());
+            hex.then(|| u64::from_str_radix(span, 16).ok())
+                .flatten()
                 .ok_or_else(|| {
                     RpcError::invalid_argument(format!(
                         "span_selector: {span:?} is not a span ID (up to 16 hex digits)"

@@ -735,9 +735,11 @@ fn test_span_selectors_merge_only_the_samples_of_those_spans() {
         assert_eq!(stacktraces_total(&[]), 100);
     };
     check();
-    let (status, body) = span_total(&["not-a-span"]).unwrap_err();
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("span_selector"), "{body}");
+    for bad in ["not-a-span", "+a1", "00000000000000a1f"] {
+        let (status, body) = span_total(&[bad]).unwrap_err();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("span_selector"), "{body}");
+    }
     // The same from the block the head is flushed into.
     let (status, _) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
     assert_eq!(status, 200);

@@ -51,19 +51,16 @@ fn expected_stacks(dir: &std::path::Path, name: &str) -> Stacks {
 
 /// Fails with the first stacks that differ.
 fn assert_same(ours: &Stacks, expected: &Stacks) {
-    let tail = |(stack, value): (&Vec<String>, &i64)| (stack.len(), stack.clone(), *value);
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|(stack, value)| ours.get(*stack) != Some(value))
-        .map(tail)
-        .take(4)
-        .collect();
-    let extra: Vec<_> = ours
-        .iter()
-        .filter(|(stack, value)| expected.get(*stack) != Some(value))
-        .map(tail)
-        .take(4)
-        .collect();
+    // Up to four stacks of `a` that `b` lacks or values otherwise.
+    let not_in = |a: &Stacks, b: &Stacks| -> Vec<(Vec<String>, i64)> {
+        a.iter()
+            .filter(|(stack, value)| b.get(*stack) != Some(value))
+            .map(|(stack, value)| (stack.clone(), *value))
+            .take(4)
+            .collect()
+    };
+    let missing = not_in(expected, ours);
+    let extra = not_in(ours, expected);
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{} stacks ours, {} expected; total {} vs {}\nexpected, not ours: {missing:?}\nours, not expected: {extra:?}",
