@@ -1,15 +1,16 @@
 //! Compiles the wire protos (`types.v1`, `push.v1`, `querier.v1`,
-//! `ingester.v1`) into prost messages, tonic clients and proto3 JSON
+//! `ingester.v1`, OTLP profiles) into prost messages, tonic clients and proto3 JSON
 //! (pbjson) support, without `protoc`. The pprof messages (`google.v1`) are
 //! the model crate's.
 
 use std::path::PathBuf;
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "types/v1/types.proto",
     "push/v1/push.proto",
     "querier/v1/querier.proto",
     "ingester/v1/ingester.proto",
+    "opentelemetry/proto/collector/profiles/v1development/profiles_service.proto",
 ];
 const PPROF_PACKAGE: &str = ".google.v1";
 const PPROF_RUST_PATH: &str = "::flamedb_model::pprof::proto";
@@ -35,6 +36,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .extern_path(PPROF_PACKAGE, PPROF_RUST_PATH)
         .ignore_unknown_fields()
-        .build(&[".types", ".push", ".querier", ".ingester"])?;
+        .build(&[".types", ".push", ".querier", ".ingester", ".opentelemetry"])?;
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! The distributor: where agents meet flamedb. It takes every ingest API
-//! (Connect `push.v1.PusherService/Push`, legacy `/ingest`), applies the
+//! (Connect `push.v1.PusherService/Push`, OTLP profiles, legacy `/ingest`), applies the
 //! tenant's limits, prepares each profile (validate, normalize, split into
 //! series), gives every series-profile an ID and writes it to its replicas
 //! on the ingester ring, answering once a quorum of each has it.
 //!
 //! ```text
 //!  push.v1 Push ─┐                        per profile                      per series
+//!  OTLP export ──┤
 //!  /ingest ──────┴▶ PushBatch ──▶ rate limit ─▶ prepare_decoded ──▶ token ─▶ ring replicas
 //!   (decode, body   (decoded      (tenant bucket,  (validate, normalize,      │ one batched push
 //!    size limits)    profiles,     ÷ distributors)   split, label checks)     ▼ per ingester
@@ -20,6 +21,7 @@ mod batch;
 mod distributor;
 mod ingest;
 mod metrics;
+mod otlp;
 mod push_api;
 mod rate_limit;
 mod remote;

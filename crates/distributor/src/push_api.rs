@@ -1,12 +1,20 @@
-//! The distributor's routes: Connect/gRPC `push.v1.PusherService/Push`
-//! and the legacy `/ingest`.
+//! The distributor's routes: Connect/gRPC `push.v1.PusherService/Push`,
+//! OTLP profiles (gRPC and OTLP/HTTP) and the legacy `/ingest`.
 
 use axum::Router;
+use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
-use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
+use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
 
 use crate::distributor::Distributor;
-use crate::ingest;
+use crate::{ingest, otlp};
+
+/// OTLP profiles over gRPC (and Connect).
+const OTLP_EXPORT_PATH: &str = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+/// OTLP profiles over HTTP (protobuf or JSON).
+const OTLP_HTTP_PATH: &str = "/v1development/profiles";
 
 /// The routes of the ingest APIs. `options.max_message_bytes` bounds a
 /// Connect push body as sent; each tenant's body limit then bounds what
@@ -17,6 +25,14 @@ pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
         .unary("/push.v1.PusherService/Push", {
             let distributor = distributor.clone();
             move |ctx, request| push(distributor.clone(), ctx, request)
+        })
+        .unary(OTLP_EXPORT_PATH, {
+            let distributor = distributor.clone();
+            move |ctx, request| export(distributor.clone(), ctx, request)
+        })
+        .unary(OTLP_HTTP_PATH, {
+            let distributor = distributor.clone();
+            move |ctx, request| export(distributor.clone(), ctx, request)
         })
         .into_router()
         .merge(ingest::routes(distributor, tenancy))
@@ -47,4 +63,33 @@ async fn push(distributor: Distributor, ctx: RequestContext, request: PushReques
         .await?;
     distributor.store(prepared).await?;
     Ok(PushResponse {})
+}
+
+/// OTLP profiles: converted to pprof per profile and service, then stored
+/// like pushed profiles (a request with some bad profiles stores the
+/// others and answers 400 naming each).
+async fn export(
+    distributor: Distributor,
+    ctx: RequestContext,
+    request: ExportProfilesServiceRequest,
+) -> Result<ExportProfilesServiceResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    if request.dictionary.is_none() {
+        return Err(RpcError::invalid_argument("the OTLP request has no dictionary"));
+    }
+    if request.resource_profiles.is_empty() {
+        return Err(RpcError::invalid_argument("the OTLP request has no resource_profiles"));
+    }
+    let prepared = distributor
+        .prepare(&tenant, move |batch| {
+            let bytes = prost::Message::encoded_len(&request);
+            batch
+                .count_decompressed(bytes)
+                .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
+            otlp::add_export(batch, &request, bytes);
+            Ok(())
+        })
+        .await?;
+    distributor.store(prepared).await?;
+    Ok(ExportProfilesServiceResponse::default())
 }

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flamedb_api::pb::ingester::v1 as ingester;
+use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
+use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
@@ -630,6 +634,136 @@ fn test_jfr_from_the_java_agent_is_stored_as_cpu_per_context() {
     let (status, answer) = ingest(&node, "name=broken&format=jfr", &content_type, body);
     assert_eq!(status, 422, "{answer}");
     assert!(answer.contains("JFR"), "{answer}");
+}
+
+/// The stacks (root first) and values of an expected output of
+/// `../shared/testdata/otlp`: samples whose locations (leaf first) have
+/// one line `name[system name]@file:line`.
+fn expected_otlp_tree(path: &std::path::Path) -> Tree {
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut tree = Tree::new();
+    for sample in expected["samples"].as_array().unwrap() {
+        let names: Vec<&str> = sample["locations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|location| {
+                let line = location["lines"][0].as_str().unwrap();
+                line.rsplit_once("[]@").unwrap().0
+            })
+            .collect();
+        let value: i64 = sample["values"].as_str().unwrap().parse().unwrap();
+        tree.insert(names.into_iter().rev(), value);
+    }
+    tree
+}
+
+/// The OTLP export of the OpenTelemetry eBPF profiler, stamped now.
+fn otlp_export(dir: &std::path::Path) -> ExportProfilesServiceRequest {
+    let bytes = std::fs::read(dir.join("otel-ebpf-profile.pb.bin")).unwrap();
+    let mut request = ExportProfilesServiceRequest::decode(bytes.as_slice()).unwrap();
+    let now = u64::try_from(flamedb_model::now_nanos()).unwrap();
+    for profile in request
+        .resource_profiles
+        .iter_mut()
+        .flat_map(|resource| &mut resource.scope_profiles)
+        .flat_map(|scope| &mut scope.profiles)
+    {
+        profile.time_unix_nano = now;
+    }
+    request
+}
+
+#[test]
+fn test_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() {
+    let Some(pprof_dir) = testdata_dir() else { return };
+    let dir = pprof_dir.join("../otlp");
+    let node = start("single", &[]);
+    let off_cpu = "off_cpu:off_cpu:nanoseconds::";
+    let unknown = r#"{service_name="unknown_service"}"#;
+    let expected_cpu = expected_otlp_tree(&dir.join("otel-ebpf-profile-cpu.out.json"));
+    let expected_off_cpu = expected_otlp_tree(&dir.join("otel-ebpf-profile-offcpu.out.json"));
+    let request = otlp_export(&dir);
+
+    // OTLP/HTTP, protobuf, gzipped: the stacks Pyroscope makes of it.
+    let (status, body) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/x-protobuf"), ("content-encoding", "gzip")],
+            gzip(&request.encode_to_vec()),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    ExportProfilesServiceResponse::decode(body.as_slice()).unwrap();
+    assert_eq!(merged(&node, CPU, unknown).stacks(), expected_cpu.stacks());
+    assert_eq!(merged(&node, off_cpu, unknown).stacks(), expected_off_cpu.stacks());
+    // Resource attributes label the series; other executables are their
+    // own services.
+    let containerd = r#"{service_name="unknown_service:containerd","process.executable.name"="containerd"}"#;
+    assert_eq!(merged(&node, off_cpu, containerd).total(), 4_701_359_575);
+
+    // OTLP/HTTP JSON, as the file holds it (times made now).
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("otel-ebpf-profile.pb.json")).unwrap()).unwrap();
+    let now = flamedb_model::now_nanos().to_string();
+    for resource in json["resourceProfiles"].as_array_mut().unwrap() {
+        for scope in resource["scopeProfiles"].as_array_mut().unwrap() {
+            for profile in scope["profiles"].as_array_mut().unwrap() {
+                profile["timeUnixNano"] = serde_json::Value::String(now.clone());
+            }
+        }
+    }
+    let (status, body) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(merged(&node, CPU, unknown).total(), 2 * expected_cpu.total());
+
+    // gRPC, as the OpenTelemetry collector exports.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = ProfilesServiceClient::connect(format!("http://{}", node.http))
+            .await
+            .unwrap();
+        client.export(request.clone()).await.unwrap();
+    });
+    assert_eq!(merged(&node, CPU, unknown).total(), 3 * expected_cpu.total());
+    assert_eq!(merged(&node, off_cpu, unknown).total(), 3 * expected_off_cpu.total());
+
+    // Bad requests: 400 without a dictionary, 415 for other media types.
+    let empty = ExportProfilesServiceRequest::default().encode_to_vec();
+    let (status, body) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/x-protobuf")],
+            empty,
+        )
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("no dictionary"));
+    let (status, _) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "text/plain")],
+            b"x".to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 415);
+    let (status, _) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/x-protobuf")],
+            b"\xff\xff not protobuf".to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 400);
 }
 
 /// A CPU profile of `size` bytes or so, stamped now.

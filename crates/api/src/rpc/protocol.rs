@@ -34,7 +34,7 @@ const TRAILER_FRAME_FLAG: u8 = 0x80;
 /// Characters of `grpc-message` that must be percent-encoded.
 const GRPC_MESSAGE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
 
-const SUPPORTED_CONTENT_TYPES: &str = "application/proto, application/json, application/grpc, application/grpc+proto, \
+const SUPPORTED_CONTENT_TYPES: &str = "application/proto, application/x-protobuf, application/protobuf, application/json, application/grpc, application/grpc+proto, \
      application/grpc+json, application/grpc-web, application/grpc-web+proto, application/grpc-web+json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,10 @@ impl Protocol {
         let content_type = headers.get(CONTENT_TYPE)?.to_str().ok()?;
         let media_type = content_type.split(';').next()?.trim().to_ascii_lowercase();
         match media_type.as_str() {
-            "application/proto" => Some(Self::Connect(Codec::Proto)),
+            // The last two are OTLP/HTTP's names for protobuf.
+            "application/proto" | "application/x-protobuf" | "application/protobuf" => {
+                Some(Self::Connect(Codec::Proto))
+            }
             "application/json" => Some(Self::Connect(Codec::Json)),
             "application/grpc" | "application/grpc+proto" => Some(Self::Grpc(Codec::Proto)),
             "application/grpc+json" => Some(Self::Grpc(Codec::Json)),
@@ -216,7 +219,12 @@ fn frame(flags: u8, payload: &[u8]) -> Bytes {
 
 fn connect_response(codec: Codec, request_headers: &HeaderMap, message: Bytes) -> Response {
     let content_type = match codec {
-        Codec::Proto => "application/proto",
+        // Answered in the protobuf media type the request named.
+        Codec::Proto => match header_str(request_headers, &CONTENT_TYPE) {
+            Some(request_type) if request_type.starts_with("application/x-protobuf") => "application/x-protobuf",
+            Some(request_type) if request_type.starts_with("application/protobuf") => "application/protobuf",
+            _ => "application/proto",
+        },
         Codec::Json => "application/json",
     };
     let gzip_accepted = header_str(request_headers, &ACCEPT_ENCODING).is_some_and(accepts_gzip);
@@ -360,6 +368,11 @@ mod tests {
         let protocol = |content_type| Protocol::from_headers(&headers(&[("content-type", content_type)]));
         assert_eq!(protocol("application/proto"), Some(Protocol::Connect(Codec::Proto)));
         assert_eq!(
+            protocol("application/x-protobuf"),
+            Some(Protocol::Connect(Codec::Proto))
+        );
+        assert_eq!(protocol("application/protobuf"), Some(Protocol::Connect(Codec::Proto)));
+        assert_eq!(
             protocol("application/json; charset=utf-8"),
             Some(Protocol::Connect(Codec::Json))
         );
@@ -403,6 +416,17 @@ mod tests {
             map.insert(GRPC_TIMEOUT, HeaderValue::from_str(bad).unwrap());
             assert!(grpc.timeout(&map).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn test_protobuf_is_answered_in_the_media_type_asked() {
+        let content_type = |request_type| {
+            let request = headers(&[("content-type", request_type)]);
+            connect_response(Codec::Proto, &request, Bytes::new()).headers()[CONTENT_TYPE].clone()
+        };
+        assert_eq!(content_type("application/proto"), "application/proto");
+        assert_eq!(content_type("application/x-protobuf"), "application/x-protobuf");
+        assert_eq!(content_type("application/protobuf"), "application/protobuf");
     }
 
     #[test]
