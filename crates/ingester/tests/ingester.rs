@@ -507,8 +507,9 @@ async fn test_memory_near_the_ceiling_flushes_early() {
         }
         stored += 1;
     }
-    wait_for(|| !ingester.local_blocks().is_empty()).await;
-    assert!(ingester.head_bytes() < 40_000, "{}", ingester.head_bytes());
+    // The last push accepted may leave the head over the ceiling until the
+    // flusher runs.
+    wait_for(|| !ingester.local_blocks().is_empty() && ingester.head_bytes() < 40_000).await;
     assert_eq!(total(&ingester, "t"), stored);
     // Several blocks and a head for one window: a restart replays exactly
     // what no block holds.

@@ -181,7 +181,7 @@ fn test_sigterm_and_sigint_stop_gracefully() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         let mut flamedb = start(&[]);
         flamedb.signal(signal);
-        let status = flamedb.wait_exit(Duration::from_secs(10));
+        let status = flamedb.wait_exit(Duration::from_secs(60));
         assert!(status.success(), "{signal}: {status}\n{}", flamedb.log());
         let log = flamedb.log();
         assert!(

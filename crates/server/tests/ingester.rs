@@ -217,6 +217,10 @@ fn test_sigkill_during_pushes_and_flushes_loses_nothing_acknowledged() {
                 move || flusher(http, stop)
             }));
         }
+        // At least one push acknowledged, then the kill at a random moment.
+        wait_until(Duration::from_secs(30), "a first acknowledged push", || {
+            (!acknowledged.lock().unwrap().is_empty()).then_some(())
+        });
         std::thread::sleep(Duration::from_millis(pseudo_random_ms(300, 1200)));
         node.kill();
         stop.store(true, Ordering::Relaxed);

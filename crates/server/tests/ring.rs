@@ -19,8 +19,10 @@ fn cluster_args(label: &str) -> Vec<String> {
         "-memberlist.gossip-interval=100ms",
         "-ingester.heartbeat-period=200ms",
         "-distributor.ring.heartbeat-period=200ms",
-        "-ring.heartbeat-timeout=3s",
-        "-ring.auto-forget-unhealthy-period=6s",
+        // UNHEALTHY lasts from 5 s to 15 s without a heartbeat: long
+        // enough for the test to see it on a slow machine.
+        "-ring.heartbeat-timeout=5s",
+        "-ring.auto-forget-unhealthy-period=15s",
     ]
     .iter()
     .map(ToString::to_string)
@@ -40,7 +42,7 @@ fn ingester_args(base: &[String], id: &str, join: &str, tokens: &str) -> Vec<Str
         format!("-ingester.lifecycler.ID={id}"),
         format!("-memberlist.join={join}"),
         format!("-ingester.tokens-file-path={tokens}"),
-        "-ingester.final-sleep=1s".to_owned(),
+        "-ingester.final-sleep=5s".to_owned(),
     ]);
     args
 }
@@ -192,6 +194,9 @@ fn test_operator_forget_and_cluster_labels() {
 
     // Forget through the page: the stopped ingester disappears at once.
     ingester.signal(Signal::SIGSTOP);
+    // A heartbeat sent just before the stop must not arrive after the
+    // forget and bring the entry back.
+    std::thread::sleep(Duration::from_secs(1));
     let (status, body) = distributor.post_form("/ring", &[("forget", "ingester-1")]);
     assert_eq!(status, 200, "{body}");
     wait_until(CONVERGE, "ingester-1 forgotten", || {

@@ -322,15 +322,17 @@ pub fn path_in(dir: &Path, name: &str) -> String {
 }
 
 /// Flags for the processes of a test cluster: short gossip and heartbeat
-/// periods, so membership forms and deaths show within seconds, a short
-/// push timeout, and a cluster label of its own.
+/// periods, so membership forms and deaths show within seconds, and a
+/// cluster label of its own. The heartbeat timeout and the push timeout
+/// leave room for a slow, loaded machine: a live ingester that stalls for
+/// a few seconds must stay healthy, and a slow copy must not be given up.
 pub fn cluster_flags(label: &str) -> Vec<String> {
     [
         "-memberlist.gossip-interval=100ms",
         "-ingester.heartbeat-period=200ms",
         "-distributor.ring.heartbeat-period=200ms",
-        "-ring.heartbeat-timeout=3s",
-        "-distributor.push.timeout=2s",
+        "-ring.heartbeat-timeout=5s",
+        "-distributor.push.timeout=10s",
     ]
     .iter()
     .map(ToString::to_string)
