@@ -576,6 +576,21 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
     let tree = merged(&node, CPU, r#"{service_name="scoped"}"#);
     assert_eq!(tree.total(), 3_500_000_000);
 
+    // The binary trie and tree of old agents: prefix-compressed stack
+    // keys with counts, and frames with self values.
+    let trie = [&[0, 0, 1, 6][..], b"foo;ba", &[0, 2, 1], b"r", &[3, 0, 1], b"z", &[5, 0]].concat();
+    let (status, answer) = ingest(&node, "name=trie.cpu&format=trie", "binary/octet-stream", trie);
+    assert_eq!((status, answer.as_str()), (200, ""));
+    let mut stacks = merged(&node, CPU, r#"{service_name="trie"}"#).stacks();
+    stacks.sort();
+    let foo = |leaf: &str| vec!["foo".to_owned(), leaf.to_owned()];
+    assert_eq!(stacks, [(foo("bar"), 30_000_000), (foo("baz"), 50_000_000)]);
+    let tree = [&[0, 0, 1, 4][..], b"main", &[1, 1, 4], b"work", &[4, 0]].concat();
+    let (status, answer) = ingest(&node, "name=tree.alloc_objects", "binary/octet-stream+tree", tree);
+    assert_eq!((status, answer.as_str()), (200, ""));
+    let tree = merged(&node, "memory:alloc_objects:count::", r#"{service_name="tree"}"#);
+    assert_eq!(tree.total(), 5);
+
     // Bad input: each with its status, nothing stored.
     for (query, body, expected) in [
         ("name=%7Benv%3Dx%7D", "a 1", 400),
@@ -583,7 +598,7 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
         ("name=app&from=yesterday", "a 1", 400),
         ("name=app", "a;b notanumber", 422),
         ("name=app&format=jfr", "x", 422),
-        ("name=app&format=tree", "x", 501),
+        ("name=app&format=tree", "x", 422),
         ("name=app&format=speedscope", "{\"profiles\": 1}", 422),
     ] {
         let (status, answer) = ingest(&node, query, "text/plain", body.as_bytes().to_vec());

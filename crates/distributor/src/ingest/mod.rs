@@ -8,17 +8,21 @@
 //! `sample_type_config`, `prev_profile`), `format=lines`,
 //! `format=speedscope` (one series per speedscope profile, labelled
 //! `profile_name`), `format=jfr` (the CPU samples of a Java Flight
-//! Recorder file, raw or multipart `jfr` + `labels`), and folded stacks
-//! otherwise. Success is 200 with an
+//! Recorder file, raw or multipart `jfr` + `labels`), the binary `trie`
+//! and `tree` of old agents (`format=` or `Content-Type:
+//! binary/octet-stream+trie` / `+tree`), and folded stacks otherwise.
+//! Success is 200 with an
 //! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
 //! (and invalid text profiles), 408 a body that did not arrive (in time), 413
 //! body over the limit, 422 a pprof, JFR or speedscope file that cannot be
-//! decoded or fails validation, 429 limits, 5xx when no quorum.
+//! decoded or fails validation (and a trie or tree that cannot be read), 429
+//! limits, 5xx when no quorum.
 
 mod jfr;
 mod pprof;
 mod speedscope;
 mod text;
+mod tree_formats;
 
 use std::collections::HashMap;
 
@@ -34,6 +38,7 @@ use http_body_util::BodyExt;
 
 use crate::batch::{PushBatch, Rejection};
 use crate::distributor::{Distributor, PushError};
+use tree_formats::TreeFormat;
 
 const DEFAULT_SAMPLE_RATE: u32 = 100;
 /// The sample rate of values in nanoseconds (a period of 1 ns).
@@ -66,34 +71,30 @@ enum Format {
     Speedscope,
     /// Raw JFR, or multipart `jfr` + `labels`.
     Jfr,
+    Trie,
+    Tree,
 }
 
-fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, RpcError> {
+fn format(params: &HashMap<String, String>, headers: &HeaderMap) -> Format {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    match params.get("format").map(String::as_str).unwrap_or_default() {
-        "pprof" => Ok(Format::Pprof),
-        "lines" => Ok(Format::Lines),
-        "speedscope" => Ok(Format::Speedscope),
-        "jfr" => Ok(Format::Jfr),
-        unsupported @ ("trie" | "tree") => Err(RpcError::new(
-            ErrorCode::Unimplemented,
-            format!(
-                "format={unsupported} is not supported by flamedb yet: send pprof (format=pprof or multipart), JFR, speedscope, folded stacks or lines"
-            ),
-        )),
-        _ if content_type.contains("binary/octet-stream+trie") || content_type.contains("binary/octet-stream+tree") => {
-            Err(RpcError::new(
-                ErrorCode::Unimplemented,
-                format!(
-                    "Content-Type {content_type} (the legacy trie and tree formats) is not supported by flamedb yet"
-                ),
-            ))
-        }
-        _ if is_multipart(headers) => Ok(Format::Multipart),
-        _ => Ok(Format::Folded),
+    let format = params.get("format").map(String::as_str).unwrap_or_default();
+    // Pyroscope's order: the binary formats first, by parameter or type.
+    if format == "trie" || content_type.contains("binary/octet-stream+trie") {
+        return Format::Trie;
+    }
+    if format == "tree" || content_type.contains("binary/octet-stream+tree") {
+        return Format::Tree;
+    }
+    match format {
+        "pprof" => Format::Pprof,
+        "lines" => Format::Lines,
+        "speedscope" => Format::Speedscope,
+        "jfr" => Format::Jfr,
+        _ if is_multipart(headers) => Format::Multipart,
+        _ => Format::Folded,
     }
 }
 
@@ -125,7 +126,7 @@ async fn handle(
     let tenant = state.tenancy.tenant(headers)?;
     let tenant = tenant.as_str();
     let request = IngestRequest::parse(params)?;
-    let format = format(params, headers)?;
+    let format = format(params, headers);
     let limits = state.distributor.limits(tenant);
     let body = read_body(body, limits.ingestion_body_limit_bytes()).await?;
     if request
@@ -139,7 +140,7 @@ async fn handle(
     }
     let distributor = &state.distributor;
     match format {
-        Format::Folded | Format::Lines | Format::Speedscope => {
+        Format::Folded | Format::Lines | Format::Speedscope | Format::Trie | Format::Tree => {
             // The text becomes a pprof at least as large: the profile size
             // limit bounds it before any parsing.
             let max = limits.max_profile_size_bytes;
@@ -153,6 +154,8 @@ async fn handle(
             let prepared = distributor
                 .prepare(tenant, move |batch| match format {
                     Format::Speedscope => add_speedscope(batch, &request, &body),
+                    Format::Trie => add_tree_format(batch, &request, &body, TreeFormat::Trie),
+                    Format::Tree => add_tree_format(batch, &request, &body, TreeFormat::Tree),
                     _ => add_text(batch, &request, &body, format),
                 })
                 .await?;
@@ -226,6 +229,22 @@ fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format:
     let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
     let labels = request.labels(kind.metric, &kind.app_name);
     batch.add(labels, profile, body.len());
+    Ok(())
+}
+
+/// Parses the trie or tree of an old agent into a profile of the type the
+/// name's suffix gives, added under the labels of the request.
+fn add_tree_format(
+    batch: &mut PushBatch,
+    request: &IngestRequest,
+    body: &[u8],
+    format: TreeFormat,
+) -> Result<(), RpcError> {
+    let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    let mut builder = text::TextProfileBuilder::new(&kind, request.sample_rate, request.from, request.until);
+    tree_formats::parse(format, body, |frames, value| builder.add(frames, value))
+        .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
+    batch.add(request.labels(kind.metric, &kind.app_name), builder.build(), body.len());
     Ok(())
 }
 
@@ -465,30 +484,21 @@ mod tests {
     #[test]
     fn test_format_dispatch() {
         let mut headers = HeaderMap::new();
-        assert_eq!(format(&params(&[]), &headers).unwrap(), Format::Folded);
-        assert_eq!(
-            format(&params(&[("format", "folded")]), &headers).unwrap(),
-            Format::Folded
-        );
-        assert_eq!(
-            format(&params(&[("format", "lines")]), &headers).unwrap(),
-            Format::Lines
-        );
+        assert_eq!(format(&params(&[]), &headers), Format::Folded);
+        assert_eq!(format(&params(&[("format", "folded")]), &headers), Format::Folded);
+        assert_eq!(format(&params(&[("format", "lines")]), &headers), Format::Lines);
         headers.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=x".parse().unwrap());
-        assert_eq!(format(&params(&[]), &headers).unwrap(), Format::Multipart);
+        assert_eq!(format(&params(&[]), &headers), Format::Multipart);
         // format=pprof wins over the content type, as in Pyroscope.
+        assert_eq!(format(&params(&[("format", "pprof")]), &headers), Format::Pprof);
+        assert_eq!(format(&params(&[("format", "tree")]), &headers), Format::Tree);
+        assert_eq!(format(&params(&[("format", "jfr")]), &headers), Format::Jfr);
         assert_eq!(
-            format(&params(&[("format", "pprof")]), &headers).unwrap(),
-            Format::Pprof
-        );
-        assert_eq!(
-            format(&params(&[("format", "tree")]), &headers).unwrap_err().code,
-            ErrorCode::Unimplemented
-        );
-        assert_eq!(format(&params(&[("format", "jfr")]), &headers).unwrap(), Format::Jfr);
-        assert_eq!(
-            format(&params(&[("format", "speedscope")]), &headers).unwrap(),
+            format(&params(&[("format", "speedscope")]), &headers),
             Format::Speedscope
         );
+        // The binary formats win over any other format, as in Pyroscope.
+        headers.insert(header::CONTENT_TYPE, "binary/octet-stream+trie".parse().unwrap());
+        assert_eq!(format(&params(&[("format", "lines")]), &headers), Format::Trie);
     }
 }

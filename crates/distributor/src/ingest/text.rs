@@ -120,20 +120,48 @@ pub fn build_profile(
     from_nanos: i64,
     until_nanos: i64,
 ) -> Profile {
-    let duration = until_nanos.saturating_sub(from_nanos).max(0);
-    let (mut builder, scale) = if kind.timed && sample_rate != 0 {
-        let period = 1_000_000_000 / i64::from(sample_rate);
-        let name = if kind.metric == "wall" { "wall" } else { "cpu" };
-        let builder = StackProfileBuilder::new(name, "nanoseconds").period("cpu", "nanoseconds", period);
-        (builder, period)
-    } else {
-        (StackProfileBuilder::new(&kind.sample_type, kind.sample_unit), 1)
-    };
-    builder = builder.time(from_nanos, duration);
+    let mut builder = TextProfileBuilder::new(kind, sample_rate, from_nanos, until_nanos);
     for (frames, value) in stacks {
-        builder.add(frames.iter().copied(), value.saturating_mul(scale));
+        builder.add(frames.iter().copied(), *value);
     }
     builder.build()
+}
+
+/// [`build_profile`] one stack at a time, for parsers that hand out
+/// stacks as they read them.
+#[derive(Debug)]
+pub struct TextProfileBuilder {
+    builder: StackProfileBuilder,
+    /// What each value is multiplied by (the period, for CPU and wall
+    /// time).
+    scale: i64,
+}
+
+impl TextProfileBuilder {
+    pub fn new(kind: &TextProfileType, sample_rate: u32, from_nanos: i64, until_nanos: i64) -> Self {
+        let duration = until_nanos.saturating_sub(from_nanos).max(0);
+        let (builder, scale) = if kind.timed && sample_rate != 0 {
+            let period = 1_000_000_000 / i64::from(sample_rate);
+            let name = if kind.metric == "wall" { "wall" } else { "cpu" };
+            let builder = StackProfileBuilder::new(name, "nanoseconds").period("cpu", "nanoseconds", period);
+            (builder, period)
+        } else {
+            (StackProfileBuilder::new(&kind.sample_type, kind.sample_unit), 1)
+        };
+        Self {
+            builder: builder.time(from_nanos, duration),
+            scale,
+        }
+    }
+
+    /// Adds `value` to the stack `frames` (root first).
+    pub fn add<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
+        self.builder.add(frames, value.saturating_mul(self.scale));
+    }
+
+    pub fn build(self) -> Profile {
+        self.builder.build()
+    }
 }
 
 #[cfg(test)]
