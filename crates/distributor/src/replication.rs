@@ -20,12 +20,13 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::DistributorMetrics;
 
 /// One series-profile to store: its series labels, the ID every replica
-/// stores it under, and the prepared profile.
+/// stores it under, and the prepared profile (shared, not copied, by the
+/// ingester of this process).
 #[derive(Debug)]
 pub struct ReplicatedProfile {
     pub labels: Labels,
     pub id: ProfileId,
-    pub profile: Profile,
+    pub profile: Arc<Profile>,
     encoded: OnceLock<Bytes>,
 }
 
@@ -34,7 +35,7 @@ impl ReplicatedProfile {
         Self {
             labels,
             id,
-            profile,
+            profile: Arc::new(profile),
             encoded: OnceLock::new(),
         }
     }

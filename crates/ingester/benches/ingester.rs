@@ -76,11 +76,7 @@ static PASS: LazyLock<Pass> = LazyLock::new(|| {
                 .map(|part| {
                     next_id += 1;
                     samples += part.profile.sample.len();
-                    IncomingProfile {
-                        labels: part.labels,
-                        id: ProfileId(next_id.to_be_bytes()),
-                        profile: part.profile,
-                    }
+                    IncomingProfile::new(part.labels, ProfileId(next_id.to_be_bytes()), part.profile)
                 })
                 .collect();
             pushes.push(push);

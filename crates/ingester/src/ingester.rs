@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use flamedb_api::ErrorCode;
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Labels, ProfileId, ProfileType, Selector, TenantLimits, Tree, now_nanos, typed_series};
@@ -94,12 +95,29 @@ impl IngesterConfig {
 pub type ShareOfCluster = Arc<dyn Fn() -> ClusterShare + Send + Sync>;
 
 /// One profile to store: the labels of its series (after splitting), the
-/// ID the distributor gave it, and the normalized profile.
+/// ID the distributor gave it, and the normalized profile, decoded and as
+/// plain pprof bytes (what the WAL keeps). Callers that have both pass
+/// both, so the profile is neither copied nor encoded again.
 #[derive(Debug, Clone)]
 pub struct IncomingProfile {
     pub labels: Labels,
     pub id: ProfileId,
-    pub profile: Profile,
+    pub profile: Arc<Profile>,
+    /// `profile` as plain pprof.
+    pub pprof: Bytes,
+}
+
+impl IncomingProfile {
+    /// A profile known only decoded: encoded here.
+    pub fn new(labels: Labels, id: ProfileId, profile: Profile) -> Self {
+        let pprof = Bytes::from(profile.encode_to_vec());
+        Self {
+            labels,
+            id,
+            profile: Arc::new(profile),
+            pprof,
+        }
+    }
 }
 
 /// Why a push was refused; nothing of it was stored.
@@ -227,7 +245,7 @@ impl TenantState {
 #[derive(Debug)]
 struct Prepared {
     id: ProfileId,
-    profile: Profile,
+    profile: Arc<Profile>,
     window_start_ms: i64,
     inserts: Vec<SeriesInsert>,
 }
@@ -393,7 +411,7 @@ impl Ingester {
         let tenant_state = inner.tenant(&tenant);
         // In record order, as when it arrived: the delta state depends on it.
         for profile in profiles {
-            let Ok(ready) = inner.prepare(profile.labels, profile.id, profile.profile) else {
+            let Ok(ready) = inner.prepare(profile.labels, profile.id, Arc::new(profile.profile)) else {
                 report.invalid_profiles += 1;
                 continue;
             };
@@ -455,7 +473,7 @@ fn decode_records(
 
 impl Inner {
     /// Works out the series a profile is stored under.
-    fn prepare(&self, labels: Labels, id: ProfileId, profile: Profile) -> Result<Prepared, PushError> {
+    fn prepare(&self, labels: Labels, id: ProfileId, profile: Arc<Profile>) -> Result<Prepared, PushError> {
         if labels.get(flamedb_model::METRIC_NAME).is_none_or(str::is_empty) {
             return Err(PushError::MissingName {
                 series: labels.render(),
@@ -492,9 +510,8 @@ impl Ingester {
         let mut prepared = Vec::with_capacity(profiles.len());
         let mut encoded = Vec::with_capacity(profiles.len());
         for incoming in profiles {
-            let pprof = incoming.profile.encode_to_vec();
             let ready = inner.prepare(incoming.labels.clone(), incoming.id, incoming.profile)?;
-            encoded.push((incoming.labels, incoming.id, pprof));
+            encoded.push((incoming.labels, incoming.id, incoming.pprof));
             prepared.push(ready);
         }
         self.admit_series(tenant, &prepared)?;

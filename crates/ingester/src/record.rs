@@ -2,6 +2,7 @@
 //! labels, ID and normalized pprof bytes. A storage format of the ingester
 //! only (not an API): protobuf, so fields can be added compatibly.
 
+use bytes::Bytes;
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Label, Labels, ProfileId};
 use prost::Message;
@@ -21,8 +22,8 @@ pub(crate) struct WalProfile {
     #[prost(bytes = "vec", tag = "2")]
     pub id: Vec<u8>,
     /// The profile, as plain (not gzip'd) pprof.
-    #[prost(bytes = "vec", tag = "3")]
-    pub pprof: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub pprof: Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,7 +53,7 @@ pub(crate) struct RecordProfile {
     pub profile: Profile,
 }
 
-pub(crate) fn encode(tenant: &str, profiles: impl IntoIterator<Item = (Labels, ProfileId, Vec<u8>)>) -> Vec<u8> {
+pub(crate) fn encode(tenant: &str, profiles: impl IntoIterator<Item = (Labels, ProfileId, Bytes)>) -> Vec<u8> {
     WalRecord {
         tenant: tenant.to_owned(),
         profiles: profiles
@@ -90,7 +91,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Vec<RecordProfile>), Recor
                         .collect(),
                 ),
                 id,
-                profile: Profile::decode(profile.pprof.as_slice()).map_err(RecordError::Profile)?,
+                profile: Profile::decode(profile.pprof).map_err(RecordError::Profile)?,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -111,7 +112,7 @@ mod tests {
         let labels = Labels::from_pairs([("service_name", "app"), ("__name__", "cpu")]);
         let bytes = encode(
             "tenant-a",
-            [(labels.clone(), ProfileId([7; 16]), profile.encode_to_vec())],
+            [(labels.clone(), ProfileId([7; 16]), Bytes::from(profile.encode_to_vec()))],
         );
         let (tenant, profiles) = decode(&bytes).unwrap();
         assert_eq!(tenant, "tenant-a");

@@ -3,10 +3,12 @@
 //! operator endpoint `/ingester/flush`. Distributors push here; queriers
 //! read here.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use bytes::Bytes;
 use axum::response::IntoResponse;
 use flamedb_api::pb::ingester::v1 as pb;
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
@@ -117,14 +119,21 @@ async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> 
                 };
                 RpcError::new(code, format!("profile {id} of series {}: {err}", labels.render()))
             })?;
-            budget = budget.saturating_sub(raw.len()).max(1);
-            let profile = flamedb_model::pprof::decode_plain(&raw).map_err(|err| {
+            // The plain bytes go to the WAL as they came: no copy, no
+            // second encoding.
+            let pprof = match raw {
+                Cow::Owned(plain) => Bytes::from(plain),
+                Cow::Borrowed(_) => Bytes::from(sample.raw_profile),
+            };
+            budget = budget.saturating_sub(pprof.len()).max(1);
+            let profile = flamedb_model::pprof::decode_plain(&pprof).map_err(|err| {
                 RpcError::invalid_argument(format!("profile {id} of series {}: {err}", labels.render()))
             })?;
             profiles.push(IncomingProfile {
                 labels: labels.clone(),
                 id,
-                profile,
+                profile: Arc::new(profile),
+                pprof,
             });
         }
     }

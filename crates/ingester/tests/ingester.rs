@@ -84,11 +84,11 @@ fn cpu_profile(time_ms: i64, value: i64) -> Profile {
 }
 
 fn incoming(service: &str, id: u8, time_ms: i64, value: i64) -> IncomingProfile {
-    IncomingProfile {
-        labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", service)]),
-        id: ProfileId([id; 16]),
-        profile: cpu_profile(time_ms, value),
-    }
+    IncomingProfile::new(
+        Labels::from_pairs([("__name__", "process_cpu"), ("service_name", service)]),
+        ProfileId([id; 16]),
+        cpu_profile(time_ms, value),
+    )
 }
 
 fn cpu_query(selector: &str) -> ProfileQuery {
@@ -355,11 +355,7 @@ async fn test_real_profiles_keep_their_totals() {
     let profiles: Vec<IncomingProfile> = series
         .into_iter()
         .enumerate()
-        .map(|(i, part)| IncomingProfile {
-            labels: part.labels,
-            id: ProfileId([i as u8; 16]),
-            profile: part.profile,
-        })
+        .map(|(i, part)| IncomingProfile::new(part.labels, ProfileId([i as u8; 16]), part.profile))
         .collect();
     let parts = profiles.len();
     ingester.push("t", profiles).await.unwrap();
@@ -567,11 +563,11 @@ fn alloc_profile(time_ms: i64, value: i64) -> IncomingProfile {
     profile.string_table[1] = "alloc_space".to_owned();
     profile.string_table[2] = "bytes".to_owned();
     profile.period_type = None;
-    IncomingProfile {
-        labels: Labels::from_pairs([("__name__", "memory"), ("service_name", "app")]),
-        id: ProfileId([time_ms as u8; 16]),
+    IncomingProfile::new(
+        Labels::from_pairs([("__name__", "memory"), ("service_name", "app")]),
+        ProfileId([time_ms as u8; 16]),
         profile,
-    }
+    )
 }
 
 #[tokio::test]

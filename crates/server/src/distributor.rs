@@ -86,7 +86,8 @@ impl IngesterPool for Ingesters {
                     .map(|profile| IncomingProfile {
                         labels: profile.labels.clone(),
                         id: profile.id,
-                        profile: profile.profile.clone(),
+                        profile: Arc::clone(&profile.profile),
+                        pprof: profile.encoded(),
                     })
                     .collect();
                 Box::pin(async move {
