@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use bytes::Bytes;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use flamedb_api::pb::ingester::v1 as pb;
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
 use flamedb_api::pb::types::v1 as types;

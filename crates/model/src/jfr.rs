@@ -1,7 +1,8 @@
 //! Java Flight Recorder files as the Pyroscope Java agent (async-profiler)
-//! sends them: the CPU samples (`jdk.ExecutionSample`), each with its
-//! stack of frame names and async-profiler's context ID, and the profiling
-//! event the recording was made with (`cpu`, `itimer`, `wall`).
+//! sends them: its sampling events (execution samples, allocations, lock
+//! and park waits, live objects, native mallocs), each with its stack of
+//! frame names and async-profiler's context ID, and the profiling event
+//! the recording was made with (`cpu`, `itimer`, `wall`).
 //!
 //! A file is a series of chunks. Each chunk has a header, a metadata event
 //! that describes every type (classes with typed fields), constant pools
@@ -16,7 +17,7 @@
 //! it (`App$$Lambda$75.0x0000000800c22a28` → `App$$Lambda_`), as Pyroscope
 //! names them, so a frame keeps one name across restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 const MAGIC: &[u8; 4] = b"FLR\0";
 const HEADER_BYTES: usize = 68;
@@ -27,20 +28,85 @@ const MAX_DEPTH: usize = 32;
 /// Values read per byte of a chunk at most: objects of field-less classes
 /// take no bytes, and nested classes many values per byte.
 const VALUES_PER_BYTE: usize = 4;
-/// Stack frames the CPU samples may expand to, per byte of the file.
+/// Stack frames the samples may expand to, per byte of the file.
 const FRAMES_PER_BYTE: usize = 8;
-/// Sampling events of other profile types, not read yet: counted so the
-/// caller can say what it did not store.
-const OTHER_SAMPLES: [&str; 8] = [
-    "jdk.ObjectAllocationInNewTLAB",
-    "jdk.ObjectAllocationOutsideTLAB",
-    "jdk.ObjectAllocationSample",
-    "jdk.JavaMonitorEnter",
-    "jdk.ThreadPark",
-    "profiler.LiveObject",
-    "profiler.Malloc",
-    "profiler.WallClockSample",
+const NANOS_PER_SECOND: i128 = 1_000_000_000;
+
+/// The sampling events read, by event type name.
+const EVENTS: [(&str, Event); 9] = [
+    ("jdk.ExecutionSample", Event::Execution),
+    ("profiler.WallClockSample", Event::WallClock),
+    (
+        "jdk.ObjectAllocationInNewTLAB",
+        Event::Sampled(SampleKind::AllocInNewTlab),
+    ),
+    (
+        "jdk.ObjectAllocationOutsideTLAB",
+        Event::Sampled(SampleKind::AllocOutsideTlab),
+    ),
+    ("jdk.ObjectAllocationSample", Event::Sampled(SampleKind::AllocSample)),
+    ("jdk.JavaMonitorEnter", Event::Sampled(SampleKind::Lock)),
+    ("jdk.ThreadPark", Event::Sampled(SampleKind::Park)),
+    ("profiler.LiveObject", Event::Sampled(SampleKind::Live)),
+    ("profiler.Malloc", Event::Sampled(SampleKind::Malloc)),
 ];
+
+/// What a sample measures: each becomes a profile type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SampleKind {
+    /// Execution samples of threads not sleeping.
+    Cpu,
+    /// Execution samples of a wall-clock recording (every state), and
+    /// async-profiler's wall-clock samples.
+    Wall,
+    /// Objects allocated in a new TLAB; the amount is the TLAB's size.
+    AllocInNewTlab,
+    /// Objects allocated outside TLABs; the amount is their size.
+    AllocOutsideTlab,
+    /// The JDK's allocation samples; the amount is their weight in bytes.
+    AllocSample,
+    /// Contended monitor enters; the amount is the wait in nanoseconds.
+    Lock,
+    /// Thread parks; the amount is the wait in nanoseconds.
+    Park,
+    /// Objects still live.
+    Live,
+    /// Native allocations; the amount is their size.
+    Malloc,
+}
+
+impl SampleKind {
+    /// The event field holding the amount, if the kind has one.
+    fn amount_field(self) -> Option<&'static str> {
+        match self {
+            Self::Cpu | Self::Wall | Self::Live => None,
+            Self::AllocInNewTlab => Some("tlabSize"),
+            Self::AllocOutsideTlab => Some("allocationSize"),
+            Self::AllocSample => Some("weight"),
+            Self::Lock | Self::Park => Some("duration"),
+            Self::Malloc => Some("size"),
+        }
+    }
+}
+
+/// How an event type is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// `jdk.ExecutionSample`: CPU unless sleeping; wall too in a
+    /// wall-clock recording.
+    Execution,
+    /// `profiler.WallClockSample`: `samples` wall-clock samples.
+    WallClock,
+    Sampled(SampleKind),
+}
+
+/// How many events of a kind, context and stack there were, and their
+/// amount summed (bytes or nanoseconds; 0 for kinds without one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub amount: i64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JfrError {
@@ -62,12 +128,8 @@ pub struct Recording {
     pub names: Vec<String>,
     /// Distinct stacks: indices into `names`, root first.
     pub stacks: Vec<Vec<u32>>,
-    /// CPU samples by context ID and stack (index into `stacks`), with how
-    /// many samples each. Samples of sleeping threads are not CPU.
-    pub cpu: HashMap<(i64, usize), u64>,
-    /// Events of other profile types (allocations, locks, wall clock), by
-    /// event name: not read.
-    pub skipped: BTreeMap<String, u64>,
+    /// Samples by kind, context ID and stack (index into `stacks`).
+    pub samples: HashMap<(SampleKind, i64, usize), Totals>,
 }
 
 /// Reads every chunk of `data`.
@@ -80,9 +142,9 @@ pub fn parse(data: &[u8]) -> Result<Recording, JfrError> {
     }
     let limit = data.len().saturating_mul(FRAMES_PER_BYTE);
     let frames = recording
-        .cpu
+        .samples
         .keys()
-        .map(|&(_, stack)| recording.stacks.get(stack).map_or(0, Vec::len))
+        .map(|&(_, _, stack)| recording.stacks.get(stack).map_or(0, Vec::len))
         .fold(0usize, usize::saturating_add);
     if frames > limit {
         return Err(JfrError::TooLarge {
@@ -118,7 +180,7 @@ fn parse_chunk(
     let _start_nanos = header.fixed_i64()?;
     let _duration_nanos = header.fixed_i64()?;
     let _start_ticks = header.fixed_i64()?;
-    let _ticks_per_second = header.fixed_i64()?;
+    let ticks_per_second = header.fixed_i64()?;
     let features = header.fixed_i32()?;
     let compressed = features & 1 != 0;
     let end = usize::try_from(size)
@@ -136,7 +198,7 @@ fn parse_chunk(
 
     let mut pools: HashMap<(i64, i64), Value> = HashMap::new();
     // Samples and settings refer to pools that may come later in the chunk.
-    let mut samples: Vec<(Value, i64, Value)> = Vec::new();
+    let mut samples: Vec<RawSample> = Vec::new();
     let mut settings: Vec<(Value, Value)> = Vec::new();
     let mut at = start + HEADER_BYTES;
     while at < end {
@@ -153,18 +215,28 @@ fn parse_chunk(
         match kind {
             METADATA_EVENT => {}
             CONSTANT_POOL_EVENT => read_pools(&mut event, &types, &mut pools)?,
-            kind if Some(kind) == types.execution_sample => {
+            kind if let Some(&sampled) = types.events.get(&kind) => {
                 let class = types.class(kind, event.pos)?;
                 let Value::Object(fields) = read_object(&mut event, &types, class, 0)? else {
-                    return Err(damaged(at, "an execution sample that is not an object"));
+                    return Err(damaged(at, "a sample that is not an object"));
                 };
-                let stack = class.field(&fields, "stackTrace").cloned().unwrap_or(Value::Null);
-                let context = match class.field(&fields, "contextId") {
-                    Some(Value::Int(context)) => *context,
-                    _ => 0,
+                let field = |name| class.field(&fields, name).cloned().unwrap_or(Value::Null);
+                let int = |name| match class.field(&fields, name) {
+                    Some(Value::Int(value)) => Some(*value),
+                    _ => None,
                 };
-                let state = class.field(&fields, "state").cloned().unwrap_or(Value::Null);
-                samples.push((stack, context, state));
+                let amount = match sampled {
+                    Event::Sampled(kind) => kind.amount_field().and_then(int).unwrap_or(0),
+                    Event::WallClock => int("samples").unwrap_or(1),
+                    Event::Execution => 0,
+                };
+                samples.push(RawSample {
+                    event: sampled,
+                    stack: field("stackTrace"),
+                    context: int("contextId").unwrap_or(0),
+                    state: field("state"),
+                    amount,
+                });
             }
             kind if Some(kind) == types.active_setting => {
                 let class = types.class(kind, event.pos)?;
@@ -173,13 +245,7 @@ fn parse_chunk(
                     settings.push((field("name"), field("value")));
                 }
             }
-            kind => {
-                if let Some(class) = types.classes.get(&kind)
-                    && OTHER_SAMPLES.contains(&class.name.as_str())
-                {
-                    *recording.skipped.entry(class.name.clone()).or_insert(0) += 1;
-                }
-            }
+            _ => {}
         }
         at = event_end;
     }
@@ -195,30 +261,45 @@ fn parse_chunk(
             recording.event = Some(value);
         }
     }
-    if recording.event.as_deref() == Some("wall") {
-        // Wall-clock samples, not CPU: not read yet.
-        if !samples.is_empty() {
-            *recording
-                .skipped
-                .entry("jdk.ExecutionSample (wall clock)".to_owned())
-                .or_insert(0) += samples.len() as u64;
-        }
-        return Ok(end);
-    }
+    let wall_recording = recording.event.as_deref() == Some("wall");
     // Each stack is resolved once, however many samples share it.
     let mut resolved: HashMap<(i64, i64), usize> = HashMap::new();
-    for (stack, context, state) in samples {
-        let sleeping = types
-            .thread_state
-            .and_then(|class| resolver.field(&state, class, "name"))
-            .and_then(|(name, _)| resolver.string(name))
-            .is_some_and(|name| name == "STATE_SLEEPING");
-        if sleeping {
+    for sample in samples {
+        let mut counted: [Option<(SampleKind, Totals)>; 2] = [None, None];
+        match sample.event {
+            Event::Execution => {
+                let sleeping = types
+                    .thread_state
+                    .and_then(|class| resolver.field(&sample.state, class, "name"))
+                    .and_then(|(name, _)| resolver.string(name))
+                    .is_some_and(|name| name == "STATE_SLEEPING");
+                let one = Totals { events: 1, amount: 0 };
+                if !sleeping {
+                    counted[0] = Some((SampleKind::Cpu, one));
+                }
+                if wall_recording {
+                    counted[1] = Some((SampleKind::Wall, one));
+                }
+            }
+            Event::WallClock => {
+                let events = u64::try_from(sample.amount).unwrap_or(0);
+                counted[0] = Some((SampleKind::Wall, Totals { events, amount: 0 }));
+            }
+            Event::Sampled(kind) => {
+                let amount = if matches!(kind, SampleKind::Lock | SampleKind::Park) {
+                    ticks_to_nanos(sample.amount, ticks_per_second)
+                } else {
+                    sample.amount
+                };
+                counted[0] = Some((kind, Totals { events: 1, amount }));
+            }
+        }
+        if counted.iter().all(Option::is_none) {
             continue;
         }
-        let stack_id = match stack {
+        let stack_id = match sample.stack {
             Value::Ref { class, index } if resolved.contains_key(&(class, index)) => resolved[&(class, index)],
-            _ => {
+            stack => {
                 recording
                     .stacks
                     .push(resolver.frames(&stack, names, &mut recording.names));
@@ -229,9 +310,35 @@ fn parse_chunk(
                 id
             }
         };
-        *recording.cpu.entry((context, stack_id)).or_insert(0) += 1;
+        for (kind, totals) in counted.into_iter().flatten() {
+            let entry = recording.samples.entry((kind, sample.context, stack_id)).or_default();
+            entry.events = entry.events.saturating_add(totals.events);
+            entry.amount = entry.amount.saturating_add(totals.amount);
+        }
     }
     Ok(end)
+}
+
+/// A sampling event as read, before the pools it refers to are known.
+struct RawSample {
+    event: Event,
+    stack: Value,
+    context: i64,
+    /// The thread state of execution samples.
+    state: Value,
+    /// The event's amount field (ticks for durations), or its number of
+    /// wall-clock samples.
+    amount: i64,
+}
+
+/// A duration in the chunk's ticks as nanoseconds (as is when the chunk
+/// states no tick rate).
+fn ticks_to_nanos(ticks: i64, ticks_per_second: i64) -> i64 {
+    if ticks_per_second <= 0 || i128::from(ticks_per_second) == NANOS_PER_SECOND {
+        return ticks;
+    }
+    let nanos = i128::from(ticks) * NANOS_PER_SECOND / i128::from(ticks_per_second);
+    i64::try_from(nanos).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Constant pools of one checkpoint event.
@@ -467,7 +574,8 @@ impl Class {
 #[derive(Debug, Default)]
 struct Types {
     classes: HashMap<i64, Class>,
-    execution_sample: Option<i64>,
+    /// The sampling event types read, by class ID.
+    events: HashMap<i64, Event>,
     active_setting: Option<i64>,
     stack_trace: Option<i64>,
     thread_state: Option<i64>,
@@ -532,8 +640,10 @@ impl Types {
                         array: field.attribute("dimension") == Some("1"),
                     })
                     .collect();
+                if let Some((_, event)) = EVENTS.iter().find(|(event_name, _)| *event_name == name) {
+                    types.events.insert(id, *event);
+                }
                 match name.as_str() {
-                    "jdk.ExecutionSample" => types.execution_sample = Some(id),
                     "jdk.ActiveSetting" => types.active_setting = Some(id),
                     "jdk.types.StackTrace" => types.stack_trace = Some(id),
                     "jdk.types.ThreadState" => types.thread_state = Some(id),
@@ -728,5 +838,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod synthetic;
 #[cfg(test)]
 mod tests;

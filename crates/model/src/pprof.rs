@@ -97,10 +97,10 @@ pub fn string_at(profile: &Profile, index: i64) -> &str {
         .map_or("", String::as_str)
 }
 
-/// Builds a profile of one sample type from stacks of function names:
-/// one function and one location per name, one sample per stack. Text
-/// formats of `/ingest`, merged trees exported as pprof, and tools build
-/// their profiles with it.
+/// Builds a profile from stacks of function names: one function and one
+/// location per name, one sample per stack. Text formats of `/ingest`,
+/// JFR recordings, merged trees exported as pprof, and tools build their
+/// profiles with it.
 #[derive(Debug)]
 pub struct StackProfileBuilder {
     profile: Profile,
@@ -111,6 +111,11 @@ pub struct StackProfileBuilder {
 impl StackProfileBuilder {
     /// A profile whose values are `sample_type` in `sample_unit`.
     pub fn new(sample_type: &str, sample_unit: &str) -> Self {
+        Self::with_types(&[(sample_type, sample_unit)])
+    }
+
+    /// A profile with one value of each `(type, unit)` per sample.
+    pub fn with_types(sample_types: &[(&str, &str)]) -> Self {
         let mut builder = Self {
             profile: Profile {
                 string_table: vec![String::new()],
@@ -124,11 +129,13 @@ impl StackProfileBuilder {
             strings: std::collections::HashMap::from([(String::new(), 0)]),
             locations: std::collections::HashMap::new(),
         };
-        let sample_type = ValueType {
-            r#type: builder.string(sample_type),
-            unit: builder.string(sample_unit),
-        };
-        builder.profile.sample_type.push(sample_type);
+        for (sample_type, sample_unit) in sample_types {
+            let sample_type = ValueType {
+                r#type: builder.string(sample_type),
+                unit: builder.string(sample_unit),
+            };
+            builder.profile.sample_type.push(sample_type);
+        }
         builder
     }
 
@@ -153,11 +160,17 @@ impl StackProfileBuilder {
 
     /// Adds a sample of `value` for the stack `frames` (root first).
     pub fn add<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
+        self.add_values(frames, vec![value]);
+    }
+
+    /// Adds a sample with a value per sample type for the stack `frames`
+    /// (root first).
+    pub fn add_values<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, values: Vec<i64>) {
         let mut location_id: Vec<u64> = frames.into_iter().map(|frame| self.location(frame)).collect();
         location_id.reverse();
         self.profile.sample.push(Sample {
             location_id,
-            value: vec![value],
+            value: values,
             label: Vec::new(),
         });
     }

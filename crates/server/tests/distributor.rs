@@ -578,7 +578,16 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
 
     // The binary trie and tree of old agents: prefix-compressed stack
     // keys with counts, and frames with self values.
-    let trie = [&[0, 0, 1, 6][..], b"foo;ba", &[0, 2, 1], b"r", &[3, 0, 1], b"z", &[5, 0]].concat();
+    let trie = [
+        &[0, 0, 1, 6][..],
+        b"foo;ba",
+        &[0, 2, 1],
+        b"r",
+        &[3, 0, 1],
+        b"z",
+        &[5, 0],
+    ]
+    .concat();
     let (status, answer) = ingest(&node, "name=trie.cpu&format=trie", "binary/octet-stream", trie);
     assert_eq!((status, answer.as_str()), (200, ""));
     let mut stacks = merged(&node, CPU, r#"{service_name="trie"}"#).stacks();
@@ -612,7 +621,7 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
 }
 
 #[test]
-fn test_jfr_from_the_java_agent_is_stored_as_cpu_per_context() {
+fn test_jfr_from_the_java_agent_is_stored_per_kind_of_sample_and_context() {
     let Some(pprof_dir) = testdata_dir() else { return };
     let dir = pprof_dir.join("../jfr");
     let node = start("single", &[]);
@@ -643,6 +652,46 @@ fn test_jfr_from_the_java_agent_is_stored_as_cpu_per_context() {
     let all = r#"{service_name="app",jfr_event="itimer"}"#;
     assert_eq!(merged(&node, cpu, all).total(), 2188 * 10_000_000);
     assert_eq!(stored_ids(&node, cpu, all).len(), 5);
+
+    // Allocation and lock samples (a recording made up here): profiles
+    // of their own types.
+    use flamedb_model::jfr::synthetic::{Event, FieldValue, recording};
+    let stacks: &[&[&str]] = &[&["App.alloc", "App.main"]];
+    let events = [
+        Event {
+            name: "jdk.ObjectAllocationInNewTLAB",
+            stack: 1,
+            fields: vec![("tlabSize", FieldValue::Long(65_536))],
+        },
+        Event {
+            name: "jdk.JavaMonitorEnter",
+            stack: 1,
+            fields: vec![("duration", FieldValue::Long(1_500_000))],
+        },
+    ];
+    let file = recording("cpu", 1_000_000_000, stacks, &events);
+    let (status, body) = ingest(&node, "name=java&format=jfr", "application/octet-stream", file);
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(
+        profile_types(&node, "anonymous", r#"{service_name="java"}"#),
+        BTreeSet::from(
+            [
+                "memory:alloc_in_new_tlab_bytes:bytes:space:bytes",
+                "memory:alloc_in_new_tlab_objects:count:space:bytes",
+                "mutex:contentions:count:mutex:count",
+                "mutex:delay:nanoseconds:mutex:count",
+            ]
+            .map(String::from)
+        )
+    );
+    let bytes = merged(
+        &node,
+        "memory:alloc_in_new_tlab_bytes:bytes:space:bytes",
+        r#"{service_name="java"}"#,
+    );
+    assert_eq!(bytes.total(), 65_536);
+    let delay = merged(&node, "mutex:delay:nanoseconds:mutex:count", r#"{service_name="java"}"#);
+    assert_eq!(delay.total(), 1_500_000);
 
     // Not a recording: 422, nothing stored.
     let (content_type, body) = multipart(&[("jfr", b"FLR\0 broken")]);

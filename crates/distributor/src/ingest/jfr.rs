@@ -1,19 +1,31 @@
 //! JFR sent to `/ingest?format=jfr` by the Pyroscope Java agent: the body
 //! is the recording, or multipart with the recording in `jfr` and
 //! async-profiler's context labels in `labels` (a `LabelsSnapshot`; either
-//! may be gzipped). The CPU samples become one `process_cpu` profile per
-//! context, labelled with the context's labels and `jfr_event`. The whole
-//! recording, decompressed, must fit `max_profile_size_bytes` (Pyroscope
-//! applies that limit to each profile made from it). A recording without
-//! CPU samples stores nothing and answers 200.
+//! may be gzipped). Each kind of sample becomes one profile per context,
+//! labelled with the context's labels and `jfr_event`, of Pyroscope's
+//! types:
+//!
+//! | samples | `__name__` | sample types | period type |
+//! |---|---|---|---|
+//! | CPU (execution samples not sleeping) | `process_cpu` | `cpu:nanoseconds` | `cpu:nanoseconds` |
+//! | wall clock | `wall` | `wall:nanoseconds` | `wall:nanoseconds` |
+//! | allocations in new TLABs, outside TLABs, the JDK's allocation samples | `memory` | `alloc_in_new_tlab_objects:count`, `alloc_in_new_tlab_bytes:bytes` (`outside_tlab`, `alloc_sample`) | `space:bytes` |
+//! | contended monitor enters | `mutex` | `contentions:count`, `delay:nanoseconds` | `mutex:count` |
+//! | thread parks | `block` | `contentions:count`, `delay:nanoseconds` | `block:count` |
+//! | live objects | `memory` | `live:count` | `objects:count` |
+//! | native mallocs | `memory` | `malloc_objects:count`, `malloc_bytes:bytes` | |
+//!
+//! CPU and wall samples count `1e9 / sampleRate` nanoseconds each. The
+//! whole recording, decompressed, must fit `max_profile_size_bytes`
+//! (Pyroscope applies that limit to each profile made from it). A
+//! recording without samples stores nothing and answers 200.
 
 use std::collections::HashMap;
 
 use flamedb_api::{ErrorCode, RpcError};
-use flamedb_model::jfr;
+use flamedb_model::jfr::{self, SampleKind, Totals};
 use flamedb_model::pprof::StackProfileBuilder;
 use prost::Message;
-use tracing::warn;
 
 use super::IngestRequest;
 use crate::batch::PushBatch;
@@ -38,7 +50,76 @@ fn unprocessable(message: String) -> RpcError {
     RpcError::new(ErrorCode::UnprocessableEntity, message)
 }
 
-/// Adds the CPU samples of the recording `raw` (gzip or plain), with the
+/// What a kind of JFR sample is stored as.
+struct JfrProfileType {
+    metric: &'static str,
+    sample_types: &'static [(&'static str, &'static str)],
+    period_type: Option<(&'static str, &'static str)>,
+}
+
+impl JfrProfileType {
+    fn of(kind: SampleKind) -> Self {
+        let (metric, sample_types, period_type): (_, &'static [_], _) = match kind {
+            SampleKind::Cpu => ("process_cpu", &[("cpu", "nanoseconds")], Some(("cpu", "nanoseconds"))),
+            SampleKind::Wall => ("wall", &[("wall", "nanoseconds")], Some(("wall", "nanoseconds"))),
+            SampleKind::AllocInNewTlab => (
+                "memory",
+                &[
+                    ("alloc_in_new_tlab_objects", "count"),
+                    ("alloc_in_new_tlab_bytes", "bytes"),
+                ],
+                Some(("space", "bytes")),
+            ),
+            SampleKind::AllocOutsideTlab => (
+                "memory",
+                &[
+                    ("alloc_outside_tlab_objects", "count"),
+                    ("alloc_outside_tlab_bytes", "bytes"),
+                ],
+                Some(("space", "bytes")),
+            ),
+            SampleKind::AllocSample => (
+                "memory",
+                &[("alloc_sample_objects", "count"), ("alloc_sample_bytes", "bytes")],
+                Some(("space", "bytes")),
+            ),
+            SampleKind::Lock => (
+                "mutex",
+                &[("contentions", "count"), ("delay", "nanoseconds")],
+                Some(("mutex", "count")),
+            ),
+            SampleKind::Park => (
+                "block",
+                &[("contentions", "count"), ("delay", "nanoseconds")],
+                Some(("block", "count")),
+            ),
+            SampleKind::Live => ("memory", &[("live", "count")], Some(("objects", "count"))),
+            SampleKind::Malloc => (
+                "memory",
+                &[("malloc_objects", "count"), ("malloc_bytes", "bytes")],
+                None,
+            ),
+        };
+        Self {
+            metric,
+            sample_types,
+            period_type,
+        }
+    }
+
+    /// The values of a stack's samples; CPU and wall samples each count
+    /// `period` nanoseconds.
+    fn values(&self, kind: SampleKind, totals: Totals, period: i64) -> Vec<i64> {
+        let events = i64::try_from(totals.events).unwrap_or(i64::MAX);
+        match kind {
+            SampleKind::Cpu | SampleKind::Wall => vec![events.saturating_mul(period)],
+            SampleKind::Live => vec![events],
+            _ => vec![events, totals.amount],
+        }
+    }
+}
+
+/// Adds the samples of the recording `raw` (gzip or plain), with the
 /// context labels of `labels`, to `batch`.
 pub(super) fn add_jfr(
     batch: &mut PushBatch,
@@ -54,13 +135,6 @@ pub(super) fn add_jfr(
         return Ok(());
     };
     let recording = jfr::parse(&bytes).map_err(|err| unprocessable(err.to_string()))?;
-    if !recording.skipped.is_empty() {
-        warn!(
-            service = %request.name.app_name,
-            events = ?recording.skipped,
-            "JFR events of profile types flamedb does not read yet were not stored (only CPU samples are)"
-        );
-    }
     let snapshot = match labels {
         Some(labels) if !labels.is_empty() => {
             // Within the same size limits as the recording.
@@ -77,24 +151,28 @@ pub(super) fn add_jfr(
     };
     let period = 1_000_000_000 / i64::from(request.sample_rate.max(1));
     let duration = request.until.saturating_sub(request.from).max(0);
-    let mut by_context: HashMap<i64, StackProfileBuilder> = HashMap::new();
-    for ((context, stack), count) in &recording.cpu {
-        let builder = by_context.entry(*context).or_insert_with(|| {
-            StackProfileBuilder::new("cpu", "nanoseconds")
-                .period("cpu", "nanoseconds", period)
-                .time(request.from, duration)
+    let mut profiles: HashMap<(SampleKind, i64), StackProfileBuilder> = HashMap::new();
+    for (&(kind, context, stack), &totals) in &recording.samples {
+        let profile_type = JfrProfileType::of(kind);
+        let builder = profiles.entry((kind, context)).or_insert_with(|| {
+            let builder = StackProfileBuilder::with_types(profile_type.sample_types).time(request.from, duration);
+            match (kind, profile_type.period_type) {
+                (SampleKind::Cpu | SampleKind::Wall, Some((r#type, unit))) => builder.period(r#type, unit, period),
+                (_, Some((r#type, unit))) => builder.period(r#type, unit, 0),
+                (_, None) => builder,
+            }
         });
         let names = recording
             .stacks
-            .get(*stack)
+            .get(stack)
             .into_iter()
             .flatten()
             .filter_map(|&frame| recording.names.get(frame as usize).map(String::as_str));
-        builder.add(names, i64::try_from(*count).unwrap_or(i64::MAX).saturating_mul(period));
+        builder.add_values(names, profile_type.values(kind, totals, period));
     }
-    let share = bytes.len() / by_context.len().max(1);
-    for (context, builder) in by_context {
-        let mut labels = request.labels("process_cpu", &request.name.app_name);
+    let share = bytes.len() / profiles.len().max(1);
+    for ((kind, context), builder) in profiles {
+        let mut labels = request.labels(JfrProfileType::of(kind).metric, &request.name.app_name);
         if let Some(event) = &recording.event {
             labels.set("jfr_event", event.as_str());
         }
@@ -108,4 +186,114 @@ pub(super) fn add_jfr(
         batch.add(labels, builder.build(), share);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use flamedb_model::Limits;
+    use flamedb_model::jfr::synthetic::{Event, FieldValue, recording};
+    use flamedb_model::pprof::string_at;
+
+    use super::*;
+
+    fn sample(name: &'static str, stack: i64, fields: Vec<(&'static str, FieldValue)>) -> Event {
+        Event { name, stack, fields }
+    }
+
+    #[test]
+    fn test_each_kind_of_sample_is_a_profile_of_its_type() {
+        let stacks: &[&[&str]] = &[&["App.work", "App.main"], &["Lock.wait", "App.main"]];
+        let runnable = || vec![("state", FieldValue::State("STATE_RUNNABLE"))];
+        let file = recording(
+            "itimer",
+            1_000_000_000,
+            stacks,
+            &[
+                sample("jdk.ExecutionSample", 1, runnable()),
+                sample("jdk.ExecutionSample", 1, runnable()),
+                sample(
+                    "jdk.ObjectAllocationInNewTLAB",
+                    1,
+                    vec![("tlabSize", FieldValue::Long(4096))],
+                ),
+                sample("jdk.JavaMonitorEnter", 2, vec![("duration", FieldValue::Long(2_000))]),
+                sample("jdk.ThreadPark", 2, vec![("duration", FieldValue::Long(7))]),
+            ],
+        );
+        let params: HashMap<String, String> = [("name", "app{env=x}"), ("from", "100"), ("until", "110")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let request = IngestRequest::parse(&params).unwrap();
+        let mut batch = PushBatch::new(Arc::new(Limits::default()));
+        add_jfr(&mut batch, &request, &file, None).unwrap();
+
+        // __name__ → (sample types, period type, values of the one sample).
+        let profiles: BTreeMap<String, (Vec<String>, String, Vec<i64>)> = batch
+            .profiles
+            .iter()
+            .map(|received| {
+                let labels = &received.labels;
+                assert_eq!(labels.get("service_name"), Some("app"));
+                assert_eq!(labels.get("env"), Some("x"));
+                assert_eq!(labels.get("jfr_event"), Some("itimer"));
+                let profile = &received.profile;
+                let types = profile
+                    .sample_type
+                    .iter()
+                    .map(|t| format!("{}:{}", string_at(profile, t.r#type), string_at(profile, t.unit)))
+                    .collect();
+                let period = profile.period_type.as_ref().map_or(String::new(), |t| {
+                    format!("{}:{}", string_at(profile, t.r#type), string_at(profile, t.unit))
+                });
+                assert_eq!(profile.sample.len(), 1);
+                assert_eq!(profile.time_nanos, 100_000_000_000);
+                (
+                    labels.get("__name__").unwrap().to_owned(),
+                    (types, period, profile.sample[0].value.clone()),
+                )
+            })
+            .collect();
+        let strings = |items: &[&str]| items.iter().map(|item| (*item).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            profiles,
+            BTreeMap::from([
+                (
+                    "process_cpu".to_owned(),
+                    (
+                        strings(&["cpu:nanoseconds"]),
+                        "cpu:nanoseconds".to_owned(),
+                        vec![20_000_000]
+                    )
+                ),
+                (
+                    "memory".to_owned(),
+                    (
+                        strings(&["alloc_in_new_tlab_objects:count", "alloc_in_new_tlab_bytes:bytes"]),
+                        "space:bytes".to_owned(),
+                        vec![1, 4096]
+                    )
+                ),
+                (
+                    "mutex".to_owned(),
+                    (
+                        strings(&["contentions:count", "delay:nanoseconds"]),
+                        "mutex:count".to_owned(),
+                        vec![1, 2_000]
+                    )
+                ),
+                (
+                    "block".to_owned(),
+                    (
+                        strings(&["contentions:count", "delay:nanoseconds"]),
+                        "block:count".to_owned(),
+                        vec![1, 7]
+                    )
+                ),
+            ])
+        );
+    }
 }

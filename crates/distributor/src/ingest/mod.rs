@@ -7,16 +7,16 @@
 //! `format=pprof` (raw pprof body), multipart `profile` (+
 //! `sample_type_config`, `prev_profile`), `format=lines`,
 //! `format=speedscope` (one series per speedscope profile, labelled
-//! `profile_name`), `format=jfr` (the CPU samples of a Java Flight
-//! Recorder file, raw or multipart `jfr` + `labels`), the binary `trie`
-//! and `tree` of old agents (`format=` or `Content-Type:
-//! binary/octet-stream+trie` / `+tree`), and folded stacks otherwise.
-//! Success is 200 with an
-//! empty body; errors are JSON `{"code","message"}`: 400 bad `name` or time
-//! (and invalid text profiles), 408 a body that did not arrive (in time), 413
-//! body over the limit, 422 a pprof, JFR or speedscope file that cannot be
-//! decoded or fails validation (and a trie or tree that cannot be read), 429
-//! limits, 5xx when no quorum.
+//! `profile_name`), `format=jfr` (the samples of a Java Flight Recorder
+//! file, raw or multipart `jfr` + `labels`), the binary `trie` and `tree`
+//! of old agents (`format=` or `Content-Type: binary/octet-stream+trie` /
+//! `+tree`), and folded stacks otherwise.
+//!
+//! Success is 200 with an empty body; errors are JSON `{"code","message"}`:
+//! 400 bad `name` or time (and invalid text profiles), 408 a body that did
+//! not arrive (in time), 413 body over the limit, 422 a pprof, JFR,
+//! speedscope, trie or tree body that cannot be read or fails validation,
+//! 429 limits, 5xx when no quorum.
 
 mod jfr;
 mod pprof;

@@ -71,26 +71,44 @@ fn assert_same(ours: &Stacks, expected: &Stacks) {
     );
 }
 
-/// Our stacks of the contexts `keep` accepts, each sample 10 ms.
+/// Our CPU stacks of the contexts `keep` accepts, each sample 10 ms.
 fn stacks(recording: &Recording, keep: impl Fn(i64) -> bool) -> Stacks {
     let mut stacks = Stacks::new();
-    for ((context, stack), count) in &recording.cpu {
-        if keep(*context) {
+    for ((kind, context, stack), totals) in &recording.samples {
+        if *kind == SampleKind::Cpu && keep(*context) {
             let names = recording.stacks[*stack]
                 .iter()
                 .map(|&id| recording.names[id as usize].clone())
                 .collect();
-            *stacks.entry(names).or_insert(0) += *count as i64 * 10_000_000;
+            *stacks.entry(names).or_insert(0) += totals.events as i64 * 10_000_000;
         }
     }
     stacks
+}
+
+/// Events of `kind` in `recording`.
+fn events(recording: &Recording, kind: SampleKind) -> u64 {
+    recording
+        .samples
+        .iter()
+        .filter(|((of, ..), _)| *of == kind)
+        .map(|(_, totals)| totals.events)
+        .sum()
 }
 
 #[test]
 fn test_cpu_samples_match_what_pyroscope_makes_of_them() {
     let Some(dir) = testdata() else { return };
     let kafka = parse(&read(&dir, "cortex-dev-01__kafka-0__cpu__0.jfr.gz")).unwrap();
-    assert_eq!(kafka.cpu.values().sum::<u64>(), 478);
+    assert_eq!(events(&kafka, SampleKind::Cpu), 478);
+    assert_eq!(
+        kafka.samples.len(),
+        kafka
+            .samples
+            .keys()
+            .filter(|(kind, ..)| *kind == SampleKind::Cpu)
+            .count()
+    );
     assert_eq!(kafka.event.as_deref(), Some("cpu"));
     assert_same(
         &stacks(&kafka, |_| true),
@@ -182,4 +200,117 @@ fn test_damaged_files_are_refused_not_trusted() {
         bad[at] ^= 0x5a;
         let _ = parse(&bad);
     }
+}
+
+fn kinds(recording: &Recording) -> BTreeMap<(SampleKind, i64, Vec<String>), (u64, i64)> {
+    recording
+        .samples
+        .iter()
+        .map(|((kind, context, stack), totals)| {
+            let names = recording.stacks[*stack]
+                .iter()
+                .map(|&id| recording.names[id as usize].clone())
+                .collect();
+            ((*kind, *context, names), (totals.events, totals.amount))
+        })
+        .collect()
+}
+
+#[test]
+fn test_allocation_lock_park_live_and_malloc_events_are_read() {
+    use super::synthetic::{Event, FieldValue::*, recording};
+    let stacks: &[&[&str]] = &[&["App.alloc", "App.main"], &["Lock.wait", "App.main"]];
+    let event = |name, stack, fields| Event { name, stack, fields };
+    let file = recording(
+        "cpu",
+        // Ticks of 10 ns.
+        100_000_000,
+        stacks,
+        &[
+            event(
+                "jdk.ObjectAllocationInNewTLAB",
+                1,
+                vec![
+                    ("allocationSize", Long(24)),
+                    ("tlabSize", Long(4096)),
+                    ("contextId", Long(7)),
+                ],
+            ),
+            event(
+                "jdk.ObjectAllocationInNewTLAB",
+                1,
+                vec![
+                    ("allocationSize", Long(32)),
+                    ("tlabSize", Long(1024)),
+                    ("contextId", Long(7)),
+                ],
+            ),
+            event(
+                "jdk.ObjectAllocationOutsideTLAB",
+                1,
+                vec![("allocationSize", Long(1 << 20))],
+            ),
+            event("jdk.ObjectAllocationSample", 1, vec![("weight", Long(512))]),
+            event("jdk.JavaMonitorEnter", 2, vec![("duration", Long(300))]),
+            event("jdk.ThreadPark", 2, vec![("duration", Long(5))]),
+            event("profiler.LiveObject", 1, vec![("allocationSize", Long(64))]),
+            event("profiler.Malloc", 1, vec![("size", Long(100))]),
+        ],
+    );
+    let recording = parse(&file).unwrap();
+    let alloc = vec!["App.main".to_owned(), "App.alloc".to_owned()];
+    let lock = vec!["App.main".to_owned(), "Lock.wait".to_owned()];
+    let expected = BTreeMap::from([
+        ((SampleKind::AllocInNewTlab, 7, alloc.clone()), (2, 5120)),
+        ((SampleKind::AllocOutsideTlab, 0, alloc.clone()), (1, 1 << 20)),
+        ((SampleKind::AllocSample, 0, alloc.clone()), (1, 512)),
+        // Durations in ticks of 10 ns become nanoseconds.
+        ((SampleKind::Lock, 0, lock.clone()), (1, 3000)),
+        ((SampleKind::Park, 0, lock.clone()), (1, 50)),
+        ((SampleKind::Live, 0, alloc.clone()), (1, 0)),
+        ((SampleKind::Malloc, 0, alloc.clone()), (1, 100)),
+    ]);
+    assert_eq!(kinds(&recording), expected);
+    assert_eq!(recording.event.as_deref(), Some("cpu"));
+}
+
+#[test]
+fn test_wall_clock_recordings_count_every_sample_as_wall_and_running_ones_as_cpu() {
+    use super::synthetic::{Event, FieldValue::*, recording};
+    let stacks: &[&[&str]] = &[&["Thread.sleep", "App.main"], &["App.work", "App.main"]];
+    let sample = |stack, state| Event {
+        name: "jdk.ExecutionSample",
+        stack,
+        fields: vec![("state", State(state)), ("contextId", Long(0))],
+    };
+    let events = [
+        sample(1, "STATE_SLEEPING"),
+        sample(1, "STATE_SLEEPING"),
+        sample(2, "STATE_RUNNABLE"),
+    ];
+    let sleep = vec!["App.main".to_owned(), "Thread.sleep".to_owned()];
+    let work = vec!["App.main".to_owned(), "App.work".to_owned()];
+    let wall = parse(&recording("wall", 1_000_000_000, stacks, &events)).unwrap();
+    assert_eq!(
+        kinds(&wall),
+        BTreeMap::from([
+            ((SampleKind::Wall, 0, sleep.clone()), (2, 0)),
+            ((SampleKind::Wall, 0, work.clone()), (1, 0)),
+            ((SampleKind::Cpu, 0, work.clone()), (1, 0)),
+        ])
+    );
+    // A CPU recording: sleeping samples are not CPU, and nothing is wall.
+    let cpu = parse(&recording("itimer", 1_000_000_000, stacks, &events)).unwrap();
+    assert_eq!(
+        kinds(&cpu),
+        BTreeMap::from([((SampleKind::Cpu, 0, work.clone()), (1, 0))])
+    );
+    // async-profiler's own wall-clock samples, several per event.
+    let batched = Event {
+        name: "profiler.WallClockSample",
+        stack: 1,
+        fields: vec![("samples", Int(3))],
+    };
+    let wall = parse(&recording("wall", 1_000_000_000, stacks, &[batched])).unwrap();
+    assert_eq!(kinds(&wall), BTreeMap::from([((SampleKind::Wall, 0, sleep), (3, 0))]));
 }
