@@ -109,7 +109,7 @@ impl PushBatch {
     }
 
     /// Counts `bytes` decompressed for this request against the body limit.
-    pub(crate) fn count_decompressed(&mut self, bytes: usize) -> Result<(), BodyTooLarge> {
+    fn count_decompressed(&mut self, bytes: usize) -> Result<(), BodyTooLarge> {
         self.decompressed_bytes = self.decompressed_bytes.saturating_add(bytes);
         let limit = self.limits.ingestion_body_limit_bytes();
         if self.decompressed_bytes > limit {

@@ -9,9 +9,9 @@
 //!   `service.name` attribute, else `unknown_service`, with
 //!   `:<process.executable.name>` when that is known), `__otel__="true"`
 //!   and `__delta__="false"`;
-//! - a sample's own `service.name` attribute moves it to that service; its
-//!   other string attributes become pprof sample labels (which split it
-//!   into series, as for any pushed profile);
+//! - a sample's own (non-empty) `service.name` attribute moves it to that
+//!   service; its other string attributes become pprof sample labels
+//!   (which split it into series, as for any pushed profile);
 //! - `__name__` is `process_cpu` for `samples:count` periodic on
 //!   `cpu:nanoseconds` (the values become nanoseconds: counts × period),
 //!   `off_cpu` for `off_cpu:nanoseconds`, else the period type, else
@@ -20,9 +20,15 @@
 //!   has no values; the profile's time defaults to now, its duration to
 //!   10 s.
 //!
+//! Each profile copies what its samples reference out of the request's
+//! shared dictionary. What the copies take is charged against the tenant's
+//! `ingestion_body_limit_mb`, as the decompressed profiles of a push are:
+//! a small request whose samples reference large parts of the dictionary
+//! many times is refused whole (413), not expanded without bound.
+//!
 //! Links to spans are not read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
 use flamedb_api::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
@@ -30,13 +36,20 @@ use flamedb_api::pb::opentelemetry::proto::profiles::v1development as otlp;
 use flamedb_model::pprof::{self, Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use flamedb_model::{Labels, METRIC_NAME, OTEL, SERVICE_NAME, UNKNOWN_SERVICE, ValidationError};
 
-use crate::batch::{PushBatch, Rejection};
+use crate::batch::{BodyTooLarge, PushBatch, Rejection};
 
-/// Location references the converted samples may hold per byte of the
-/// request: a stack of the dictionary can be referenced by any number of
-/// samples, so without a budget a small request could expand without
-/// bound. Real exports reference under one location per byte.
-const LOCATIONS_PER_BYTE: usize = 8;
+/// What the copies take in memory, roughly, in bytes: charged against the
+/// budget.
+mod cost {
+    pub const STRING: usize = 24;
+    pub const LOCATION: usize = 48;
+    pub const LINE: usize = 24;
+    pub const FUNCTION: usize = 48;
+    pub const MAPPING: usize = 96;
+    pub const SAMPLE: usize = 72;
+    pub const LOCATION_REFERENCE: usize = 8;
+    pub const LABEL: usize = 32;
+}
 /// Default duration of a profile that states none.
 const DEFAULT_DURATION_NANOS: i64 = 10_000_000_000;
 const SERVICE_NAME_ATTRIBUTE: &str = "service.name";
@@ -58,21 +71,36 @@ enum ConvertError {
         index: i64,
         len: usize,
     },
-    #[error(
-        "the samples reference more locations than a request of this size may ({budget}, {LOCATIONS_PER_BYTE} per byte)"
-    )]
-    TooManyLocations { budget: usize },
+    /// The request's profiles take more than the budget: nothing of it is
+    /// stored.
+    #[error("over the budget")]
+    OverBudget,
 }
 
-/// Converts every profile of `request` (of `request_bytes` bytes as
-/// decoded) and adds the results to `batch`; a profile that cannot be
-/// converted is a rejection naming it.
-pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceRequest, request_bytes: usize) {
-    let dictionary = request.dictionary.clone().unwrap_or_default();
+/// Bytes the converted profiles may still take.
+struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: usize) -> Result<(), ConvertError> {
+        self.left = self.left.checked_sub(bytes).ok_or(ConvertError::OverBudget)?;
+        Ok(())
+    }
+}
+
+/// Converts every profile of `request` and adds the results to `batch`; a
+/// profile that cannot be converted is a rejection naming it. Fails whole
+/// when the converted profiles would take more than the tenant's body
+/// limit.
+pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceRequest) -> Result<(), BodyTooLarge> {
+    let no_dictionary = otlp::ProfilesDictionary::default();
+    let limit = batch.limits.ingestion_body_limit_bytes();
     let mut converter = Converter {
-        dictionary: &dictionary,
-        locations_left: request_bytes.saturating_mul(LOCATIONS_PER_BYTE).max(1 << 16),
+        dictionary: request.dictionary.as_ref().unwrap_or(&no_dictionary),
+        budget: Budget { left: limit },
     };
+    let max_labels = batch.limits.max_label_names_per_series;
     for (r, resource_profiles) in request.resource_profiles.iter().enumerate() {
         let resource_attributes = resource_profiles
             .resource
@@ -84,6 +112,28 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
                 .as_ref()
                 .map_or(&[][..], |scope| scope.attributes.as_slice());
             let series = SeriesLabels::new(resource_attributes.iter().chain(scope_attributes));
+            let reject = |batch: &mut PushBatch, p: usize, why: String| {
+                batch.reject(Rejection {
+                    reason: "malformed_profile",
+                    code: flamedb_api::ErrorCode::InvalidArgument,
+                    message: format!(
+                        "OTLP profile {p} of scope {s} of resource {r} ({}) cannot be converted: {why}",
+                        series.service
+                    ),
+                    bytes: 0,
+                });
+            };
+            if max_labels > 0 && series.attributes.len() > max_labels {
+                // Every series would have more labels than allowed.
+                for p in 0..scope_profiles.profiles.len() {
+                    let why = format!(
+                        "its resource and scope have {} attributes, more than max_label_names_per_series ({max_labels})",
+                        series.attributes.len()
+                    );
+                    reject(batch, p, why);
+                }
+                continue;
+            }
             for (p, profile) in scope_profiles.profiles.iter().enumerate() {
                 match converter.convert(profile, &series) {
                     Ok(profiles) => {
@@ -91,19 +141,13 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
                             add_converted(batch, labels, profile);
                         }
                     }
-                    Err(err) => batch.reject(Rejection {
-                        reason: "malformed_profile",
-                        code: flamedb_api::ErrorCode::InvalidArgument,
-                        message: format!(
-                            "OTLP profile {p} of scope {s} of resource {r} ({}) cannot be converted: {err}",
-                            series.service
-                        ),
-                        bytes: 0,
-                    }),
+                    Err(ConvertError::OverBudget) => return Err(BodyTooLarge { limit }),
+                    Err(err) => reject(batch, p, err.to_string()),
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// Adds a converted profile within the tenant's profile size limit (its
@@ -131,11 +175,12 @@ struct SeriesLabels {
 impl SeriesLabels {
     fn new<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> Self {
         let mut labels: Vec<(String, String)> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for attribute in attributes {
             let Some(value) = attribute.value.as_ref().and_then(label_value) else {
                 continue;
             };
-            if !attribute.key.is_empty() && labels.iter().all(|(name, _)| *name != attribute.key) {
+            if !attribute.key.is_empty() && seen.insert(attribute.key.as_str()) {
                 labels.push((attribute.key.clone(), value));
             }
         }
@@ -156,7 +201,14 @@ impl SeriesLabels {
         }
     }
 
-    fn labels(&self, metric: &str, service: &str) -> Labels {
+    /// The labels of the series of `service`, charged to `budget`.
+    fn labels(&self, metric: &str, service: &str, budget: &mut Budget) -> Result<Labels, ConvertError> {
+        let bytes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + cost::LABEL)
+            .sum();
+        budget.take(bytes + service.len() + 4 * cost::LABEL)?;
         let mut labels = Labels::from_pairs(
             self.attributes
                 .iter()
@@ -166,7 +218,7 @@ impl SeriesLabels {
         labels.set(SERVICE_NAME, service);
         labels.set(OTEL, "true");
         labels.set(flamedb_model::DELTA, "false");
-        labels
+        Ok(labels)
     }
 }
 
@@ -184,6 +236,8 @@ struct Kind<'a> {
     metric: &'a str,
     sample_type: (&'a str, &'a str),
     period_type: (&'a str, &'a str),
+    /// The profile's period.
+    period: i64,
     /// What each counted value is multiplied by.
     multiplier: i64,
 }
@@ -195,6 +249,7 @@ impl<'a> Kind<'a> {
                 metric: "process_cpu",
                 sample_type: period_type,
                 period_type,
+                period,
                 multiplier: period.max(1),
             };
         }
@@ -209,6 +264,7 @@ impl<'a> Kind<'a> {
             metric,
             sample_type,
             period_type,
+            period,
             multiplier: 1,
         }
     }
@@ -216,8 +272,7 @@ impl<'a> Kind<'a> {
 
 struct Converter<'a> {
     dictionary: &'a otlp::ProfilesDictionary,
-    /// Location references the samples may still hold.
-    locations_left: usize,
+    budget: Budget,
 }
 
 impl<'a> Converter<'a> {
@@ -251,7 +306,9 @@ impl<'a> Converter<'a> {
             Ok(0) | Err(_) => DEFAULT_DURATION_NANOS,
             Ok(duration) => duration,
         };
-        let mut by_service: Vec<(&str, PprofBuilder<'a>)> = Vec::new();
+        // Builders in the order their services first appear.
+        let mut builders: Vec<(&str, PprofBuilder<'a>)> = Vec::new();
+        let mut by_service: HashMap<&str, usize> = HashMap::new();
         for sample in &profile.samples {
             let mut service = series.service.as_str();
             let mut labels = Vec::new();
@@ -264,25 +321,22 @@ impl<'a> Converter<'a> {
                     continue;
                 };
                 if key == SERVICE_NAME_ATTRIBUTE {
-                    service = value.as_str();
+                    if !value.is_empty() {
+                        service = value.as_str();
+                    }
                 } else if !key.is_empty() {
                     labels.push((key, value.as_str()));
                 }
             }
             let stack = entry(&self.dictionary.stack_table, "stack", sample.stack_index)?;
-            self.locations_left = self.locations_left.checked_sub(stack.location_indices.len()).ok_or(
-                ConvertError::TooManyLocations {
-                    budget: self.locations_left,
-                },
-            )?;
-            let position = match by_service.iter().position(|(name, _)| *name == service) {
-                Some(position) => position,
+            let position = match by_service.get(service) {
+                Some(&position) => position,
                 None => {
-                    by_service.push((
-                        service,
-                        PprofBuilder::new(self.dictionary, &kind, time_nanos, duration_nanos),
-                    ));
-                    by_service.len() - 1
+                    let builder =
+                        PprofBuilder::new(self.dictionary, &kind, time_nanos, duration_nanos, &mut self.budget)?;
+                    builders.push((service, builder));
+                    by_service.insert(service, builders.len() - 1);
+                    builders.len() - 1
                 }
             };
             let count = if sample.values.is_empty() {
@@ -290,14 +344,14 @@ impl<'a> Converter<'a> {
             } else {
                 sample.values.iter().fold(0i64, |sum, &value| sum.saturating_add(value))
             };
-            by_service[position]
+            builders[position]
                 .1
-                .add_sample(stack, count.saturating_mul(kind.multiplier), &labels)?;
+                .add_sample(stack, count.saturating_mul(kind.multiplier), &labels, &mut self.budget)?;
         }
-        Ok(by_service
+        builders
             .into_iter()
-            .map(|(service, builder)| (series.labels(kind.metric, service), builder.profile))
-            .collect())
+            .map(|(service, builder)| Ok((series.labels(kind.metric, service, &mut self.budget)?, builder.profile)))
+            .collect()
     }
 }
 
@@ -314,7 +368,8 @@ fn entry<'t, T>(table: &'t [T], name: &'static str, index: i32) -> Result<&'t T,
 }
 
 /// Builds one pprof profile from samples of the dictionary, copying the
-/// strings, functions, locations and mappings they reference once each.
+/// strings, functions, locations and mappings they reference once each,
+/// and charging what it copies to the budget.
 struct PprofBuilder<'a> {
     dictionary: &'a otlp::ProfilesDictionary,
     profile: Profile,
@@ -326,7 +381,13 @@ struct PprofBuilder<'a> {
 }
 
 impl<'a> PprofBuilder<'a> {
-    fn new(dictionary: &'a otlp::ProfilesDictionary, kind: &Kind<'a>, time_nanos: i64, duration_nanos: i64) -> Self {
+    fn new(
+        dictionary: &'a otlp::ProfilesDictionary,
+        kind: &Kind<'a>,
+        time_nanos: i64,
+        duration_nanos: i64,
+        budget: &mut Budget,
+    ) -> Result<Self, ConvertError> {
         let mut builder = Self {
             dictionary,
             profile: Profile {
@@ -340,32 +401,39 @@ impl<'a> PprofBuilder<'a> {
             functions: HashMap::new(),
             mappings: HashMap::new(),
         };
-        builder.profile.sample_type = vec![builder.value_type(kind.sample_type)];
+        builder.profile.sample_type = vec![builder.value_type(kind.sample_type, budget)?];
         if kind.period_type != ("", "") {
-            builder.profile.period_type = Some(builder.value_type(kind.period_type));
-            builder.profile.period = kind.multiplier;
+            builder.profile.period_type = Some(builder.value_type(kind.period_type, budget)?);
+            builder.profile.period = kind.period;
         }
-        builder
+        Ok(builder)
     }
 
-    fn value_type(&mut self, (r#type, unit): (&'a str, &'a str)) -> ValueType {
-        ValueType {
-            r#type: self.string(r#type),
-            unit: self.string(unit),
-        }
-    }
-
-    fn string(&mut self, value: &'a str) -> i64 {
-        let next = i64::try_from(self.profile.string_table.len()).unwrap_or(i64::MAX);
-        *self.strings.entry(value).or_insert_with(|| {
-            self.profile.string_table.push(value.to_owned());
-            next
+    fn value_type(
+        &mut self,
+        (r#type, unit): (&'a str, &'a str),
+        budget: &mut Budget,
+    ) -> Result<ValueType, ConvertError> {
+        Ok(ValueType {
+            r#type: self.string(r#type, budget)?,
+            unit: self.string(unit, budget)?,
         })
     }
 
-    fn dictionary_string(&mut self, index: i32) -> Result<i64, ConvertError> {
+    fn string(&mut self, value: &'a str, budget: &mut Budget) -> Result<i64, ConvertError> {
+        if let Some(&index) = self.strings.get(value) {
+            return Ok(index);
+        }
+        budget.take(value.len() + cost::STRING)?;
+        let index = i64::try_from(self.profile.string_table.len()).unwrap_or(i64::MAX);
+        self.profile.string_table.push(value.to_owned());
+        self.strings.insert(value, index);
+        Ok(index)
+    }
+
+    fn dictionary_string(&mut self, index: i32, budget: &mut Budget) -> Result<i64, ConvertError> {
         let value = entry(&self.dictionary.string_table, "string", index)?;
-        Ok(self.string(value))
+        self.string(value, budget)
     }
 
     fn add_sample(
@@ -373,20 +441,26 @@ impl<'a> PprofBuilder<'a> {
         stack: &otlp::Stack,
         value: i64,
         labels: &[(&'a str, &'a str)],
+        budget: &mut Budget,
     ) -> Result<(), ConvertError> {
+        budget.take(
+            cost::SAMPLE + stack.location_indices.len() * cost::LOCATION_REFERENCE + labels.len() * cost::LABEL,
+        )?;
         let location_id = stack
             .location_indices
             .iter()
-            .map(|&index| self.location(index))
+            .map(|&index| self.location(index, budget))
             .collect::<Result<Vec<u64>, ConvertError>>()?;
         let label = labels
             .iter()
-            .map(|&(key, value)| Label {
-                key: self.string(key),
-                str: self.string(value),
-                ..Label::default()
+            .map(|&(key, value)| {
+                Ok(Label {
+                    key: self.string(key, budget)?,
+                    str: self.string(value, budget)?,
+                    ..Label::default()
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Label>, ConvertError>>()?;
         self.profile.sample.push(Sample {
             location_id,
             value: vec![value],
@@ -395,21 +469,22 @@ impl<'a> PprofBuilder<'a> {
         Ok(())
     }
 
-    fn location(&mut self, index: i32) -> Result<u64, ConvertError> {
+    fn location(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
         if let Some(&id) = self.locations.get(&index) {
             return Ok(id);
         }
         let location = entry(&self.dictionary.location_table, "location", index)?;
+        budget.take(cost::LOCATION + location.lines.len() * cost::LINE)?;
         let mapping_id = match location.mapping_index {
             0 => 0,
-            index => self.mapping(index)?,
+            index => self.mapping(index, budget)?,
         };
         let line = location
             .lines
             .iter()
             .map(|line| {
                 Ok(Line {
-                    function_id: self.function(line.function_index)?,
+                    function_id: self.function(line.function_index, budget)?,
                     line: line.line,
                     column: line.column,
                 })
@@ -427,17 +502,18 @@ impl<'a> PprofBuilder<'a> {
         Ok(id)
     }
 
-    fn function(&mut self, index: i32) -> Result<u64, ConvertError> {
+    fn function(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
         if let Some(&id) = self.functions.get(&index) {
             return Ok(id);
         }
         let function = entry(&self.dictionary.function_table, "function", index)?;
+        budget.take(cost::FUNCTION)?;
         let id = next_id(self.profile.function.len());
         let converted = Function {
             id,
-            name: self.dictionary_string(function.name_strindex)?,
-            system_name: self.dictionary_string(function.system_name_strindex)?,
-            filename: self.dictionary_string(function.filename_strindex)?,
+            name: self.dictionary_string(function.name_strindex, budget)?,
+            system_name: self.dictionary_string(function.system_name_strindex, budget)?,
+            filename: self.dictionary_string(function.filename_strindex, budget)?,
             start_line: function.start_line,
         };
         self.profile.function.push(converted);
@@ -445,11 +521,13 @@ impl<'a> PprofBuilder<'a> {
         Ok(id)
     }
 
-    fn mapping(&mut self, index: i32) -> Result<u64, ConvertError> {
+    fn mapping(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
         if let Some(&id) = self.mappings.get(&index) {
             return Ok(id);
         }
         let mapping = entry(&self.dictionary.mapping_table, "mapping", index)?;
+        // Its attributes are read again for every profile that uses it.
+        budget.take(cost::MAPPING + mapping.attribute_indices.len() * cost::LOCATION_REFERENCE)?;
         // The most preferred build ID attribute: (rank, value).
         let mut build_id: Option<(usize, &'a str)> = None;
         for &attribute_index in &mapping.attribute_indices {
@@ -471,8 +549,8 @@ impl<'a> PprofBuilder<'a> {
             memory_start: mapping.memory_start,
             memory_limit: mapping.memory_limit,
             file_offset: mapping.file_offset,
-            filename: self.dictionary_string(mapping.filename_strindex)?,
-            build_id: self.string(build_id.map_or("", |(_, value)| value)),
+            filename: self.dictionary_string(mapping.filename_strindex, budget)?,
+            build_id: self.string(build_id.map_or("", |(_, value)| value), budget)?,
             ..Mapping::default()
         };
         self.profile.mapping.push(converted);
@@ -663,8 +741,16 @@ mod tests {
 
     fn convert(request: &ExportProfilesServiceRequest) -> PushBatch {
         let mut batch = PushBatch::new(Arc::new(Limits::default()));
-        add_export(&mut batch, request, prost::Message::encoded_len(request));
+        add_export(&mut batch, request).unwrap();
         batch
+    }
+
+    /// Limits with a body limit of `bytes`.
+    fn body_limit(bytes: usize) -> Arc<Limits> {
+        Arc::new(Limits {
+            ingestion_body_limit_mb: bytes as f64 / 1_048_576.0,
+            ..Limits::default()
+        })
     }
 
     fn names(profile: &Profile, sample: &Sample) -> Vec<String> {
@@ -829,20 +915,89 @@ mod tests {
     }
 
     #[test]
-    fn test_samples_may_not_reference_more_locations_than_the_budget() {
+    fn test_what_the_copies_take_is_bounded_by_the_body_limit() {
+        // One stack of 1000 frames, referenced by 100 samples: 800 kB of
+        // location references from a request of a few kB.
         let mut dictionary = dictionary();
         dictionary.stack_table[1].location_indices = vec![1; 1000];
         let samples = (0..100).map(|_| sample(1, vec![1], 0, vec![])).collect();
         let mut request = request(vec![], vec![cpu_profile(samples)]);
         request.dictionary = Some(dictionary);
-        let mut batch = PushBatch::new(Arc::new(Limits::default()));
-        add_export(&mut batch, &request, 1000);
+        let mut batch = PushBatch::new(body_limit(100_000));
+        assert_eq!(
+            add_export(&mut batch, &request).unwrap_err(),
+            BodyTooLarge { limit: 100_000 }
+        );
+        let mut batch = PushBatch::new(body_limit(2_000_000));
+        add_export(&mut batch, &request).unwrap();
+        assert_eq!(batch.profiles[0].profile.sample.len(), 100);
+    }
+
+    #[test]
+    fn test_resources_with_more_attributes_than_labels_allowed_are_refused() {
+        let attributes = (0..40)
+            .map(|i| attribute(&format!("attribute.{i}"), text("x")))
+            .collect();
+        let request = request(attributes, vec![cpu_profile(vec![sample(1, vec![1], 0, vec![])])]);
+        let batch = convert(&request);
         assert!(batch.profiles.is_empty());
         assert!(
-            batch.rejections[0].message.contains("more locations"),
+            batch.rejections[0]
+                .message
+                .contains("more than max_label_names_per_series"),
             "{:?}",
             batch.rejections
         );
+    }
+
+    #[test]
+    fn test_an_empty_sample_service_name_keeps_the_resource_service() {
+        let mut request = request(
+            vec![attribute("service.name", text("api"))],
+            vec![cpu_profile(vec![sample(1, vec![1], 0, vec![2])])],
+        );
+        let dictionary = request.dictionary.as_mut().unwrap();
+        dictionary.attribute_table[2].value = Some(AnyValue { value: Some(text("")) });
+        let batch = convert(&request);
+        assert_eq!(batch.profiles[0].labels.get("service_name"), Some("api"));
+    }
+
+    /// The field numbers, from hand-written wire bytes: what the eBPF
+    /// profiler sends.
+    #[test]
+    fn test_field_numbers_are_opentelemetrys() {
+        use prost::Message;
+        // Sample: stack_index 1 = 3, attribute_indices 2 = [4, 5],
+        // link_index 3 = 6, values 4 = [7], timestamps 5 = [9] (fixed64).
+        let sample = [
+            0x08, 3, 0x12, 2, 4, 5, 0x18, 6, 0x22, 1, 7, 0x2a, 8, 9, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        // Profile: sample_type 1 = {1, 2}, samples 2, time 3 (fixed64) = 1,
+        // duration 4 = 10, period_type 5 = {3, 4}, period 6 = 50.
+        let mut profile = vec![0x0a, 4, 0x08, 1, 0x10, 2, 0x12, sample.len() as u8];
+        profile.extend_from_slice(&sample);
+        profile.extend_from_slice(&[
+            0x19, 1, 0, 0, 0, 0, 0, 0, 0, 0x20, 10, 0x2a, 4, 0x08, 3, 0x10, 4, 0x30, 50,
+        ]);
+        let decoded = otlp::Profile::decode(profile.as_slice()).unwrap();
+        assert_eq!(decoded.sample_type, value_type(1, 2));
+        assert_eq!(decoded.period_type, value_type(3, 4));
+        assert_eq!(
+            (decoded.time_unix_nano, decoded.duration_nano, decoded.period),
+            (1, 10, 50)
+        );
+        let decoded = &decoded.samples[0];
+        assert_eq!(decoded.stack_index, 3);
+        assert_eq!(decoded.attribute_indices, [4, 5]);
+        assert_eq!(decoded.link_index, 6);
+        assert_eq!(decoded.values, [7]);
+        assert_eq!(decoded.timestamps_unix_nano, [9]);
+        // Dictionary: stack_table 7 = [{location_indices 1 = [1, 2]}],
+        // string_table 5 = ["", "a"].
+        let dictionary = [0x2a, 0, 0x2a, 1, b'a', 0x3a, 4, 0x0a, 2, 1, 2];
+        let decoded = otlp::ProfilesDictionary::decode(dictionary.as_slice()).unwrap();
+        assert_eq!(decoded.string_table, ["", "a"]);
+        assert_eq!(decoded.stack_table[0].location_indices, [1, 2]);
     }
 
     fn any_sample() -> impl Strategy<Value = otlp::Sample> {
@@ -857,14 +1012,15 @@ mod tests {
 
     proptest! {
         /// Whatever the indexes and values, each profile converts or is
-        /// refused, and the output stays within the location budget.
+        /// refused (or the request is, over the body limit), and the
+        /// location references stay within the limit.
         #[test]
         fn prop_any_profile_converts_or_is_refused(
             profiles in proptest::collection::vec(
                 (proptest::collection::vec(any_sample(), 0..8), -1i32..20, -1i32..20, any::<i64>()),
                 0..4,
             ),
-            bytes in 0usize..64,
+            limit in 0usize..4096,
         ) {
             let profiles: Vec<otlp::Profile> = profiles
                 .into_iter()
@@ -877,15 +1033,17 @@ mod tests {
                 .collect();
             let count = profiles.len();
             let request = request(vec![], profiles);
-            let mut batch = PushBatch::new(Arc::new(Limits::default()));
-            add_export(&mut batch, &request, bytes);
+            let mut batch = PushBatch::new(body_limit(limit));
+            if add_export(&mut batch, &request).is_err() {
+                return Ok(());
+            }
             let references: usize = batch
                 .profiles
                 .iter()
                 .flat_map(|received| &received.profile.sample)
                 .map(|sample| sample.location_id.len())
                 .sum();
-            prop_assert!(references <= (bytes * LOCATIONS_PER_BYTE).max(1 << 16));
+            prop_assert!(references * cost::LOCATION_REFERENCE <= limit);
             prop_assert!(batch.rejections.len() <= count);
         }
     }

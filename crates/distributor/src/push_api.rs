@@ -82,12 +82,15 @@ async fn export(
     }
     let prepared = distributor
         .prepare(&tenant, move |batch| {
-            let bytes = prost::Message::encoded_len(&request);
-            batch
-                .count_decompressed(bytes)
-                .map_err(|err| RpcError::new(ErrorCode::PayloadTooLarge, err.to_string()))?;
-            otlp::add_export(batch, &request, bytes);
-            Ok(())
+            otlp::add_export(batch, &request).map_err(|err| {
+                RpcError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the profiles of this OTLP request take more than ingestion_body_limit_mb ({} bytes) once converted; nothing was stored: send fewer profiles per request",
+                        err.limit
+                    ),
+                )
+            })
         })
         .await?;
     distributor.store(prepared).await?;

@@ -26,7 +26,8 @@ use crate::metrics::DistributorMetrics;
 pub struct ReplicatedProfile {
     pub labels: Labels,
     pub id: ProfileId,
-    pub profile: Arc<Profile>,
+    /// Read-only, so `encoded` always encodes it.
+    profile: Arc<Profile>,
     encoded: OnceLock<Bytes>,
 }
 
@@ -38,6 +39,10 @@ impl ReplicatedProfile {
             profile: Arc::new(profile),
             encoded: OnceLock::new(),
         }
+    }
+
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.profile
     }
 
     /// The profile as plain pprof bytes, encoded once for all replicas.

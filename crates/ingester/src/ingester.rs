@@ -102,19 +102,25 @@ pub type ShareOfCluster = Arc<dyn Fn() -> ClusterShare + Send + Sync>;
 pub struct IncomingProfile {
     pub labels: Labels,
     pub id: ProfileId,
-    pub profile: Arc<Profile>,
+    profile: Arc<Profile>,
     /// `profile` as plain pprof.
-    pub pprof: Bytes,
+    pprof: Bytes,
 }
 
 impl IncomingProfile {
     /// A profile known only decoded: encoded here.
     pub fn new(labels: Labels, id: ProfileId, profile: Profile) -> Self {
         let pprof = Bytes::from(profile.encode_to_vec());
+        Self::from_decoded(labels, id, Arc::new(profile), pprof)
+    }
+
+    /// A profile and `pprof`, which must be its encoding (or the bytes it
+    /// was decoded from): the WAL keeps the bytes, the head the profile.
+    pub fn from_decoded(labels: Labels, id: ProfileId, profile: Arc<Profile>, pprof: Bytes) -> Self {
         Self {
             labels,
             id,
-            profile: Arc::new(profile),
+            profile,
             pprof,
         }
     }

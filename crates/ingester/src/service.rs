@@ -129,12 +129,12 @@ async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> 
             let profile = flamedb_model::pprof::decode_plain(&pprof).map_err(|err| {
                 RpcError::invalid_argument(format!("profile {id} of series {}: {err}", labels.render()))
             })?;
-            profiles.push(IncomingProfile {
-                labels: labels.clone(),
+            profiles.push(IncomingProfile::from_decoded(
+                labels.clone(),
                 id,
-                profile: Arc::new(profile),
+                Arc::new(profile),
                 pprof,
-            });
+            ));
         }
     }
     ingester.push(&tenant, profiles).await.map_err(push_error)?;

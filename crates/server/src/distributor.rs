@@ -83,11 +83,13 @@ impl IngesterPool for Ingesters {
                 let tenant = tenant.to_owned();
                 let incoming = profiles
                     .iter()
-                    .map(|profile| IncomingProfile {
-                        labels: profile.labels.clone(),
-                        id: profile.id,
-                        profile: Arc::clone(&profile.profile),
-                        pprof: profile.encoded(),
+                    .map(|profile| {
+                        IncomingProfile::from_decoded(
+                            profile.labels.clone(),
+                            profile.id,
+                            Arc::clone(profile.profile()),
+                            profile.encoded(),
+                        )
                     })
                     .collect();
                 Box::pin(async move {

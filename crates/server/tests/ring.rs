@@ -7,27 +7,19 @@
 
 use std::time::Duration;
 
-use flamedb_testkit::{Flamedb, Signal, path_in, shared_dir, wait_until};
+use flamedb_testkit::{Flamedb, Signal, cluster_flags, path_in, shared_dir, wait_until};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_flamedb");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// Settings shared by the cluster, with short periods for the test.
+/// The test clusters' settings, and dead instances forgotten: UNHEALTHY
+/// lasts from 5 s to 15 s without a heartbeat, long enough for the test to
+/// see it on a slow machine.
 fn cluster_args(label: &str) -> Vec<String> {
-    [
-        "-memberlist.gossip-interval=100ms",
-        "-ingester.heartbeat-period=200ms",
-        "-distributor.ring.heartbeat-period=200ms",
-        // UNHEALTHY lasts from 5 s to 15 s without a heartbeat: long
-        // enough for the test to see it on a slow machine.
-        "-ring.heartbeat-timeout=5s",
-        "-ring.auto-forget-unhealthy-period=15s",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .chain([format!("-memberlist.cluster-label={label}")])
-    .collect()
+    let mut args = cluster_flags(label);
+    args.push("-ring.auto-forget-unhealthy-period=15s".to_owned());
+    args
 }
 
 fn start(name: &str, args: &[String]) -> Flamedb {

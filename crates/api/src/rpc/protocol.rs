@@ -220,11 +220,18 @@ fn frame(flags: u8, payload: &[u8]) -> Bytes {
 fn connect_response(codec: Codec, request_headers: &HeaderMap, message: Bytes) -> Response {
     let content_type = match codec {
         // Answered in the protobuf media type the request named.
-        Codec::Proto => match header_str(request_headers, &CONTENT_TYPE) {
-            Some(request_type) if request_type.starts_with("application/x-protobuf") => "application/x-protobuf",
-            Some(request_type) if request_type.starts_with("application/protobuf") => "application/protobuf",
-            _ => "application/proto",
-        },
+        Codec::Proto => {
+            let request_type = header_str(request_headers, &CONTENT_TYPE)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if request_type.starts_with("application/x-protobuf") {
+                "application/x-protobuf"
+            } else if request_type.starts_with("application/protobuf") {
+                "application/protobuf"
+            } else {
+                "application/proto"
+            }
+        }
         Codec::Json => "application/json",
     };
     let gzip_accepted = header_str(request_headers, &ACCEPT_ENCODING).is_some_and(accepts_gzip);
@@ -427,6 +434,7 @@ mod tests {
         assert_eq!(content_type("application/proto"), "application/proto");
         assert_eq!(content_type("application/x-protobuf"), "application/x-protobuf");
         assert_eq!(content_type("application/protobuf"), "application/protobuf");
+        assert_eq!(content_type("Application/X-Protobuf"), "application/x-protobuf");
     }
 
     #[test]

@@ -141,8 +141,9 @@ async fn handle(
     let distributor = &state.distributor;
     match format {
         Format::Folded | Format::Lines | Format::Speedscope | Format::Trie | Format::Tree => {
-            // The text becomes a pprof at least as large: the profile size
-            // limit bounds it before any parsing.
+            // The body becomes a pprof at least as large (a trie or tree
+            // may grow further, within its parser's budget): the profile
+            // size limit bounds it before any parsing.
             let max = limits.max_profile_size_bytes;
             if max != 0 && body.len() > max {
                 return Err(RpcError::invalid_argument(format!(
@@ -244,7 +245,18 @@ fn add_tree_format(
     let mut builder = text::TextProfileBuilder::new(&kind, request.sample_rate, request.from, request.until);
     tree_formats::parse(format, body, |frames, value| builder.add(frames, value))
         .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
-    batch.add(request.labels(kind.metric, &kind.app_name), builder.build(), body.len());
+    let profile = builder.build();
+    // The rate limit and the size limit count the profile the body
+    // expanded to.
+    let bytes = prost::Message::encoded_len(&profile);
+    let max = batch.limits.max_profile_size_bytes;
+    if max != 0 && bytes > max {
+        return Err(RpcError::invalid_argument(format!(
+            "the {format} of {} expands to a profile of {bytes} bytes, more than max_profile_size_bytes ({max} bytes)",
+            request.name.app_name
+        )));
+    }
+    batch.add(request.labels(kind.metric, &kind.app_name), profile, bytes);
     Ok(())
 }
 
