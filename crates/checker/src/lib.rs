@@ -1,8 +1,8 @@
 //! A continuous write-then-read checker, like mimir-continuous-test: it
 //! pushes CPU profiles with known values through the public API at a
 //! steady rate, remembers which were acknowledged, then reads every series
-//! back (`SelectSeries`, one-second steps) and reports profiles that are
-//! missing, counted twice or wrong.
+//! back (`SelectSeries`, one-second steps, and the merged flame graph) and
+//! reports profiles that are missing, counted twice or wrong.
 //!
 //! Each series gets at most one profile per second, stamped at the middle
 //! of its second, so every one-second point of a series holds exactly one
@@ -18,6 +18,9 @@ use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::pprof::StackProfileBuilder;
 use prost::Message;
+
+/// What the checker writes and reads.
+const PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds::";
 
 /// What to write and where.
 #[derive(Debug, Clone)]
@@ -48,11 +51,14 @@ pub struct Report {
     pub double_counted: usize,
     /// Points with any other value, or where nothing was written.
     pub wrong: usize,
+    /// Series whose merged flame graph totals less than was acknowledged
+    /// or more than was written.
+    pub merge_mismatches: usize,
 }
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.double_counted == 0 && self.wrong == 0
+        self.lost == 0 && self.double_counted == 0 && self.wrong == 0 && self.merge_mismatches == 0
     }
 
     /// The counts in Prometheus text format (for node_exporter's textfile
@@ -72,6 +78,11 @@ impl Report {
                 "Profiles read back with a multiple of their value",
             ),
             ("wrong", self.wrong, "Points read back with any other value"),
+            (
+                "merge_mismatches",
+                self.merge_mismatches,
+                "Series whose flame graph totals less than acknowledged or more than written",
+            ),
         ];
         let mut text = String::new();
         for (name, value, help) in metrics {
@@ -85,8 +96,8 @@ impl Report {
     /// One line for logs and CI.
     pub fn summary(&self) -> String {
         format!(
-            "checker: acknowledged={} unacknowledged={} lost={} double_counted={} wrong={}",
-            self.acknowledged, self.unacknowledged, self.lost, self.double_counted, self.wrong
+            "checker: acknowledged={} unacknowledged={} lost={} double_counted={} wrong={} merge_mismatches={}",
+            self.acknowledged, self.unacknowledged, self.lost, self.double_counted, self.wrong, self.merge_mismatches
         )
     }
 }
@@ -238,40 +249,79 @@ impl Checker {
                     report.lost += 1;
                 }
             }
+            // The merged flame graph counts each profile once too: at
+            // least what was acknowledged, at most all that was written.
+            let acknowledged: i64 = written.iter().filter(|w| w.acknowledged).map(|w| w.value).sum();
+            let all: i64 = written.iter().map(|w| w.value).sum();
+            let merged = self.merged_total(series, first.point_ms - 1000, last.point_ms)?;
+            if merged < acknowledged || merged > all {
+                report.merge_mismatches += 1;
+            }
         }
         Ok(report)
     }
 
-    /// The one-second points of `series` in `(start, end]`.
-    fn read(&self, series: usize, start_ms: i64, end_ms: i64) -> Result<BTreeMap<i64, i64>, CheckError> {
-        let service = self.service(series);
+    fn selector(&self, series: usize) -> String {
+        format!(
+            "{{service_name=\"{}\", checker_run=\"{}\"}}",
+            self.service(series),
+            self.config.run
+        )
+    }
+
+    /// POSTs `request` to the querier method `method`; the answer's bytes.
+    fn query(&self, series: usize, method: &str, request: Vec<u8>) -> Result<Vec<u8>, CheckError> {
         let error = |message: String| CheckError::Read {
-            series: service.clone(),
+            series: self.service(series),
             message,
         };
-        let request = querier::SelectSeriesRequest {
-            profile_type_id: "process_cpu:cpu:nanoseconds::".to_owned(),
-            label_selector: format!("{{service_name=\"{service}\", checker_run=\"{}\"}}", self.config.run),
-            start: start_ms,
-            end: end_ms,
-            step: 1.0,
-            ..Default::default()
-        };
-        let url = format!(
-            "http://{}/querier.v1.QuerierService/SelectSeries",
-            self.config.query_from
-        );
+        let url = format!("http://{}/querier.v1.QuerierService/{method}", self.config.query_from);
         let response = self
             .headers(self.client.post(url))
-            .body(request.encode_to_vec())
+            .body(request)
             .send()
             .map_err(|err| error(err.to_string()))?;
         let status = response.status();
         let body = response.bytes().map_err(|err| error(err.to_string()))?;
         if !status.is_success() {
-            return Err(error(format!("{status}: {}", String::from_utf8_lossy(&body))));
+            return Err(error(format!("{method}: {status}: {}", String::from_utf8_lossy(&body))));
         }
-        let answer = querier::SelectSeriesResponse::decode(body.as_ref()).map_err(|err| error(err.to_string()))?;
+        Ok(body.to_vec())
+    }
+
+    /// The total of the merged flame graph of `series` in `(start, end]`.
+    fn merged_total(&self, series: usize, start_ms: i64, end_ms: i64) -> Result<i64, CheckError> {
+        let request = querier::SelectMergeStacktracesRequest {
+            profile_type_id: PROFILE_TYPE.to_owned(),
+            label_selector: self.selector(series),
+            start: start_ms + 1,
+            end: end_ms,
+            ..Default::default()
+        };
+        let body = self.query(series, "SelectMergeStacktraces", request.encode_to_vec())?;
+        let answer =
+            querier::SelectMergeStacktracesResponse::decode(body.as_slice()).map_err(|err| CheckError::Read {
+                series: self.service(series),
+                message: err.to_string(),
+            })?;
+        Ok(answer.flamegraph.map_or(0, |graph| graph.total))
+    }
+
+    /// The one-second points of `series` in `(start, end]`.
+    fn read(&self, series: usize, start_ms: i64, end_ms: i64) -> Result<BTreeMap<i64, i64>, CheckError> {
+        let request = querier::SelectSeriesRequest {
+            profile_type_id: PROFILE_TYPE.to_owned(),
+            label_selector: self.selector(series),
+            start: start_ms,
+            end: end_ms,
+            step: 1.0,
+            ..Default::default()
+        };
+        let body = self.query(series, "SelectSeries", request.encode_to_vec())?;
+        let answer = querier::SelectSeriesResponse::decode(body.as_slice()).map_err(|err| CheckError::Read {
+            series: self.service(series),
+            message: err.to_string(),
+        })?;
         Ok(answer
             .series
             .iter()
@@ -302,7 +352,7 @@ mod tests {
         assert!(report.is_clean());
         assert_eq!(
             report.summary(),
-            "checker: acknowledged=10 unacknowledged=1 lost=0 double_counted=0 wrong=0"
+            "checker: acknowledged=10 unacknowledged=1 lost=0 double_counted=0 wrong=0 merge_mismatches=0"
         );
         assert!(report.prometheus_text().contains("\nflamedb_checker_acknowledged 10\n"));
         assert!(!Report { lost: 1, ..report }.is_clean());

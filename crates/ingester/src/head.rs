@@ -190,6 +190,7 @@ impl Head {
         data.series
             .selected(&[query.full_selector()], range)
             .into_iter()
+            .filter(|&series| query.series.is_none() || query.wants_series(data.series.get(series).fingerprint))
             .flat_map(|series| data.series_rows.get(series as usize).into_iter().flatten())
             .map(|&row| &data.rows[row as usize])
             .filter(move |row| range.contains(row.time_ms()))

@@ -2,7 +2,7 @@
 //! the heads, in WAL order), replays the WAL on start, and answers queries
 //! over its heads.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -88,6 +88,26 @@ impl IngesterConfig {
         i64::try_from(self.max_block_duration.as_millis())
             .unwrap_or(i64::MAX)
             .max(5_000)
+    }
+}
+
+/// What an ingester holds of one series in a query's range.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesSummary {
+    pub fingerprint: u64,
+    pub profiles: u64,
+    /// The profile IDs as 128-bit big-endian numbers, summed (wrapping):
+    /// a sum, not an XOR, so a profile counted twice shows.
+    pub id_sum: u128,
+    /// The profiles' totals summed (wrapping).
+    pub total: i64,
+}
+
+impl SeriesSummary {
+    fn add(&mut self, id: ProfileId, total: i64) {
+        self.profiles += 1;
+        self.id_sum = self.id_sum.wrapping_add(u128::from_be_bytes(id.0));
+        self.total = self.total.wrapping_add(total);
     }
 }
 
@@ -743,6 +763,39 @@ impl Ingester {
                 })?;
         }
         Ok(page.finish())
+    }
+
+    /// Per series of the matching profiles: how many, their IDs summed and
+    /// their totals summed. Replicas that hold the same profiles of a
+    /// series answer alike. Reads local blocks: call it where blocking is
+    /// fine.
+    pub fn summarize_series(&self, tenant: &str, query: &ProfileQuery) -> Result<Vec<SeriesSummary>, QueryError> {
+        let (heads, blocks) = self.sources(tenant, query.range);
+        let mut summaries: HashMap<u64, SeriesSummary> = HashMap::new();
+        let mut add = |profile: SelectedProfile| {
+            summaries
+                .entry(profile.fingerprint)
+                .or_insert_with(|| SeriesSummary {
+                    fingerprint: profile.fingerprint,
+                    ..SeriesSummary::default()
+                })
+                .add(profile.id, profile.total);
+        };
+        for head in heads {
+            head.visit_profiles(query, &mut add);
+        }
+        for local in blocks {
+            local
+                .block
+                .visit_profiles(query, &mut add)
+                .map_err(|source| QueryError {
+                    tenant: tenant.to_owned(),
+                    source,
+                })?;
+        }
+        let mut summaries: Vec<SeriesSummary> = summaries.into_values().collect();
+        summaries.sort_unstable_by_key(|summary| summary.fingerprint);
+        Ok(summaries)
     }
 
     /// The matching profiles (only those in `only`, when given; only the

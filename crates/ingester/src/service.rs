@@ -57,6 +57,10 @@ pub fn routes(ingester: Ingester, options: RpcOptions) -> axum::Router {
             let ingester = ingester.clone();
             move |ctx, request| select_profiles(ingester.clone(), ctx, request)
         })
+        .unary(&format!("{SERVICE}/SummarizeSeries"), {
+            let ingester = ingester.clone();
+            move |ctx, request| summarize_series(ingester.clone(), ctx, request)
+        })
         .unary(&format!("{SERVICE}/MergeProfiles"), {
             let ingester = ingester.clone();
             move |ctx, request| merge_profiles(ingester.clone(), ctx, request)
@@ -177,6 +181,7 @@ fn query(selection: Option<pb::ProfileSelection>) -> Result<ProfileQuery, RpcErr
         profile_type: selection.profile_type_id,
         selector: selector(&selection.label_selector)?,
         range: time_range(selection.start, selection.end)?,
+        series: None,
     })
 }
 
@@ -327,13 +332,40 @@ async fn select_profiles(
     Ok(response)
 }
 
+async fn summarize_series(
+    ingester: Ingester,
+    ctx: RequestContext,
+    request: pb::SummarizeSeriesRequest,
+) -> Result<pb::SummarizeSeriesResponse, RpcError> {
+    let tenant = ctx.tenant()?.as_str().to_owned();
+    let query = query(request.selection)?;
+    let summaries = tokio::task::spawn_blocking(move || ingester.summarize_series(&tenant, &query))
+        .await
+        .map_err(|err| RpcError::internal(err.to_string()))?
+        .map_err(query_error)?;
+    Ok(pb::SummarizeSeriesResponse {
+        series: summaries
+            .into_iter()
+            .map(|summary| pb::SeriesSummary {
+                fingerprint: summary.fingerprint,
+                profiles: summary.profiles,
+                id_sum: summary.id_sum.to_be_bytes().to_vec(),
+                total: summary.total,
+            })
+            .collect(),
+    })
+}
+
 async fn merge_profiles(
     ingester: Ingester,
     ctx: RequestContext,
     request: pb::MergeProfilesRequest,
 ) -> Result<pb::MergeProfilesResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
-    let query = query(request.selection)?;
+    let mut query = query(request.selection)?;
+    if !request.series.is_empty() {
+        query.series = Some(Arc::new(request.series.into_iter().collect()));
+    }
     let only: Option<HashSet<ProfileId>> = if request.only_listed {
         Some(
             request

@@ -96,6 +96,7 @@ fn cpu_query(selector: &str) -> ProfileQuery {
         profile_type: CPU.to_owned(),
         selector: parse_selector(selector).unwrap(),
         range: TimeRange::ALL,
+        series: None,
     }
 }
 
@@ -423,12 +424,34 @@ async fn test_flushed_blocks_answer_what_heads_answered() {
         10 + 11 + 12 + 13 + 3
     );
     let segments_before = wal_segments(context.dir.path());
+    let summaries_before = ingester.summarize_series("t", &cpu_query("{}")).unwrap();
+    let profiles: Vec<u64> = summaries_before.iter().map(|summary| summary.profiles).collect();
+    let mut sorted = profiles.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [1, 2, 2]);
 
     let report = ingester.flush().await.unwrap();
     assert_eq!(report.blocks, 2);
     assert_eq!(ingester.head_bytes(), 0);
     assert_eq!(ingester.local_blocks().len(), 2);
     assert_eq!(answers(&ingester, "t"), before);
+    // Blocks summarize their series as the heads did.
+    assert_eq!(
+        ingester.summarize_series("t", &cpu_query("{}")).unwrap(),
+        summaries_before
+    );
+    // A merge of some series only: those of "db".
+    let db: std::collections::HashSet<u64> = ingester
+        .summarize_series("t", &cpu_query(r#"{service_name="db"}"#))
+        .unwrap()
+        .iter()
+        .map(|summary| summary.fingerprint)
+        .collect();
+    let only_db = ProfileQuery {
+        series: Some(std::sync::Arc::new(db)),
+        ..cpu_query("{}")
+    };
+    assert_eq!(ingester.merge("t", &only_db, None, None).unwrap().total(), 11 + 3);
     // The WAL segments the blocks cover are gone.
     assert!(report.wal_segments_removed >= 1);
     assert!(wal_segments(context.dir.path()) <= segments_before);

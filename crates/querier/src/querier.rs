@@ -5,7 +5,10 @@
 //! get a short grace and then count as failed. Ranges reaching past `query_store_after` ago also read
 //! the blocks; the ingesters are read for every range. Profiles are counted once: the IDs each source holds are
 //! listed first, each ID is given to one holder (ingesters first), and
-//! each holder merges only its own.
+//! each holder merges only its own. A merge over the ingesters alone
+//! first asks each for a summary of each series (profiles counted, IDs
+//! summed); when every replica of every series holds the same profiles,
+//! each series is merged whole by one of them, without listing a profile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -36,6 +39,8 @@ const PAGE_SIZE: u32 = 65_536;
 const SPREAD_MERGES_ABOVE: usize = 16_384;
 /// Profile IDs per `MergeProfiles` request (16 bytes each: 8 MiB).
 const IDS_PER_MERGE: usize = 500_000;
+/// Series fingerprints per `MergeProfiles` request (8 bytes each: 8 MiB).
+const SERIES_PER_MERGE: usize = 1_000_000;
 
 /// One profile as the ingesters list it.
 #[derive(Debug, Clone)]
@@ -403,16 +408,59 @@ impl Querier {
     }
 
     /// The merged tree of every profile of `selection` (only the samples
-    /// of `spans`, when given), each profile counted once.
+    /// of `spans`, when given), each profile counted once: by whole series
+    /// when the replicas agree on them, else by listed profile.
     pub(crate) async fn merge(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
         spans: Option<HashSet<u64>>,
     ) -> Result<Tree, RpcError> {
+        let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
+        let ingesters_only = self.store.is_none() || selection.start >= self.store_boundary();
+        if ingesters_only && let Some(plan) = self.plan_by_series(tenant, selection).await? {
+            let merges = plan.into_iter().flat_map(|(instance, series)| {
+                let chunks: Vec<Vec<u64>> = series.chunks(SERIES_PER_MERGE).map(<[_]>::to_vec).collect();
+                chunks.into_iter().map(move |series| (instance.clone(), series))
+            });
+            let trees = try_join_all(merges.map(|(instance, series)| {
+                let filter = MergeFilter::Series(series);
+                let span_ids = span_ids.clone();
+                async move { self.merge_on(&instance, tenant, selection, filter, span_ids).await }
+            }))
+            .await?;
+            return merge_trees(trees).await;
+        }
         let listing = self.list(tenant, selection).await?;
         self.merge_listing(tenant, selection, &listing, spans.map(Arc::new))
             .await
+    }
+
+    /// Which series each ingester merges (see [`plan_series`]), from the
+    /// summaries of every readable ingester.
+    async fn plan_by_series(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+    ) -> Result<Option<Vec<(InstanceDesc, Vec<u64>)>>, RpcError> {
+        let answers = self
+            .each_ingester(|mut client| {
+                let request = ingester::SummarizeSeriesRequest {
+                    selection: Some(selection.clone()),
+                };
+                let request = tenant_request(tenant, request);
+                async move { Ok(client.summarize_series(request?).await?.into_inner().series) }
+            })
+            .await?;
+        let (instances, summaries): (Vec<InstanceDesc>, Vec<Vec<ingester::SeriesSummary>>) =
+            answers.into_iter().unzip();
+        Ok(plan_series(&summaries).map(|plan| {
+            instances
+                .into_iter()
+                .zip(plan)
+                .filter(|(_, series)| !series.is_empty())
+                .collect()
+        }))
     }
 
     /// The merged tree and the listed profiles of `selection`, from one
@@ -456,7 +504,15 @@ impl Querier {
                 let chunks: Vec<Vec<Vec<u8>>> = ids.chunks(IDS_PER_MERGE).map(<[_]>::to_vec).collect();
                 chunks.into_iter().map(move |ids| (instance, ids))
             })
-            .map(|(instance, ids)| self.merge_on(instance, tenant, selection, ids, span_ids.clone()));
+            .map(|(instance, ids)| {
+                self.merge_on(
+                    instance,
+                    tenant,
+                    selection,
+                    MergeFilter::Profiles(ids),
+                    span_ids.clone(),
+                )
+            });
         let query = block_query(
             &selection.profile_type_id,
             &selection.label_selector,
@@ -469,38 +525,36 @@ impl Querier {
             .zip(for_block)
             .filter(|(_, ids)| !ids.is_empty())
             .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids, spans.clone()));
-        let (from_ingesters, from_blocks) =
+        let (mut from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
-        crate::service::off_runtime(move || {
-            let mut tree = Tree::new();
-            // Each holder's profiles are its alone: all are needed.
-            for merged in from_ingesters.iter().chain(&from_blocks) {
-                tree.merge(merged);
-            }
-            Ok(tree)
-        })
-        .await
+        from_ingesters.extend(from_blocks);
+        merge_trees(from_ingesters).await
     }
 
-    /// Merges the profiles `ids` on one ingester (only the samples of
-    /// `span_ids`, when any).
+    /// Merges the profiles or series of `filter` on one ingester (only
+    /// the samples of `span_ids`, when any).
     async fn merge_on(
         &self,
         instance: &InstanceDesc,
         tenant: &str,
         selection: &ingester::ProfileSelection,
-        ids: Vec<Vec<u8>>,
+        filter: MergeFilter,
         span_ids: Vec<u64>,
     ) -> Result<Tree, RpcError> {
         let mut client = self.clients.get(&instance.addr)?;
+        let (only_listed, profile_ids, series) = match filter {
+            MergeFilter::Profiles(ids) => (true, ids, Vec::new()),
+            MergeFilter::Series(series) => (false, Vec::new(), series),
+        };
         let request = tenant_request(
             tenant,
             ingester::MergeProfilesRequest {
                 selection: Some(selection.clone()),
-                only_listed: true,
-                profile_ids: ids,
+                only_listed,
+                profile_ids,
                 max_nodes: 0,
                 span_ids,
+                series,
             },
         )?;
         let merged = tokio::time::timeout(self.timeout, client.merge_profiles(request))
@@ -518,6 +572,82 @@ impl Querier {
         })
         .await
     }
+}
+
+/// Which series each answering ingester merges, when every ingester that
+/// holds profiles of a series holds the same ones (same count, IDs and
+/// totals); `None` when some disagree (a replica missed writes), and the
+/// profiles must be listed. Each series goes to the ingester of it that
+/// holds the most series, so few partial trees are merged again (ties
+/// rotate by the selection's fingerprints); a selection of more than
+/// `SPREAD_MERGES_ABOVE` profiles is spread over the replicas.
+fn plan_series(answers: &[Vec<ingester::SeriesSummary>]) -> Option<Vec<Vec<u64>>> {
+    // Fingerprint → the summary and the ingesters (by answer) holding it.
+    let mut series: HashMap<u64, (&ingester::SeriesSummary, Vec<usize>)> = HashMap::new();
+    for (index, summaries) in answers.iter().enumerate() {
+        for summary in summaries {
+            let (agreed, holders) = series.entry(summary.fingerprint).or_insert((summary, Vec::new()));
+            if *agreed != summary {
+                return None;
+            }
+            holders.push(index);
+        }
+    }
+    let profiles: u64 = series.values().map(|(summary, _)| summary.profiles).sum();
+    let mut held = vec![0usize; answers.len()];
+    for (_, holders) in series.values() {
+        for &holder in holders {
+            held[holder] += 1;
+        }
+    }
+    let count = answers.len().max(1);
+    let rotation = series
+        .keys()
+        .fold(0u64, |sum, fingerprint| sum.wrapping_add(*fingerprint));
+    let first = usize::try_from(rotation % count as u64).unwrap_or(0);
+    let tie_rank = |holder: usize| (holder + count - first) % count;
+    let spread = usize::try_from(profiles).unwrap_or(usize::MAX) > SPREAD_MERGES_ABOVE;
+    let mut plan: Vec<Vec<u64>> = vec![Vec::new(); answers.len()];
+    for (fingerprint, (_, holders)) in series {
+        let holder = if spread {
+            holders.get(usize::try_from(fingerprint % holders.len().max(1) as u64).unwrap_or(0))
+        } else {
+            holders
+                .iter()
+                .max_by_key(|&&holder| (held[holder], std::cmp::Reverse(tie_rank(holder))))
+        };
+        if let Some(&holder) = holder {
+            plan[holder].push(fingerprint);
+        }
+    }
+    for series in &mut plan {
+        series.sort_unstable();
+    }
+    Some(plan)
+}
+
+/// What one ingester merges.
+enum MergeFilter {
+    /// These profiles (IDs of 16 bytes).
+    Profiles(Vec<Vec<u8>>),
+    /// Every profile of these series (fingerprints).
+    Series(Vec<u64>),
+}
+
+/// The trees of several holders in one: each holder's profiles are its
+/// alone, so all are needed.
+async fn merge_trees(mut trees: Vec<Tree>) -> Result<Tree, RpcError> {
+    if trees.len() <= 1 {
+        return Ok(trees.pop().unwrap_or_default());
+    }
+    crate::service::off_runtime(move || {
+        let mut tree = Tree::new();
+        for merged in &trees {
+            tree.merge(merged);
+        }
+        Ok(tree)
+    })
+    .await
 }
 
 /// The instances whose call failed or has not answered.
@@ -664,6 +794,52 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    fn summary(fingerprint: u64, profiles: u64) -> ingester::SeriesSummary {
+        ingester::SeriesSummary {
+            fingerprint,
+            profiles,
+            id_sum: vec![fingerprint as u8; 16],
+            total: profiles as i64 * 10,
+        }
+    }
+
+    #[test]
+    fn test_agreeing_replicas_merge_each_series_once_on_few_holders() {
+        // Three replicas of series 1 and 2; series 3 only on the third.
+        let all = vec![summary(1, 5), summary(2, 5)];
+        let answers = vec![all.clone(), all.clone(), [all, vec![summary(3, 1)]].concat()];
+        let plan = plan_series(&answers).unwrap();
+        // The third holds the most series: it merges all of them.
+        assert_eq!(plan, [vec![], vec![], vec![1, 2, 3]]);
+        // Each series exactly once, whatever the plan.
+        let mut merged: Vec<u64> = plan.concat();
+        merged.sort_unstable();
+        assert_eq!(merged, [1, 2, 3]);
+    }
+
+    #[test]
+    fn test_replicas_that_disagree_on_a_series_need_a_listing() {
+        let answers = vec![vec![summary(1, 5)], vec![summary(1, 4)]];
+        assert_eq!(plan_series(&answers), None);
+        // Same count, other IDs.
+        let mut other = summary(1, 5);
+        other.id_sum[0] ^= 1;
+        assert_eq!(plan_series(&[vec![summary(1, 5)], vec![other]]), None);
+        // A replica without the series in range holds none of it: no
+        // disagreement, the one that holds them merges them.
+        assert_eq!(plan_series(&[vec![summary(1, 5)], vec![]]).unwrap(), [vec![1], vec![]]);
+    }
+
+    #[test]
+    fn test_large_selections_spread_series_over_their_replicas() {
+        let all: Vec<ingester::SeriesSummary> = (0..64).map(|fingerprint| summary(fingerprint, 1_000)).collect();
+        let plan = plan_series(&[all.clone(), all.clone(), all]).unwrap();
+        assert!(plan.iter().all(|series| series.len() > 10), "{plan:?}");
+        let mut merged: Vec<u64> = plan.concat();
+        merged.sort_unstable();
+        assert_eq!(merged, (0..64).collect::<Vec<u64>>());
+    }
 
     fn listed(n: usize, holding: &[Holder]) -> Vec<(ListedProfile, Vec<Holder>)> {
         (0..n)

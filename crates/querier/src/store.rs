@@ -218,6 +218,7 @@ pub(crate) fn block_query(
         profile_type: profile_type.to_owned(),
         selector,
         range: TimeRange { start_ms, end_ms },
+        series: None,
     })
 }
 

@@ -30,13 +30,15 @@ impl TimeRange {
 }
 
 /// Which profiles a query is about: one profile type, a selector and a
-/// time range.
+/// time range (and, when given, only some of the series).
 #[derive(Debug, Clone)]
 pub struct ProfileQuery {
     /// The profile type ID, `name:type:unit:period_type:period_unit`.
     pub profile_type: String,
     pub selector: Selector,
     pub range: TimeRange,
+    /// Only the series with these fingerprints, when given.
+    pub series: Option<Arc<HashSet<u64>>>,
 }
 
 impl ProfileQuery {
@@ -47,6 +49,11 @@ impl ProfileQuery {
             .matchers
             .push(Matcher::equal(PROFILE_TYPE, self.profile_type.clone()));
         selector
+    }
+
+    /// Whether the series of `fingerprint` is one the query may read.
+    pub fn wants_series(&self, fingerprint: u64) -> bool {
+        self.series.as_ref().is_none_or(|series| series.contains(&fingerprint))
     }
 }
 

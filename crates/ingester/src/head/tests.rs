@@ -97,6 +97,7 @@ fn query(selector: &str) -> ProfileQuery {
         profile_type: CPU.to_owned(),
         selector: parse_selector(selector).unwrap(),
         range: TimeRange::ALL,
+        series: None,
     }
 }
 
@@ -201,6 +202,7 @@ fn test_cumulative_alloc_profiles_store_deltas() {
         profile_type: "memory:alloc_space:bytes::".to_owned(),
         selector: Selector::default(),
         range: TimeRange::ALL,
+        series: None,
     };
     let totals: Vec<i64> = select(&head, &query).iter().map(|p| p.total).collect();
     assert_eq!(totals, [30, 50]);

@@ -392,6 +392,10 @@ impl Block {
             .series
             .selected(&[query.full_selector()], query.range)
             .iter()
+            .filter(|&id| {
+                query.series.is_none()
+                    || (id < self.series.len() as u32 && query.wants_series(self.series.get(id).fingerprint))
+            })
             .collect();
         let ranges = selected
             .iter()

@@ -155,6 +155,7 @@ fn query(selector: &str, range: TimeRange) -> ProfileQuery {
         profile_type: CPU.to_owned(),
         selector: parse_selector(selector).unwrap(),
         range,
+        series: None,
     }
 }
 
@@ -217,6 +218,21 @@ fn test_block_answers_what_its_source_answered() {
     assert_eq!(spans(&[2]), 4 + 9);
     assert_eq!(spans(&[0, 2]), 4 + 9);
     assert_eq!(spans(&[1, 3, 7]), 0);
+
+    // Only some series, by fingerprint: those of svc-1 and svc-2.
+    let fingerprints: HashSet<u64> = block
+        .series()
+        .iter()
+        .filter(|series| series.labels.render() != source.series.get(0).labels.render())
+        .map(|series| series.fingerprint)
+        .collect();
+    let some_series = ProfileQuery {
+        series: Some(std::sync::Arc::new(fingerprints)),
+        ..query("{}", TimeRange::ALL)
+    };
+    let (profiles, stacks) = block_answer(&block, &some_series, None);
+    assert_eq!(profiles.len(), 2);
+    assert_eq!(stacks.iter().map(|(_, value)| value).sum::<i64>(), 12 + 5);
 }
 
 #[test]
