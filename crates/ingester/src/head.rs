@@ -11,7 +11,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use flamedb_model::pprof::{Profile, string_at};
 use flamedb_model::{Labels, ProfileId, SPAN_ID, Selector, Tree};
 use flamedb_storage::{
-    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, Symbols, TimeRange, Ulid, add_samples,
+    BlockContents, ProfileQuery, ProfileRow, SelectedProfile, SeriesIndex, SeriesSummaries, SeriesSummary, Symbols,
+    TimeRange, Ulid, add_samples, summary_of,
 };
 use flamedb_wal::Position;
 use foldhash::{HashMap, HashMapExt};
@@ -38,6 +39,8 @@ pub(crate) struct HeadData {
     pub rows: Vec<ProfileRow>,
     /// Per series, its rows in arrival order.
     pub series_rows: Vec<Vec<u32>>,
+    /// Per series, the summary of all its rows.
+    series_summaries: Vec<SeriesSummary>,
     pub min_time_ms: i64,
     pub max_time_ms: i64,
     /// The first and last WAL records applied to this head.
@@ -76,6 +79,7 @@ impl Head {
                 series: SeriesIndex::new(),
                 rows: Vec::new(),
                 series_rows: Vec::new(),
+                series_summaries: Vec::new(),
                 min_time_ms: i64::MAX,
                 max_time_ms: i64::MIN,
                 first_position: None,
@@ -144,11 +148,12 @@ impl Head {
             let series_id = data.series.get_or_insert(&insert.labels, insert.fingerprint, time_ms);
             let row = data.rows.len() as u32;
             data.rows_bytes += ROW_BYTES + values.len() * SAMPLE_BYTES + spans.as_ref().map_or(0, |s| s.len() * 8);
+            let total = values.iter().fold(0i64, |sum, value| sum.saturating_add(*value));
             data.rows.push(ProfileRow {
                 id,
                 series: series_id,
                 time_nanos: profile.time_nanos,
-                total: values.iter().fold(0i64, |sum, value| sum.saturating_add(*value)),
+                total,
                 stacks,
                 values,
                 span_ids: spans,
@@ -156,8 +161,12 @@ impl Head {
             let slot = series_id as usize;
             if data.series_rows.len() <= slot {
                 data.series_rows.resize_with(slot + 1, Vec::new);
+                data.series_summaries.resize(slot + 1, SeriesSummary::default());
             }
             data.series_rows[slot].push(row);
+            let summary = &mut data.series_summaries[slot];
+            summary.fingerprint = insert.fingerprint;
+            summary.add(id, total);
             data.min_time_ms = data.min_time_ms.min(time_ms);
             data.max_time_ms = data.max_time_ms.max(time_ms);
         }
@@ -194,6 +203,29 @@ impl Head {
             .flat_map(|series| data.series_rows.get(series as usize).into_iter().flatten())
             .map(|&row| &data.rows[row as usize])
             .filter(move |row| range.contains(row.time_ms()))
+    }
+
+    /// Adds the series of the profiles matching `query` to `summaries`:
+    /// from the kept summaries when the range covers all the head holds,
+    /// else from its rows.
+    pub fn summarize_into(&self, query: &ProfileQuery, summaries: &mut SeriesSummaries) {
+        let data = self.read();
+        if !(query.range.contains(data.min_time_ms) && query.range.contains(data.max_time_ms)) {
+            for row in Self::selected_rows(&data, query) {
+                let fingerprint = data.series.get(row.series).fingerprint;
+                summary_of(summaries, fingerprint).add(row.id, row.total);
+            }
+            return;
+        }
+        let selected = data.series.selected(&[query.full_selector()], query.range);
+        for series in selected {
+            if let Some(summary) = data.series_summaries.get(series as usize)
+                && summary.profiles > 0
+                && query.wants_series(summary.fingerprint)
+            {
+                summary_of(summaries, summary.fingerprint).absorb(summary);
+            }
+        }
     }
 
     /// Calls `visit` for each profile matching `query`, in series then

@@ -2,7 +2,7 @@
 //! the heads, in WAL order), replays the WAL on start, and answers queries
 //! over its heads.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -18,7 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::delta::{DeltaState, is_cumulative};
 use flamedb_storage::{
-    BlockError, BlockMeta, Bucket, BucketError, ProfileKey, ProfileQuery, SelectedProfile, TimeRange,
+    BlockError, BlockMeta, Bucket, BucketError, ProfileKey, ProfileQuery, SelectedProfile, SeriesSummaries,
+    SeriesSummary, TimeRange,
 };
 use tokio::sync::Notify;
 
@@ -88,26 +89,6 @@ impl IngesterConfig {
         i64::try_from(self.max_block_duration.as_millis())
             .unwrap_or(i64::MAX)
             .max(5_000)
-    }
-}
-
-/// What an ingester holds of one series in a query's range.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SeriesSummary {
-    pub fingerprint: u64,
-    pub profiles: u64,
-    /// The profile IDs as 128-bit big-endian numbers, summed (wrapping):
-    /// a sum, not an XOR, so a profile counted twice shows.
-    pub id_sum: u128,
-    /// The profiles' totals summed (wrapping).
-    pub total: i64,
-}
-
-impl SeriesSummary {
-    fn add(&mut self, id: ProfileId, total: i64) {
-        self.profiles += 1;
-        self.id_sum = self.id_sum.wrapping_add(u128::from_be_bytes(id.0));
-        self.total = self.total.wrapping_add(total);
     }
 }
 
@@ -771,23 +752,14 @@ impl Ingester {
     /// fine.
     pub fn summarize_series(&self, tenant: &str, query: &ProfileQuery) -> Result<Vec<SeriesSummary>, QueryError> {
         let (heads, blocks) = self.sources(tenant, query.range);
-        let mut summaries: HashMap<u64, SeriesSummary> = HashMap::new();
-        let mut add = |profile: SelectedProfile| {
-            summaries
-                .entry(profile.fingerprint)
-                .or_insert_with(|| SeriesSummary {
-                    fingerprint: profile.fingerprint,
-                    ..SeriesSummary::default()
-                })
-                .add(profile.id, profile.total);
-        };
+        let mut summaries = SeriesSummaries::new();
         for head in heads {
-            head.visit_profiles(query, &mut add);
+            head.summarize_into(query, &mut summaries);
         }
         for local in blocks {
             local
                 .block
-                .visit_profiles(query, &mut add)
+                .summarize_into(query, &mut summaries)
                 .map_err(|source| QueryError {
                     tenant: tenant.to_owned(),
                     source,

@@ -25,11 +25,11 @@ mod shipper;
 mod snapshots;
 mod task;
 
-pub use flamedb_storage::{ProfileKey, ProfileQuery, SelectedProfile, TimeRange};
+pub use flamedb_storage::{ProfileKey, ProfileQuery, SelectedProfile, SeriesSummary, TimeRange};
 pub use flush::{FlushError, FlushReport};
 pub use ingester::{
-    IncomingProfile, Ingester, IngesterConfig, PushError, QueryError, ReplayReport, SeriesSummary, ShareOfCluster,
-    ShutdownError, StartError,
+    IncomingProfile, Ingester, IngesterConfig, PushError, QueryError, ReplayReport, ShareOfCluster, ShutdownError,
+    StartError,
 };
 pub use limiter::{ClusterShare, SeriesLimit};
 pub use metrics::IngesterMetrics;

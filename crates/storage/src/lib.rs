@@ -14,7 +14,10 @@ mod symbols;
 
 pub use block::{Block, BlockContents, BlockError, BlockMeta, write_block};
 pub use bucket::{Bucket, BucketConfig, BucketError, S3Config};
-pub use query::{ProfileKey, ProfileQuery, ProfileRow, SelectedProfile, TimeRange, add_samples};
+pub use query::{
+    ProfileKey, ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSummary, TimeRange, add_samples,
+    summary_of,
+};
 pub use series::{Series, SeriesIndex};
 pub use symbols::{SymbolCounts, Symbols};
 pub use ulid::Ulid;

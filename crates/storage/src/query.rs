@@ -57,6 +57,47 @@ impl ProfileQuery {
     }
 }
 
+/// What a source holds of one series in a query's range: how many
+/// profiles, their IDs summed, their totals summed. Replicas that hold the
+/// same profiles of a series have the same summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesSummary {
+    pub fingerprint: u64,
+    pub profiles: u64,
+    /// The profile IDs as 128-bit big-endian numbers, summed (wrapping):
+    /// a sum, not an XOR, so a profile counted twice shows.
+    pub id_sum: u128,
+    /// The profiles' totals summed (wrapping).
+    pub total: i64,
+}
+
+impl SeriesSummary {
+    pub fn add(&mut self, id: ProfileId, total: i64) {
+        self.profiles += 1;
+        self.id_sum = self.id_sum.wrapping_add(u128::from_be_bytes(id.0));
+        self.total = self.total.wrapping_add(total);
+    }
+
+    /// Adds the profiles `other` summarizes (of the same series, from
+    /// another part of the source).
+    pub fn absorb(&mut self, other: &SeriesSummary) {
+        self.profiles += other.profiles;
+        self.id_sum = self.id_sum.wrapping_add(other.id_sum);
+        self.total = self.total.wrapping_add(other.total);
+    }
+}
+
+/// Series summaries by fingerprint.
+pub type SeriesSummaries = HashMap<u64, SeriesSummary>;
+
+/// The summary of the series `fingerprint` in `summaries`, new if absent.
+pub fn summary_of(summaries: &mut SeriesSummaries, fingerprint: u64) -> &mut SeriesSummary {
+    summaries.entry(fingerprint).or_insert_with(|| SeriesSummary {
+        fingerprint,
+        ..SeriesSummary::default()
+    })
+}
+
 /// A stored profile as a query lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectedProfile {

@@ -158,6 +158,17 @@ fn test_insert_and_query() {
     };
     head.merge_into(&early, None, None, &mut tree);
     assert_eq!(tree.total(), 80);
+    // Series summaries: kept ones when the range covers the head, from
+    // the rows otherwise; the same as summing the selected profiles.
+    for query in [query("{}"), early, query(r#"{service_name="nope"}"#)] {
+        let mut summaries = SeriesSummaries::new();
+        head.summarize_into(&query, &mut summaries);
+        let mut expected = SeriesSummaries::new();
+        for profile in select(&head, &query) {
+            summary_of(&mut expected, profile.fingerprint).add(profile.id, profile.total);
+        }
+        assert_eq!(summaries, expected);
+    }
     assert!(
         head.label_names(
             &all,

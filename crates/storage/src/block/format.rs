@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use flamedb_model::{Label, Labels};
 
+use crate::query::SeriesSummary;
 use crate::series::Series;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -29,6 +30,13 @@ pub(crate) struct SeriesEntry {
     pub first_row: u32,
     #[prost(uint32, tag = "6")]
     pub row_count: u32,
+    /// Its profile IDs summed as 128-bit big-endian numbers (wrapping), 16
+    /// bytes; empty in blocks written before it was kept.
+    #[prost(bytes = "vec", tag = "7")]
+    pub id_sum: Vec<u8>,
+    /// Its profiles' totals summed (wrapping).
+    #[prost(int64, tag = "8")]
+    pub total: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -40,7 +48,7 @@ pub(crate) struct LabelPair {
 }
 
 impl SeriesEntry {
-    pub(crate) fn new(series: &Series, first_row: u32, row_count: u32) -> Self {
+    pub(crate) fn new(series: &Series, first_row: u32, row_count: u32, id_sum: u128, total: i64) -> Self {
         Self {
             labels: series
                 .labels
@@ -55,7 +63,20 @@ impl SeriesEntry {
             max_time_ms: series.max_time_ms,
             first_row,
             row_count,
+            id_sum: id_sum.to_be_bytes().to_vec(),
+            total,
         }
+    }
+
+    /// Its summary, when the block keeps one.
+    pub(crate) fn summary(&self) -> Option<SeriesSummary> {
+        let id_sum: [u8; 16] = self.id_sum.as_slice().try_into().ok()?;
+        Some(SeriesSummary {
+            fingerprint: self.fingerprint,
+            profiles: u64::from(self.row_count),
+            id_sum: u128::from_be_bytes(id_sum),
+            total: self.total,
+        })
     }
 
     pub(crate) fn series(&self) -> Series {

@@ -33,7 +33,7 @@ pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, FORMAT_VERSION};
 
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
-use crate::{ProfileQuery, ProfileRow, SelectedProfile, add_samples};
+use crate::{ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSummary, add_samples, summary_of};
 pub use profiles::FILE as PROFILES_FILE;
 pub(crate) use remote::RemoteFile;
 
@@ -152,16 +152,24 @@ pub fn write_block(
         crc32: table.hasher.finalize(),
     });
 
-    let mut row_counts = vec![0u32; series_order.len()];
+    // Per block series: rows, and the summary of its profiles.
+    let mut summaries = vec![SeriesSummary::default(); series_order.len()];
     let mut samples = 0u64;
     for row in rows {
-        row_counts[block_id_of[row.series as usize] as usize] += 1;
+        summaries[block_id_of[row.series as usize] as usize].add(row.id, row.total);
         samples += row.values.len() as u64;
     }
     let mut entries = Vec::with_capacity(series_order.len());
     let mut next_row = 0u32;
-    for (&head_id, &count) in series_order.iter().zip(&row_counts) {
-        entries.push(format::SeriesEntry::new(series.get(head_id), next_row, count));
+    for (&head_id, summary) in series_order.iter().zip(&summaries) {
+        let count = summary.profiles as u32;
+        entries.push(format::SeriesEntry::new(
+            series.get(head_id),
+            next_row,
+            count,
+            summary.id_sum,
+            summary.total,
+        ));
         next_row += count;
     }
     let series_bytes = format::SeriesFile { series: entries }.encode_to_vec();
@@ -289,6 +297,9 @@ pub struct Block {
     series: SeriesIndex,
     /// Per series (by block id), its rows in the profiles table.
     rows: Vec<Range<u32>>,
+    /// Per series (by block id), the summary of all its profiles, when
+    /// the block keeps them.
+    summaries: Vec<Option<SeriesSummary>>,
     /// Set when the profiles table stays in object storage (read by
     /// ranges) and only the other files are in `dir`.
     remote_profiles: Option<RemoteFile>,
@@ -324,6 +335,7 @@ impl Block {
             .map_err(|err| BlockError::corrupt(&series_path, err.to_string()))?;
         let mut series = SeriesIndex::new();
         let mut rows = Vec::with_capacity(series_file.series.len());
+        let mut summaries = Vec::with_capacity(series_file.series.len());
         let mut next_row = 0u64;
         for entry in &series_file.series {
             if u64::from(entry.first_row) != next_row {
@@ -331,6 +343,7 @@ impl Block {
             }
             next_row += u64::from(entry.row_count);
             rows.push(entry.first_row..entry.first_row.saturating_add(entry.row_count));
+            summaries.push(entry.summary());
             series.push(entry.series());
         }
         if next_row != meta.stats.num_profiles {
@@ -347,6 +360,7 @@ impl Block {
             meta,
             series,
             rows,
+            summaries,
             remote_profiles,
         })
     }
@@ -463,6 +477,29 @@ impl Block {
                 format!("a row refers to missing series {series}"),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// Adds the series of the profiles matching `query` to `summaries`:
+    /// from the kept summaries when the range covers the whole block,
+    /// else from its rows.
+    pub fn summarize_into(&self, query: &ProfileQuery, summaries: &mut SeriesSummaries) -> Result<(), BlockError> {
+        let covered = query.range.contains(self.meta.min_time) && query.range.contains(self.meta.max_time);
+        let (selected, _) = self.ranges(query);
+        let kept: Option<Vec<SeriesSummary>> = selected
+            .iter()
+            .map(|&id| self.summaries.get(id as usize).copied().flatten())
+            .collect();
+        match kept {
+            Some(kept) if covered => {
+                for summary in kept.iter().filter(|summary| summary.profiles > 0) {
+                    summary_of(summaries, summary.fingerprint).absorb(summary);
+                }
+                Ok(())
+            }
+            _ => self.visit_profiles(query, |profile| {
+                summary_of(summaries, profile.fingerprint).add(profile.id, profile.total);
+            }),
         }
     }
 

@@ -7,7 +7,7 @@ use flamedb_model::{Labels, ProfileId, Selector, Tree, parse_selector};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{ProfileQuery, TimeRange};
+use crate::{ProfileQuery, SeriesSummaries, TimeRange, summary_of};
 
 const CPU: &str = "process_cpu:cpu:nanoseconds::";
 
@@ -233,6 +233,30 @@ fn test_block_answers_what_its_source_answered() {
     let (profiles, stacks) = block_answer(&block, &some_series, None);
     assert_eq!(profiles.len(), 2);
     assert_eq!(stacks.iter().map(|(_, value)| value).sum::<i64>(), 12 + 5);
+
+    // Series summaries: kept ones for a range covering the block, read
+    // from the rows otherwise; the same as summing the listed profiles.
+    for query in [
+        everything.clone(),
+        query(
+            "{}",
+            TimeRange {
+                start_ms: 900,
+                end_ms: 2_500,
+            },
+        ),
+        some_series,
+    ] {
+        let mut summaries = SeriesSummaries::new();
+        block.summarize_into(&query, &mut summaries).unwrap();
+        let mut expected = SeriesSummaries::new();
+        block
+            .visit_profiles(&query, |profile| {
+                summary_of(&mut expected, profile.fingerprint).add(profile.id, profile.total)
+            })
+            .unwrap();
+        assert_eq!(summaries, expected);
+    }
 }
 
 #[test]
