@@ -5,10 +5,11 @@
 //! get a short grace and then count as failed. Ranges reaching past `query_store_after` ago also read
 //! the blocks; the ingesters are read for every range. Profiles are counted once: the IDs each source holds are
 //! listed first, each ID is given to one holder (ingesters first), and
-//! each holder merges only its own. A merge over the ingesters alone
-//! first asks each for a summary of each series (profiles counted, IDs
-//! summed); when every replica of every series holds the same profiles,
-//! each series is merged whole by one of them, without listing a profile.
+//! each holder merges only its own. A merge whose range no stored block
+//! overlaps (the ingesters alone hold it) first asks each ingester for a
+//! summary of each series (profiles counted, IDs summed); when every
+//! replica of every series holds the same profiles, each series is merged
+//! whole by one of them, without listing a profile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -335,28 +336,47 @@ impl Querier {
         })
     }
 
+    /// The stored blocks a selection reads: those overlapping its range
+    /// when it starts before `query_store_after` ago, else none.
+    async fn stored_blocks(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+    ) -> Result<Vec<Arc<Block>>, RpcError> {
+        match &self.store {
+            Some(store) if selection.start < self.store_boundary() => {
+                let range = TimeRange {
+                    start_ms: selection.start,
+                    end_ms: selection.end,
+                };
+                store.blocks(tenant, range).await
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Every profile of `selection`, each once (copies share an ID), with
-    /// the sources that answered and which of them holds each.
-    async fn list(&self, tenant: &str, selection: &ingester::ProfileSelection) -> Result<Listing, RpcError> {
-        let store = self.store.as_ref().filter(|_| selection.start < self.store_boundary());
+    /// the sources that answered and which of them holds each: the
+    /// ingesters, and `blocks` (the selection's stored blocks).
+    async fn list(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        blocks: Vec<Arc<Block>>,
+    ) -> Result<Listing, RpcError> {
         // Ingesters are always asked, however old the range: a block they
         // could not upload yet (object storage down) is only theirs.
         let ingesters = self.each_ingester(|client| list_one(client, tenant, selection.clone()));
         let blocks = async {
-            let Some(store) = store else {
+            if blocks.is_empty() {
                 return Ok(Vec::new());
-            };
-            let range = TimeRange {
-                start_ms: selection.start,
-                end_ms: selection.end,
-            };
+            }
             let query = block_query(
                 &selection.profile_type_id,
                 &selection.label_selector,
                 selection.start,
                 selection.end,
             )?;
-            let blocks = store.blocks(tenant, range).await?;
             let listed = try_join_all(blocks.iter().map(|block| list_block(block.clone(), query.clone()))).await?;
             Ok::<_, RpcError>(blocks.into_iter().zip(listed).collect::<Vec<_>>())
         };
@@ -398,8 +418,9 @@ impl Querier {
         tenant: &str,
         selection: &ingester::ProfileSelection,
     ) -> Result<Vec<ListedProfile>, RpcError> {
+        let blocks = self.stored_blocks(tenant, selection).await?;
         Ok(self
-            .list(tenant, selection)
+            .list(tenant, selection, blocks)
             .await?
             .profiles
             .into_iter()
@@ -409,7 +430,8 @@ impl Querier {
 
     /// The merged tree of every profile of `selection` (only the samples
     /// of `spans`, when given), each profile counted once: by whole series
-    /// when the replicas agree on them, else by listed profile.
+    /// when the ingesters alone hold the range (no stored block overlaps
+    /// it) and the replicas agree, else by listed profile.
     pub(crate) async fn merge(
         &self,
         tenant: &str,
@@ -417,8 +439,10 @@ impl Querier {
         spans: Option<HashSet<u64>>,
     ) -> Result<Tree, RpcError> {
         let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
-        let ingesters_only = self.store.is_none() || selection.start >= self.store_boundary();
-        if ingesters_only && let Some(plan) = self.plan_by_series(tenant, selection).await? {
+        let blocks = self.stored_blocks(tenant, selection).await?;
+        if blocks.is_empty()
+            && let Some(plan) = self.plan_by_series(tenant, selection).await?
+        {
             let merges = plan.into_iter().flat_map(|(instance, series)| {
                 let chunks: Vec<Vec<u64>> = series.chunks(SERIES_PER_MERGE).map(<[_]>::to_vec).collect();
                 chunks.into_iter().map(move |series| (instance.clone(), series))
@@ -431,7 +455,7 @@ impl Querier {
             .await?;
             return merge_trees(trees).await;
         }
-        let listing = self.list(tenant, selection).await?;
+        let listing = self.list(tenant, selection, blocks).await?;
         self.merge_listing(tenant, selection, &listing, spans.map(Arc::new))
             .await
     }
@@ -470,7 +494,8 @@ impl Querier {
         tenant: &str,
         selection: &ingester::ProfileSelection,
     ) -> Result<(Tree, Vec<ListedProfile>), RpcError> {
-        let listing = self.list(tenant, selection).await?;
+        let blocks = self.stored_blocks(tenant, selection).await?;
+        let listing = self.list(tenant, selection, blocks).await?;
         let tree = self.merge_listing(tenant, selection, &listing, None).await?;
         Ok((tree, listing.profiles.into_iter().map(|(profile, _)| profile).collect()))
     }
