@@ -160,6 +160,8 @@ impl Head {
             });
             let slot = series_id as usize;
             if data.series_rows.len() <= slot {
+                let added = slot + 1 - data.series_rows.len();
+                data.rows_bytes += added * (std::mem::size_of::<Vec<u32>>() + std::mem::size_of::<SeriesSummary>());
                 data.series_rows.resize_with(slot + 1, Vec::new);
                 data.series_summaries.resize(slot + 1, SeriesSummary::default());
             }

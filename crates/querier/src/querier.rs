@@ -7,7 +7,7 @@
 //! listed first, each ID is given to one holder (ingesters first), and
 //! each holder merges only its own. A merge whose range no stored block
 //! overlaps (the ingesters alone hold it) first asks each ingester for a
-//! summary of each series (profiles counted, IDs summed); when every
+//! summary of each series (profiles counted, IDs and totals summed); when every
 //! replica of every series holds the same profiles, each series is merged
 //! whole by one of them, without listing a profile.
 
@@ -25,6 +25,7 @@ use flamedb_storage::{Block, SeriesIndex, TimeRange};
 use futures_util::future::try_join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tonic::transport::Channel;
+use tracing::debug;
 
 use flamedb_api::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
 
@@ -440,24 +441,46 @@ impl Querier {
     ) -> Result<Tree, RpcError> {
         let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         let blocks = self.stored_blocks(tenant, selection).await?;
-        if blocks.is_empty()
-            && let Some(plan) = self.plan_by_series(tenant, selection).await?
-        {
-            let merges = plan.into_iter().flat_map(|(instance, series)| {
-                let chunks: Vec<Vec<u64>> = series.chunks(SERIES_PER_MERGE).map(<[_]>::to_vec).collect();
-                chunks.into_iter().map(move |series| (instance.clone(), series))
-            });
-            let trees = try_join_all(merges.map(|(instance, series)| {
-                let filter = MergeFilter::Series(series);
-                let span_ids = span_ids.clone();
-                async move { self.merge_on(&instance, tenant, selection, filter, span_ids).await }
-            }))
-            .await?;
-            return merge_trees(trees).await;
+        if blocks.is_empty() {
+            match self.merge_by_series(tenant, selection, &span_ids).await {
+                Ok(Some(tree)) => return Ok(tree),
+                Ok(None) => {}
+                // The request itself is wrong: the listing would say so too.
+                Err(err) if err.code == ErrorCode::InvalidArgument => return Err(err),
+                // An ingester that cannot summarize (an older version) or
+                // failed its merge: the listing has its own tolerance.
+                Err(err) => debug!(error = %err.message, "merging by series failed; listing the profiles"),
+            }
         }
         let listing = self.list(tenant, selection, blocks).await?;
         self.merge_listing(tenant, selection, &listing, spans.map(Arc::new))
             .await
+    }
+
+    /// The merge by whole series (see [`plan_series`]), or `None` when the
+    /// replicas disagree.
+    async fn merge_by_series(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        span_ids: &[u64],
+    ) -> Result<Option<Tree>, RpcError> {
+        let Some(plan) = self.plan_by_series(tenant, selection).await? else {
+            return Ok(None);
+        };
+        let merges = plan.into_iter().flat_map(|(instance, series)| {
+            let chunks: Vec<Vec<u64>> = series.chunks(SERIES_PER_MERGE).map(<[_]>::to_vec).collect();
+            chunks.into_iter().map(move |series| (instance.clone(), series))
+        });
+        let trees = try_join_all(merges.map(|(instance, series)| {
+            let filter = MergeFilter::Series(series);
+            async move {
+                self.merge_on(&instance, tenant, selection, filter, span_ids.to_vec())
+                    .await
+            }
+        }))
+        .await?;
+        merge_trees(trees).await.map(Some)
     }
 
     /// Which series each ingester merges (see [`plan_series`]), from the
@@ -616,6 +639,15 @@ fn plan_series(answers: &[Vec<ingester::SeriesSummary>]) -> Option<Vec<Vec<u64>>
                 return None;
             }
             holders.push(index);
+        }
+    }
+    // The same profiles under two fingerprints (replicas that label a
+    // series differently) would be merged twice: only the listing, by ID,
+    // counts them once.
+    let mut contents: HashSet<(u64, &[u8])> = HashSet::new();
+    for (summary, _) in series.values() {
+        if summary.profiles > 0 && !contents.insert((summary.profiles, summary.id_sum.as_slice())) {
+            return None;
         }
     }
     let profiles: u64 = series.values().map(|(summary, _)| summary.profiles).sum();
@@ -851,6 +883,10 @@ mod tests {
         let mut other = summary(1, 5);
         other.id_sum[0] ^= 1;
         assert_eq!(plan_series(&[vec![summary(1, 5)], vec![other]]), None);
+        // The same profiles under two fingerprints: only IDs tell.
+        let mut renamed = summary(2, 5);
+        renamed.id_sum = summary(1, 5).id_sum;
+        assert_eq!(plan_series(&[vec![summary(1, 5)], vec![renamed]]), None);
         // A replica without the series in range holds none of it: no
         // disagreement, the one that holds them merges them.
         assert_eq!(plan_series(&[vec![summary(1, 5)], vec![]]).unwrap(), [vec![1], vec![]]);
