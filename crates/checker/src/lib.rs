@@ -250,7 +250,8 @@ impl Checker {
                 }
             }
             // The merged flame graph counts each profile once too: at
-            // least what was acknowledged, at most all that was written.
+            // least what was acknowledged, at most all that was written
+            // (exactly what was acknowledged when every push was).
             let acknowledged: i64 = written.iter().filter(|w| w.acknowledged).map(|w| w.value).sum();
             let all: i64 = written.iter().map(|w| w.value).sum();
             let merged = self.merged_total(series, first.point_ms - 1000, last.point_ms)?;
