@@ -33,6 +33,7 @@ mod selector;
 mod split;
 mod symbols;
 mod tree;
+pub mod tree_formats;
 mod validate;
 
 pub use dot::to_dot;

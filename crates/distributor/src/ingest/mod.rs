@@ -22,7 +22,6 @@ mod jfr;
 mod pprof;
 mod speedscope;
 mod text;
-mod tree_formats;
 
 use std::collections::HashMap;
 
@@ -38,7 +37,7 @@ use http_body_util::BodyExt;
 
 use crate::batch::{PushBatch, Rejection};
 use crate::distributor::{Distributor, PushError};
-use tree_formats::TreeFormat;
+use flamedb_model::tree_formats::{self, TreeFormat};
 
 const DEFAULT_SAMPLE_RATE: u32 = 100;
 /// The sample rate of values in nanoseconds (a period of 1 ns).
