@@ -109,7 +109,7 @@ impl JfrProfileType {
 
     /// The values of a stack's samples; CPU and wall samples each count
     /// `period` nanoseconds.
-    fn values(&self, kind: SampleKind, totals: Totals, period: i64) -> Vec<i64> {
+    fn values(kind: SampleKind, totals: Totals, period: i64) -> Vec<i64> {
         let events = i64::try_from(totals.events).unwrap_or(i64::MAX);
         match kind {
             SampleKind::Cpu | SampleKind::Wall => vec![events.saturating_mul(period)],
@@ -168,7 +168,7 @@ pub(super) fn add_jfr(
             .into_iter()
             .flatten()
             .filter_map(|&frame| recording.names.get(frame as usize).map(String::as_str));
-        builder.add_values(names, profile_type.values(kind, totals, period));
+        builder.add_values(names, JfrProfileType::values(kind, totals, period));
     }
     let share = bytes.len() / profiles.len().max(1);
     for ((kind, context), builder) in profiles {

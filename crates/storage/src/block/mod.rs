@@ -485,13 +485,17 @@ impl Block {
     /// else from its rows.
     pub fn summarize_into(&self, query: &ProfileQuery, summaries: &mut SeriesSummaries) -> Result<(), BlockError> {
         let covered = query.range.contains(self.meta.min_time) && query.range.contains(self.meta.max_time);
-        let (selected, _) = self.ranges(query);
-        let kept: Option<Vec<SeriesSummary>> = selected
-            .iter()
-            .map(|&id| self.summaries.get(id as usize).copied().flatten())
-            .collect();
+        let kept: Option<Vec<SeriesSummary>> = if covered {
+            let (selected, _) = self.ranges(query);
+            selected
+                .iter()
+                .map(|&id| self.summaries.get(id as usize).copied().flatten())
+                .collect()
+        } else {
+            None
+        };
         match kept {
-            Some(kept) if covered => {
+            Some(kept) => {
                 for summary in kept.iter().filter(|summary| summary.profiles > 0) {
                     summary_of(summaries, summary.fingerprint).absorb(summary);
                 }
