@@ -3,7 +3,7 @@
 //! flat (self) and cumulative values, edges from callers to callees, the
 //! `max_nodes` functions with the largest cumulative values kept.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::tree::Tree;
@@ -11,40 +11,77 @@ use crate::tree::Tree;
 /// The tree's call graph as DOT; `unit` names the values (`nanoseconds`,
 /// `bytes`, ...). An empty tree gives an empty string.
 pub fn to_dot(tree: &Tree, max_nodes: usize, unit: &str) -> String {
-    let stacks = tree.stacks();
-    if stacks.is_empty() {
+    // One walk over the tree, no recursion and no per-stack copies: a
+    // function's cumulative value is the total of its outermost nodes (a
+    // stack counts once however often it recurses), an edge's likewise.
+    let mut total = 0i64;
+    let mut any_stack = false;
+    let mut flat: HashMap<u32, i64> = HashMap::new();
+    let mut cumulative: HashMap<u32, i64> = HashMap::new();
+    let mut edges: HashMap<(u32, u32), i64> = HashMap::new();
+    // The names on the path from the root, and how often each name and
+    // edge occurs on it.
+    let mut path: Vec<u32> = Vec::new();
+    let mut names_on_path: HashMap<u32, usize> = HashMap::new();
+    let mut edges_on_path: HashMap<(u32, u32), usize> = HashMap::new();
+    let leave = |count: Option<&mut usize>| {
+        if let Some(count) = count {
+            *count -= 1;
+        }
+    };
+    for (node, depth) in tree.depth_first() {
+        while path.len() >= depth {
+            let Some(name) = path.pop() else { break };
+            leave(names_on_path.get_mut(&name));
+            if let Some(&parent) = path.last() {
+                leave(edges_on_path.get_mut(&(parent, name)));
+            }
+        }
+        let (name, node_total, self_value) = tree.node_values(node);
+        if self_value != 0 {
+            any_stack = true;
+            total = total.saturating_add(self_value);
+            let flat = flat.entry(name).or_default();
+            *flat = flat.saturating_add(self_value);
+        }
+        let on_path = names_on_path.entry(name).or_default();
+        if *on_path == 0 {
+            let cumulative = cumulative.entry(name).or_default();
+            *cumulative = cumulative.saturating_add(node_total);
+        }
+        *on_path += 1;
+        if let Some(&parent) = path.last() {
+            let on_path = edges_on_path.entry((parent, name)).or_default();
+            if *on_path == 0 {
+                let edge = edges.entry((parent, name)).or_default();
+                *edge = edge.saturating_add(node_total);
+            }
+            *on_path += 1;
+        }
+        path.push(name);
+    }
+    if !any_stack {
         return String::new();
     }
-    let total: i64 = stacks.iter().map(|(_, value)| value).sum();
-    let mut flat: HashMap<&str, i64> = HashMap::new();
-    let mut cumulative: HashMap<&str, i64> = HashMap::new();
-    let mut edges: HashMap<(&str, &str), i64> = HashMap::new();
-    for (frames, value) in &stacks {
-        if let Some(leaf) = frames.last() {
-            *flat.entry(leaf.as_str()).or_default() += value;
-        }
-        // A function counts once per stack, however often it recurses.
-        let mut seen = HashSet::new();
-        for frame in frames {
-            if seen.insert(frame.as_str()) {
-                *cumulative.entry(frame.as_str()).or_default() += value;
-            }
-        }
-        let mut seen_edges = HashSet::new();
-        for pair in frames.windows(2) {
-            let edge = (pair[0].as_str(), pair[1].as_str());
-            if seen_edges.insert(edge) {
-                *edges.entry(edge).or_default() += value;
-            }
-        }
-    }
+    let flat: HashMap<&str, i64> = flat.into_iter().map(|(name, value)| (tree.name(name), value)).collect();
+    let cumulative: HashMap<&str, i64> = cumulative
+        .into_iter()
+        .map(|(name, value)| (tree.name(name), value))
+        .collect();
+    let edges: HashMap<(&str, &str), i64> = edges
+        .into_iter()
+        .map(|((from, to), value)| ((tree.name(from), tree.name(to)), value))
+        .collect();
     let mut nodes: Vec<(&str, i64)> = cumulative.iter().map(|(name, value)| (*name, *value)).collect();
     nodes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     if max_nodes != 0 {
         nodes.truncate(max_nodes);
     }
     let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, (name, _))| (*name, i + 1)).collect();
-    let shown: i64 = nodes.iter().map(|(name, _)| flat.get(name).copied().unwrap_or(0)).sum();
+    let shown = nodes
+        .iter()
+        .map(|(name, _)| flat.get(name).copied().unwrap_or(0))
+        .fold(0i64, i64::saturating_add);
     let percent = |value: i64| value as f64 * 100.0 / total.max(1) as f64;
 
     let mut out = String::new();

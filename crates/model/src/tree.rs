@@ -17,6 +17,9 @@ pub const OTHER: &str = "other";
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Node {
     name: u32,
+    /// The parent's index, always smaller than the node's own (nodes are
+    /// only ever appended); the root is its own parent.
+    parent: u32,
     self_value: i64,
     total: i64,
     children: Vec<u32>,
@@ -75,6 +78,7 @@ impl Tree {
         let child = self.nodes.len() as u32;
         self.nodes.push(Node {
             name,
+            parent,
             ..Node::default()
         });
         self.nodes[parent as usize].children.push(child);
@@ -82,31 +86,34 @@ impl Tree {
         child
     }
 
-    /// Adds `value` to the stack `frames` (root first).
+    /// Adds `value` to the stack `frames` (root first). Sums saturate: a
+    /// crafted profile can hold values that would overflow `i64`.
     pub fn insert<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
         let mut node = 0;
-        self.nodes[0].total += value;
+        self.nodes[0].total = self.nodes[0].total.saturating_add(value);
         for frame in frames {
             node = self.child(node, frame);
-            self.nodes[node as usize].total += value;
+            let current = &mut self.nodes[node as usize];
+            current.total = current.total.saturating_add(value);
         }
-        self.nodes[node as usize].self_value += value;
+        let current = &mut self.nodes[node as usize];
+        current.self_value = current.self_value.saturating_add(value);
     }
 
-    /// Adds every stack of `other` to this tree.
+    /// Adds every stack of `other` to this tree. Iterative: trees can be as
+    /// deep as stored data makes them.
     pub fn merge(&mut self, other: &Tree) {
-        self.merge_node(0, other, 0);
-    }
-
-    fn merge_node(&mut self, into: u32, other: &Tree, from: u32) {
-        let source = &other.nodes[from as usize];
-        let node = &mut self.nodes[into as usize];
-        node.total += source.total;
-        node.self_value += source.self_value;
-        for &child in &source.children {
-            let name = &other.names[other.nodes[child as usize].name as usize];
-            let target = self.child(into, name);
-            self.merge_node(target, other, child);
+        // (node here, node of `other`) whose values and children are due.
+        let mut pending = vec![(0u32, 0u32)];
+        while let Some((into, from)) = pending.pop() {
+            let source = &other.nodes[from as usize];
+            let node = &mut self.nodes[into as usize];
+            node.total = node.total.saturating_add(source.total);
+            node.self_value = node.self_value.saturating_add(source.self_value);
+            for &child in &source.children {
+                let target = self.child(into, other.name_of(child));
+                pending.push((target, child));
+            }
         }
     }
 
@@ -123,25 +130,53 @@ impl Tree {
     /// name order; for tests and exports.
     pub fn stacks(&self) -> Vec<(Vec<String>, i64)> {
         let mut out = Vec::new();
-        let mut path = Vec::new();
-        self.collect_stacks(0, &mut path, &mut out);
+        self.for_each_stack(|path, self_value| {
+            out.push((path.iter().map(|name| (*name).to_owned()).collect(), self_value));
+        });
         out
     }
 
-    fn collect_stacks(&self, node: u32, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, i64)>) {
-        let current = &self.nodes[node as usize];
-        if node != 0 {
-            path.push(self.names[current.name as usize].clone());
-            if current.self_value != 0 {
-                out.push((path.clone(), current.self_value));
+    /// Calls `visit` with each stack that has a self value (root first),
+    /// depth first with children in name order. Iterative, with one path
+    /// buffer for the whole walk.
+    fn for_each_stack<'a>(&'a self, mut visit: impl FnMut(&[&'a str], i64)) {
+        let mut path: Vec<&str> = Vec::new();
+        for (node, depth) in self.depth_first() {
+            path.truncate(depth - 1);
+            path.push(self.name_of(node));
+            let self_value = self.nodes[node as usize].self_value;
+            if self_value != 0 {
+                visit(&path, self_value);
             }
         }
-        for child in self.sorted_children(node) {
-            self.collect_stacks(child, path, out);
-        }
-        if node != 0 {
-            path.pop();
-        }
+    }
+
+    /// Every node but the root with its depth (the root's children are at
+    /// depth 1), in pre-order with children in name order.
+    pub(crate) fn depth_first(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        let mut stack: Vec<(u32, usize)> = Vec::new();
+        stack.extend(self.sorted_children(0).into_iter().rev().map(|child| (child, 1)));
+        std::iter::from_fn(move || {
+            let (node, depth) = stack.pop()?;
+            stack.extend(
+                self.sorted_children(node)
+                    .into_iter()
+                    .rev()
+                    .map(|child| (child, depth + 1)),
+            );
+            Some((node, depth))
+        })
+    }
+
+    /// A node's name index (see [`Tree::name`]), total and self value.
+    pub(crate) fn node_values(&self, node: u32) -> (u32, i64, i64) {
+        let node = &self.nodes[node as usize];
+        (node.name, node.total, node.self_value)
+    }
+
+    /// The name with index `name`.
+    pub(crate) fn name(&self, name: u32) -> &str {
+        &self.names[name as usize]
     }
 
     fn sorted_children(&self, node: u32) -> Vec<u32> {
@@ -188,7 +223,7 @@ impl Tree {
                         if self.nodes[child as usize].total >= cutoff {
                             kept.push(child);
                         } else {
-                            folded += self.nodes[child as usize].total;
+                            folded = folded.saturating_add(self.nodes[child as usize].total);
                         }
                     }
                     let count = kept.len() + usize::from(folded != 0);
@@ -241,7 +276,8 @@ impl Tree {
                 let name = name.to_owned();
                 tree.child(parent, &name)
             };
-            tree.nodes[node as usize].self_value += self_value;
+            let current = &mut tree.nodes[node as usize];
+            current.self_value = current.self_value.saturating_add(self_value);
             open.push((node, children));
             while open.last().is_some_and(|(_, remaining)| *remaining == 0) {
                 open.pop();
@@ -253,16 +289,22 @@ impl Tree {
         if !open.is_empty() {
             return Err(error(input, "tree ends before all children"));
         }
-        tree.compute_totals(0);
+        tree.compute_totals();
         Ok(tree)
     }
 
-    fn compute_totals(&mut self, node: u32) -> i64 {
-        let children = self.nodes[node as usize].children.clone();
-        let below: i64 = children.into_iter().map(|child| self.compute_totals(child)).sum();
-        let current = &mut self.nodes[node as usize];
-        current.total = current.self_value + below;
-        current.total
+    /// Sets every total from the self values, children before parents
+    /// (a child's index is always above its parent's): no recursion on
+    /// depth.
+    fn compute_totals(&mut self) {
+        for node in &mut self.nodes {
+            node.total = node.self_value;
+        }
+        for index in (1..self.nodes.len()).rev() {
+            let Node { total, parent, .. } = self.nodes[index];
+            let parent = &mut self.nodes[parent as usize];
+            parent.total = parent.total.saturating_add(total);
+        }
     }
 }
 
@@ -322,14 +364,14 @@ impl Tree {
                     };
                     let mut children = Vec::new();
                     let mut folded = 0i64;
-                    let mut child_x = x + current.self_value;
+                    let mut child_x = x.saturating_add(current.self_value);
                     for child in self.sorted_children(node) {
                         let child_total = self.nodes[child as usize].total;
                         if child_total >= cutoff {
                             children.push((Item::Node(child), depth + 1, child_x));
-                            child_x += child_total;
+                            child_x = child_x.saturating_add(child_total);
                         } else {
-                            folded += child_total;
+                            folded = folded.saturating_add(child_total);
                         }
                     }
                     if folded != 0 {
@@ -341,8 +383,8 @@ impl Tree {
                 }
             };
             graph.max_self = graph.max_self.max(self_value);
-            graph.levels[depth].extend([x - level_ends[depth], total, self_value, name]);
-            level_ends[depth] = x + total;
+            graph.levels[depth].extend([x.saturating_sub(level_ends[depth]), total, self_value, name]);
+            level_ends[depth] = x.saturating_add(total);
         }
         graph
     }
@@ -376,7 +418,7 @@ impl Tree {
             names: vec!["total".to_owned()],
             left_ticks: left.total(),
             right_ticks: right.total(),
-            total: left.total() + right.total(),
+            total: left.total().saturating_add(right.total()),
             ..FlameGraphDiff::default()
         };
         let mut name_index: HashMap<u32, i64> = HashMap::new();
@@ -421,7 +463,10 @@ impl Tree {
                     let (left_values, right_values) = (side(left, in_left), side(right, in_right));
                     let mut children = Vec::new();
                     let (mut folded_left, mut folded_right) = (0i64, 0i64);
-                    let mut child_x = (x_left + left_values.1, x_right + right_values.1);
+                    let mut child_x = (
+                        x_left.saturating_add(left_values.1),
+                        x_right.saturating_add(right_values.1),
+                    );
                     for child in union.sorted_children(node) {
                         let name = union.name_of(child);
                         let child_left = in_left.and_then(|parent| left.child_named(parent, name));
@@ -434,10 +479,10 @@ impl Tree {
                                 child_x.0,
                                 child_x.1,
                             ));
-                            child_x = (child_x.0 + l, child_x.1 + r);
+                            child_x = (child_x.0.saturating_add(l), child_x.1.saturating_add(r));
                         } else {
-                            folded_left += l;
-                            folded_right += r;
+                            folded_left = folded_left.saturating_add(l);
+                            folded_right = folded_right.saturating_add(r);
                         }
                     }
                     if folded_left != 0 || folded_right != 0 {
@@ -450,15 +495,18 @@ impl Tree {
             graph.max_self = graph.max_self.max(left_values.1).max(right_values.1);
             let (end_left, end_right) = level_ends[depth];
             graph.levels[depth].extend([
-                x_left - end_left,
+                x_left.saturating_sub(end_left),
                 left_values.0,
                 left_values.1,
-                x_right - end_right,
+                x_right.saturating_sub(end_right),
                 right_values.0,
                 right_values.1,
                 name,
             ]);
-            level_ends[depth] = (x_left + left_values.0, x_right + right_values.0);
+            level_ends[depth] = (
+                x_left.saturating_add(left_values.0),
+                x_right.saturating_add(right_values.0),
+            );
         }
         graph
     }
@@ -482,29 +530,7 @@ impl Tree {
         if !profile_type.period_type.is_empty() || !profile_type.period_unit.is_empty() {
             builder = builder.period(&profile_type.period_type, &profile_type.period_unit, 1);
         }
-        // Depth-first, children in name order; the path holds the names
-        // from the root.
-        let mut path: Vec<&str> = Vec::new();
-        let mut stack: Vec<(u32, usize)> = self
-            .sorted_children(0)
-            .into_iter()
-            .rev()
-            .map(|child| (child, 0))
-            .collect();
-        while let Some((node, depth)) = stack.pop() {
-            path.truncate(depth);
-            path.push(self.name_of(node));
-            let self_value = self.nodes[node as usize].self_value;
-            if self_value != 0 {
-                builder.add(path.iter().copied(), self_value);
-            }
-            stack.extend(
-                self.sorted_children(node)
-                    .into_iter()
-                    .rev()
-                    .map(|child| (child, depth + 1)),
-            );
-        }
+        self.for_each_stack(|path, self_value| builder.add(path.iter().copied(), self_value));
         builder.build()
     }
 }
@@ -607,6 +633,60 @@ mod tests {
             prop_assert_eq!(merged.total(), expected.total());
             prop_assert_eq!(Tree::decode(&merged.encode(0)).unwrap().stacks(), merged.stacks());
         }
+    }
+
+    /// A chain `depth` frames deep over a few names (so names repeat, as
+    /// in recursion), with side stacks branching off at `branches`.
+    fn deep_tree(depth: usize, branches: &[usize], value: i64) -> Tree {
+        let names = ["a", "b", "c", "d", "e"];
+        let chain: Vec<&str> = (0..depth).map(|level| names[level % names.len()]).collect();
+        let mut tree = Tree::new();
+        tree.insert(chain.iter().copied(), value);
+        for &at in branches {
+            let at = at % depth;
+            tree.insert(chain[..at].iter().copied().chain(["side"]), 1);
+        }
+        tree
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2))]
+
+        /// Invariants on trees 1,000,000 frames deep, on the test thread's
+        /// ordinary stack (no tree algorithm recurses on depth): merging
+        /// adds totals, bytes round-trip, the flame graph has a level per
+        /// frame, the diff, DOT and pprof export complete.
+        #[test]
+        fn test_million_frame_trees_never_recurse(
+            branches in prop::collection::vec(0usize..1_000_000, 0..4),
+            value in 1i64..1000,
+        ) {
+            const DEPTH: usize = 1_000_000;
+            let left = deep_tree(DEPTH, &branches, value);
+            let right = deep_tree(DEPTH, &[], 2 * value);
+            let mut merged = left.clone();
+            merged.merge(&right);
+            prop_assert_eq!(merged.total(), left.total() + right.total());
+            let decoded = Tree::decode(&merged.encode(0)).unwrap();
+            prop_assert_eq!(decoded.total(), merged.total());
+            prop_assert_eq!(decoded.nodes.len(), merged.nodes.len());
+            prop_assert_eq!(merged.flame_graph(0).levels.len(), DEPTH + 1);
+            // Every node of a plain chain ties the cut-off, so it survives.
+            prop_assert_eq!(right.flame_graph(8192).levels.len(), DEPTH + 1);
+            let diff = Tree::flame_graph_diff(&left, &right, 0);
+            prop_assert_eq!(diff.levels.len(), DEPTH + 1);
+            prop_assert!(crate::to_dot(&merged, 16, "nanoseconds").contains("N1"));
+            let profile_type = crate::ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
+            let profile = merged.to_pprof(&profile_type, 0, 0);
+            prop_assert_eq!(profile.sample.len(), 1 + distinct_sides(&branches));
+        }
+    }
+
+    fn distinct_sides(branches: &[usize]) -> usize {
+        let mut at: Vec<usize> = branches.to_vec();
+        at.sort_unstable();
+        at.dedup();
+        at.len()
     }
 
     #[test]

@@ -161,12 +161,8 @@ pub fn validate_profile(
             limit: limits.max_profile_stacktrace_samples,
         });
     }
-    for sample in &mut profile.sample {
-        if exceeds(sample.location_id.len(), limits.max_profile_stacktrace_depth) {
-            // Locations are leaf first: keep the frames closest to the root.
-            let excess = sample.location_id.len() - limits.max_profile_stacktrace_depth;
-            sample.location_id.drain(..excess);
-        }
+    truncate_stacks(profile, limits.max_profile_stacktrace_depth);
+    for sample in &profile.sample {
         if exceeds(sample.label.len(), limits.max_profile_stacktrace_sample_labels) {
             return Err(ValidationError::TooManySampleLabels {
                 series: series_name(),
@@ -208,6 +204,48 @@ pub fn validate_profile(
         }
     }
     Ok(())
+}
+
+/// Truncates every stack to at most `max_depth` frames (`0`: no limit),
+/// keeping the frames closest to the root as Pyroscope does. Frames are
+/// counted after expanding each location into its lines (inlined
+/// functions), since that is what a stored stack becomes: a location's
+/// lines keep their root-most `max_depth`, and a sample keeps its root-most
+/// locations whose frames fit.
+fn truncate_stacks(profile: &mut Profile, max_depth: usize) {
+    if max_depth == 0 {
+        return;
+    }
+    let mut frames_of_location = std::collections::HashMap::with_capacity(profile.location.len());
+    for location in &mut profile.location {
+        // Lines are leaf first: the last ones are the callers.
+        if location.line.len() > max_depth {
+            let excess = location.line.len() - max_depth;
+            location.line.drain(..excess);
+            location.line.shrink_to_fit();
+        }
+        frames_of_location.insert(location.id, location.line.len().max(1));
+    }
+    for sample in &mut profile.sample {
+        // Locations are leaf first: count from the root end.
+        let mut frames = 0usize;
+        let mut kept = 0usize;
+        for id in sample.location_id.iter().rev() {
+            let location_frames = frames_of_location.get(id).copied().unwrap_or(1);
+            if frames + location_frames > max_depth {
+                break;
+            }
+            frames += location_frames;
+            kept += 1;
+        }
+        // A root location deeper than the limit alone cannot happen (its
+        // lines were cut above), so at least one location stays.
+        let excess = sample.location_id.len() - kept.max(1).min(sample.location_id.len());
+        if excess > 0 {
+            sample.location_id.drain(..excess);
+            sample.location_id.shrink_to_fit();
+        }
+    }
 }
 
 fn check_ingestion_window(
@@ -260,6 +298,7 @@ fn truncate_keeping_end(string: &mut String, max: usize) {
         start += 1;
     }
     string.drain(..start);
+    string.shrink_to_fit();
 }
 
 fn check_string_indexes(profile: &Profile, series: &Labels) -> Result<(), ValidationError> {

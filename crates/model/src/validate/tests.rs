@@ -274,6 +274,28 @@ fn test_validate_profile_keeps_what_is_at_the_limits() {
 }
 
 #[test]
+fn test_validate_profile_counts_depth_in_frames_after_expanding_lines() {
+    let line = |function_id| Line {
+        function_id,
+        line: 1,
+        column: 0,
+    };
+    // Location 1 (the root) inlines two functions: 2 frames; with location
+    // 2 on top the stack is 3 frames deep, over the limit of 2.
+    let mut profile = base_profile();
+    profile.location[0].line = vec![line(2), line(1)];
+    profile.sample[0].location_id = vec![2, 1];
+    // Location 3 holds 200,000 lines: only its 2 root-most lines stay.
+    profile.location[2].line = (0..200_000).map(|_| line(3)).collect();
+    profile.location[2].line.push(line(1));
+    profile.sample[1].location_id = vec![3];
+    check(&mut profile).unwrap();
+    assert_eq!(profile.sample[0].location_id, [1]);
+    assert_eq!(profile.location[2].line, [line(3), line(1)]);
+    assert_eq!(profile.sample[1].location_id, [3]);
+}
+
+#[test]
 fn test_validate_profile_zero_limits_mean_unlimited() {
     let mut profile = base_profile();
     for _ in 0..100 {
