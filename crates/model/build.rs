@@ -13,7 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files([file])?;
     let descriptors = compiler.encode_file_descriptor_set();
 
-    prost_build::Config::new().compile_fds(compiler.file_descriptor_set())?;
+    // The descriptors themselves, for counting what bytes decode into
+    // (`decode_cost`).
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("google.v1.descriptors.bin"), &descriptors)?;
+
+    prost_build::Config::new()
+        .enable_type_names()
+        .compile_fds(compiler.file_descriptor_set())?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .ignore_unknown_fields()

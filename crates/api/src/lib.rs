@@ -13,6 +13,7 @@
 //!                     ErrorCode ─▶ HTTP status | Connect code | gRPC status
 //! ```
 
+mod admission;
 mod body;
 mod client;
 mod convert;
@@ -96,9 +97,26 @@ pub mod pb {
     }
 }
 
+pub use admission::Admission;
 pub use body::{BodyReadTimeout, with_body_read_timeout};
 pub use client::{IngesterClients, tenant_request};
 pub use convert::{labels_from_pairs, labels_to_pairs, profile_type_to_proto};
 pub use error::{ErrorCode, RpcError};
-pub use rpc::{RequestContext, RpcOptions, RpcRouter};
+pub use rpc::{BodyError, RequestContext, RpcOptions, RpcRouter, read_body};
+
+/// The in-memory shapes of every wire message, from the compiled-in
+/// descriptors: what request bytes decode into is counted with them before
+/// decoding. `None` only if the descriptors could not be read, which a
+/// test rules out.
+pub fn message_shapes() -> Option<&'static flamedb_model::decode_cost::MessageShapes> {
+    static SHAPES: std::sync::LazyLock<Option<flamedb_model::decode_cost::MessageShapes>> =
+        std::sync::LazyLock::new(|| {
+            flamedb_model::decode_cost::MessageShapes::from_descriptor_set(include_bytes!(concat!(
+                env!("OUT_DIR"),
+                "/api.descriptors.bin"
+            )))
+            .ok()
+        });
+    SHAPES.as_ref()
+}
 pub use tenant::{DEFAULT_TENANT, ORG_ID_HEADER, Tenancy, TenantError, TenantId};

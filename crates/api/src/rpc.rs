@@ -5,8 +5,11 @@
 //!
 //! ```text
 //!  request ──▶ method (405) ──▶ content type → protocol + codec (415)
-//!          ──▶ tenant (401) ──▶ timeout header ──▶ body, size-limited (413)
-//!          ──▶ unframe / decompress ──▶ decode ──▶ handler (under the timeout)
+//!          ──▶ admission (429) ──▶ tenant (401) ──▶ timeout header
+//!          ──▶ body, size-limited (413) ──▶ unframe / decompress
+//!          ──▶ decoded size counted (413/429) ──▶ decode ──▶ handler
+//!              (everything after the admission under the timeout; each
+//!              allocation charged to the request's budget first)
 //!          ──▶ encode ──▶ Connect body (gzip if accepted) | gRPC frame + trailers
 //! ```
 
@@ -27,6 +30,9 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use flamedb_model::budget::{RequestBudget, allocation_size};
+
+use crate::admission::Admission;
 use crate::error::{ErrorCode, RpcError};
 use crate::tenant::{Tenancy, TenantId};
 use codec::Codec;
@@ -38,6 +44,7 @@ pub struct RequestContext {
     tenants: Vec<TenantId>,
     headers: HeaderMap,
     deadline: Option<Instant>,
+    budget: Arc<RequestBudget>,
 }
 
 impl RequestContext {
@@ -65,29 +72,53 @@ impl RequestContext {
         self.deadline
     }
 
+    /// The request's memory budget: what decoding and copying it may
+    /// allocate, charged before allocating.
+    pub fn budget(&self) -> &Arc<RequestBudget> {
+        &self.budget
+    }
+
     /// A context for calling handlers directly in tests.
     pub fn for_tenant(tenant: TenantId) -> Self {
         Self {
             tenants: vec![tenant],
             headers: HeaderMap::new(),
             deadline: None,
+            budget: Arc::new(RequestBudget::unlimited()),
         }
     }
 }
 
 /// Limits and tenancy shared by the procedures of one router.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RpcOptions {
     pub tenancy: Tenancy,
     /// Largest request message, both as received and after decompression.
     pub max_message_bytes: usize,
+    /// What the router's requests may take together and each alone.
+    pub admission: Arc<Admission>,
 }
+
+/// Messages up to this size are decoded on the async worker that read
+/// them (microseconds); larger ones on a blocking thread, in a decoding
+/// slot.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+/// What the body charges the request's budget as.
+const BODY: &str = "the request body";
+/// What the decoded message charges the request's budget as.
+const DECODED: &str = "the decoded request message";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A procedure with its message types erased.
 trait Procedure: Send + Sync + 'static {
-    fn call(&self, ctx: RequestContext, codec: Codec, message: Bytes) -> BoxFuture<Result<Bytes, RpcError>>;
+    fn call(
+        &self,
+        ctx: RequestContext,
+        codec: Codec,
+        message: Bytes,
+        admission: Arc<Admission>,
+    ) -> BoxFuture<Result<Bytes, RpcError>>;
 }
 
 struct Unary<Req, Resp, H> {
@@ -97,15 +128,31 @@ struct Unary<Req, Resp, H> {
 
 impl<Req, Resp, H, Fut> Procedure for Unary<Req, Resp, H>
 where
-    Req: prost::Message + Default + DeserializeOwned + Send + 'static,
+    Req: prost::Message + prost::Name + Default + DeserializeOwned + Send + 'static,
     Resp: prost::Message + Serialize + Send + 'static,
     H: Fn(RequestContext, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
 {
-    fn call(&self, ctx: RequestContext, codec: Codec, message: Bytes) -> BoxFuture<Result<Bytes, RpcError>> {
+    fn call(
+        &self,
+        ctx: RequestContext,
+        codec: Codec,
+        message: Bytes,
+        admission: Arc<Admission>,
+    ) -> BoxFuture<Result<Bytes, RpcError>> {
         let handler = self.handler.clone();
         Box::pin(async move {
-            let request: Req = codec.decode(&message)?;
+            let budget = Arc::clone(&ctx.budget);
+            let inline = message.len() <= INLINE_DECODE_BYTES;
+            let decode = move || -> Result<Req, RpcError> {
+                budget.charge(codec.decoded_size::<Req>(&message), DECODED)?;
+                codec.decode(&message)
+            };
+            let request = if !inline {
+                admission.decode(decode).await??
+            } else {
+                decode()?
+            };
             let response = handler(ctx, request).await?;
             codec.encode(&response)
         })
@@ -138,7 +185,7 @@ impl RpcRouter {
     /// Serves `handler` at `path` (`/<package.Service>/<Method>`).
     pub fn unary<Req, Resp, H, Fut>(mut self, path: &str, handler: H) -> Self
     where
-        Req: prost::Message + Default + DeserializeOwned + Send + 'static,
+        Req: prost::Message + prost::Name + Default + DeserializeOwned + Send + 'static,
         Resp: prost::Message + Serialize + Send + 'static,
         H: Fn(RequestContext, Req) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
@@ -147,10 +194,10 @@ impl RpcRouter {
             handler,
             messages: PhantomData,
         });
-        let options = self.options;
+        let options = self.options.clone();
         self.router = self.router.route(
             path,
-            axum::routing::any(move |request: Request| serve(procedure.clone(), options, request)),
+            axum::routing::any(move |request: Request| serve(procedure.clone(), options.clone(), request)),
         );
         self
     }
@@ -168,24 +215,44 @@ async fn serve(procedure: Arc<dyn Procedure>, options: RpcOptions, request: Requ
     let Some(protocol) = Protocol::from_headers(&parts.headers) else {
         return protocol::unsupported_media_type(&parts.headers);
     };
-    let outcome = call(procedure.as_ref(), options, protocol, parts.headers.clone(), body).await;
+    let outcome = match options.admission.admit() {
+        Ok(budget) => {
+            call(
+                procedure.as_ref(),
+                &options,
+                budget,
+                protocol,
+                parts.headers.clone(),
+                body,
+            )
+            .await
+        }
+        Err(err) => Err(err),
+    };
     protocol.respond(&parts.headers, outcome)
 }
 
 async fn call(
     procedure: &dyn Procedure,
-    options: RpcOptions,
+    options: &RpcOptions,
+    budget: Arc<RequestBudget>,
     protocol: Protocol,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Bytes, RpcError> {
     let tenants = options.tenancy.tenants(&headers)?;
-    let Some(timeout) = protocol.timeout(&headers)? else {
-        return read_and_call(procedure, options, protocol, headers, body, tenants, None).await;
+    let request = Received {
+        protocol,
+        headers,
+        tenants,
+        budget,
+    };
+    let Some(timeout) = protocol.timeout(&request.headers)? else {
+        return read_and_call(procedure, options, request, body, None).await;
     };
     // The caller's timeout covers reading and decompressing the body too.
     let deadline = Instant::now() + timeout;
-    let call = read_and_call(procedure, options, protocol, headers, body, tenants, Some(deadline));
+    let call = read_and_call(procedure, options, request, body, Some(deadline));
     tokio::time::timeout_at(deadline.into(), call)
         .await
         .unwrap_or_else(|_| {
@@ -199,40 +266,109 @@ async fn call(
         })
 }
 
-async fn read_and_call(
-    procedure: &dyn Procedure,
-    options: RpcOptions,
+/// A request admitted, before its body is read.
+struct Received {
     protocol: Protocol,
     headers: HeaderMap,
-    body: Body,
     tenants: Vec<TenantId>,
+    budget: Arc<RequestBudget>,
+}
+
+async fn read_and_call(
+    procedure: &dyn Procedure,
+    options: &RpcOptions,
+    request: Received,
+    body: Body,
     deadline: Option<Instant>,
 ) -> Result<Bytes, RpcError> {
-    let body = read_body(body, options.max_message_bytes).await?;
-    let message = protocol.request_message(&headers, body, options.max_message_bytes)?;
+    let Received {
+        protocol,
+        headers,
+        tenants,
+        budget,
+    } = request;
+    let body = read_body(body, options.max_message_bytes, &headers, &budget).await?;
+    let message = protocol.request_message(&headers, body, options.max_message_bytes, &budget)?;
     let ctx = RequestContext {
         tenants,
         headers,
         deadline,
+        budget,
     };
-    procedure.call(ctx, protocol.codec(), message).await
+    procedure
+        .call(ctx, protocol.codec(), message, Arc::clone(&options.admission))
+        .await
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let too_large =
-            std::error::Error::source(&err).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            RpcError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        } else if let Some(timeout) = crate::BodyReadTimeout::find(&err) {
-            RpcError::new(ErrorCode::RequestTimeout, timeout.to_string())
-        } else {
-            RpcError::new(ErrorCode::InvalidArgument, format!("cannot read request body: {err}"))
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Timeout(crate::BodyReadTimeout),
+    #[error("cannot read request body: {message}")]
+    Broken { message: String },
+    #[error(transparent)]
+    Budget(#[from] flamedb_model::budget::BudgetError),
+}
+
+impl From<BodyError> for RpcError {
+    fn from(err: BodyError) -> Self {
+        let code = match &err {
+            BodyError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            BodyError::Timeout(_) => ErrorCode::RequestTimeout,
+            BodyError::Broken { .. } => ErrorCode::InvalidArgument,
+            BodyError::Budget(err) => return err.clone().into(),
+        };
+        RpcError::new(code, err.to_string())
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes, charging its buffer to
+/// `budget` before it grows.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    headers: &HeaderMap,
+    budget: &RequestBudget,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|declared| declared > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let first_capacity = declared.unwrap_or(0);
+    budget.charge(allocation_size(first_capacity), BODY)?;
+    let mut buffer: Vec<u8> = Vec::with_capacity(first_capacity);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| match crate::BodyReadTimeout::find(&err) {
+            Some(timeout) => BodyError::Timeout(timeout),
+            None => BodyError::Broken {
+                message: err.to_string(),
+            },
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        let needed = buffer.len().saturating_add(data.len());
+        if needed > limit {
+            return Err(BodyError::TooLarge { limit });
         }
-    })
+        if needed > buffer.capacity() {
+            let capacity = needed.max(buffer.capacity().saturating_mul(2)).min(limit);
+            budget.charge(
+                allocation_size(capacity).saturating_sub(allocation_size(buffer.capacity())),
+                BODY,
+            )?;
+            buffer.reserve_exact(capacity - buffer.len());
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buffer))
 }
 
 fn format_duration(duration: Duration) -> String {

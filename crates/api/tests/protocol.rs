@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -18,7 +19,7 @@ use flamedb_api::pb::types::v1::{
     LabelNamesRequest, LabelNamesResponse, LabelPair, LabelValuesRequest, LabelValuesResponse, Point, ProfileType,
     Series,
 };
-use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, Tenancy};
+use flamedb_api::{Admission, ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, Tenancy};
 use flamedb_model::gzip::{gunzip, gzip};
 use prost::Message;
 use tokio::sync::oneshot;
@@ -70,9 +71,14 @@ impl Drop for TestServer {
 }
 
 async fn start(multitenancy_enabled: bool) -> TestServer {
+    start_with(multitenancy_enabled, Admission::unlimited(2)).await
+}
+
+async fn start_with(multitenancy_enabled: bool, admission: Arc<Admission>) -> TestServer {
     let router = RpcRouter::new(RpcOptions {
         tenancy: Tenancy { multitenancy_enabled },
         max_message_bytes: MAX_MESSAGE_BYTES,
+        admission,
     })
     // Echoes the tenant and the requested name.
     .unary(
@@ -560,4 +566,110 @@ async fn test_grpc_web() {
     );
     assert_eq!(frames[1].0, 0x80);
     assert_eq!(&frames[1].1[..], b"grpc-status:0\r\n");
+}
+
+/// What a request decodes into is counted before decoding: 20,000 empty
+/// series (40 KB on the wire, over 2 MB decoded) get 413 naming the
+/// request budget, in proto, JSON and gzip; a small push still passes; a
+/// pool with room for no request answers 429 at once.
+#[tokio::test]
+async fn test_decoded_size_is_charged_before_decoding() {
+    use flamedb_model::budget::{BudgetFlags, InflightBudget};
+
+    const FLAGS: BudgetFlags = BudgetFlags {
+        request_bytes: "-distributor.max-request-memory",
+        inflight_bytes: "-distributor.instance-limits.max-inflight-push-requests-bytes",
+        inflight_requests: "-distributor.instance-limits.max-inflight-push-requests",
+    };
+    let admission = Admission::new(InflightBudget::new(FLAGS, 1 << 20, 0, 0), 1);
+    let server = start_with(false, admission).await;
+    let empty_series = [0x0a_u8, 0x00].repeat(20_000);
+    let json = format!("{{\"series\":[{}{{}}]}}", "{},".repeat(20_000));
+    let cases: [(&str, &[(&str, &str)], Vec<u8>); 3] = [
+        ("proto", &[("content-type", "application/proto")], empty_series.clone()),
+        ("json", &[("content-type", "application/json")], json.into_bytes()),
+        (
+            "gzip",
+            &[("content-type", "application/proto"), ("content-encoding", "gzip")],
+            gzip(&empty_series),
+        ),
+    ];
+    for (name, headers, body) in cases {
+        let response = post_with(&server, "/push.v1.PusherService/Push", headers, body).await;
+        let (status, code, message) = json_error(response).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (413, "resource_exhausted"),
+            "{name}: {message}"
+        );
+        assert!(
+            message.contains("-distributor.max-request-memory (1048576 bytes)"),
+            "{name}: {message}"
+        );
+    }
+    let small = post(
+        &server,
+        "/push.v1.PusherService/Push",
+        "application/proto",
+        push_with_label("fine").encode_to_vec(),
+    )
+    .await;
+    assert_eq!(small.status(), 200);
+
+    let full = Admission::new(InflightBudget::new(FLAGS, 1 << 20, 0, 1), 1);
+    let server = start_with(false, full).await;
+    let response = post(
+        &server,
+        "/push.v1.PusherService/Push",
+        "application/proto",
+        push_with_label("fine").encode_to_vec(),
+    )
+    .await;
+    let (status, _, message) = json_error(response).await;
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("try again later"), "{message}");
+}
+
+/// Every message the wire knows has a shape, and the shapes' struct sizes
+/// bound the real ones.
+#[test]
+fn test_message_shapes_cover_the_wire() {
+    use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
+    use flamedb_api::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue};
+    use flamedb_api::pb::opentelemetry::proto::profiles::v1development as otlp;
+    use flamedb_api::pb::push::v1::RawSample;
+
+    let shapes = flamedb_api::message_shapes().unwrap();
+    let cases = [
+        ("push.v1.PushRequest", size_of::<PushRequest>()),
+        ("push.v1.RawProfileSeries", size_of::<RawProfileSeries>()),
+        ("push.v1.RawSample", size_of::<RawSample>()),
+        ("types.v1.LabelPair", size_of::<LabelPair>()),
+        ("querier.v1.SelectSeriesRequest", size_of::<SelectSeriesRequest>()),
+        (
+            "opentelemetry.proto.collector.profiles.v1development.ExportProfilesServiceRequest",
+            size_of::<ExportProfilesServiceRequest>(),
+        ),
+        ("opentelemetry.proto.common.v1.KeyValue", size_of::<KeyValue>()),
+        ("opentelemetry.proto.common.v1.AnyValue", size_of::<AnyValue>()),
+        (
+            "opentelemetry.proto.profiles.v1development.Profile",
+            size_of::<otlp::Profile>(),
+        ),
+        (
+            "opentelemetry.proto.profiles.v1development.Sample",
+            size_of::<otlp::Sample>(),
+        ),
+        (
+            "opentelemetry.proto.profiles.v1development.Location",
+            size_of::<otlp::Location>(),
+        ),
+        ("google.v1.Profile", size_of::<flamedb_api::pb::google::Profile>()),
+    ];
+    for (name, real) in cases {
+        let scanned = shapes
+            .struct_size(name)
+            .unwrap_or_else(|| panic!("no shape for {name}"));
+        assert!(scanned >= real, "{name}: {scanned} < {real}");
+    }
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flamedb_api::{ErrorCode, RpcError};
-use flamedb_model::{Limits, ProfileId, TenantLimits, now_nanos, prepare_decoded};
+use flamedb_api::{Admission, ErrorCode, RpcError};
+use flamedb_model::budget::{BudgetError, RequestBudget, allocation_size};
+use flamedb_model::{Limits, PrepareError, ProfileId, TenantLimits, now_nanos, prepare_decoded};
 use flamedb_ring::RingClient;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -65,6 +66,9 @@ pub struct Prepared {
     rejections: Vec<Rejection>,
     /// When the push arrived (for the push latency metric).
     started: Instant,
+    /// Held until the series are stored: they are what it was charged
+    /// for.
+    budget: Arc<RequestBudget>,
 }
 
 /// Takes pushes in two steps, [`Distributor::prepare`] then
@@ -81,6 +85,8 @@ struct Inner {
     ring: RingClient,
     pool: Arc<dyn IngesterPool>,
     metrics: DistributorMetrics,
+    /// Bounds pushes in flight and the threads that decode them.
+    admission: Arc<Admission>,
     /// Pushes to ingesters still running after their caller was answered.
     stragglers: TaskTracker,
 }
@@ -101,6 +107,7 @@ impl Distributor {
         ring: RingClient,
         pool: Arc<dyn IngesterPool>,
         metrics: DistributorMetrics,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -110,9 +117,15 @@ impl Distributor {
                 ring,
                 pool,
                 metrics,
+                admission,
                 stragglers: TaskTracker::new(),
             }),
         }
+    }
+
+    /// What pushes in flight may take: shared by every ingest route.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.inner.admission
     }
 
     /// The limits of `tenant` now.
@@ -121,30 +134,33 @@ impl Distributor {
     }
 
     /// Decodes a request with `decode` into a batch under the limits of
-    /// `tenant`, then rate-limits, validates, normalizes and splits each
-    /// profile into series with new IDs. All of it is CPU work, done on one
-    /// blocking thread: off the async workers, so heartbeats and gossip
-    /// never wait behind a large push.
-    pub async fn prepare<F>(&self, tenant: &str, decode: F) -> Result<Prepared, RpcError>
+    /// `tenant` and the request's `budget`, then rate-limits, validates,
+    /// normalizes and splits each profile into series with new IDs. All of
+    /// it is CPU work, done on one blocking thread in a decoding slot: off
+    /// the async workers, so heartbeats and gossip never wait behind a
+    /// large push, and never more pushes at once than there are slots.
+    pub async fn prepare<F>(&self, tenant: &str, budget: Arc<RequestBudget>, decode: F) -> Result<Prepared, RpcError>
     where
         F: FnOnce(&mut PushBatch) -> Result<(), RpcError> + Send + 'static,
     {
         let started = Instant::now();
         let distributor = self.clone();
         let tenant = tenant.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut batch = PushBatch::new(distributor.limits(&tenant));
-            decode(&mut batch)?;
-            let (series, rejections) = distributor.prepare_batch(&tenant, batch);
-            Ok(Prepared {
-                tenant,
-                series,
-                rejections,
-                started,
+        self.inner
+            .admission
+            .decode(move || {
+                let mut batch = PushBatch::new(distributor.limits(&tenant), Arc::clone(&budget));
+                decode(&mut batch)?;
+                let (series, rejections) = distributor.prepare_batch(&tenant, batch)?;
+                Ok(Prepared {
+                    tenant,
+                    series,
+                    rejections,
+                    started,
+                    budget,
+                })
             })
-        })
-        .await
-        .map_err(|err| RpcError::internal(format!("preparing the push failed: {err}")))?
+            .await?
     }
 
     /// Writes the series of `prepared` to a quorum of their replicas. The
@@ -157,6 +173,7 @@ impl Distributor {
             series,
             rejections,
             started,
+            budget: _held_until_stored,
         } = prepared;
         let stored = series.len();
         let replicated = if series.is_empty() {
@@ -194,11 +211,17 @@ impl Distributor {
     }
 
     /// Rate-limits and prepares each profile of `batch`: the series to
-    /// store, each with a new ID, and every refusal.
-    fn prepare_batch(&self, tenant: &str, batch: PushBatch) -> (Vec<ReplicatedProfile>, Vec<Rejection>) {
+    /// store, each with a new ID, and every refusal; or the budget error
+    /// that fails the whole request.
+    fn prepare_batch(
+        &self,
+        tenant: &str,
+        batch: PushBatch,
+    ) -> Result<(Vec<ReplicatedProfile>, Vec<Rejection>), BudgetError> {
         let inner = &self.inner;
         let PushBatch {
             limits,
+            budget,
             profiles,
             mut rejections,
             ..
@@ -216,19 +239,33 @@ impl Distributor {
                 });
                 continue;
             }
-            match prepare_decoded(received.profile, &received.labels, &limits, now) {
-                Ok(parts) => series.extend(
-                    parts
-                        .into_iter()
-                        .map(|part| ReplicatedProfile::new(part.labels, random_id(), part.profile)),
-                ),
-                Err(err) => rejections.push(Rejection::invalid(&err, received.bytes)),
+            match prepare_decoded(received.profile, &received.labels, &limits, now, &budget) {
+                Ok(parts) => {
+                    for part in parts {
+                        // The pprof bytes sent to the replicas, and the
+                        // labels of the series each sample type becomes
+                        // where it is stored.
+                        let label_bytes: usize = part
+                            .labels
+                            .iter()
+                            .map(|label| allocation_size(label.name.len()) + allocation_size(label.value.len()) + 48)
+                            .sum();
+                        let typed = part.profile.sample_type.len().saturating_mul(label_bytes + 512);
+                        budget.charge(
+                            allocation_size(prost::Message::encoded_len(&part.profile)).saturating_add(typed),
+                            "the pprof bytes and series labels of each series",
+                        )?;
+                        series.push(ReplicatedProfile::new(part.labels, random_id(), part.profile));
+                    }
+                }
+                Err(PrepareError::Invalid(err)) => rejections.push(Rejection::invalid(&err, received.bytes)),
+                Err(PrepareError::Budget(err)) => return Err(err),
             }
         }
         for rejection in &rejections {
             inner.metrics.discarded(tenant, rejection.reason, rejection.bytes);
         }
-        (series, rejections)
+        Ok((series, rejections))
     }
 
     /// Waits for pushes still running in the background (each ends within

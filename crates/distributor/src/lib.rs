@@ -27,7 +27,7 @@ mod rate_limit;
 mod remote;
 mod replication;
 
-pub use batch::{BodyTooLarge, PushBatch, Rejection};
+pub use batch::{BatchError, PushBatch, Rejection};
 pub use distributor::{Distributor, DistributorConfig, Prepared, PushError, PushReport};
 pub use metrics::DistributorMetrics;
 pub use push_api::routes;

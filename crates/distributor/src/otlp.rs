@@ -36,19 +36,23 @@ use flamedb_api::pb::opentelemetry::proto::profiles::v1development as otlp;
 use flamedb_model::pprof::{self, Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use flamedb_model::{Labels, METRIC_NAME, OTEL, SERVICE_NAME, UNKNOWN_SERVICE, ValidationError};
 
-use crate::batch::{BodyTooLarge, PushBatch, Rejection};
+use flamedb_model::budget::{BudgetError, RequestBudget};
 
-/// What the copies take in memory, roughly, in bytes: charged against the
-/// budget.
+use crate::batch::{BatchError, PushBatch, Rejection};
+
+/// What the copies take in memory, in bytes (twice the structs: vectors
+/// grow by doubling): charged to the request's budget.
 mod cost {
-    pub const STRING: usize = 24;
-    pub const LOCATION: usize = 48;
-    pub const LINE: usize = 24;
-    pub const FUNCTION: usize = 48;
-    pub const MAPPING: usize = 96;
-    pub const SAMPLE: usize = 72;
-    pub const LOCATION_REFERENCE: usize = 8;
-    pub const LABEL: usize = 32;
+    use flamedb_model::pprof::{Function, Label, Line, Location, Mapping, Sample};
+    /// A string's slot in the table and in its index.
+    pub const STRING: usize = 4 * size_of::<String>();
+    pub const LOCATION: usize = 2 * size_of::<Location>();
+    pub const LINE: usize = 2 * size_of::<Line>();
+    pub const FUNCTION: usize = 2 * size_of::<Function>();
+    pub const MAPPING: usize = 2 * size_of::<Mapping>();
+    pub const SAMPLE: usize = 2 * size_of::<Sample>();
+    pub const LOCATION_REFERENCE: usize = 2 * size_of::<u64>();
+    pub const LABEL: usize = 2 * size_of::<Label>();
 }
 /// Default duration of a profile that states none.
 const DEFAULT_DURATION_NANOS: i64 = 10_000_000_000;
@@ -71,34 +75,33 @@ enum ConvertError {
         index: i64,
         len: usize,
     },
-    /// The request's profiles take more than the budget: nothing of it is
-    /// stored.
-    #[error("over the budget")]
-    OverBudget,
+    /// The request ran out of memory budget: nothing of it is stored.
+    #[error(transparent)]
+    OverBudget(BudgetError),
 }
 
-/// Bytes the converted profiles may still take.
-struct Budget {
-    left: usize,
+/// The request's budget, as the conversion charges it.
+struct Budget<'a> {
+    request: &'a RequestBudget,
 }
 
-impl Budget {
+impl Budget<'_> {
     fn take(&mut self, bytes: usize) -> Result<(), ConvertError> {
-        self.left = self.left.checked_sub(bytes).ok_or(ConvertError::OverBudget)?;
-        Ok(())
+        self.request
+            .charge(bytes, "the profiles converted from OTLP")
+            .map_err(ConvertError::OverBudget)
     }
 }
 
 /// Converts every profile of `request` and adds the results to `batch`; a
 /// profile that cannot be converted is a rejection naming it. Fails whole
-/// when the converted profiles would take more than the tenant's body
-/// limit.
-pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceRequest) -> Result<(), BodyTooLarge> {
+/// when the converted profiles run out of the request's budget.
+pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceRequest) -> Result<(), BatchError> {
     let no_dictionary = otlp::ProfilesDictionary::default();
-    let limit = batch.limits.ingestion_body_limit_bytes();
+    let budget = std::sync::Arc::clone(batch.budget());
     let mut converter = Converter {
         dictionary: request.dictionary.as_ref().unwrap_or(&no_dictionary),
-        budget: Budget { left: limit },
+        budget: Budget { request: &budget },
     };
     let max_labels = batch.limits.max_label_names_per_series;
     for (r, resource_profiles) in request.resource_profiles.iter().enumerate() {
@@ -138,10 +141,10 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
                 match converter.convert(profile, &series) {
                     Ok(profiles) => {
                         for (labels, profile) in profiles {
-                            add_converted(batch, labels, profile);
+                            add_converted(batch, labels, profile)?;
                         }
                     }
-                    Err(ConvertError::OverBudget) => return Err(BodyTooLarge { limit }),
+                    Err(ConvertError::OverBudget(err)) => return Err(err.into()),
                     Err(err) => reject(batch, p, err.to_string()),
                 }
             }
@@ -152,7 +155,7 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
 
 /// Adds a converted profile within the tenant's profile size limit (its
 /// size as pprof).
-fn add_converted(batch: &mut PushBatch, labels: Labels, profile: Profile) {
+fn add_converted(batch: &mut PushBatch, labels: Labels, profile: Profile) -> Result<(), BatchError> {
     let bytes = prost::Message::encoded_len(&profile);
     let limit = batch.limits.max_profile_size_bytes;
     if limit > 0 && bytes > limit {
@@ -160,9 +163,9 @@ fn add_converted(batch: &mut PushBatch, labels: Labels, profile: Profile) {
             &ValidationError::from_decode(&labels, pprof::DecodeError::TooLarge { limit }),
             bytes,
         ));
-        return;
+        return Ok(());
     }
-    batch.add(labels, profile, bytes);
+    batch.add(labels, profile, bytes)
 }
 
 /// The series labels of a resource and scope, and their service.
@@ -202,7 +205,7 @@ impl SeriesLabels {
     }
 
     /// The labels of the series of `service`, charged to `budget`.
-    fn labels(&self, metric: &str, service: &str, budget: &mut Budget) -> Result<Labels, ConvertError> {
+    fn labels(&self, metric: &str, service: &str, budget: &mut Budget<'_>) -> Result<Labels, ConvertError> {
         let bytes: usize = self
             .attributes
             .iter()
@@ -272,7 +275,7 @@ impl<'a> Kind<'a> {
 
 struct Converter<'a> {
     dictionary: &'a otlp::ProfilesDictionary,
-    budget: Budget,
+    budget: Budget<'a>,
 }
 
 impl<'a> Converter<'a> {
@@ -386,7 +389,7 @@ impl<'a> PprofBuilder<'a> {
         kind: &Kind<'a>,
         time_nanos: i64,
         duration_nanos: i64,
-        budget: &mut Budget,
+        budget: &mut Budget<'_>,
     ) -> Result<Self, ConvertError> {
         let mut builder = Self {
             dictionary,
@@ -412,7 +415,7 @@ impl<'a> PprofBuilder<'a> {
     fn value_type(
         &mut self,
         (r#type, unit): (&'a str, &'a str),
-        budget: &mut Budget,
+        budget: &mut Budget<'_>,
     ) -> Result<ValueType, ConvertError> {
         Ok(ValueType {
             r#type: self.string(r#type, budget)?,
@@ -420,7 +423,7 @@ impl<'a> PprofBuilder<'a> {
         })
     }
 
-    fn string(&mut self, value: &'a str, budget: &mut Budget) -> Result<i64, ConvertError> {
+    fn string(&mut self, value: &'a str, budget: &mut Budget<'_>) -> Result<i64, ConvertError> {
         if let Some(&index) = self.strings.get(value) {
             return Ok(index);
         }
@@ -431,7 +434,7 @@ impl<'a> PprofBuilder<'a> {
         Ok(index)
     }
 
-    fn dictionary_string(&mut self, index: i32, budget: &mut Budget) -> Result<i64, ConvertError> {
+    fn dictionary_string(&mut self, index: i32, budget: &mut Budget<'_>) -> Result<i64, ConvertError> {
         let value = entry(&self.dictionary.string_table, "string", index)?;
         self.string(value, budget)
     }
@@ -441,7 +444,7 @@ impl<'a> PprofBuilder<'a> {
         stack: &otlp::Stack,
         value: i64,
         labels: &[(&'a str, &'a str)],
-        budget: &mut Budget,
+        budget: &mut Budget<'_>,
     ) -> Result<(), ConvertError> {
         budget.take(
             cost::SAMPLE + stack.location_indices.len() * cost::LOCATION_REFERENCE + labels.len() * cost::LABEL,
@@ -469,7 +472,7 @@ impl<'a> PprofBuilder<'a> {
         Ok(())
     }
 
-    fn location(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
+    fn location(&mut self, index: i32, budget: &mut Budget<'_>) -> Result<u64, ConvertError> {
         if let Some(&id) = self.locations.get(&index) {
             return Ok(id);
         }
@@ -502,7 +505,7 @@ impl<'a> PprofBuilder<'a> {
         Ok(id)
     }
 
-    fn function(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
+    fn function(&mut self, index: i32, budget: &mut Budget<'_>) -> Result<u64, ConvertError> {
         if let Some(&id) = self.functions.get(&index) {
             return Ok(id);
         }
@@ -521,7 +524,7 @@ impl<'a> PprofBuilder<'a> {
         Ok(id)
     }
 
-    fn mapping(&mut self, index: i32, budget: &mut Budget) -> Result<u64, ConvertError> {
+    fn mapping(&mut self, index: i32, budget: &mut Budget<'_>) -> Result<u64, ConvertError> {
         if let Some(&id) = self.mappings.get(&index) {
             return Ok(id);
         }
@@ -740,17 +743,18 @@ mod tests {
     }
 
     fn convert(request: &ExportProfilesServiceRequest) -> PushBatch {
-        let mut batch = PushBatch::new(Arc::new(Limits::default()));
+        let mut batch = PushBatch::new(Arc::new(Limits::default()), Arc::new(RequestBudget::unlimited()));
         add_export(&mut batch, request).unwrap();
         batch
     }
 
     /// Limits with a body limit of `bytes`.
-    fn body_limit(bytes: usize) -> Arc<Limits> {
-        Arc::new(Limits {
-            ingestion_body_limit_mb: bytes as f64 / 1_048_576.0,
-            ..Limits::default()
-        })
+    /// A batch whose request may take `bytes`.
+    fn batch_within(bytes: usize) -> PushBatch {
+        PushBatch::new(
+            Arc::new(Limits::default()),
+            Arc::new(RequestBudget::standalone(bytes, "-distributor.max-request-memory")),
+        )
     }
 
     fn names(profile: &Profile, sample: &Sample) -> Vec<String> {
@@ -915,7 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn test_what_the_copies_take_is_bounded_by_the_body_limit() {
+    fn test_what_the_copies_take_is_bounded_by_the_request_budget() {
         // One stack of 1000 frames, referenced by 100 samples: 800 kB of
         // location references from a request of a few kB.
         let mut dictionary = dictionary();
@@ -923,12 +927,16 @@ mod tests {
         let samples = (0..100).map(|_| sample(1, vec![1], 0, vec![])).collect();
         let mut request = request(vec![], vec![cpu_profile(samples)]);
         request.dictionary = Some(dictionary);
-        let mut batch = PushBatch::new(body_limit(100_000));
-        assert_eq!(
-            add_export(&mut batch, &request).unwrap_err(),
-            BodyTooLarge { limit: 100_000 }
+        let mut batch = batch_within(100_000);
+        let err = add_export(&mut batch, &request).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BatchError::Budget(BudgetError::RequestTooLarge { limit: 100_000, .. })
+            ),
+            "{err}"
         );
-        let mut batch = PushBatch::new(body_limit(2_000_000));
+        let mut batch = batch_within(2_000_000);
         add_export(&mut batch, &request).unwrap();
         assert_eq!(batch.profiles[0].profile.sample.len(), 100);
     }
@@ -1033,7 +1041,7 @@ mod tests {
                 .collect();
             let count = profiles.len();
             let request = request(vec![], profiles);
-            let mut batch = PushBatch::new(body_limit(limit));
+            let mut batch = batch_within(limit.max(1));
             if add_export(&mut batch, &request).is_err() {
                 return Ok(());
             }

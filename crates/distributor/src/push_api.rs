@@ -1,12 +1,14 @@
 //! The distributor's routes: Connect/gRPC `push.v1.PusherService/Push`,
 //! OTLP profiles (gRPC and OTLP/HTTP) and the legacy `/ingest`.
 
+use std::sync::Arc;
+
 use axum::Router;
 use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::{
     ExportProfilesServiceRequest, ExportProfilesServiceResponse,
 };
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
-use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs};
+use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, Tenancy, labels_from_pairs};
 
 use crate::distributor::Distributor;
 use crate::{ingest, otlp};
@@ -16,11 +18,16 @@ const OTLP_EXPORT_PATH: &str = "/opentelemetry.proto.collector.profiles.v1develo
 /// OTLP profiles over HTTP (protobuf or JSON).
 const OTLP_HTTP_PATH: &str = "/v1development/profiles";
 
-/// The routes of the ingest APIs. `options.max_message_bytes` bounds a
-/// Connect push body as sent; each tenant's body limit then bounds what
-/// its profiles decompress to.
-pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
-    let tenancy = options.tenancy;
+/// The routes of the ingest APIs. `max_message_bytes` bounds a Connect
+/// push body as sent; each tenant's body limit then bounds what its
+/// profiles decompress to, and the distributor's admission what every push
+/// may allocate.
+pub fn routes(distributor: Distributor, tenancy: Tenancy, max_message_bytes: usize) -> Router {
+    let options = RpcOptions {
+        tenancy,
+        max_message_bytes,
+        admission: Arc::clone(distributor.admission()),
+    };
     RpcRouter::new(options)
         .unary("/push.v1.PusherService/Push", {
             let distributor = distributor.clone();
@@ -43,19 +50,15 @@ pub fn routes(distributor: Distributor, options: RpcOptions) -> Router {
 /// stored series-profile its own.
 async fn push(distributor: Distributor, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
+    if request.series.iter().all(|series| series.samples.is_empty()) {
+        return Err(RpcError::invalid_argument("no profiles received"));
+    }
     let prepared = distributor
-        .prepare(&tenant, move |batch| {
-            if request.series.iter().all(|series| series.samples.is_empty()) {
-                return Err(RpcError::invalid_argument("no profiles received"));
-            }
+        .prepare(&tenant, Arc::clone(ctx.budget()), move |batch| {
             for series in request.series {
                 let labels = labels_from_pairs(series.labels);
                 for sample in series.samples {
-                    // Pyroscope's body_size_limit_exceeded: invalid input,
-                    // so agents do not retry it.
-                    batch
-                        .add_raw(&labels, &sample.raw_profile)
-                        .map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+                    batch.add_raw(&labels, &sample.raw_profile)?;
                 }
             }
             Ok(())
@@ -81,16 +84,8 @@ async fn export(
         return Err(RpcError::invalid_argument("the OTLP request has no resource_profiles"));
     }
     let prepared = distributor
-        .prepare(&tenant, move |batch| {
-            otlp::add_export(batch, &request).map_err(|err| {
-                RpcError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the profiles of this OTLP request take more than ingestion_body_limit_mb ({} bytes) once converted; nothing was stored: send fewer profiles per request",
-                        err.limit
-                    ),
-                )
-            })
+        .prepare(&tenant, Arc::clone(ctx.budget()), move |batch| {
+            otlp::add_export(batch, &request).map_err(RpcError::from)
         })
         .await?;
     distributor.store(prepared).await?;

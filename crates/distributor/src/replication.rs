@@ -5,7 +5,7 @@
 //! each within the push timeout.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,23 +21,25 @@ use crate::metrics::DistributorMetrics;
 
 /// One series-profile to store: its series labels, the ID every replica
 /// stores it under, and the prepared profile (shared, not copied, by the
-/// ingester of this process).
+/// ingester of this process) with its pprof bytes, encoded once for all
+/// replicas.
 #[derive(Debug)]
 pub struct ReplicatedProfile {
     pub labels: Labels,
     pub id: ProfileId,
-    /// Read-only, so `encoded` always encodes it.
     profile: Arc<Profile>,
-    encoded: OnceLock<Bytes>,
+    encoded: Bytes,
 }
 
 impl ReplicatedProfile {
+    /// Encodes `profile` (on the caller's thread: a blocking one).
     pub fn new(labels: Labels, id: ProfileId, profile: Profile) -> Self {
+        let encoded = Bytes::from(flamedb_model::pprof::encode(&profile));
         Self {
             labels,
             id,
             profile: Arc::new(profile),
-            encoded: OnceLock::new(),
+            encoded,
         }
     }
 
@@ -45,11 +47,9 @@ impl ReplicatedProfile {
         &self.profile
     }
 
-    /// The profile as plain pprof bytes, encoded once for all replicas.
+    /// The profile as plain pprof bytes.
     pub fn encoded(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| Bytes::from(flamedb_model::pprof::encode(&self.profile)))
-            .clone()
+        self.encoded.clone()
     }
 }
 

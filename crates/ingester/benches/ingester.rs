@@ -68,7 +68,13 @@ static PASS: LazyLock<Pass> = LazyLock::new(|| {
                 ("__name__", name.to_owned()),
                 ("service_name", format!("svc-{service}")),
             ]);
-            let Ok(series) = prepare_profile(&raw, &labels, &Limits::unlimited(), now) else {
+            let Ok(series) = prepare_profile(
+                &raw,
+                &labels,
+                &Limits::unlimited(),
+                now,
+                &flamedb_model::budget::RequestBudget::unlimited(),
+            ) else {
                 continue;
             };
             let push: Vec<IncomingProfile> = series

@@ -13,7 +13,10 @@ use bytes::Bytes;
 use flamedb_api::pb::ingester::v1 as pb;
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
 use flamedb_api::pb::types::v1 as types;
-use flamedb_api::{ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs, labels_to_pairs};
+use flamedb_api::{
+    Admission, ErrorCode, RequestContext, RpcError, RpcOptions, RpcRouter, labels_from_pairs, labels_to_pairs,
+};
+use flamedb_model::budget::RequestBudget;
 use flamedb_model::gzip::GzipError;
 use flamedb_model::{Labels, ProfileId, Selector, parse_selector};
 use flamedb_storage::{ProfileKey, ProfileQuery, TimeRange};
@@ -22,17 +25,18 @@ use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
 
 const SERVICE: &str = "/ingester.v1.IngesterService";
 const DEFAULT_PAGE_SIZE: usize = 65_536;
-/// All profiles of one push together may decode to this many bytes (the
-/// distributor checked each against the tenant's limit before).
-const MAX_DECODED_PUSH_BYTES: usize = 256 << 20;
 
-/// The routes of the ingester service and `/ingester/flush`.
-pub fn routes(ingester: Ingester, options: RpcOptions) -> axum::Router {
-    let rpc = RpcRouter::new(options)
-        .unary(&format!("{SERVICE}/Push"), {
-            let ingester = ingester.clone();
-            move |ctx, request| push(ingester.clone(), ctx, request)
-        })
+/// The routes of the ingester service and `/ingester/flush` (POST only: a
+/// link followed or a page prefetched must not flush). Pushes are admitted
+/// under `push` (bytes in flight, decoding slots), reads under `queries`,
+/// so a flood of one never starves the other.
+pub fn routes(ingester: Ingester, push: RpcOptions, queries: RpcOptions) -> axum::Router {
+    let admission = Arc::clone(&push.admission);
+    let pushes = RpcRouter::new(push).unary(&format!("{SERVICE}/Push"), {
+        let ingester = ingester.clone();
+        move |ctx, request| self::push(ingester.clone(), Arc::clone(&admission), ctx, request)
+    });
+    let rpc = RpcRouter::new(queries)
         .unary(&format!("{SERVICE}/LabelNames"), {
             let ingester = ingester.clone();
             move |ctx, request| label_names(ingester.clone(), ctx, request)
@@ -75,11 +79,9 @@ pub fn routes(ingester: Ingester, options: RpcOptions) -> axum::Router {
                 }
             }
         });
-    rpc.into_router().route(
+    rpc.into_router().merge(pushes.into_router()).route(
         "/ingester/flush",
-        axum::routing::get(flush_endpoint)
-            .post(flush_endpoint)
-            .with_state(ingester),
+        axum::routing::post(flush_endpoint).with_state(ingester),
     )
 }
 
@@ -106,22 +108,41 @@ fn query_error(err: QueryError) -> RpcError {
     RpcError::internal(err.to_string())
 }
 
-async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> Result<PushResponse, RpcError> {
+async fn push(
+    ingester: Ingester,
+    admission: Arc<Admission>,
+    ctx: RequestContext,
+    request: PushRequest,
+) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
     // Refuse before decoding anything when memory is at the ceiling.
     ingester.check_accepting().map_err(push_error)?;
+    let budget = Arc::clone(ctx.budget());
+    let profiles = admission.decode(move || decode_push(request, &budget)).await??;
+    ingester.push(&tenant, profiles).await.map_err(push_error)?;
+    Ok(PushResponse {})
+}
+
+/// Decompresses and decodes the profiles of a push, charging what they
+/// decode into to `budget` first.
+fn decode_push(request: PushRequest, budget: &RequestBudget) -> Result<Vec<IncomingProfile>, RpcError> {
     let mut profiles = Vec::new();
-    let mut budget = MAX_DECODED_PUSH_BYTES;
     for series in request.series {
         let labels = labels_from_pairs(series.labels);
+        let label_bytes: usize = labels
+            .iter()
+            .map(|label| label.name.len() + label.value.len() + 64)
+            .sum();
         for sample in series.samples {
             let id = ProfileId::parse(&sample.id).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-            let raw = flamedb_model::gzip::gunzip_if_compressed(&sample.raw_profile, budget).map_err(|err| {
+            let failed = |err: &dyn std::fmt::Display| format!("profile {id} of series {}: {err}", labels.render());
+            let raw = flamedb_model::gzip::gunzip_if_compressed(&sample.raw_profile, 0, budget).map_err(|err| {
                 let code = match err {
                     GzipError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
                     GzipError::Invalid { .. } => ErrorCode::InvalidArgument,
+                    GzipError::Budget(err) => return RpcError::from(err),
                 };
-                RpcError::new(code, format!("profile {id} of series {}: {err}", labels.render()))
+                RpcError::new(code, failed(&err))
             })?;
             // The plain bytes go to the WAL as they came: no copy, no
             // second encoding.
@@ -129,10 +150,12 @@ async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> 
                 Cow::Owned(plain) => Bytes::from(plain),
                 Cow::Borrowed(_) => Bytes::from(sample.raw_profile),
             };
-            budget = budget.saturating_sub(pprof.len()).max(1);
-            let profile = flamedb_model::pprof::decode_plain(&pprof).map_err(|err| {
-                RpcError::invalid_argument(format!("profile {id} of series {}: {err}", labels.render()))
-            })?;
+            budget.charge(
+                flamedb_model::pprof::decoded_size(&pprof) + 2 * label_bytes,
+                "the decoded profiles of the push",
+            )?;
+            let profile =
+                flamedb_model::pprof::decode_plain(&pprof).map_err(|err| RpcError::invalid_argument(failed(&err)))?;
             profiles.push(IncomingProfile::from_decoded(
                 labels.clone(),
                 id,
@@ -141,8 +164,7 @@ async fn push(ingester: Ingester, ctx: RequestContext, request: PushRequest) -> 
             ));
         }
     }
-    ingester.push(&tenant, profiles).await.map_err(push_error)?;
-    Ok(PushResponse {})
+    Ok(profiles)
 }
 
 fn selectors(matchers: &[String]) -> Result<Vec<Selector>, RpcError> {

@@ -348,7 +348,14 @@ async fn test_real_profiles_keep_their_totals() {
     let ingester = context.start_with(IngesterConfig::new(context.dir.path()), Limits::unlimited());
     let raw = std::fs::read(dir.join("go.cpu.labels.pprof")).unwrap();
     let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "go-app")]);
-    let series = prepare_profile(&raw, &labels, &Limits::unlimited(), 1).unwrap();
+    let series = prepare_profile(
+        &raw,
+        &labels,
+        &Limits::unlimited(),
+        1,
+        &flamedb_model::budget::RequestBudget::unlimited(),
+    )
+    .unwrap();
     let expected: i64 = series
         .iter()
         .map(|part| part.profile.sample.iter().map(|sample| sample.value[1]).sum::<i64>())

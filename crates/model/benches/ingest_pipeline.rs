@@ -44,7 +44,10 @@ static INPUTS: LazyLock<BTreeMap<&'static str, Input>> = LazyLock::new(|| {
         .iter()
         .filter_map(|&file| {
             let raw = std::fs::read(testdata_dir().join(file)).ok()?;
-            let uncompressed_bytes = gzip::gunzip_if_compressed(&raw, 0).ok()?.len();
+            let uncompressed_bytes =
+                gzip::gunzip_if_compressed(&raw, 0, &flamedb_model::budget::RequestBudget::unlimited())
+                    .ok()?
+                    .len();
             let profile = pprof::decode(&raw, 0).ok()?;
             let input = Input {
                 uncompressed_bytes,
@@ -88,5 +91,13 @@ fn pipeline(bencher: Bencher, file: &str) {
     let input = &INPUTS[file];
     let labels = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "bench")]);
     let limits = Limits::default();
-    counters(bencher, input).bench(|| prepare_profile(divan::black_box(&input.raw), &labels, &limits, input.now));
+    counters(bencher, input).bench(|| {
+        prepare_profile(
+            divan::black_box(&input.raw),
+            &labels,
+            &limits,
+            input.now,
+            &flamedb_model::budget::RequestBudget::unlimited(),
+        )
+    });
 }

@@ -7,7 +7,11 @@ use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size};
+
 const MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// What decompression charges a request's budget for.
+const DECOMPRESSED: &str = "decompressed bytes";
 
 /// Why compressed input could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +20,9 @@ pub enum GzipError {
     TooLarge { limit: usize },
     #[error("invalid gzip data: {source}")]
     Invalid { source: std::io::Error },
+    /// The request's memory budget ran out while decompressing.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 /// Returns whether `bytes` start with the gzip magic number.
@@ -26,10 +33,16 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 /// Decompresses gzip `input`, failing once the output would exceed `limit`
 /// bytes (`0`: no limit).
 pub fn gunzip(input: &[u8], limit: usize) -> Result<Vec<u8>, GzipError> {
+    gunzip_within(input, limit, &RequestBudget::unlimited())
+}
+
+/// [`gunzip`], charging the output buffer to `budget` before each time it
+/// grows.
+pub fn gunzip_within(input: &[u8], limit: usize, budget: &RequestBudget) -> Result<Vec<u8>, GzipError> {
     let max = if limit == 0 { usize::MAX } else { limit };
     // The gzip trailer holds the uncompressed size modulo 2^32: a good
-    // capacity hint, but the sender writes it, so it is trusted only up to
-    // the limit and a plausible compression ratio.
+    // first capacity, but the sender writes it, so it is trusted only up
+    // to the limit and a plausible compression ratio.
     const PLAUSIBLE_RATIO: usize = 32;
     let size_hint = input
         .len()
@@ -37,24 +50,46 @@ pub fn gunzip(input: &[u8], limit: usize) -> Result<Vec<u8>, GzipError> {
         .and_then(|start| input.get(start..))
         .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
         .map_or(0, |tail| u32::from_le_bytes(tail) as usize);
-    let mut out = Vec::with_capacity(size_hint.min(max).min(input.len().saturating_mul(PLAUSIBLE_RATIO)));
-    let read_limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    MultiGzDecoder::new(input)
-        .take(read_limit)
-        .read_to_end(&mut out)
-        .map_err(|source| GzipError::Invalid { source })?;
-    if out.len() > max {
-        return Err(GzipError::TooLarge { limit });
+    let first_capacity = size_hint.min(max).min(input.len().saturating_mul(PLAUSIBLE_RATIO));
+    budget.charge(allocation_size(first_capacity), DECOMPRESSED)?;
+    let mut out = Vec::with_capacity(first_capacity);
+    let mut decoder = MultiGzDecoder::new(input);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let read = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(GzipError::Invalid { source }),
+        };
+        let needed = out.len() + read;
+        if needed > max {
+            return Err(GzipError::TooLarge { limit });
+        }
+        if needed > out.capacity() {
+            // Doubling, as a Vec grows, but never past the limit.
+            let capacity = needed.max(out.capacity().saturating_mul(2)).min(max);
+            budget.charge(
+                allocation_size(capacity).saturating_sub(allocation_size(out.capacity())),
+                DECOMPRESSED,
+            )?;
+            out.reserve_exact(capacity - out.len());
+        }
+        out.extend_from_slice(&chunk[..read]);
     }
     Ok(out)
 }
 
 /// Decompresses `input` if it starts with the gzip magic number, else
 /// returns it as it is; either way the result may not exceed `limit` bytes
-/// (`0`: no limit).
-pub fn gunzip_if_compressed(input: &[u8], limit: usize) -> Result<Cow<'_, [u8]>, GzipError> {
+/// (`0`: no limit). What decompression allocates is charged to `budget`.
+pub fn gunzip_if_compressed<'a>(
+    input: &'a [u8],
+    limit: usize,
+    budget: &RequestBudget,
+) -> Result<Cow<'a, [u8]>, GzipError> {
     if is_gzip(input) {
-        return gunzip(input, limit).map(Cow::Owned);
+        return gunzip_within(input, limit, budget).map(Cow::Owned);
     }
     if limit != 0 && input.len() > limit {
         return Err(GzipError::TooLarge { limit });
@@ -99,12 +134,45 @@ mod tests {
     }
 
     #[test]
-    fn test_gunzip_if_compressed_passes_plain_input_through() {
-        assert_eq!(&*gunzip_if_compressed(b"plain", 5).unwrap(), b"plain");
+    fn test_gunzip_charges_the_buffer_before_it_grows() {
+        let data = vec![7u8; 1 << 20];
+        let compressed = gzip(&data);
+        let budget = RequestBudget::standalone(0, "-x");
+        assert_eq!(gunzip_within(&compressed, 0, &budget).unwrap(), data);
+        // The buffer as it last grew, never less than the output.
+        assert!(budget.used() >= 1 << 20 && budget.used() < 2 << 20, "{}", budget.used());
+        let small = RequestBudget::standalone(100 << 10, "-x");
+        let err = gunzip_within(&compressed, 0, &small).unwrap_err();
+        assert!(
+            matches!(err, GzipError::Budget(BudgetError::RequestTooLarge { .. })),
+            "{err}"
+        );
+        // A lying trailer (refused at the end): charged as the buffer
+        // doubled.
+        let mut lying = compressed.clone();
+        let len = lying.len();
+        lying[len - 4..].copy_from_slice(&16u32.to_le_bytes());
+        let budget = RequestBudget::standalone(0, "-x");
         assert!(matches!(
-            gunzip_if_compressed(b"plain", 4),
+            gunzip_within(&lying, 0, &budget),
+            Err(GzipError::Invalid { .. })
+        ));
+        assert!(budget.used() >= 1 << 20 && budget.used() < 2 << 20, "{}", budget.used());
+    }
+
+    #[test]
+    fn test_gunzip_if_compressed_passes_plain_input_through() {
+        assert_eq!(
+            &*gunzip_if_compressed(b"plain", 5, &RequestBudget::unlimited()).unwrap(),
+            b"plain"
+        );
+        assert!(matches!(
+            gunzip_if_compressed(b"plain", 4, &RequestBudget::unlimited()),
             Err(GzipError::TooLarge { limit: 4 })
         ));
-        assert_eq!(&*gunzip_if_compressed(&gzip(b"zipped"), 6).unwrap(), b"zipped");
+        assert_eq!(
+            &*gunzip_if_compressed(&gzip(b"zipped"), 6, &RequestBudget::unlimited()).unwrap(),
+            b"zipped"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! default `service_name` → decode (gzip or plain, size-limited) → validate
 //! → normalize → split by sample labels → validate each series' labels.
 
+use crate::budget::{BudgetError, RequestBudget};
 use crate::labels::{Labels, SERVICE_NAME, SESSION_ID, UNKNOWN_SERVICE};
 use crate::limits::Limits;
 use crate::normalize::normalize;
@@ -9,18 +10,34 @@ use crate::pprof::{self, Profile};
 use crate::split::{SeriesProfile, split_by_sample_labels};
 use crate::validate::{ValidationError, validate_labels, validate_profile};
 
+/// Why a pushed profile was not prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The profile is refused; the other profiles of its request go on.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The request ran out of memory budget: it fails whole.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
 /// Turns one raw pushed profile (`raw_profile` of a push) sent under
-/// `labels` into the series to store. An empty result means the profile
-/// had no samples left after normalization: accepted, nothing to store.
+/// `labels` into the series to store, charging what it decodes and copies
+/// to `budget`. An empty result means the profile had no samples left
+/// after normalization: accepted, nothing to store.
 pub fn prepare_profile(
     raw: &[u8],
     labels: &Labels,
     limits: &Limits,
     now_nanos: i64,
-) -> Result<Vec<SeriesProfile>, ValidationError> {
-    let profile = pprof::decode(raw, limits.max_profile_size_bytes)
-        .map_err(|source| ValidationError::from_decode(labels, source))?;
-    prepare_decoded(profile, labels, limits, now_nanos)
+    budget: &RequestBudget,
+) -> Result<Vec<SeriesProfile>, PrepareError> {
+    let profile = match pprof::decode_within(raw, limits.max_profile_size_bytes, budget) {
+        Ok(profile) => profile,
+        Err(pprof::DecodeError::Budget(err)) => return Err(err.into()),
+        Err(source) => return Err(ValidationError::from_decode(labels, source).into()),
+    };
+    prepare_decoded(profile, labels, limits, now_nanos, budget)
 }
 
 /// [`prepare_profile`] for a profile already decoded (and size-checked).
@@ -29,15 +46,16 @@ pub fn prepare_decoded(
     labels: &Labels,
     limits: &Limits,
     now_nanos: i64,
-) -> Result<Vec<SeriesProfile>, ValidationError> {
+    budget: &RequestBudget,
+) -> Result<Vec<SeriesProfile>, PrepareError> {
     let mut labels = labels.clone();
     labels.set_if_absent(SERVICE_NAME, UNKNOWN_SERVICE);
     validate_profile(&mut profile, &labels, limits, now_nanos)?;
-    normalize(&mut profile, now_nanos);
+    normalize(&mut profile, now_nanos, budget)?;
     if profile.sample.is_empty() {
         return Ok(Vec::new());
     }
-    let mut series = split_by_sample_labels(profile, &labels);
+    let mut series = split_by_sample_labels(profile, &labels, budget)?;
     for part in &mut series {
         validate_labels(&mut part.labels, limits)?;
         // Agents tag each process run; kept, it would make a series per
@@ -92,7 +110,14 @@ mod tests {
     #[test]
     fn test_prepare_profile_defaults_service_name_and_normalizes() {
         let labels = Labels::from_pairs([("__name__", "process_cpu")]);
-        let series = prepare_profile(&gzip(&raw_profile()), &labels, &Limits::default(), NOW).unwrap();
+        let series = prepare_profile(
+            &gzip(&raw_profile()),
+            &labels,
+            &Limits::default(),
+            NOW,
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].labels.get(SERVICE_NAME), Some(UNKNOWN_SERVICE));
         assert_eq!(series[0].profile.sample.len(), 1);
@@ -105,7 +130,14 @@ mod tests {
             ("service_name", "app"),
             ("__session_id__", "8b1f"),
         ]);
-        let series = prepare_profile(&raw_profile(), &labels, &Limits::default(), NOW).unwrap();
+        let series = prepare_profile(
+            &raw_profile(),
+            &labels,
+            &Limits::default(),
+            NOW,
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(series[0].labels.get(SESSION_ID), None);
         assert_eq!(series[0].labels.len(), 2);
     }
@@ -118,12 +150,16 @@ mod tests {
             max_profile_size_bytes: raw.len(),
             ..Limits::default()
         };
-        assert!(prepare_profile(&gzip(&raw), &labels, &at_limit, NOW).is_ok());
+        assert!(prepare_profile(&gzip(&raw), &labels, &at_limit, NOW, &RequestBudget::unlimited()).is_ok());
         let below = Limits {
             max_profile_size_bytes: raw.len() - 1,
             ..Limits::default()
         };
-        let err = prepare_profile(&gzip(&raw), &labels, &below, NOW).unwrap_err();
+        let Err(PrepareError::Invalid(err)) =
+            prepare_profile(&gzip(&raw), &labels, &below, NOW, &RequestBudget::unlimited())
+        else {
+            panic!("a profile over the size limit is invalid");
+        };
         assert_eq!(err.reason(), "profile_size_limit");
         assert_eq!(
             err.to_string(),
@@ -147,7 +183,14 @@ mod tests {
             ..Profile::default()
         };
         let labels = Labels::from_pairs([("__name__", "process_cpu")]);
-        let series = prepare_profile(&encode(&profile), &labels, &Limits::default(), NOW).unwrap();
+        let series = prepare_profile(
+            &encode(&profile),
+            &labels,
+            &Limits::default(),
+            NOW,
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert!(series.is_empty());
     }
 }

@@ -19,6 +19,8 @@
 
 use std::collections::HashMap;
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size};
+
 const MAGIC: &[u8; 4] = b"FLR\0";
 const HEADER_BYTES: usize = 68;
 const METADATA_EVENT: i64 = 0;
@@ -116,7 +118,15 @@ pub enum JfrError {
     Damaged { offset: usize, what: String },
     #[error("the JFR file expands to more than {limit} {what}")]
     TooLarge { limit: usize, what: &'static str },
+    /// The request's memory budget ran out while reading the file.
+    #[error(transparent)]
+    Budget(BudgetError),
 }
+
+/// What reading a recording charges a request's budget as.
+const PARSED: &str = "the values read from a JFR recording";
+/// A value in memory, twice (vectors grow by doubling).
+const VALUE_BYTES: usize = 2 * size_of::<Value>();
 
 /// What a recording holds that flamedb stores.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,11 +144,16 @@ pub struct Recording {
 
 /// Reads every chunk of `data`.
 pub fn parse(data: &[u8]) -> Result<Recording, JfrError> {
+    parse_within(data, &RequestBudget::unlimited())
+}
+
+/// [`parse`], charging what it allocates to `budget` first.
+pub fn parse_within(data: &[u8], budget: &RequestBudget) -> Result<Recording, JfrError> {
     let mut recording = Recording::default();
     let mut names: HashMap<String, u32> = HashMap::new();
     let mut start = 0;
     while start < data.len() {
-        start = parse_chunk(data, start, &mut recording, &mut names)?;
+        start = parse_chunk(data, start, &mut recording, &mut names, budget)?;
     }
     let limit = data.len().saturating_mul(FRAMES_PER_BYTE);
     let frames = recording
@@ -168,8 +183,9 @@ fn parse_chunk(
     start: usize,
     recording: &mut Recording,
     names: &mut HashMap<String, u32>,
+    budget: &RequestBudget,
 ) -> Result<usize, JfrError> {
-    let mut header = Reader::new(data, start, data.len(), false);
+    let mut header = Reader::new(data, start, data.len(), false, budget);
     if header.bytes(4)? != MAGIC {
         return Err(JfrError::Magic { offset: start });
     }
@@ -193,7 +209,7 @@ fn parse_chunk(
         .and_then(|offset| start.checked_add(offset))
         .filter(|&at| at >= start + HEADER_BYTES && at < end)
         .ok_or_else(|| damaged(start + 24, format!("a metadata offset of {metadata_offset}")))?;
-    let types = Types::parse(&mut Reader::new(data, metadata_at, end, compressed))?;
+    let types = Types::parse(&mut Reader::new(data, metadata_at, end, compressed, budget))?;
     types.values_left.set((end - start).saturating_mul(VALUES_PER_BYTE));
 
     let mut pools: HashMap<(i64, i64), Value> = HashMap::new();
@@ -202,7 +218,7 @@ fn parse_chunk(
     let mut settings: Vec<(Value, Value)> = Vec::new();
     let mut at = start + HEADER_BYTES;
     while at < end {
-        let mut event = Reader::new(data, at, end, compressed);
+        let mut event = Reader::new(data, at, end, compressed, budget);
         let size = event.int()?;
         let event_end = usize::try_from(size)
             .ok()
@@ -230,6 +246,7 @@ fn parse_chunk(
                     Event::WallClock => int("samples").unwrap_or(1),
                     Event::Execution => 0,
                 };
+                event.charge(2 * size_of::<RawSample>())?;
                 samples.push(RawSample {
                     event: sampled,
                     stack: field("stackTrace"),
@@ -241,6 +258,7 @@ fn parse_chunk(
             kind if Some(kind) == types.active_setting => {
                 let class = types.class(kind, event.pos)?;
                 if let Value::Object(fields) = read_object(&mut event, &types, class, 0)? {
+                    event.charge(2 * size_of::<(Value, Value)>())?;
                     let field = |name| class.field(&fields, name).cloned().unwrap_or(Value::Null);
                     settings.push((field("name"), field("value")));
                 }
@@ -253,6 +271,7 @@ fn parse_chunk(
     let resolver = Resolver {
         types: &types,
         pools: &pools,
+        budget,
     };
     for (name, value) in settings {
         if resolver.string(&name).as_deref() == Some("event")
@@ -262,8 +281,10 @@ fn parse_chunk(
         }
     }
     let wall_recording = recording.event.as_deref() == Some("wall");
-    // Each stack is resolved once, however many samples share it.
+    // Each stack is resolved once, however many samples share it, and
+    // each method's frame name made once, however many frames call it.
     let mut resolved: HashMap<(i64, i64), usize> = HashMap::new();
+    let mut method_names: HashMap<(i64, i64), Option<u32>> = HashMap::new();
     for sample in samples {
         let mut counted: [Option<(SampleKind, Totals)>; 2] = [None, None];
         match sample.event {
@@ -300,9 +321,9 @@ fn parse_chunk(
         let stack_id = match sample.stack {
             Value::Ref { class, index } if resolved.contains_key(&(class, index)) => resolved[&(class, index)],
             stack => {
-                recording
-                    .stacks
-                    .push(resolver.frames(&stack, names, &mut recording.names));
+                let frames = resolver.frames(&stack, names, &mut recording.names, &mut method_names)?;
+                charge(budget, 2 * size_of::<Vec<u32>>() + 64)?;
+                recording.stacks.push(frames);
                 let id = recording.stacks.len() - 1;
                 if let Value::Ref { class, index } = stack {
                     resolved.insert((class, index), id);
@@ -311,12 +332,18 @@ fn parse_chunk(
             }
         };
         for (kind, totals) in counted.into_iter().flatten() {
+            charge(budget, 64)?;
             let entry = recording.samples.entry((kind, sample.context, stack_id)).or_default();
             entry.events = entry.events.saturating_add(totals.events);
             entry.amount = entry.amount.saturating_add(totals.amount);
         }
     }
     Ok(end)
+}
+
+/// Charges `bytes` about to be allocated to `budget`.
+fn charge(budget: &RequestBudget, bytes: usize) -> Result<(), JfrError> {
+    budget.charge(bytes, PARSED).map_err(JfrError::Budget)
 }
 
 /// A sampling event as read, before the pools it refers to are known.
@@ -355,6 +382,8 @@ fn read_pools(event: &mut Reader<'_>, types: &Types, pools: &mut HashMap<(i64, i
         for _ in 0..entries {
             let index = event.long()?;
             let value = read_value(event, types, class, 0)?;
+            // The map's slot: key, value, control bytes, twice for growth.
+            event.charge(2 * (size_of::<(i64, i64)>() + size_of::<Value>() + 8))?;
             pools.insert((class_id, index), value);
         }
     }
@@ -375,7 +404,7 @@ enum Value {
 }
 
 fn read_value(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usize) -> Result<Value, JfrError> {
-    types.take_value(reader.pos)?;
+    types.take_value(reader)?;
     Ok(match class.name.as_str() {
         "boolean" | "byte" => Value::Int(i64::from(reader.u8()?)),
         "char" | "short" | "int" => Value::Int(i64::from(reader.int()?)),
@@ -413,7 +442,7 @@ fn read_object(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usi
                 read_value(reader, types, types.class(field.type_id, reader.pos)?, depth + 1)
             }
         };
-        types.take_value(reader.pos)?;
+        types.take_value(reader)?;
         let value = if field.array {
             let count = reader.count()?;
             let mut items = Vec::new();
@@ -433,6 +462,7 @@ fn read_object(reader: &mut Reader<'_>, types: &Types, class: &Class, depth: usi
 struct Resolver<'a> {
     types: &'a Types,
     pools: &'a HashMap<(i64, i64), Value>,
+    budget: &'a RequestBudget,
 }
 
 impl Resolver<'_> {
@@ -475,33 +505,65 @@ impl Resolver<'_> {
     }
 
     /// The frames of a stack trace, root first, as indices into `names`.
-    fn frames(&self, stack: &Value, index: &mut HashMap<String, u32>, names: &mut Vec<String>) -> Vec<u32> {
+    /// A method referred to by many frames gets its name made once
+    /// (`by_method`).
+    fn frames(
+        &self,
+        stack: &Value,
+        index: &mut HashMap<String, u32>,
+        names: &mut Vec<String>,
+        by_method: &mut HashMap<(i64, i64), Option<u32>>,
+    ) -> Result<Vec<u32>, JfrError> {
         let Some(stack_class) = self.types.stack_trace else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let Some((Value::Array(frames), frame_class)) = self.field(stack, stack_class, "frames") else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        // Frames whose method or class cannot be resolved are left out.
-        let mut out: Vec<u32> = frames
-            .iter()
-            .filter_map(|frame| self.frame_name(frame, frame_class))
-            .map(|name| match index.get(&name) {
-                Some(&id) => id,
+        charge(self.budget, 2 * 4 * frames.len())?;
+        let mut out: Vec<u32> = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let Some((method, method_class)) = self.field(frame, frame_class, "method") else {
+                continue;
+            };
+            let method_ref = match method {
+                Value::Ref { class, index } => Some((*class, *index)),
+                _ => None,
+            };
+            let known = method_ref.and_then(|key| by_method.get(&key).copied());
+            let id = match known {
+                Some(id) => id,
                 None => {
-                    let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
-                    index.insert(name.clone(), id);
-                    names.push(name);
+                    let id = match self.frame_name(method, method_class) {
+                        Some(name) => Some(match index.get(&name) {
+                            Some(&id) => id,
+                            None => {
+                                // The name in `names` and in `index`.
+                                charge(self.budget, 2 * allocation_size(name.len()) + 96)?;
+                                let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                                index.insert(name.clone(), id);
+                                names.push(name);
+                                id
+                            }
+                        }),
+                        None => None,
+                    };
+                    if let Some(key) = method_ref {
+                        charge(self.budget, 64)?;
+                        by_method.insert(key, id);
+                    }
                     id
                 }
-            })
-            .collect();
+            };
+            // Frames whose method or class cannot be resolved are left out.
+            out.extend(id);
+        }
         out.reverse();
-        out
+        Ok(out)
     }
 
-    fn frame_name(&self, frame: &Value, frame_class: i64) -> Option<String> {
-        let (method, method_class) = self.field(frame, frame_class, "method")?;
+    /// The frame name of a method: `Class.method`.
+    fn frame_name(&self, method: &Value, method_class: i64) -> Option<String> {
         let (class, class_id) = self.field(method, method_class, "type")?;
         let (name, symbol_class) = self.field(class, class_id, "name")?;
         let class_name = self.symbol(name, symbol_class)?;
@@ -584,14 +646,15 @@ struct Types {
 }
 
 impl Types {
-    /// Counts one more value read; refuses past the chunk's allowance.
-    fn take_value(&self, offset: usize) -> Result<(), JfrError> {
+    /// Counts one more value read and charges it; refuses past the chunk's
+    /// allowance.
+    fn take_value(&self, reader: &Reader<'_>) -> Result<(), JfrError> {
         let left = self.values_left.get();
         if left == 0 {
-            return Err(damaged(offset, "more values than the chunk's size allows"));
+            return Err(damaged(reader.pos, "more values than the chunk's size allows"));
         }
         self.values_left.set(left - 1);
-        Ok(())
+        reader.charge(VALUE_BYTES)
     }
 
     fn class(&self, id: i64, offset: usize) -> Result<&Class, JfrError> {
@@ -617,6 +680,7 @@ impl Types {
         let count = reader.count()?;
         let mut strings = Vec::new();
         for _ in 0..count {
+            reader.charge(2 * size_of::<String>())?;
             strings.push(match reader.string()? {
                 Text::Inline(text) => text,
                 Text::Null | Text::Pool(_) => String::new(),
@@ -628,18 +692,20 @@ impl Types {
             for class in metadata.children.iter().filter(|element| element.name == "class") {
                 let id = class.attribute("id").and_then(|id| id.parse().ok());
                 let Some(id) = id else { continue };
-                let name = class.attribute("name").unwrap_or_default().to_owned();
-                let fields = class
-                    .children
-                    .iter()
-                    .filter(|element| element.name == "field")
-                    .map(|field| Field {
-                        name: field.attribute("name").unwrap_or_default().to_owned(),
+                let name = class.attribute("name").unwrap_or_default();
+                reader.charge(allocation_size(name.len()) + 2 * size_of::<Class>())?;
+                let name = name.to_owned();
+                let mut fields = Vec::new();
+                for field in class.children.iter().filter(|element| element.name == "field") {
+                    let field_name = field.attribute("name").unwrap_or_default();
+                    reader.charge(allocation_size(field_name.len()) + 2 * size_of::<Field>())?;
+                    fields.push(Field {
+                        name: field_name.to_owned(),
                         type_id: field.attribute("class").and_then(|id| id.parse().ok()).unwrap_or(-1),
                         pool: field.attribute("constantPool") == Some("true"),
                         array: field.attribute("dimension") == Some("1"),
-                    })
-                    .collect();
+                    });
+                }
                 if let Some((_, event)) = EVENTS.iter().find(|(event_name, _)| *event_name == name) {
                     types.events.insert(id, *event);
                 }
@@ -684,11 +750,13 @@ impl<'s> Element<'s> {
         let count = reader.count()?;
         let mut attributes = Vec::new();
         for _ in 0..count {
+            reader.charge(2 * size_of::<(&str, &str)>())?;
             attributes.push((string(reader)?, string(reader)?));
         }
         let count = reader.count()?;
         let mut children = Vec::new();
         for _ in 0..count {
+            reader.charge(2 * size_of::<Self>())?;
             children.push(Self::parse(reader, strings, depth + 1)?);
         }
         Ok(Self {
@@ -712,22 +780,30 @@ enum Text {
     Pool(i64),
 }
 
-/// Reads the bytes of `data` between `pos` and `end`.
+/// Reads the bytes of `data` between `pos` and `end`; what is built from
+/// them is charged to `budget` first.
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     end: usize,
     compressed: bool,
+    budget: &'a RequestBudget,
 }
 
 impl<'a> Reader<'a> {
-    fn new(data: &'a [u8], pos: usize, end: usize, compressed: bool) -> Self {
+    fn new(data: &'a [u8], pos: usize, end: usize, compressed: bool, budget: &'a RequestBudget) -> Self {
         Self {
             data,
             pos,
             end: end.min(data.len()),
             compressed,
+            budget,
         }
+    }
+
+    /// Charges `bytes` about to be allocated.
+    fn charge(&self, bytes: usize) -> Result<(), JfrError> {
+        charge(self.budget, bytes)
     }
 
     /// Bytes left before `end`.
@@ -812,11 +888,14 @@ impl<'a> Reader<'a> {
             2 => Text::Pool(self.long()?),
             3 => {
                 let length = self.count()?;
+                self.charge(allocation_size(length))?;
                 let bytes = self.bytes(length)?;
                 Text::Inline(String::from_utf8(bytes.to_vec()).map_err(|_| damaged(at, "a string that is not UTF-8"))?)
             }
             4 => {
                 let length = self.count()?;
+                // Up to 4 bytes per character, as the string grows.
+                self.charge(2 * allocation_size(length.saturating_mul(4)))?;
                 let mut text = String::with_capacity(length);
                 for _ in 0..length {
                     let code = self.int()?;
@@ -831,6 +910,8 @@ impl<'a> Reader<'a> {
             }
             5 => {
                 let length = self.count()?;
+                // Latin-1: up to 2 bytes per character.
+                self.charge(2 * allocation_size(length.saturating_mul(2)))?;
                 Text::Inline(self.bytes(length)?.iter().map(|&byte| char::from(byte)).collect())
             }
             encoding => return Err(damaged(at, format!("string encoding {encoding}"))),

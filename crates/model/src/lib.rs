@@ -18,6 +18,8 @@
 //! given `now`.
 
 pub mod attime;
+pub mod budget;
+pub mod decode_cost;
 mod dot;
 pub mod gzip;
 mod ingest;
@@ -37,7 +39,7 @@ pub mod tree_formats;
 mod validate;
 
 pub use dot::to_dot;
-pub use ingest::{prepare_decoded, prepare_profile};
+pub use ingest::{PrepareError, prepare_decoded, prepare_profile};
 pub use ingest_name::{IngestName, IngestNameError, parse_ingest_name};
 pub use labels::{
     DELTA, Label, Labels, METRIC_NAME, ORDER, OTEL, PERIOD_TYPE, PERIOD_UNIT, PRIVATE_SERVICE_NAME, PROFILE_ID,

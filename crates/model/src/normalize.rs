@@ -10,11 +10,13 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
+use crate::budget::{BudgetError, RequestBudget};
 use crate::pprof::{Profile, Sample, string_at};
 use crate::symbols::SymbolTables;
 
-/// Normalizes `profile` in place (see the module documentation).
-pub fn normalize(profile: &mut Profile, now_nanos: i64) {
+/// Normalizes `profile` in place (see the module documentation); the
+/// symbol tables it rebuilds are charged to `budget`.
+pub fn normalize(profile: &mut Profile, now_nanos: i64, budget: &RequestBudget) -> Result<(), BudgetError> {
     if profile.time_nanos == 0 {
         profile.time_nanos = now_nanos;
     }
@@ -42,9 +44,10 @@ pub fn normalize(profile: &mut Profile, now_nanos: i64) {
         })
         .collect();
     // Strings are deduplicated here, so equal labels get equal indexes.
-    *profile = tables.extract(kept);
+    *profile = tables.extract(kept, budget)?;
     profile.sample = merge_equal_samples(std::mem::take(&mut profile.sample).into_iter());
     clear_symbolized_addresses(profile);
+    Ok(())
 }
 
 /// Merges samples with the same stack and labels (values summed), keeping

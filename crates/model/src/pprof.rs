@@ -4,6 +4,8 @@
 
 use prost::Message;
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size};
+use crate::decode_cost::MessageShapes;
 use crate::gzip::{GzipError, gunzip_if_compressed};
 
 /// Generated from `proto/google/v1/profile.proto`.
@@ -26,16 +28,58 @@ pub enum DecodeError {
     InvalidUtf8 { hex: String },
     #[error("invalid pprof protobuf: {source}")]
     Protobuf { source: prost::DecodeError },
+    /// The request's memory budget ran out: the request fails, not only
+    /// this profile.
+    #[error(transparent)]
+    Budget(BudgetError),
 }
 
 /// Decodes a pprof profile from gzip-compressed or plain bytes; the
-/// decompressed size must not exceed `max_bytes` (`0`: no limit).
+/// decompressed size must not exceed `max_bytes` (`0`: no limit). Nothing
+/// else is limited: for tools and trusted input.
 pub fn decode(raw: &[u8], max_bytes: usize) -> Result<Profile, DecodeError> {
-    let bytes = gunzip_if_compressed(raw, max_bytes).map_err(|err| match err {
+    decode_within(raw, max_bytes, &RequestBudget::unlimited())
+}
+
+/// [`decode`], charging the decompressed bytes and what they decode into
+/// to `budget` first. [`DecodeError::Budget`] is the request's failure (its
+/// budget ran out), the other errors the profile's.
+pub fn decode_within(raw: &[u8], max_bytes: usize, budget: &RequestBudget) -> Result<Profile, DecodeError> {
+    let bytes = gunzip_if_compressed(raw, max_bytes, budget).map_err(|err| match err {
         GzipError::TooLarge { limit } => DecodeError::TooLarge { limit },
         GzipError::Invalid { source } => DecodeError::Gzip { source },
+        GzipError::Budget(err) => DecodeError::Budget(err),
     })?;
+    budget
+        .charge(decoded_size(&bytes), DECODED)
+        .map_err(DecodeError::Budget)?;
     decode_plain(&bytes)
+}
+
+/// What [`decode_within`] charges the decoded profile as.
+const DECODED: &str = "the decoded pprof profile";
+
+/// What decoding plain pprof `bytes` allocates: an upper bound, counted
+/// without decoding (see [`crate::decode_cost`]).
+pub fn decoded_size(bytes: &[u8]) -> usize {
+    /// More than prost ever allocates per byte of pprof (a packed varint
+    /// becomes 8 bytes, twice with growth; an empty sample 72 bytes, and
+    /// more with the minimum capacity of its vectors): only used if the
+    /// compiled-in descriptors could not be read.
+    const WORST_CASE_PER_BYTE: usize = 256;
+    message_shapes()
+        .and_then(|shapes| shapes.proto_size(<Profile as prost::Name>::full_name().as_str(), bytes))
+        .unwrap_or_else(|| bytes.len().saturating_mul(WORST_CASE_PER_BYTE))
+}
+
+/// The in-memory shapes of the pprof messages, from their compiled-in
+/// descriptors (`None` only if those could not be read, which a test rules
+/// out).
+pub fn message_shapes() -> Option<&'static MessageShapes> {
+    static SHAPES: std::sync::LazyLock<Option<MessageShapes>> = std::sync::LazyLock::new(|| {
+        MessageShapes::from_descriptor_set(include_bytes!(concat!(env!("OUT_DIR"), "/google.v1.descriptors.bin"))).ok()
+    });
+    SHAPES.as_ref()
 }
 
 /// Decodes an uncompressed pprof profile.
@@ -100,13 +144,22 @@ pub fn string_at(profile: &Profile, index: i64) -> &str {
 /// Builds a profile from stacks of function names: one function and one
 /// location per name, one sample per stack. Text formats of `/ingest`,
 /// JFR recordings, merged trees exported as pprof, and tools build their
-/// profiles with it.
+/// profiles with it. With a budget ([`StackProfileBuilder::within`]) every
+/// allocation is charged first; once the budget runs out nothing more is
+/// added and [`StackProfileBuilder::finish`] returns the error.
 #[derive(Debug)]
 pub struct StackProfileBuilder {
     profile: Profile,
     strings: std::collections::HashMap<String, i64>,
-    locations: std::collections::HashMap<String, u64>,
+    /// Location by the string index of its function name.
+    locations: std::collections::HashMap<i64, u64>,
+    budget: Option<std::sync::Arc<RequestBudget>>,
+    /// The first charge the budget refused.
+    exceeded: Option<BudgetError>,
 }
+
+/// What a builder charges its budget as.
+const BUILT: &str = "the profile built from the request";
 
 impl StackProfileBuilder {
     /// A profile whose values are `sample_type` in `sample_unit`.
@@ -128,6 +181,8 @@ impl StackProfileBuilder {
             },
             strings: std::collections::HashMap::from([(String::new(), 0)]),
             locations: std::collections::HashMap::new(),
+            budget: None,
+            exceeded: None,
         };
         for (sample_type, sample_unit) in sample_types {
             let sample_type = ValueType {
@@ -137,6 +192,12 @@ impl StackProfileBuilder {
             builder.profile.sample_type.push(sample_type);
         }
         builder
+    }
+
+    /// Charges what the builder allocates from now on to `budget`.
+    pub fn within(mut self, budget: std::sync::Arc<RequestBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Sets the period: each sample stands for `period` of `period_type`
@@ -166,7 +227,22 @@ impl StackProfileBuilder {
     /// Adds a sample with a value per sample type for the stack `frames`
     /// (root first).
     pub fn add_values<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, values: Vec<i64>) {
-        let mut location_id: Vec<u64> = frames.into_iter().map(|frame| self.location(frame)).collect();
+        // The sample, its values and its (at least 4) location ids.
+        let sample_bytes = 2 * size_of::<Sample>() + allocation_size(values.len() * 8) + 32;
+        if !self.charge(sample_bytes) {
+            return;
+        }
+        let mut location_id = Vec::new();
+        for frame in frames {
+            // Twice the id: the vector grows by doubling.
+            if !self.charge(16) {
+                return;
+            }
+            match self.location(frame) {
+                Some(id) => location_id.push(id),
+                None => return,
+            }
+        }
         location_id.reverse();
         self.profile.sample.push(Sample {
             location_id,
@@ -175,13 +251,49 @@ impl StackProfileBuilder {
         });
     }
 
+    /// The profile; for builders without a budget (see
+    /// [`StackProfileBuilder::finish`]).
     pub fn build(self) -> Profile {
+        debug_assert!(
+            self.exceeded.is_none(),
+            "a builder with a budget is finished, not built"
+        );
         self.profile
+    }
+
+    /// The profile, or the error of the budget it ran out of.
+    pub fn finish(self) -> Result<Profile, BudgetError> {
+        match self.exceeded {
+            Some(err) => Err(err),
+            None => Ok(self.profile),
+        }
+    }
+
+    /// Charges `bytes` about to be allocated; false once the budget ran
+    /// out (then nothing may be allocated).
+    fn charge(&mut self, bytes: usize) -> bool {
+        if self.exceeded.is_some() {
+            return false;
+        }
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        match budget.charge(bytes, BUILT) {
+            Ok(()) => true,
+            Err(err) => {
+                self.exceeded = Some(err);
+                false
+            }
+        }
     }
 
     fn string(&mut self, text: &str) -> i64 {
         if let Some(&index) = self.strings.get(text) {
             return index;
+        }
+        // The table's copy and the index's, each with their slot.
+        if !self.charge(2 * allocation_size(text.len()) + 2 * size_of::<String>() + 32) {
+            return 0;
         }
         let index = self.profile.string_table.len() as i64;
         self.profile.string_table.push(text.to_owned());
@@ -189,12 +301,18 @@ impl StackProfileBuilder {
         index
     }
 
-    fn location(&mut self, name: &str) -> u64 {
-        if let Some(&id) = self.locations.get(name) {
-            return id;
+    fn location(&mut self, name: &str) -> Option<u64> {
+        let name_index = self.string(name);
+        if let Some(&id) = self.locations.get(&name_index) {
+            return Some(id);
+        }
+        // The function, the location with its one line (a vector of at
+        // least 4), the index entry.
+        let bytes = 2 * size_of::<Function>() + 2 * size_of::<Location>() + 4 * size_of::<Line>() + 32;
+        if !self.charge(bytes) {
+            return None;
         }
         let id = self.profile.location.len() as u64 + 1;
-        let name_index = self.string(name);
         self.profile.function.push(Function {
             id,
             name: name_index,
@@ -209,8 +327,8 @@ impl StackProfileBuilder {
             }],
             ..Location::default()
         });
-        self.locations.insert(name.to_owned(), id);
-        id
+        self.locations.insert(name_index, id);
+        Some(id)
     }
 }
 

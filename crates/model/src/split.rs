@@ -8,6 +8,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size};
 use crate::labels::{Label, Labels, PROFILE_ID, SPAN_ID, TRACE_ID};
 use crate::pprof::{Profile, Sample, string_at};
 use crate::symbols::SymbolTables;
@@ -24,8 +25,13 @@ type GroupKey<'a> = Vec<(&'a str, &'a str)>;
 
 /// Splits a normalized `profile` pushed under `series` by its sample labels.
 /// A profile without such labels is returned whole, as one series. Each
-/// part holds only the symbols its samples use.
-pub fn split_by_sample_labels(mut profile: Profile, series: &Labels) -> Vec<SeriesProfile> {
+/// part holds only the symbols its samples use; what each part copies is
+/// charged to `budget` before it is copied.
+pub fn split_by_sample_labels(
+    mut profile: Profile,
+    series: &Labels,
+    budget: &RequestBudget,
+) -> Result<Vec<SeriesProfile>, BudgetError> {
     rename_profile_id_labels(&mut profile);
     let samples = std::mem::take(&mut profile.sample);
     let source = &profile;
@@ -37,10 +43,10 @@ pub fn split_by_sample_labels(mut profile: Profile, series: &Labels) -> Vec<Seri
     if !samples.iter().any(|sample| sample.label.iter().any(is_series_label)) {
         let mut whole = profile;
         whole.sample = samples;
-        return vec![SeriesProfile {
+        return Ok(vec![SeriesProfile {
             labels: series.clone(),
             profile: whole,
-        }];
+        }]);
     }
 
     let mut groups: Vec<(GroupKey<'_>, Vec<Sample>)> = Vec::new();
@@ -66,20 +72,28 @@ pub fn split_by_sample_labels(mut profile: Profile, series: &Labels) -> Vec<Seri
     }
 
     let mut tables = SymbolTables::new(source);
-    groups
-        .into_iter()
-        .map(|(key, samples)| {
-            let mut labels = series.clone();
-            for (name, value) in key {
-                labels.set_if_absent(name, value);
-            }
-            SeriesProfile {
-                labels,
-                profile: tables.extract(samples),
-            }
-        })
-        .collect()
+    let series_bytes = series
+        .iter()
+        .map(|label| allocation_size(label.name.len()) + allocation_size(label.value.len()) + 48)
+        .fold(0usize, usize::saturating_add);
+    let mut parts = Vec::with_capacity(groups.len());
+    for (key, samples) in groups {
+        budget.charge(series_bytes, LABELS)?;
+        let mut labels = series.clone();
+        for (name, value) in key {
+            budget.charge(allocation_size(name.len()) + allocation_size(value.len()) + 64, LABELS)?;
+            labels.set_if_absent(name, value);
+        }
+        parts.push(SeriesProfile {
+            labels,
+            profile: tables.extract(samples, budget)?,
+        });
+    }
+    Ok(parts)
 }
+
+/// What splitting charges for the labels of each part.
+const LABELS: &str = "the labels of the series a profile splits into";
 
 /// Renames the `profile_id` sample label to `span_id`.
 fn rename_profile_id_labels(profile: &mut Profile) {
@@ -185,7 +199,7 @@ mod tests {
     fn test_split_without_labels_keeps_one_series() {
         let series = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app")]);
         let input = profile(&[(1, 10, &[]), (2, 5, &[(9, 10)])]);
-        let out = split_by_sample_labels(input.clone(), &series);
+        let out = split_by_sample_labels(input.clone(), &series, &RequestBudget::unlimited()).unwrap();
         assert_eq!(
             out,
             vec![SeriesProfile {
@@ -200,7 +214,7 @@ mod tests {
         let series = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app"), ("pod", "fixed")]);
         // Groups: {pod=a (ignored: series wins)}, {}, and span ids along.
         let input = profile(&[(1, 10, &[(6, 7), (9, 10)]), (2, 5, &[]), (3, 1, &[(6, 8), (11, 12)])]);
-        let out = split_by_sample_labels(input, &series);
+        let out = split_by_sample_labels(input, &series, &RequestBudget::unlimited()).unwrap();
         assert_eq!(out.len(), 3);
         // The pushed pod label wins over the sample's pod label.
         for part in &out {
@@ -222,7 +236,7 @@ mod tests {
     fn test_split_adds_sample_labels_to_series_labels() {
         let series = Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app")]);
         let input = profile(&[(1, 10, &[(6, 7)]), (2, 5, &[(6, 8)]), (3, 2, &[(6, 7)])]);
-        let out = split_by_sample_labels(input, &series);
+        let out = split_by_sample_labels(input, &series, &RequestBudget::unlimited()).unwrap();
         let rendered: Vec<String> = out.iter().map(|part| part.labels.render()).collect();
         assert_eq!(
             rendered,

@@ -7,7 +7,11 @@
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size};
 use crate::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+
+/// What extraction charges a request's budget for.
+const EXTRACTED: &str = "symbols copied for a series";
 
 /// Finds table entries by id: by position when ids are `1..=n` in order
 /// (the usual case), else through a map (the first of a duplicated id wins).
@@ -115,8 +119,10 @@ impl<'a> SymbolTables<'a> {
     /// source) and the metadata of the source, with only the symbols the
     /// samples use. Frames of unknown locations and lines of unknown
     /// functions are dropped; unknown mappings become 0; out-of-range
-    /// string indexes become `""`.
-    pub(crate) fn extract(&mut self, samples: Vec<Sample>) -> Profile {
+    /// string indexes become `""`. Every copy is charged to `budget`
+    /// before it is made; once it runs out, nothing more is copied and the
+    /// error is returned.
+    pub(crate) fn extract(&mut self, samples: Vec<Sample>, budget: &RequestBudget) -> Result<Profile, BudgetError> {
         for remap in [
             &mut self.locations,
             &mut self.functions,
@@ -131,7 +137,12 @@ impl<'a> SymbolTables<'a> {
             table: vec![String::new()],
             by_content: HashMap::new(),
             out: Profile::default(),
+            budget,
+            exceeded: None,
         };
+        // The output's vectors: at most twice their length (growth), and
+        // the samples, moved into a new vector.
+        builder.charge(size_of::<Sample>().saturating_mul(samples.len()));
         let sample_type = source
             .sample_type
             .iter()
@@ -151,9 +162,19 @@ impl<'a> SymbolTables<'a> {
             period: source.period,
             ..Profile::default()
         };
-        builder.out.sample = samples.into_iter().map(|sample| builder.sample(sample)).collect();
+        let mut out_samples = Vec::with_capacity(samples.len());
+        for sample in samples {
+            if builder.exceeded.is_some() {
+                break;
+            }
+            out_samples.push(builder.sample(sample));
+        }
+        builder.out.sample = out_samples;
+        if let Some(err) = builder.exceeded {
+            return Err(err);
+        }
         builder.out.string_table = builder.table;
-        builder.out
+        Ok(builder.out)
     }
 }
 
@@ -163,9 +184,32 @@ struct Builder<'t, 'a> {
     table: Vec<String>,
     by_content: HashMap<&'a str, u32>,
     out: Profile,
+    budget: &'t RequestBudget,
+    /// The first charge the budget refused; nothing is copied after it.
+    exceeded: Option<BudgetError>,
 }
 
 impl<'a> Builder<'_, 'a> {
+    /// Charges `bytes` about to be allocated; false (and nothing may be
+    /// allocated) once the budget is exceeded.
+    fn charge(&mut self, bytes: usize) -> bool {
+        if self.exceeded.is_some() {
+            return false;
+        }
+        match self.budget.charge(bytes, EXTRACTED) {
+            Ok(()) => true,
+            Err(err) => {
+                self.exceeded = Some(err);
+                false
+            }
+        }
+    }
+
+    /// Charges one more element of a vector that grows by doubling.
+    fn charge_element<T>(&mut self) -> bool {
+        self.charge(2 * size_of::<T>())
+    }
+
     /// The new index of the source's string `old`; `""` and out-of-range
     /// indexes are 0.
     fn string(&mut self, old: i64) -> i64 {
@@ -179,8 +223,9 @@ impl<'a> Builder<'_, 'a> {
         let Some(value) = source.string_table.get(position).filter(|value| !value.is_empty()) else {
             return 0;
         };
-        let new = match self.by_content.get(value.as_str()) {
-            Some(&new) => new,
+        let new = match self.by_content.get(value.as_str()).copied() {
+            Some(new) => new,
+            None if !self.charge(allocation_size(value.len()) + 2 * size_of::<String>() + 16) => return 0,
             None => {
                 let new = self.table.len() as u32;
                 self.table.push(value.clone());
@@ -223,6 +268,11 @@ impl<'a> Builder<'_, 'a> {
         }
         let source: &'a Profile = self.tables.source;
         let location: &Location = &source.location[position];
+        if !self
+            .charge(2 * size_of::<Location>() + crate::budget::vec_allocation(location.line.len(), size_of::<Line>()))
+        {
+            return None;
+        }
         let mapping_id = self.mapping(location.mapping_id);
         let line = location
             .line
@@ -253,6 +303,9 @@ impl<'a> Builder<'_, 'a> {
         }
         let source: &'a Profile = self.tables.source;
         let function: &Function = &source.function[position];
+        if !self.charge_element::<Function>() {
+            return None;
+        }
         let new = self.out.function.len() as u32 + 1;
         let copy = Function {
             id: u64::from(new),
@@ -279,6 +332,9 @@ impl<'a> Builder<'_, 'a> {
         }
         let source: &'a Profile = self.tables.source;
         let mapping: &Mapping = &source.mapping[position];
+        if !self.charge_element::<Mapping>() {
+            return 0;
+        }
         let new = self.out.mapping.len() as u32 + 1;
         let copy = Mapping {
             id: u64::from(new),

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use flamedb_model::budget::RequestBudget;
 use flamedb_model::{Labels, Limits, ProfileType, pprof, prepare_profile, sample_labels, typed_series};
 
 fn testdata_dir() -> Option<PathBuf> {
@@ -18,16 +19,12 @@ fn testdata_dir() -> Option<PathBuf> {
 
 /// The pipeline as a push would run it, with "now" at the profile's own
 /// time (the recordings are old) and the default limits.
-fn push(
-    dir: &Path,
-    file: &str,
-    name: &str,
-) -> Result<Vec<flamedb_model::SeriesProfile>, flamedb_model::ValidationError> {
+fn push(dir: &Path, file: &str, name: &str) -> Result<Vec<flamedb_model::SeriesProfile>, flamedb_model::PrepareError> {
     let raw = std::fs::read(dir.join(file)).unwrap_or_else(|err| panic!("{file}: {err}"));
     let time = pprof::decode(&raw, 0).map(|p| p.time_nanos).unwrap_or(0);
     let now = if time > 0 { time } else { flamedb_model::now_nanos() };
     let labels = Labels::from_pairs([("__name__", name), ("service_name", "testdata")]);
-    prepare_profile(&raw, &labels, &Limits::default(), now)
+    prepare_profile(&raw, &labels, &Limits::default(), now, &RequestBudget::unlimited())
 }
 
 /// The profile types of the series stored for a pushed profile.
@@ -162,10 +159,14 @@ fn test_sdk_profiles_are_accepted_with_the_types_they_hold() {
 #[test]
 fn test_rejected_profiles_name_the_reason() {
     let Some(dir) = testdata_dir() else { return };
-    let err = push(&dir, "dotnet-pprof-3.pb.gz", "process_cpu").unwrap_err();
+    let invalid = |file| match push(&dir, file, "process_cpu") {
+        Err(flamedb_model::PrepareError::Invalid(err)) => err,
+        other => panic!("{file} is refused as invalid, not {other:?}"),
+    };
+    let err = invalid("dotnet-pprof-3.pb.gz");
     assert!(err.to_string().ends_with("function id is 0"), "{err}");
     assert_eq!(err.reason(), "malformed_profile");
-    let err = push(&dir, "invalid_utf8.pb.gz", "process_cpu").unwrap_err();
+    let err = invalid("invalid_utf8.pb.gz");
     assert!(err.to_string().contains("invalid utf8 string hex: "), "{err}");
     assert_eq!(err.reason(), "malformed_profile");
 }

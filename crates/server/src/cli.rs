@@ -345,6 +345,36 @@ pub const FLAGS: &[Flag] = &[
         "Head memory in bytes (all tenants) past which pushes get 429; heads are flushed early from 80 % of it.",
     ),
     flag(
+        "ingester.instance-limits.max-inflight-push-requests",
+        "ingester.instance_limits.max_inflight_push_requests",
+        FlagKind::Int,
+        "Pushes from distributors an ingester receives, decodes and stores at once; more get 429 (0: no limit).",
+    ),
+    flag(
+        "ingester.instance-limits.max-inflight-push-requests-bytes",
+        "ingester.instance_limits.max_inflight_push_requests_bytes",
+        FlagKind::Int,
+        "Memory in bytes the pushes in flight on an ingester may hold together, as decoded; past it 429 (0: no limit).",
+    ),
+    flag(
+        "distributor.max-request-memory",
+        "distributor.max_request_memory_bytes",
+        FlagKind::Int,
+        "Most memory in bytes one request may make a process allocate (body, decompressed and decoded, and its copies until stored); past it 413.",
+    ),
+    flag(
+        "distributor.instance-limits.max-inflight-push-requests",
+        "distributor.instance_limits.max_inflight_push_requests",
+        FlagKind::Int,
+        "Pushes a distributor receives, decodes and stores at once; more get 429 (0: no limit).",
+    ),
+    flag(
+        "distributor.instance-limits.max-inflight-push-requests-bytes",
+        "distributor.instance_limits.max_inflight_push_requests_bytes",
+        FlagKind::Int,
+        "Memory in bytes the pushes in flight on a distributor may hold together, as decoded; past it 429 (0: no limit).",
+    ),
+    flag(
         "pyroscopedb.data-path",
         "pyroscopedb.data_path",
         FlagKind::String,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use flamedb_api::{RpcError, RpcOptions, Tenancy};
+use flamedb_api::{Admission, RpcError, Tenancy};
 use flamedb_distributor::{
     Distributor, DistributorConfig, DistributorMetrics, IngesterPool, RateLimiter, RemoteIngesters, ReplicatedProfile,
 };
@@ -29,6 +29,7 @@ impl DistributorModule {
         membership: &Membership,
         local: Option<Ingester>,
         limits: TenantLimits,
+        admission: Arc<Admission>,
         registry: &mut Registry,
     ) -> Self {
         let local = local.zip(membership.ingester_instance_id().map(str::to_owned));
@@ -45,6 +46,7 @@ impl DistributorModule {
             membership.ingester_ring.clone(),
             pool,
             DistributorMetrics::register(registry),
+            admission,
         );
         Self { distributor }
     }
@@ -52,14 +54,11 @@ impl DistributorModule {
     pub fn routes(&self, config: &Config) -> axum::Router {
         flamedb_distributor::routes(
             self.distributor.clone(),
-            RpcOptions {
-                tenancy: Tenancy {
-                    multitenancy_enabled: config.multitenancy_enabled,
-                },
-                // Bodies as sent; decompressed profiles are bounded per
-                // tenant.
-                max_message_bytes: config.limits.ingestion_body_limit_bytes(),
+            Tenancy {
+                multitenancy_enabled: config.multitenancy_enabled,
             },
+            // Bodies as sent; decompressed profiles are bounded per tenant.
+            config.limits.ingestion_body_limit_bytes(),
         )
     }
 }

@@ -13,11 +13,14 @@ use flamedb_ring::RingClient;
 use flamedb_storage::{Bucket, BucketConfig, S3Config};
 use prometheus_client::registry::Registry;
 
+use crate::admission::Admissions;
 use crate::config::{Config, StorageBackend};
 use crate::membership::ReadinessCheck;
 
-/// Largest ingester request (a distributor's batch of profiles).
+/// Largest ingester push (a distributor's batch of profiles).
 const MAX_PUSH_BYTES: usize = 64 << 20;
+/// Largest ingester read request (a querier's).
+const MAX_QUERY_BYTES: usize = 16 << 20;
 
 /// The running ingester module.
 pub struct IngesterModule {
@@ -71,14 +74,21 @@ impl IngesterModule {
         )
     }
 
-    pub fn routes(&self, config: &Config) -> axum::Router {
+    pub fn routes(&self, config: &Config, admissions: &Admissions) -> axum::Router {
+        let tenancy = Tenancy {
+            multitenancy_enabled: config.multitenancy_enabled,
+        };
         flamedb_ingester::routes(
             self.ingester.clone(),
             RpcOptions {
-                tenancy: Tenancy {
-                    multitenancy_enabled: config.multitenancy_enabled,
-                },
+                tenancy,
                 max_message_bytes: MAX_PUSH_BYTES,
+                admission: Arc::clone(&admissions.ingester_pushes),
+            },
+            RpcOptions {
+                tenancy,
+                max_message_bytes: MAX_QUERY_BYTES,
+                admission: Arc::clone(&admissions.reads),
             },
         )
     }

@@ -1,6 +1,7 @@
 //! `flamedb`: one binary for every role; `-target` picks the modules.
 //! See `flamedb -h` for the flags and `docs/configuration.md` for the YAML.
 
+mod admission;
 mod build_info;
 mod cli;
 mod config;

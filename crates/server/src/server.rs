@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admission::Admissions;
 use crate::build_info::BuildInfo;
 use crate::config::{Config, Target};
 use crate::distributor::DistributorModule;
@@ -77,13 +78,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(ingester) = &ingester {
         ingester.set_ring(membership.ingester_ring.clone());
     }
-    let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config));
+    let admissions = Admissions::new(&config);
+    let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config, &admissions));
     let distributor = modules.contains(&Target::Distributor).then(|| {
         DistributorModule::start(
             &config,
             &membership,
             ingester.as_ref().map(|module| module.ingester.clone()),
             overrides.tenant_limits(),
+            Arc::clone(&admissions.distributor_pushes),
             &mut registry,
         )
     });
@@ -107,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     multitenancy_enabled: config.multitenancy_enabled,
                 },
                 max_message_bytes: MAX_QUERY_BYTES,
+                admission: Arc::clone(&admissions.reads),
             },
         ))
     } else {

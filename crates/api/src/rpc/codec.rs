@@ -29,6 +29,21 @@ impl Codec {
         }
     }
 
+    /// What decoding `bytes` as `M` allocates (an upper bound, counted
+    /// without decoding).
+    pub(super) fn decoded_size<M: prost::Name>(self, bytes: &[u8]) -> usize {
+        /// More than any message allocates per byte; only used if the
+        /// compiled-in descriptors could not be read (a test rules it out).
+        const WORST_CASE_PER_BYTE: usize = 256;
+        let name = M::full_name();
+        crate::message_shapes()
+            .and_then(|shapes| match self {
+                Self::Proto => shapes.proto_size(&name, bytes),
+                Self::Json => shapes.json_size(&name, bytes),
+            })
+            .unwrap_or_else(|| bytes.len().saturating_mul(WORST_CASE_PER_BYTE))
+    }
+
     pub(super) fn encode<M>(self, message: &M) -> Result<Bytes, RpcError>
     where
         M: prost::Message + Serialize,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use flamedb_model::budget::RequestBudget;
 use http::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::Frame;
@@ -90,11 +91,17 @@ impl Protocol {
 
     /// The request message from the body: decompressed (Connect) or
     /// unframed and decompressed (gRPC), at most `limit` bytes.
-    pub(super) fn request_message(self, headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, RpcError> {
+    pub(super) fn request_message(
+        self,
+        headers: &HeaderMap,
+        body: Bytes,
+        limit: usize,
+        budget: &RequestBudget,
+    ) -> Result<Bytes, RpcError> {
         match self {
             Self::Connect(_) => {
                 let encoding = header_str(headers, &CONTENT_ENCODING).unwrap_or("identity");
-                decompress(encoding, body, limit, "Content-Encoding")
+                decompress(encoding, body, limit, "Content-Encoding", budget)
             }
             Self::Grpc(_) | Self::GrpcWeb(_) => {
                 let (compressed, message) = unframe(body)?;
@@ -105,7 +112,7 @@ impl Protocol {
                     None | Some("identity") => Err(RpcError::internal(
                         "the message is flagged compressed but grpc-encoding names no compression",
                     )),
-                    Some(encoding) => decompress(encoding, message, limit, "grpc-encoding"),
+                    Some(encoding) => decompress(encoding, message, limit, "grpc-encoding", budget),
                 }
             }
         }
@@ -160,19 +167,27 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     }
 }
 
-fn decompress(encoding: &str, body: Bytes, limit: usize, header: &str) -> Result<Bytes, RpcError> {
+fn decompress(
+    encoding: &str,
+    body: Bytes,
+    limit: usize,
+    header: &str,
+    budget: &RequestBudget,
+) -> Result<Bytes, RpcError> {
+    use flamedb_model::gzip::GzipError;
     match encoding.to_ascii_lowercase().as_str() {
         "identity" | "" => Ok(body),
-        "gzip" => flamedb_model::gzip::gunzip(&body, limit)
+        "gzip" => flamedb_model::gzip::gunzip_within(&body, limit, budget)
             .map(Bytes::from)
             .map_err(|err| match err {
-                flamedb_model::gzip::GzipError::TooLarge { limit } => RpcError::new(
+                GzipError::TooLarge { limit } => RpcError::new(
                     ErrorCode::PayloadTooLarge,
                     format!("decompressed request is larger than the limit of {limit} bytes"),
                 ),
-                invalid @ flamedb_model::gzip::GzipError::Invalid { .. } => {
+                invalid @ GzipError::Invalid { .. } => {
                     RpcError::invalid_argument(format!("cannot decompress request: {invalid}"))
                 }
+                GzipError::Budget(err) => err.into(),
             }),
         other => Err(RpcError::new(
             ErrorCode::Unimplemented,

@@ -21,6 +21,7 @@
 //! recording without samples stores nothing and answers 200.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use flamedb_api::{ErrorCode, RpcError};
 use flamedb_model::jfr::{self, SampleKind, Totals};
@@ -128,22 +129,24 @@ pub(super) fn add_jfr(
     labels: Option<&[u8]>,
 ) -> Result<(), RpcError> {
     let app = flamedb_model::Labels::from_pairs([("service_name", request.name.app_name.as_str())]);
-    let Some(bytes) = batch
-        .decompress(&app, raw)
-        .map_err(|err| unprocessable(err.to_string()))?
-    else {
+    let Some(bytes) = batch.decompress(&app, raw).map_err(super::decompress_error)? else {
         return Ok(());
     };
-    let recording = jfr::parse(&bytes).map_err(|err| unprocessable(err.to_string()))?;
+    let recording = jfr::parse_within(&bytes, batch.budget()).map_err(|err| match err {
+        jfr::JfrError::Budget(err) => err.into(),
+        err => unprocessable(err.to_string()),
+    })?;
     let snapshot = match labels {
         Some(labels) if !labels.is_empty() => {
             // Within the same size limits as the recording.
-            let Some(plain) = batch
-                .decompress(&app, labels)
-                .map_err(|err| unprocessable(err.to_string()))?
-            else {
+            let Some(plain) = batch.decompress(&app, labels).map_err(super::decompress_error)? else {
                 return Ok(());
             };
+            // Each map entry takes at least 4 bytes on the wire and at most
+            // 128 in memory (key, value, slot, growth).
+            batch
+                .budget()
+                .charge(plain.len().saturating_mul(32), "the labels of the JFR")?;
             LabelsSnapshot::decode(plain.as_ref())
                 .map_err(|err| unprocessable(format!("the labels of the JFR are not a LabelsSnapshot: {err}")))?
         }
@@ -154,8 +157,11 @@ pub(super) fn add_jfr(
     let mut profiles: HashMap<(SampleKind, i64), StackProfileBuilder> = HashMap::new();
     for (&(kind, context, stack), &totals) in &recording.samples {
         let profile_type = JfrProfileType::of(kind);
+        let budget = batch.budget();
         let builder = profiles.entry((kind, context)).or_insert_with(|| {
-            let builder = StackProfileBuilder::with_types(profile_type.sample_types).time(request.from, duration);
+            let builder = StackProfileBuilder::with_types(profile_type.sample_types)
+                .within(Arc::clone(budget))
+                .time(request.from, duration);
             match (kind, profile_type.period_type) {
                 (SampleKind::Cpu | SampleKind::Wall, Some((r#type, unit))) => builder.period(r#type, unit, period),
                 (_, Some((r#type, unit))) => builder.period(r#type, unit, 0),
@@ -183,7 +189,7 @@ pub(super) fn add_jfr(
                 }
             }
         }
-        batch.add(labels, builder.build(), share);
+        batch.add(labels, builder.finish()?, share)?;
     }
     Ok(())
 }
@@ -228,7 +234,10 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let request = IngestRequest::parse(&params).unwrap();
-        let mut batch = PushBatch::new(Arc::new(Limits::default()));
+        let mut batch = PushBatch::new(
+            Arc::new(Limits::default()),
+            Arc::new(flamedb_model::budget::RequestBudget::unlimited()),
+        );
         add_jfr(&mut batch, &request, &file, None).unwrap();
 
         // __name__ → (sample types, period type, values of the one sample).

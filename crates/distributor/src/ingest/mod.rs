@@ -31,11 +31,13 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flamedb_api::{BodyReadTimeout, ErrorCode, RpcError, Tenancy};
-use flamedb_model::{IngestName, Labels, attime, now_nanos, parse_ingest_name};
-use http_body_util::BodyExt;
+use std::sync::Arc;
 
-use crate::batch::{PushBatch, Rejection};
+use flamedb_api::{BodyError, ErrorCode, RpcError, Tenancy};
+use flamedb_model::budget::{RequestBudget, allocation_size};
+use flamedb_model::{IngestName, Labels, attime, now_nanos, parse_ingest_name};
+
+use crate::batch::{BatchError, PushBatch, Rejection};
 use crate::distributor::{Distributor, PushError};
 use flamedb_model::tree_formats::{self, TreeFormat};
 
@@ -122,12 +124,13 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(), RpcError> {
+    let budget = state.distributor.admission().admit()?;
     let tenant = state.tenancy.tenant(headers)?;
     let tenant = tenant.as_str();
     let request = IngestRequest::parse(params)?;
     let format = format(params, headers);
     let limits = state.distributor.limits(tenant);
-    let body = read_body(body, limits.ingestion_body_limit_bytes()).await?;
+    let body = read_body(body, limits.ingestion_body_limit_bytes(), headers, &budget).await?;
     if request
         .name
         .labels
@@ -152,7 +155,7 @@ async fn handle(
                 )));
             }
             let prepared = distributor
-                .prepare(tenant, move |batch| match format {
+                .prepare(tenant, budget, move |batch| match format {
                     Format::Speedscope => add_speedscope(batch, &request, &body),
                     Format::Trie => add_tree_format(batch, &request, &body, TreeFormat::Trie),
                     Format::Tree => add_tree_format(batch, &request, &body, TreeFormat::Tree),
@@ -163,7 +166,7 @@ async fn handle(
         }
         Format::Jfr => {
             let (jfr, labels) = if is_multipart(headers) {
-                let form = read_multipart(headers, body).await?;
+                let form = read_multipart(headers, body, &budget).await?;
                 let jfr = form.jfr.ok_or_else(|| {
                     RpcError::new(ErrorCode::UnprocessableEntity, "the multipart body has no jfr field")
                 })?;
@@ -172,7 +175,7 @@ async fn handle(
                 (body, None)
             };
             let prepared = distributor
-                .prepare(tenant, move |batch| {
+                .prepare(tenant, budget, move |batch| {
                     jfr::add_jfr(batch, &request, &jfr, labels.as_deref())
                 })
                 .await?;
@@ -180,12 +183,12 @@ async fn handle(
         }
         Format::Pprof => {
             let prepared = distributor
-                .prepare(tenant, move |batch| add_pprof(batch, &request, &body, None))
+                .prepare(tenant, budget, move |batch| add_pprof(batch, &request, &body, None))
                 .await?;
             distributor.store(prepared).await.map(|_| ()).map_err(pprof_error)
         }
         Format::Multipart => {
-            let form = read_multipart(headers, body).await?;
+            let form = read_multipart(headers, body, &budget).await?;
             if form.prev_profile.as_ref().is_some_and(|prev| !prev.is_empty()) {
                 return Err(RpcError::new(
                     ErrorCode::UnprocessableEntity,
@@ -206,7 +209,7 @@ async fn handle(
                 None => None,
             };
             let prepared = distributor
-                .prepare(tenant, move |batch| {
+                .prepare(tenant, budget, move |batch| {
                     add_pprof(batch, &request, &profile, config.as_ref())
                 })
                 .await?;
@@ -226,9 +229,15 @@ fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format:
         text::parse_folded(text).map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?
     };
     let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-    let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until);
+    // The parsed stacks: a slice per frame and a vector per stack.
+    let frames: usize = stacks.iter().map(|(frames, _)| frames.len()).sum();
+    batch
+        .budget()
+        .charge(2 * (16 * frames + 48 * stacks.len()), "the stacks of the text profile")?;
+    let budget = Arc::clone(batch.budget());
+    let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until, budget)?;
     let labels = request.labels(kind.metric, &kind.app_name);
-    batch.add(labels, profile, body.len());
+    batch.add(labels, profile, body.len())?;
     Ok(())
 }
 
@@ -241,10 +250,11 @@ fn add_tree_format(
     format: TreeFormat,
 ) -> Result<(), RpcError> {
     let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-    let mut builder = text::TextProfileBuilder::new(&kind, request.sample_rate, request.from, request.until);
+    let mut builder = text::TextProfileBuilder::new(&kind, request.sample_rate, request.from, request.until)
+        .within(Arc::clone(batch.budget()));
     tree_formats::parse(format, body, |frames, value| builder.add(frames, value))
         .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
-    let profile = builder.build();
+    let profile = builder.finish()?;
     // The rate limit and the size limit count the profile the body
     // expanded to.
     let bytes = prost::Message::encoded_len(&profile);
@@ -255,7 +265,7 @@ fn add_tree_format(
             request.name.app_name
         )));
     }
-    batch.add(request.labels(kind.metric, &kind.app_name), profile, bytes);
+    batch.add(request.labels(kind.metric, &kind.app_name), profile, bytes)?;
     Ok(())
 }
 
@@ -268,8 +278,15 @@ const SPEEDSCOPE_FRAMES_PER_BYTE: usize = 8;
 /// `profile_name`. Time units make the values nanoseconds unless the
 /// request set its own `sampleRate`.
 fn add_speedscope(batch: &mut PushBatch, request: &IngestRequest, body: &[u8]) -> Result<(), RpcError> {
-    let file = speedscope::parse(body, body.len().saturating_mul(SPEEDSCOPE_FRAMES_PER_BYTE))
-        .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
+    let file = speedscope::parse(
+        body,
+        body.len().saturating_mul(SPEEDSCOPE_FRAMES_PER_BYTE),
+        batch.budget(),
+    )
+    .map_err(|err| match err {
+        speedscope::SpeedscopeError::Budget(err) => err.into(),
+        err => RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()),
+    })?;
     let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
     let share = body.len() / file.profiles.len().max(1);
     for profile in &file.profiles {
@@ -281,11 +298,12 @@ fn add_speedscope(batch: &mut PushBatch, request: &IngestRequest, body: &[u8]) -
         } else {
             request.sample_rate
         };
-        let stacks = file.stacks(profile, in_nanos);
-        let pprof = text::build_profile(&stacks, &kind, sample_rate, request.from, request.until);
+        let stacks = file.stacks(profile, in_nanos, batch.budget())?;
+        let budget = Arc::clone(batch.budget());
+        let pprof = text::build_profile(&stacks, &kind, sample_rate, request.from, request.until, budget)?;
         let mut labels = request.labels(kind.metric, &kind.app_name);
         labels.set("profile_name", profile.name.as_str());
-        batch.add(labels, pprof, share);
+        batch.add(labels, pprof, share)?;
     }
     Ok(())
 }
@@ -302,17 +320,26 @@ fn add_pprof(
     // The labels are known only after decoding (the metric name comes
     // from the sample types); errors name the application.
     let app = Labels::from_pairs([("service_name", request.name.app_name.as_str())]);
-    let bytes = batch
-        .decompress(&app, raw)
-        .map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?;
+    let bytes = batch.decompress(&app, raw).map_err(decompress_error)?;
     let Some(bytes) = bytes else {
         return Ok(());
     };
+    batch
+        .budget()
+        .charge(flamedb_model::pprof::decoded_size(&bytes), "the decoded pprof profile")?;
     match flamedb_model::pprof::decode_plain(&bytes) {
         Ok(mut profile) => {
-            let metric = pprof::prepare(&mut profile, &request.spy_name, config, request.from);
+            let limits = Arc::clone(&batch.limits);
+            let metric = pprof::prepare(
+                &mut profile,
+                &request.spy_name,
+                config,
+                request.from,
+                &limits,
+                batch.budget(),
+            )?;
             let labels = request.labels(&metric, &request.name.app_name);
-            batch.add(labels, profile, bytes.len());
+            batch.add(labels, profile, bytes.len())?;
         }
         Err(source) => batch.reject(Rejection::invalid(
             &flamedb_model::ValidationError::from_decode(&app, source),
@@ -320,6 +347,16 @@ fn add_pprof(
         )),
     }
     Ok(())
+}
+
+/// A request refused while decompressing a pprof or JFR body: over the
+/// body limit is invalid input (422, as in Pyroscope), over the memory
+/// budget 413 or 429.
+fn decompress_error(err: BatchError) -> RpcError {
+    match err {
+        BatchError::BodyTooLarge { .. } => RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()),
+        BatchError::Budget(err) => err.into(),
+    }
 }
 
 /// pprof errors of `/ingest`: invalid input is 422, as in Pyroscope.
@@ -332,23 +369,24 @@ fn pprof_error(err: PushError) -> RpcError {
     RpcError::new(code, err.message)
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, RpcError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RpcError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is larger than ingestion_body_limit_mb ({limit} bytes)"),
-        )),
-        Err(err) if let Some(timeout) = BodyReadTimeout::find(&*err) => {
-            Err(RpcError::new(ErrorCode::RequestTimeout, timeout.to_string()))
-        }
-        // Too slow, or the connection broke: 408, as Pyroscope answers.
-        Err(err) => Err(RpcError::new(
-            ErrorCode::RequestTimeout,
-            format!("cannot read the request body: {err}"),
-        )),
-    }
+/// The body, within the tenant's body limit and charged to the request's
+/// budget.
+async fn read_body(body: Body, limit: usize, headers: &HeaderMap, budget: &RequestBudget) -> Result<Bytes, RpcError> {
+    flamedb_api::read_body(body, limit, headers, budget)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge { limit } => RpcError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than ingestion_body_limit_mb ({limit} bytes)"),
+            ),
+            BodyError::Timeout(timeout) => RpcError::new(ErrorCode::RequestTimeout, timeout.to_string()),
+            // The connection broke: 408, as Pyroscope answers.
+            BodyError::Broken { message } => RpcError::new(
+                ErrorCode::RequestTimeout,
+                format!("cannot read the request body: {message}"),
+            ),
+            BodyError::Budget(err) => err.into(),
+        })
 }
 
 /// The fields of a multipart `/ingest`.
@@ -361,7 +399,9 @@ struct Form {
     labels: Option<Bytes>,
 }
 
-async fn read_multipart(headers: &HeaderMap, body: Bytes) -> Result<Form, RpcError> {
+async fn read_multipart(headers: &HeaderMap, body: Bytes, budget: &RequestBudget) -> Result<Form, RpcError> {
+    // The fields are copied out of the body: at most its size.
+    budget.charge(allocation_size(body.len()), "the fields of the multipart body")?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use flamedb_model::Limits;
+use flamedb_model::budget::{BudgetError, RequestBudget, allocation_size};
 use flamedb_model::pprof::{Profile, string_at};
 use serde::Deserialize;
 
@@ -21,42 +23,103 @@ pub struct SampleTypeSettings {
     pub display_name: Option<String>,
 }
 
-/// Applies the legacy fix-ups and returns the `__name__` of the series.
-pub fn prepare(profile: &mut Profile, spy_name: &str, config: Option<&SampleTypeConfig>, from_nanos: i64) -> String {
+/// What the fix-ups charge the request's budget as.
+const REWRITTEN: &str = "the function names rewritten for the spy";
+
+/// Applies the legacy fix-ups and returns the `__name__` of the series;
+/// the strings they make are charged to `budget` first.
+pub fn prepare(
+    profile: &mut Profile,
+    spy_name: &str,
+    config: Option<&SampleTypeConfig>,
+    from_nanos: i64,
+    limits: &Limits,
+    budget: &RequestBudget,
+) -> Result<String, BudgetError> {
     if profile.time_nanos <= YEAR_1970_END {
         profile.time_nanos = from_nanos;
     }
     match spy_name {
-        "pyspy" | "rbspy" | "scripting" => prefix_file_names(profile, spy_name == "pyspy"),
+        "pyspy" | "rbspy" | "scripting" => prefix_file_names(
+            profile,
+            spy_name == "pyspy",
+            limits.max_profile_symbol_value_length,
+            budget,
+        )?,
         _ => {}
     }
     let dotnet = spy_name == "dotnetspy"
         || (spy_name == "unknown" && config.is_some_and(|config| config.contains_key("inuse-space")));
     if dotnet {
-        repair_dotnet(profile);
+        repair_dotnet(profile, budget)?;
     }
-    metric_name(profile, config)
+    Ok(metric_name(profile, config))
 }
 
 /// Function names become `"<file> <function>"`; py-spy's absolute file
-/// names are left out.
-fn prefix_file_names(profile: &mut Profile, skip_absolute: bool) {
+/// names are left out. Each (file, name) pair is made once however many
+/// functions share it, and already cut to the symbol length limit
+/// (`max_length`, `0`: none), keeping its end as validation would.
+fn prefix_file_names(
+    profile: &mut Profile,
+    skip_absolute: bool,
+    max_length: usize,
+    budget: &RequestBudget,
+) -> Result<(), BudgetError> {
+    let mut made: HashMap<(i64, i64), i64> = HashMap::new();
     for index in 0..profile.function.len() {
         let function = &profile.function[index];
+        let key = (function.filename, function.name);
+        if let Some(&name) = made.get(&key) {
+            profile.function[index].name = name;
+            continue;
+        }
         let file = string_at(profile, function.filename);
         if file.is_empty() || (skip_absolute && file.starts_with('/')) {
             continue;
         }
-        let name = format!("{file} {}", string_at(profile, function.name));
+        let parts = [file, " ", string_at(profile, function.name)];
+        let length = parts.iter().map(|part| part.len()).sum::<usize>();
+        let kept = if max_length == 0 {
+            length
+        } else {
+            length.min(max_length)
+        };
+        budget.charge(allocation_size(kept) + 2 * size_of::<String>() + 64, REWRITTEN)?;
+        let name = concat_keeping_end(&parts, kept);
         profile.string_table.push(name);
-        profile.function[index].name = profile.string_table.len() as i64 - 1;
+        let name = profile.string_table.len() as i64 - 1;
+        profile.function[index].name = name;
+        made.insert(key, name);
     }
+    Ok(())
+}
+
+/// The last `max` bytes of the concatenation of `parts` (moved forward to
+/// a character boundary), without making the whole.
+fn concat_keeping_end(parts: &[&str], max: usize) -> String {
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let mut skip = total.saturating_sub(max);
+    let mut out = String::with_capacity(total.min(max));
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        let mut start = skip;
+        while !part.is_char_boundary(start) {
+            start += 1;
+        }
+        out.push_str(&part[start..]);
+        skip = 0;
+    }
+    out
 }
 
 /// .NET agents sent every function ID as 0, one function per location:
 /// give each function its location's ID. `-` in sample type names becomes
 /// `_`.
-fn repair_dotnet(profile: &mut Profile) {
+fn repair_dotnet(profile: &mut Profile, budget: &RequestBudget) -> Result<(), BudgetError> {
     if profile.function.len() == profile.location.len() && profile.function.iter().all(|function| function.id == 0) {
         for (function, location) in profile.function.iter_mut().zip(&mut profile.location) {
             function.id = location.id;
@@ -66,12 +129,17 @@ fn repair_dotnet(profile: &mut Profile) {
         }
     }
     for sample_type in &profile.sample_type {
+        // Only names with a dash are copied, so a name shared by many
+        // sample types is copied once.
         if let Ok(index) = usize::try_from(sample_type.r#type)
             && let Some(name) = profile.string_table.get_mut(index)
+            && name.contains('-')
         {
+            budget.charge(allocation_size(name.len()), REWRITTEN)?;
             *name = name.replace('-', "_");
         }
     }
+    Ok(())
 }
 
 /// Pyroscope's guess of `__name__` from the sample types.
@@ -164,11 +232,27 @@ mod tests {
     fn test_old_times_are_replaced_by_from() {
         let mut old = profile(&["cpu"]);
         old.time_nanos = 1_600_000_000_000_000; // µs sent as ns: 1970
-        prepare(&mut old, "gospy", None, 42);
+        prepare(
+            &mut old,
+            "gospy",
+            None,
+            42,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(old.time_nanos, 42);
         let mut fine = profile(&["cpu"]);
         fine.time_nanos = 1_700_000_000_000_000_000;
-        prepare(&mut fine, "gospy", None, 42);
+        prepare(
+            &mut fine,
+            "gospy",
+            None,
+            42,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(fine.time_nanos, 1_700_000_000_000_000_000);
     }
 
@@ -193,13 +277,37 @@ mod tests {
     #[test]
     fn test_scripting_names_get_their_file() {
         let mut rb = with_function("app.rb");
-        prepare(&mut rb, "rbspy", None, 0);
+        prepare(
+            &mut rb,
+            "rbspy",
+            None,
+            0,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(string_at(&rb, rb.function[0].name), "app.rb main");
         let mut py = with_function("/usr/lib/x.py");
-        prepare(&mut py, "pyspy", None, 0);
+        prepare(
+            &mut py,
+            "pyspy",
+            None,
+            0,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(string_at(&py, py.function[0].name), "main");
         let mut go = with_function("main.go");
-        prepare(&mut go, "gospy", None, 0);
+        prepare(
+            &mut go,
+            "gospy",
+            None,
+            0,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(string_at(&go, go.function[0].name), "main");
     }
 
@@ -207,9 +315,61 @@ mod tests {
     fn test_dotnet_function_ids_are_repaired() {
         let mut dotnet = with_function("x.cs");
         dotnet.string_table[2] = "alloc-samples".to_owned();
-        prepare(&mut dotnet, "dotnetspy", None, 0);
+        prepare(
+            &mut dotnet,
+            "dotnetspy",
+            None,
+            0,
+            &Limits::default(),
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         assert_eq!(dotnet.function[0].id, 7);
         assert_eq!(dotnet.location[0].line[0].function_id, 7);
         assert_eq!(dotnet.string_table[2], "alloc_samples");
+    }
+
+    #[test]
+    fn test_scripting_names_are_made_once_per_pair_and_cut_to_the_symbol_limit() {
+        // 3,000 functions naming one 3 MB file: one new string, of the
+        // limit's length, whatever the number of functions.
+        let mut profile = with_function(&"f".repeat(3_000_000));
+        let template = profile.function[0];
+        profile.function = vec![template; 3000];
+        let limits = Limits::default();
+        let budget = RequestBudget::unlimited();
+        let before = profile.string_table.len();
+        prepare(&mut profile, "rbspy", None, 0, &limits, &budget).unwrap();
+        assert_eq!(profile.string_table.len(), before + 1);
+        let name = string_at(&profile, profile.function[2999].name);
+        assert_eq!(name.len(), limits.max_profile_symbol_value_length);
+        assert!(name.ends_with("ff main"), "{name:.20}");
+        assert!(budget.used() < 100_000, "{}", budget.used());
+        // Each pair its own: refused once they pass the budget.
+        let mut profile = with_function("app.rb");
+        let template = profile.function[0];
+        for n in 0..10_000 {
+            profile.string_table.push(format!("{n}-{}", "x".repeat(1000)));
+            profile.function.push(Function {
+                name: profile.string_table.len() as i64 - 1,
+                ..template
+            });
+        }
+        let small = RequestBudget::standalone(1 << 20, "-distributor.request-memory-limit");
+        let err = prepare(&mut profile, "rbspy", None, 0, &limits, &small).unwrap_err();
+        assert!(matches!(err, BudgetError::RequestTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn test_concat_keeping_end_matches_cutting_the_whole() {
+        let parts = ["héllo", " ", "wörld"];
+        let whole: String = parts.concat();
+        for max in 0..=whole.len() + 1 {
+            let mut start = whole.len().saturating_sub(max);
+            while !whole.is_char_boundary(start) {
+                start += 1;
+            }
+            assert_eq!(concat_keeping_end(&parts, max), whole[start..], "{max}");
+        }
     }
 }

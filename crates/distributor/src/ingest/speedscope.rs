@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use flamedb_model::budget::{BudgetError, RequestBudget};
+
 use serde::Deserialize;
 
 use super::text::Stack;
@@ -15,6 +17,9 @@ use super::text::Stack;
 pub enum SpeedscopeError {
     #[error("not a speedscope file: {0}")]
     Json(String),
+    /// The request's memory budget ran out.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error("speedscope profile {profile:?}: frame {frame} is not in shared.frames ({frames} frames)")]
     UnknownFrame {
         profile: String,
@@ -133,13 +138,24 @@ pub struct SpeedscopeProfile {
 impl Speedscope {
     /// The stacks of `profile` with whole values: nanoseconds for time
     /// units (when `in_nanos`), else the values rounded. Stacks that round
-    /// to 0 are left out.
-    pub fn stacks(&self, profile: &SpeedscopeProfile, in_nanos: bool) -> Vec<Stack<'_>> {
+    /// to 0 are left out. The stacks are charged to `budget` first.
+    pub fn stacks(
+        &self,
+        profile: &SpeedscopeProfile,
+        in_nanos: bool,
+        budget: &RequestBudget,
+    ) -> Result<Vec<Stack<'_>>, BudgetError> {
+        // A name per frame and a vector per stack.
+        let frames: usize = profile.stacks.iter().map(|(frames, _)| frames.len()).sum();
+        budget.charge(
+            2 * (16 * frames + 48 * profile.stacks.len()),
+            "the stacks of the speedscope file",
+        )?;
         let scale = match profile.unit {
             Unit::Time { nanos } if in_nanos => nanos as f64,
             _ => 1.0,
         };
-        profile
+        Ok(profile
             .stacks
             .iter()
             .filter_map(|(frames, value)| {
@@ -150,18 +166,30 @@ impl Speedscope {
                     .collect();
                 (value > 0).then_some((names, value))
             })
-            .collect()
+            .collect())
     }
 }
 
+/// At most what the JSON of a speedscope file decodes into, per byte: its
+/// smallest element, `[0],` (4 bytes), becomes a vector of at least 4
+/// numbers (56 bytes), and vectors grow by doubling.
+const DECODED_PER_BYTE: usize = 28;
+
 /// Parses a speedscope file. `max_frames` bounds the frames of all stacks
-/// together: evented profiles can expand far beyond their size.
-pub fn parse(body: &[u8], max_frames: usize) -> Result<Speedscope, SpeedscopeError> {
+/// together: evented profiles can expand far beyond their size. What the
+/// file decodes into and the stacks it expands to are charged to
+/// `request` first.
+pub fn parse(body: &[u8], max_frames: usize, request: &RequestBudget) -> Result<Speedscope, SpeedscopeError> {
+    request.charge(
+        body.len().saturating_mul(DECODED_PER_BYTE),
+        "the decoded speedscope file",
+    )?;
     let file: File = serde_json::from_slice(body).map_err(|err| SpeedscopeError::Json(err.to_string()))?;
     let frames = file.shared.frames.len();
     let mut budget = FrameBudget {
         left: max_frames,
         limit: max_frames,
+        request,
     };
     let mut profiles: Vec<(SpeedscopeProfile, HashMap<Vec<usize>, f64>)> = Vec::new();
     for profile in file.profiles {
@@ -218,18 +246,24 @@ pub fn parse(body: &[u8], max_frames: usize) -> Result<Speedscope, SpeedscopeErr
     })
 }
 
-/// Frames still allowed in the stacks of a file.
-struct FrameBudget {
+/// Frames still allowed in the stacks of a file, each charged to the
+/// request's budget as it is made.
+struct FrameBudget<'a> {
     left: usize,
     limit: usize,
+    request: &'a RequestBudget,
 }
 
-impl FrameBudget {
+impl FrameBudget<'_> {
     fn take(&mut self, frames: usize) -> Result<(), SpeedscopeError> {
         self.left = self
             .left
             .checked_sub(frames)
             .ok_or(SpeedscopeError::TooManyFrames { limit: self.limit })?;
+        // Each frame an index, twice (growth), and each stack its vector
+        // and map slot.
+        self.request
+            .charge(frames.saturating_mul(16) + 96, "the stacks of the speedscope file")?;
         Ok(())
     }
 }
@@ -240,7 +274,7 @@ fn sampled(
     samples: Vec<Vec<usize>>,
     weights: &[f64],
     frames: usize,
-    budget: &mut FrameBudget,
+    budget: &mut FrameBudget<'_>,
 ) -> Result<Vec<(Vec<usize>, f64)>, SpeedscopeError> {
     if samples.len() != weights.len() {
         return Err(SpeedscopeError::WeightCount {
@@ -272,7 +306,7 @@ fn evented(
     start: f64,
     events: &[Event],
     frames: usize,
-    budget: &mut FrameBudget,
+    budget: &mut FrameBudget<'_>,
 ) -> Result<Vec<(Vec<usize>, f64)>, SpeedscopeError> {
     let mut open: Vec<usize> = Vec::new();
     let mut stacks: HashMap<Vec<usize>, f64> = HashMap::new();
@@ -360,7 +394,8 @@ mod tests {
 
     fn stacks(file: &Speedscope, index: usize, in_nanos: bool) -> Vec<(String, i64)> {
         let mut stacks: Vec<(String, i64)> = file
-            .stacks(&file.profiles[index], in_nanos)
+            .stacks(&file.profiles[index], in_nanos, &RequestBudget::unlimited())
+            .unwrap()
             .into_iter()
             .map(|(frames, value)| (frames.join(";"), value))
             .collect();
@@ -387,7 +422,7 @@ mod tests {
         let body = file(&format!(
             r#"{{"type": "evented", "name": "main", "unit": "milliseconds", "startValue": 10, "endValue": 20, "events": {events}}}"#
         ));
-        let parsed = parse(body.as_bytes(), 1000).unwrap();
+        let parsed = parse(body.as_bytes(), 1000, &RequestBudget::unlimited()).unwrap();
         assert_eq!(parsed.profiles.len(), 1);
         assert_eq!(parsed.profiles[0].unit, Unit::Time { nanos: 1_000_000 });
         assert_eq!(
@@ -403,7 +438,12 @@ mod tests {
             "samples": [[0, 1], [0, 1], [0, 2]], "weights": [1, 2, 1.4]}"#;
         let again = r#"{"type": "sampled", "name": "one", "unit": "none", "samples": [[0, 1]], "weights": [3]}"#;
         let two = r#"{"type": "sampled", "name": "two", "unit": "bytes", "samples": [[3]], "weights": [7]}"#;
-        let parsed = parse(file(&format!("{one}, {two}, {again}")).as_bytes(), 1000).unwrap();
+        let parsed = parse(
+            file(&format!("{one}, {two}, {again}")).as_bytes(),
+            1000,
+            &RequestBudget::unlimited(),
+        )
+        .unwrap();
         let names: Vec<&str> = parsed.profiles.iter().map(|profile| profile.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
         assert_eq!(stacks(&parsed, 0, true), expected(&[("a;b", 6), ("a;c", 1)]));
@@ -449,7 +489,9 @@ mod tests {
             ),
         ];
         for (body, message) in cases {
-            let err = parse(body.as_bytes(), 1000).unwrap_err().to_string();
+            let err = parse(body.as_bytes(), 1000, &RequestBudget::unlimited())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(message), "{err} should say {message}");
         }
     }
@@ -469,9 +511,9 @@ mod tests {
             r#"{{"type": "evented", "name": "p", "unit": "none", "startValue": 0, "events": [{}]}}"#,
             events.join(",")
         ));
-        assert!(parse(body.as_bytes(), 10_000).is_ok());
+        assert!(parse(body.as_bytes(), 10_000, &RequestBudget::unlimited()).is_ok());
         assert_eq!(
-            parse(body.as_bytes(), 20).unwrap_err(),
+            parse(body.as_bytes(), 20, &RequestBudget::unlimited()).unwrap_err(),
             SpeedscopeError::TooManyFrames { limit: 20 }
         );
     }
@@ -505,10 +547,10 @@ mod tests {
                 stacks.join(","),
                 weights.join(",")
             ));
-            if let Ok(parsed) = parse(body.as_bytes(), budget) {
+            if let Ok(parsed) = parse(body.as_bytes(), budget, &RequestBudget::unlimited()) {
                 let mut frames = 0;
                 for profile in &parsed.profiles {
-                    for (stack, value) in parsed.stacks(profile, true) {
+                    for (stack, value) in parsed.stacks(profile, true, &RequestBudget::unlimited()).unwrap() {
                         frames += stack.len();
                         proptest::prop_assert!(value > 0);
                     }
@@ -528,12 +570,12 @@ mod tests {
         // Both files hold the stacks a;b;c 5, a;b;d 4, a;b 5 (seconds in
         // the sampled one), once as events and twice as samples.
         let simple = std::fs::read(dir.join("simple.speedscope.json")).unwrap();
-        let simple = parse(&simple, 10_000).unwrap();
+        let simple = parse(&simple, 10_000, &RequestBudget::unlimited()).unwrap();
         assert_eq!(simple.profiles.len(), 1);
         let three = expected(&[("a;b", 5), ("a;b;c", 5), ("a;b;d", 4)]);
         assert_eq!(stacks(&simple, 0, true), three);
         let two = std::fs::read(dir.join("two-sampled.speedscope.json")).unwrap();
-        let two = parse(&two, 10_000).unwrap();
+        let two = parse(&two, 10_000, &RequestBudget::unlimited()).unwrap();
         assert_eq!(two.profiles.len(), 2);
         for index in 0..2 {
             assert_eq!(stacks(&two, index, false), three);

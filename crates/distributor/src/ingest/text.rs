@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use flamedb_model::budget::{BudgetError, RequestBudget};
 use flamedb_model::pprof::{Profile, StackProfileBuilder};
 
 /// A stack, root first, and its value.
@@ -110,21 +113,22 @@ pub fn profile_type(name: &str) -> Result<TextProfileType, TextError> {
     })
 }
 
-/// Builds the pprof of `stacks`. For CPU and wall time with a sample rate,
-/// values become nanoseconds (`count × 1e9 / rate`) and the period type is
-/// `cpu:nanoseconds`.
+/// Builds the pprof of `stacks`, charging it to `budget`. For CPU and wall
+/// time with a sample rate, values become nanoseconds (`count × 1e9 /
+/// rate`) and the period type is `cpu:nanoseconds`.
 pub fn build_profile(
     stacks: &[Stack<'_>],
     kind: &TextProfileType,
     sample_rate: u32,
     from_nanos: i64,
     until_nanos: i64,
-) -> Profile {
-    let mut builder = TextProfileBuilder::new(kind, sample_rate, from_nanos, until_nanos);
+    budget: Arc<RequestBudget>,
+) -> Result<Profile, BudgetError> {
+    let mut builder = TextProfileBuilder::new(kind, sample_rate, from_nanos, until_nanos).within(budget);
     for (frames, value) in stacks {
         builder.add(frames.iter().copied(), *value);
     }
-    builder.build()
+    builder.finish()
 }
 
 /// [`build_profile`] one stack at a time, for parsers that hand out
@@ -154,13 +158,22 @@ impl TextProfileBuilder {
         }
     }
 
+    /// Charges what the builder allocates to `budget`.
+    pub fn within(self, budget: Arc<RequestBudget>) -> Self {
+        Self {
+            builder: self.builder.within(budget),
+            scale: self.scale,
+        }
+    }
+
     /// Adds `value` to the stack `frames` (root first).
     pub fn add<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
         self.builder.add(frames, value.saturating_mul(self.scale));
     }
 
-    pub fn build(self) -> Profile {
-        self.builder.build()
+    /// The profile, or the error of the budget it ran out of.
+    pub fn finish(self) -> Result<Profile, BudgetError> {
+        self.builder.finish()
     }
 }
 
@@ -169,6 +182,10 @@ mod tests {
     use flamedb_model::pprof::string_at;
 
     use super::*;
+
+    fn unlimited() -> Arc<RequestBudget> {
+        Arc::new(RequestBudget::unlimited())
+    }
 
     #[test]
     fn test_folded_splits_at_the_last_space_and_skips_lines_without_one() {
@@ -219,7 +236,7 @@ mod tests {
     fn test_cpu_profile_values_are_nanoseconds_and_stacks_leaf_first() {
         let stacks = parse_folded("foo;bar 100\nfoo;baz 200").unwrap();
         let kind = profile_type("app.cpu").unwrap();
-        let profile = build_profile(&stacks, &kind, 100, 5, 15);
+        let profile = build_profile(&stacks, &kind, 100, 5, 15, unlimited()).unwrap();
         assert_eq!(string_at(&profile, profile.sample_type[0].r#type), "cpu");
         assert_eq!(string_at(&profile, profile.sample_type[0].unit), "nanoseconds");
         assert_eq!(profile.period, 10_000_000);
@@ -232,7 +249,15 @@ mod tests {
         // foo is shared.
         assert_eq!(profile.location.len(), 3);
 
-        let space = build_profile(&stacks, &profile_type("app.inuse_space").unwrap(), 100, 0, 0);
+        let space = build_profile(
+            &stacks,
+            &profile_type("app.inuse_space").unwrap(),
+            100,
+            0,
+            0,
+            unlimited(),
+        )
+        .unwrap();
         assert_eq!(space.sample[0].value, vec![100]);
         assert!(space.period_type.is_none());
     }

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::budget::RequestBudget;
 use crate::pprof::{Function, Line, Location, Mapping, ValueType, string_at};
 
 const NOW: i64 = 42;
@@ -215,10 +216,10 @@ proptest! {
     fn test_normalize_keeps_stack_totals_and_is_idempotent(profile in arb_profile()) {
         let before = stack_totals(&profile);
         let mut once = profile.clone();
-        normalize(&mut once, NOW);
+        normalize(&mut once, NOW, &RequestBudget::unlimited()).unwrap();
         prop_assert_eq!(&stack_totals(&once), &before);
         let mut twice = once.clone();
-        normalize(&mut twice, NOW);
+        normalize(&mut twice, NOW, &RequestBudget::unlimited()).unwrap();
         prop_assert_eq!(&twice, &once);
     }
 
@@ -227,7 +228,7 @@ proptest! {
     #[test]
     fn test_normalize_output_is_well_formed(profile in arb_profile()) {
         let mut profile = profile;
-        normalize(&mut profile, NOW);
+        normalize(&mut profile, NOW, &RequestBudget::unlimited()).unwrap();
         prop_assert_eq!(profile.string_table.first().map(String::as_str), Some(""));
         let strings = profile.string_table.len() as i64;
         for (i, location) in profile.location.iter().enumerate() {
@@ -334,7 +335,7 @@ fn test_normalize_merges_drops_and_compacts() {
         ],
         ..Profile::default()
     };
-    normalize(&mut profile, NOW);
+    normalize(&mut profile, NOW, &RequestBudget::unlimited()).unwrap();
     assert_eq!(profile.time_nanos, NOW);
     // Symbols are renumbered in the order samples first use them.
     assert_eq!(
@@ -363,7 +364,7 @@ fn test_normalize_inserts_leading_empty_string() {
         }],
         ..Profile::default()
     };
-    normalize(&mut profile, NOW);
+    normalize(&mut profile, NOW, &RequestBudget::unlimited()).unwrap();
     assert_eq!(profile.string_table, ["", "cpu", "ns"]);
     assert_eq!(profile.sample_type, vec![ValueType { r#type: 1, unit: 2 }]);
 }

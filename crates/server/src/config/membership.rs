@@ -14,6 +14,8 @@ pub struct IngesterSettings {
     /// Head memory (all tenants) past which pushes get 429; heads are
     /// flushed early from 80 % of it.
     pub max_head_memory_bytes: u64,
+    /// What pushes from distributors may hold at once.
+    pub instance_limits: InstanceLimits,
 }
 
 impl Default for IngesterSettings {
@@ -21,6 +23,32 @@ impl Default for IngesterSettings {
         Self {
             lifecycler: LifecyclerSettings::default(),
             max_head_memory_bytes: 1 << 30,
+            instance_limits: InstanceLimits {
+                // Each distributor's push reaches RF ingesters.
+                max_inflight_push_requests: 256,
+                max_inflight_push_requests_bytes: 1 << 30,
+            },
+        }
+    }
+}
+
+/// `*.instance_limits`: what the pushes in flight on one process may hold
+/// together (Mimir's names); past either, a push gets 429 at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceLimits {
+    /// Pushes being received, decoded or stored at once (0: no limit).
+    pub max_inflight_push_requests: usize,
+    /// Memory those pushes may hold together, counted as what they decode
+    /// into (0: no limit).
+    pub max_inflight_push_requests_bytes: u64,
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        Self {
+            max_inflight_push_requests: 128,
+            max_inflight_push_requests_bytes: 1 << 30,
         }
     }
 }
@@ -126,6 +154,13 @@ pub struct DistributorSettings {
     #[serde(with = "humantime_serde")]
     pub pushtimeout: Duration,
     pub ring: DistributorRingSettings,
+    /// Most memory one request may make a process allocate: its body,
+    /// decompressed and decoded, and every copy made of it until it is
+    /// stored (pushes on distributors and ingesters, queries' request
+    /// messages). Past it: 413, nothing stored.
+    pub max_request_memory_bytes: u64,
+    /// What pushes may hold at once on this distributor.
+    pub instance_limits: InstanceLimits,
 }
 
 impl Default for DistributorSettings {
@@ -133,6 +168,8 @@ impl Default for DistributorSettings {
         Self {
             pushtimeout: Duration::from_secs(5),
             ring: DistributorRingSettings::default(),
+            max_request_memory_bytes: 256 << 20,
+            instance_limits: InstanceLimits::default(),
         }
     }
 }
