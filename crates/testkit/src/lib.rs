@@ -134,7 +134,16 @@ impl Flamedb {
 
     /// GET `path`: status and body.
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
-        let response = client().get(self.url(path)).send().map_err(|err| err.to_string())?;
+        self.get_with(path, &[])
+    }
+
+    /// GET `path` with `headers`: status and body.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+        let mut request = client().get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().map_err(|err| err.to_string())?;
         let status = response.status().as_u16();
         Ok((status, response.text().map_err(|err| err.to_string())?))
     }
