@@ -50,6 +50,9 @@ pub struct IngesterConfig {
     pub max_head_memory_bytes: usize,
     /// Size at which a WAL segment is closed and the next begun.
     pub wal_segment_bytes: u64,
+    /// Replay skips corrupt WAL records (losing what they held) instead
+    /// of stopping at the first one.
+    pub wal_skip_corrupt_records: bool,
     /// A head whose window has ended is flushed once it got nothing for
     /// this long.
     pub flush_idle_grace: Duration,
@@ -76,6 +79,7 @@ impl IngesterConfig {
             max_block_duration: Duration::from_secs(3600),
             max_head_memory_bytes: 1 << 30,
             wal_segment_bytes: 64 << 20,
+            wal_skip_corrupt_records: false,
             flush_idle_grace: Duration::from_secs(5 * 60),
             flush_check_period: Duration::from_secs(10),
             ship_period: Duration::from_secs(30),
@@ -168,8 +172,9 @@ impl PushError {
             Self::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
             // Durable, but not applied: the next start replays it.
             Self::Wal(WalError::Applying { .. }) => ErrorCode::Internal,
-            // Cannot be made durable now (disk full, I/O error, stopping).
-            Self::Wal(WalError::Io { .. } | WalError::Closed) => ErrorCode::Unavailable,
+            // Cannot be made durable now (disk full, I/O error, stopping);
+            // corruption is only found at replay, never by a push.
+            Self::Wal(WalError::Io { .. } | WalError::Closed | WalError::Corrupt { .. }) => ErrorCode::Unavailable,
         }
     }
 }
@@ -310,6 +315,7 @@ impl Ingester {
         let blocks = local_blocks::load(&config.data_dir.join(BLOCKS_DIR))?;
         let wal_config = WalConfig {
             segment_bytes: config.wal_segment_bytes,
+            skip_corrupt_records: config.wal_skip_corrupt_records,
             ..WalConfig::new(config.data_dir.join("wal"))
         };
         let (wal, replay) = Wal::open(wal_config)?;

@@ -29,6 +29,7 @@ pub struct IngesterMetrics {
     active_series: Family<Tenant, Gauge>,
     replayed_records: Counter,
     repaired_segments: Counter,
+    skipped_records: Counter,
     unreadable_records: Counter,
     sealed: Family<Reason, Counter>,
     flushed_blocks: Counter,
@@ -52,6 +53,7 @@ impl IngesterMetrics {
             active_series: Family::default(),
             replayed_records: Counter::default(),
             repaired_segments: Counter::default(),
+            skipped_records: Counter::default(),
             unreadable_records: Counter::default(),
             sealed: Family::default(),
             flushed_blocks: Counter::default(),
@@ -96,8 +98,13 @@ impl IngesterMetrics {
         );
         registry.register(
             "flamedb_ingester_wal_repaired_segments",
-            "WAL segments whose torn or corrupt tail was cut off at start",
+            "WAL segments whose torn tail (never acknowledged) was cut off at start",
             metrics.repaired_segments.clone(),
+        );
+        registry.register(
+            "flamedb_ingester_wal_skipped_records",
+            "Corrupt WAL records skipped at start with -ingester.wal.skip-corrupt-records (their data is lost)",
+            metrics.skipped_records.clone(),
         );
         registry.register(
             "flamedb_ingester_wal_unreadable_records",
@@ -213,6 +220,7 @@ impl IngesterMetrics {
     pub(crate) fn record_replay(&self, report: &ReplayReport) {
         self.replayed_records.inc_by(report.wal.records);
         self.repaired_segments.inc_by(report.wal.repaired_segments);
+        self.skipped_records.inc_by(report.wal.skipped_records);
         self.unreadable_records.inc_by(report.unreadable_records);
     }
 }

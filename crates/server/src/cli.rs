@@ -345,6 +345,12 @@ pub const FLAGS: &[Flag] = &[
         "Head memory in bytes (all tenants) past which pushes get 429; heads are flushed early from 80 % of it.",
     ),
     flag(
+        "ingester.wal.skip-corrupt-records",
+        "ingester.wal.skip_corrupt_records",
+        FlagKind::Bool,
+        "At WAL replay, skip corrupt records (losing what they held) and keep every later one, instead of staying unready at the first.",
+    ),
+    flag(
         "ingester.instance-limits.max-inflight-push-requests",
         "ingester.instance_limits.max_inflight_push_requests",
         FlagKind::Int,

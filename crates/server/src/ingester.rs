@@ -41,6 +41,7 @@ impl IngesterModule {
             local_retention: config.querier.query_store_after,
             min_free_disk_bytes: db.min_free_disk_gb.saturating_mul(1 << 30),
             min_free_disk_percent: db.min_disk_available_percentage * 100.0,
+            wal_skip_corrupt_records: config.ingester.wal.skip_corrupt_records,
             ..IngesterConfig::new(PathBuf::from(&db.data_path))
         };
         let ring: Arc<OnceLock<RingClient>> = Arc::new(OnceLock::new());
@@ -69,7 +70,7 @@ impl IngesterModule {
     pub fn readiness_check(&self) -> ReadinessCheck {
         let ingester = self.ingester.clone();
         (
-            "the ingester could not apply a record it stored; restart it to replay the WAL",
+            "the ingester could not apply a record it stored; restart it to replay the WAL".into(),
             Box::new(move || !ingester.has_failed()),
         )
     }

@@ -33,7 +33,7 @@ const DEFAULT_GOSSIP_PORT: u16 = 7946;
 const DISTRIBUTOR_FORGET_TIMEOUTS: u32 = 10;
 
 /// A check `/ready` runs, with what it waits for.
-pub type ReadinessCheck = (&'static str, Box<dyn Fn() -> bool + Send + Sync>);
+pub type ReadinessCheck = (std::borrow::Cow<'static, str>, Box<dyn Fn() -> bool + Send + Sync>);
 
 /// Everything ring-related a process runs.
 pub struct Membership {
@@ -180,13 +180,13 @@ impl Membership {
         let mut checks: Vec<ReadinessCheck> = Vec::new();
         if let Some(ingester) = &self.ingester {
             checks.push((
-                "the ingester is not ACTIVE in the ring yet",
+                "the ingester is not ACTIVE in the ring yet".into(),
                 Box::new(ingester.readiness_probe()),
             ));
         }
         if let Some(distributor) = &self.distributor {
             checks.push((
-                "the distributor is not ACTIVE in the distributor ring yet",
+                "the distributor is not ACTIVE in the distributor ring yet".into(),
                 Box::new(distributor.readiness_probe()),
             ));
         }

@@ -20,8 +20,10 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use flamedb_api::{ErrorCode, RpcError, RpcOptions, Tenancy};
+use flamedb_ingester::StartError;
 use flamedb_querier::{Querier, Store};
 use flamedb_storage::Bucket;
+use flamedb_wal::WalError;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -68,9 +70,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let overrides = Overrides::load(config.limits.clone(), &config.runtime_config.file, &mut registry)?;
     let ingester = if modules.contains(&Target::Ingester) {
         // Replay reads the whole WAL: off the async workers.
-        Some(tokio::task::block_in_place(|| {
-            IngesterModule::start(&config, overrides.tenant_limits(), &mut registry)
-        })?)
+        let started =
+            tokio::task::block_in_place(|| IngesterModule::start(&config, overrides.tenant_limits(), &mut registry));
+        match started {
+            Ok(module) => Some(module),
+            Err(ref err) if let Some(corrupt) = corrupt_wal(err) => {
+                let reason = corrupt.to_string();
+                error!(error = %reason, "the WAL is corrupt: staying up, not ready, until an operator acts");
+                let status = StatusState {
+                    readiness: readiness.clone(),
+                    checks: vec![(reason.into(), Box::new(|| false))],
+                    registry,
+                    config,
+                    overrides,
+                };
+                return serve_unready(listener, status, shutdown).await;
+            }
+            Err(err) => return Err(err),
+        }
     } else {
         None
     };
@@ -199,6 +216,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(message) => Err(anyhow::anyhow!(message)),
         None => Ok(()),
     }
+}
+
+/// The WAL corruption that stopped the ingester's start, if that is what
+/// `err` is.
+fn corrupt_wal(err: &anyhow::Error) -> Option<&WalError> {
+    match err.downcast_ref::<StartError>()? {
+        StartError::Wal(corrupt @ WalError::Corrupt { .. }) => Some(corrupt),
+        _ => None,
+    }
+}
+
+/// Serves the status routes only, `/ready` failing with the checks'
+/// reasons, until `shutdown`: a process that must not take traffic but
+/// should say why (its logs, `/ready`, `/metrics`) rather than exit and be
+/// restarted into the same state.
+async fn serve_unready(
+    listener: TcpListener,
+    status: StatusState,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    status.readiness.set_ready();
+    let app = crate::status::routes(Arc::new(status)).fallback(route_not_found);
+    let address = listener.local_addr().context("cannot read the listening address")?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, app, stop.clone()));
+    info!(address = %address, "listening for HTTP/1.1 and h2c (status pages only: not ready)");
+    shutdown.await;
+    stop.cancel();
+    server
+        .await
+        .context("the HTTP server task failed")?
+        .context("the HTTP server failed")?;
+    info!("stopped");
+    Ok(())
 }
 
 async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) -> std::io::Result<()> {

@@ -79,7 +79,7 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
             .checks
             .iter()
             .find(|(_, check)| !check())
-            .map(|(reason, _)| *reason)
+            .map(|(reason, _)| reason.as_ref())
     });
     match failing {
         None => (StatusCode::OK, "ready\n").into_response(),

@@ -420,3 +420,63 @@ fn test_blocks_wait_while_s3_is_down_and_upload_when_it_is_back() {
         assert!(block.join("meta.json").exists(), "{block:?} has no meta.json");
     }
 }
+
+/// The offsets of the records of a WAL segment (framing: length u32 LE,
+/// checksum u32, payload).
+fn record_offsets(segment: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(segment).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        offsets.push(at);
+        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + size;
+    }
+    offsets
+}
+
+#[test]
+fn test_a_corrupt_wal_record_leaves_the_process_up_and_unready_until_skipped() {
+    let dir = shared_dir();
+    let mut node = start(dir.path(), "ingester", &[]);
+    for (id, value) in [(1, 1), (2, 10), (3, 100)] {
+        let (status, body) = node.post_proto(PUSH, push_request("api", &[(id, value)])).unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    node.kill();
+    // A bit flips in the second record, acknowledged long ago.
+    let segment = last_wal_segment(dir.path());
+    let offsets = record_offsets(&segment);
+    assert_eq!(offsets.len(), 3);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[offsets[1] + 20] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let data = format!("-pyroscopedb.data-path={}", path_in(dir.path(), "data"));
+    let bucket = format!("-storage.filesystem.dir={}", path_in(dir.path(), "bucket"));
+    let mut unready = Flamedb::start(BINARY, "ingester-corrupt", &[data.as_str(), bucket.as_str()]);
+    let (status, reason) = unready.get("/ready").unwrap();
+    assert_eq!(status, 503, "{reason}");
+    let named = format!("{} at byte {}", segment.display(), offsets[1]);
+    assert!(reason.contains(&named), "{reason}");
+    assert!(reason.contains("-ingester.wal.skip-corrupt-records"), "{reason}");
+    assert_eq!(unready.get("/metrics").unwrap().0, 200);
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "the corrupt segment is kept as it is"
+    );
+    unready.signal(Signal::SIGTERM);
+    assert!(
+        unready.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        unready.log()
+    );
+
+    // Skipping the record keeps every later one.
+    let node = start(dir.path(), "ingester-skipping", &["-ingester.wal.skip-corrupt-records"]);
+    let stored = stored_profiles(&node);
+    assert_eq!(stored.get(&profile_id(1)), Some(&1));
+    assert_eq!(stored.get(&profile_id(2)), None);
+    assert_eq!(stored.get(&profile_id(3)), Some(&100));
+}

@@ -7,7 +7,8 @@
 //!  append(payload) ──▶ bounded queue ──▶ WAL thread: write batch ─▶ fsync ─▶ wake every appender
 //!                                          │ (segment full: start the next one)
 //!  open(dir) ──▶ Replay: records of the existing segments, in order;
-//!                a torn or corrupt tail is cut off (and counted), never fatal
+//!                a torn tail (the last record written in part) is cut off;
+//!                corruption anywhere else stops replay (or is skipped)
 //! ```
 //!
 //! Record: `[length: u32 LE][crc32: u32 LE over the length bytes and the

@@ -38,6 +38,9 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     /// Appends waiting for the WAL thread; more wait for room.
     pub queue_capacity: usize,
+    /// Replay skips corrupt records (losing them) instead of stopping at
+    /// the first one.
+    pub skip_corrupt_records: bool,
 }
 
 impl WalConfig {
@@ -46,6 +49,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes: 64 * 1024 * 1024,
             queue_capacity: 1024,
+            skip_corrupt_records: false,
         }
     }
 }
@@ -66,6 +70,15 @@ pub enum WalError {
     Closed,
     #[error("WAL: the record is durable but could not be applied ({message}); it is applied when the WAL is replayed")]
     Applying { message: String },
+    /// Acknowledged data does not read back: replay stopped there.
+    #[error(
+        "WAL: corrupt segment {path} at byte {offset}: {reason}; replay stopped and the file is kept as it is (see the runbook: restore it, or restart with -ingester.wal.skip-corrupt-records to skip the record and keep every later one)"
+    )]
+    Corrupt {
+        path: String,
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 impl WalError {
@@ -191,7 +204,7 @@ impl Wal {
                 );
             })
             .map_err(|source| WalError::io("start the writer thread for", &dir, source))?;
-        let replay = Replay::new(dir.clone(), existing);
+        let replay = Replay::new(dir.clone(), existing, config.skip_corrupt_records);
         Ok((
             Self {
                 queue,

@@ -16,12 +16,23 @@ pub struct IngesterSettings {
     pub max_head_memory_bytes: u64,
     /// What pushes from distributors may hold at once.
     pub instance_limits: InstanceLimits,
+    pub wal: IngesterWalSettings,
+}
+
+/// `ingester.wal`: how the write-ahead log is replayed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngesterWalSettings {
+    /// Skip corrupt records at replay, losing what they held, instead of
+    /// staying unready at the first one.
+    pub skip_corrupt_records: bool,
 }
 
 impl Default for IngesterSettings {
     fn default() -> Self {
         Self {
             lifecycler: LifecyclerSettings::default(),
+            wal: IngesterWalSettings::default(),
             max_head_memory_bytes: 1 << 30,
             instance_limits: InstanceLimits {
                 // Each distributor's push reaches RF ingesters.

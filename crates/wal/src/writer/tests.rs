@@ -252,25 +252,110 @@ async fn test_torn_tail_is_cut_off() {
     assert_eq!(stats.repaired_segments, 0);
 }
 
-#[tokio::test]
-async fn test_corrupt_record_ends_its_segment_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _, _) = open(dir.path());
+/// Writes "first", "second" in one segment and "third" in the next, then
+/// flips a byte in the payload of "second".
+async fn corrupt_second_record(dir: &Path) -> (PathBuf, u64) {
+    let (wal, _, _) = open(dir);
     wal.append(b"first".to_vec()).await.unwrap();
-    wal.append(b"second".to_vec()).await.unwrap();
+    let second = wal.append(b"second".to_vec()).await.unwrap();
     wal.rotate().await.unwrap();
     wal.append(b"third".to_vec()).await.unwrap();
     wal.close();
-    // Flip a byte in the payload of "second".
-    let first_segment = segment::path(dir.path(), segment::list(dir.path()).unwrap()[0]);
+    let first_segment = segment::path(dir, second.segment);
     let mut bytes = std::fs::read(&first_segment).unwrap();
     let at = bytes.len() - 2;
     bytes[at] ^= 0xff;
     std::fs::write(&first_segment, &bytes).unwrap();
+    (first_segment, second.offset)
+}
 
-    let (_wal, replayed, stats) = open(dir.path());
-    assert_eq!(payloads(&replayed), [b"first".to_vec(), b"third".to_vec()]);
-    assert_eq!(stats.repaired_segments, 1);
+#[tokio::test]
+async fn test_corruption_before_later_data_stops_replay_and_keeps_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offset) = corrupt_second_record(dir.path()).await;
+    let before = std::fs::read(&path).unwrap();
+    let (_wal, mut replay) = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let first = replay.next().unwrap().unwrap();
+    assert_eq!(first.payload, b"first");
+    let err = replay.next().unwrap().unwrap_err();
+    let WalError::Corrupt {
+        path: named,
+        offset: at,
+        ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!((named.as_str(), *at), (path.display().to_string().as_str(), offset));
+    assert!(err.to_string().contains("-ingester.wal.skip-corrupt-records"), "{err}");
+    assert!(replay.next().is_none());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the corrupt segment is kept");
+}
+
+#[tokio::test]
+async fn test_skipping_corruption_keeps_every_later_record() {
+    let dir = tempfile::tempdir().unwrap();
+    corrupt_second_record(dir.path()).await;
+    let (_wal, mut replay) = Wal::open(WalConfig {
+        skip_corrupt_records: true,
+        ..WalConfig::new(dir.path())
+    })
+    .unwrap();
+    let payloads: Vec<Vec<u8>> = replay.by_ref().map(|record| record.unwrap().payload).collect();
+    assert_eq!(payloads, [b"first".to_vec(), b"third".to_vec()]);
+    let stats = replay.stats();
+    assert_eq!((stats.skipped_records, stats.repaired_segments), (1, 0));
+}
+
+#[tokio::test]
+async fn test_skipping_resumes_at_the_next_good_record_of_the_same_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open(dir.path());
+    let mut positions = Vec::new();
+    for payload in [b"one".as_slice(), b"two", b"three"] {
+        positions.push(wal.append(payload.to_vec()).await.unwrap());
+    }
+    wal.close();
+    // The length of "two" is garbage: the record boundary is lost.
+    let path = segment::path(dir.path(), positions[1].segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[positions[1].offset as usize] = 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_wal, mut replay) = Wal::open(WalConfig {
+        skip_corrupt_records: true,
+        ..WalConfig::new(dir.path())
+    })
+    .unwrap();
+    let payloads: Vec<Vec<u8>> = replay.by_ref().map(|record| record.unwrap().payload).collect();
+    assert_eq!(payloads, [b"one".to_vec(), b"three".to_vec()]);
+}
+
+#[tokio::test]
+async fn test_a_bad_last_record_or_zero_tail_of_the_last_segment_is_torn() {
+    for tail in ["bad checksum", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open(dir.path());
+        wal.append(b"kept".to_vec()).await.unwrap();
+        let last = wal.append(b"torn".to_vec()).await.unwrap();
+        wal.close();
+        let path = segment::path(dir.path(), last.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        match tail {
+            "bad checksum" => {
+                let end = bytes.len() - 1;
+                bytes[end] ^= 0xff;
+            }
+            _ => bytes.extend([0u8; 4096]),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (_wal, replayed, stats) = open(dir.path());
+        let expected: Vec<Vec<u8>> = match tail {
+            "bad checksum" => vec![b"kept".to_vec()],
+            _ => vec![b"kept".to_vec(), b"torn".to_vec()],
+        };
+        assert_eq!(payloads(&replayed), expected, "{tail}");
+        assert_eq!(stats.repaired_segments, 1, "{tail}");
+    }
 }
 
 #[tokio::test]
