@@ -33,4 +33,4 @@ pub use ingester::{
 };
 pub use limiter::{ClusterShare, SeriesLimit};
 pub use metrics::IngesterMetrics;
-pub use service::routes;
+pub use service::{internal_routes, operator_routes};

@@ -1,7 +1,8 @@
 //! The ingester's internal API, `ingester.v1.IngesterService`, served by
-//! the [`RpcRouter`] (Connect and gRPC on the HTTP port), plus the
-//! operator endpoint `/ingester/flush`. Distributors push here; queriers
-//! read here.
+//! the [`RpcRouter`] (Connect and gRPC) on the internal listener only: its
+//! Push trusts the distributor's validation and limits. Distributors push
+//! here; queriers read here. The operator endpoint `/ingester/flush` is
+//! served on the public listener, POST only.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -26,11 +27,10 @@ use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
 const SERVICE: &str = "/ingester.v1.IngesterService";
 const DEFAULT_PAGE_SIZE: usize = 65_536;
 
-/// The routes of the ingester service and `/ingester/flush` (POST only: a
-/// link followed or a page prefetched must not flush). Pushes are admitted
-/// under `push` (bytes in flight, decoding slots), reads under `queries`,
-/// so a flood of one never starves the other.
-pub fn routes(ingester: Ingester, push: RpcOptions, queries: RpcOptions) -> axum::Router {
+/// The routes of the ingester service, for the internal listener. Pushes
+/// are admitted under `push` (bytes in flight, decoding slots), reads
+/// under `queries`, so a flood of one never starves the other.
+pub fn internal_routes(ingester: Ingester, push: RpcOptions, queries: RpcOptions) -> axum::Router {
     let admission = Arc::clone(&push.admission);
     let pushes = RpcRouter::new(push).unary(&format!("{SERVICE}/Push"), {
         let ingester = ingester.clone();
@@ -79,7 +79,13 @@ pub fn routes(ingester: Ingester, push: RpcOptions, queries: RpcOptions) -> axum
                 }
             }
         });
-    rpc.into_router().merge(pushes.into_router()).route(
+    rpc.into_router().merge(pushes.into_router())
+}
+
+/// `/ingester/flush`, for the public listener: POST only, so a link
+/// followed or a page prefetched never flushes.
+pub fn operator_routes(ingester: Ingester) -> axum::Router {
+    axum::Router::new().route(
         "/ingester/flush",
         axum::routing::post(flush_endpoint).with_state(ingester),
     )

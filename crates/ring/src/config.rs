@@ -38,6 +38,9 @@ pub struct LifecyclerConfig {
     /// Tokens to hold (128 for ingesters, 1 for distributors).
     pub num_tokens: usize,
     pub heartbeat_period: Duration,
+    /// An instance whose heartbeat is older is UNHEALTHY; an ID held by a
+    /// healthy instance at another address is not taken.
+    pub heartbeat_timeout: Duration,
     /// Instances whose heartbeat is older are removed from the ring.
     pub auto_forget_unhealthy_period: Duration,
     /// Wait before taking tokens, to see the ring first.
@@ -60,6 +63,7 @@ impl LifecyclerConfig {
             zone: String::new(),
             num_tokens,
             heartbeat_period: Duration::from_millis(50),
+            heartbeat_timeout: Duration::from_millis(500),
             auto_forget_unhealthy_period: Duration::from_secs(600),
             join_after: Duration::ZERO,
             observe_period: Duration::ZERO,

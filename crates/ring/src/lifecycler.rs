@@ -39,6 +39,17 @@ pub enum LifecyclerError {
     TokensFile(#[from] TokensFileError),
     #[error("the lifecycler task of {instance_id} panicked or was cancelled")]
     Task { instance_id: String },
+    /// Another live process holds the same instance ID.
+    #[error(
+        "instance ID {instance_id:?} is held in the {ring} ring by a live instance at {holder} (last heartbeat {age_ms} ms ago); this process is at {ours}: give each instance its own ID (-ingester.lifecycler.ID, -distributor.ring.instance-id)"
+    )]
+    IdConflict {
+        ring: &'static str,
+        instance_id: String,
+        holder: String,
+        ours: String,
+        age_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,8 +209,12 @@ impl Task {
         let result = self.live().await;
         if let Err(err) = &result {
             warn!(ring = self.ring, instance = %self.config.instance_id, error = %err, "lifecycler failed; leaving the ring");
-            // Best effort: a stale entry would hold its tokens until forgotten.
-            let _ = self.store.leave(self.ring, &self.config.instance_id).await;
+            // Best effort: a stale entry would hold its tokens until
+            // forgotten. Not when the ID is another process's: leaving
+            // would take its entry out.
+            if !matches!(err, LifecyclerError::IdConflict { .. }) {
+                let _ = self.store.leave(self.ring, &self.config.instance_id).await;
+            }
             self.failure.send_replace(Some(err.to_string()));
         }
         result
@@ -248,9 +263,56 @@ impl Task {
         Ok(())
     }
 
+    /// The entry of this instance's ID published by a live process at
+    /// another address, if any.
+    fn live_namesake(&self) -> Option<InstanceDesc> {
+        let now = now_ms();
+        self.members()
+            .iter()
+            .find(|desc| {
+                desc.id == self.config.instance_id
+                    && desc.addr != self.config.addr
+                    && desc.is_heartbeat_healthy(now, self.config.heartbeat_timeout)
+            })
+            .cloned()
+    }
+
+    fn id_conflict(&self, holder: &InstanceDesc) -> LifecyclerError {
+        LifecyclerError::IdConflict {
+            ring: self.ring,
+            instance_id: self.config.instance_id.clone(),
+            holder: holder.addr.clone(),
+            ours: self.config.addr.clone(),
+            age_ms: u64::try_from(holder.heartbeat_age(now_ms()).as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Waits while a live process at another address holds this ID: a
+    /// previous run at another address stops heartbeating within the
+    /// heartbeat timeout; a second process with the same ID never does, and
+    /// this one then fails naming both addresses.
+    async fn wait_for_the_id(&self) -> Result<(), LifecyclerError> {
+        let give_up = tokio::time::Instant::now() + self.config.heartbeat_timeout + self.config.heartbeat_period;
+        while let Some(holder) = self.live_namesake() {
+            if tokio::time::Instant::now() >= give_up {
+                return Err(self.id_conflict(&holder));
+            }
+            warn!(
+                ring = self.ring,
+                instance = %self.config.instance_id,
+                holder = %holder.addr,
+                ours = %self.config.addr,
+                "the instance ID is held by a live instance at another address; waiting for it to stop heartbeating"
+            );
+            tokio::time::sleep(self.config.heartbeat_period).await;
+        }
+        Ok(())
+    }
+
     /// Takes tokens from the tokens file or a previous registration of the
     /// same instance, and registers.
     async fn register(&mut self) -> Result<(), LifecyclerError> {
+        self.wait_for_the_id().await?;
         let previous = self
             .members()
             .iter()
@@ -414,6 +476,19 @@ impl Task {
     }
 
     async fn heartbeat(&mut self) -> Result<(), LifecyclerError> {
+        // Two processes that registered the same ID at once (neither saw
+        // the other yet): the later registration gives way.
+        if let Some(namesake) = self.live_namesake() {
+            if (namesake.registered_ms, &namesake.addr) < (self.registered_ms, &self.config.addr) {
+                return Err(self.id_conflict(&namesake));
+            }
+            warn!(
+                ring = self.ring,
+                instance = %self.config.instance_id,
+                other = %namesake.addr,
+                "another process publishes this instance ID; it registered later and will stop"
+            );
+        }
         let present = self.members().iter().any(|desc| desc.id == self.config.instance_id);
         if present {
             if let Err(err) = self

@@ -69,6 +69,18 @@ pub const FLAGS: &[Flag] = &[
         "Port of the HTTP server (HTTP/1.1 and h2c: Connect, gRPC, operator pages); 0 picks a free port.",
     ),
     flag(
+        "server.grpc-listen-address",
+        "server.grpc_listen_address",
+        FlagKind::String,
+        "IP address of the internal listener (the ingester API distributors and queriers call); empty: loopback with the in-memory ring, else every interface.",
+    ),
+    flag(
+        "server.grpc-listen-port",
+        "server.grpc_listen_port",
+        FlagKind::Int,
+        "Port of the internal listener; 0 picks a free port. The ingester advertises it in the ring.",
+    ),
+    flag(
         "server.graceful-shutdown-timeout",
         "server.graceful_shutdown_timeout",
         FlagKind::Duration,
@@ -258,13 +270,13 @@ pub const FLAGS: &[Flag] = &[
         "ingester.lifecycler.addr",
         "ingester.lifecycler.address",
         FlagKind::String,
-        "Address advertised in the ring; empty: the HTTP listen address if it is an IP, else the first private IP.",
+        "Address advertised in the ring; empty: the internal listen address if it is an IP, else the HTTP listen address if it is one, else the first private IP.",
     ),
     flag(
         "ingester.lifecycler.port",
         "ingester.lifecycler.port",
         FlagKind::Int,
-        "Port advertised in the ring; 0: the HTTP port.",
+        "Port advertised in the ring; 0: the internal listener's port (-server.grpc-listen-port).",
     ),
     flag(
         "ingester.availability-zone",

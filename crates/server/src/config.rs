@@ -110,6 +110,12 @@ pub struct ServerConfig {
     /// Port for HTTP/1.1 and h2c (Connect, gRPC, operator pages); `0`
     /// picks a free port, logged at start.
     pub http_listen_port: u16,
+    /// Address of the internal listener (the ingester's `ingester.v1`,
+    /// which distributors and queriers call); empty: loopback with the
+    /// in-memory ring (a single process), else every interface.
+    pub grpc_listen_address: String,
+    /// Port of the internal listener; `0` picks a free port.
+    pub grpc_listen_port: u16,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
@@ -127,6 +133,8 @@ impl Default for ServerConfig {
         Self {
             http_listen_address: String::new(),
             http_listen_port: 4040,
+            grpc_listen_address: String::new(),
+            grpc_listen_port: 9095,
             graceful_shutdown_timeout: Duration::from_secs(30),
             http_server_read_timeout: Duration::from_secs(30),
             log_level: LogLevel::Info,
@@ -310,6 +318,10 @@ impl Config {
         ring.replication_factor.get_or_insert(if single_binary { 1 } else { 3 });
         let timeout = ring.heartbeat_timeout;
         ring.auto_forget_unhealthy_period.get_or_insert(timeout * 10);
+        // With the in-memory ring only this process calls its ingester.
+        if self.server.grpc_listen_address.is_empty() && ring.kvstore.store == Some(StoreKind::Inmemory) {
+            self.server.grpc_listen_address = "127.0.0.1".to_owned();
+        }
         self
     }
 
@@ -329,11 +341,13 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        if !self.server.http_listen_address.is_empty() && self.server.http_listen_address.parse::<IpAddr>().is_err() {
-            return Err(invalid(
-                "server.http_listen_address",
-                format!("{:?} is not an IP address", self.server.http_listen_address),
-            ));
+        for (path, address) in [
+            ("server.http_listen_address", &self.server.http_listen_address),
+            ("server.grpc_listen_address", &self.server.grpc_listen_address),
+        ] {
+            if !address.is_empty() && address.parse::<IpAddr>().is_err() {
+                return Err(invalid(path, format!("{address:?} is not an IP address")));
+            }
         }
         if self.targets_all_with_others() {
             return Err(invalid(

@@ -75,11 +75,12 @@ impl IngesterModule {
         )
     }
 
-    pub fn routes(&self, config: &Config, admissions: &Admissions) -> axum::Router {
+    /// The ingester API, for the internal listener only.
+    pub fn internal_routes(&self, config: &Config, admissions: &Admissions) -> axum::Router {
         let tenancy = Tenancy {
             multitenancy_enabled: config.multitenancy_enabled,
         };
-        flamedb_ingester::routes(
+        flamedb_ingester::internal_routes(
             self.ingester.clone(),
             RpcOptions {
                 tenancy,
@@ -92,6 +93,11 @@ impl IngesterModule {
                 admission: Arc::clone(&admissions.reads),
             },
         )
+    }
+
+    /// `/ingester/flush`, for the public listener.
+    pub fn operator_routes(&self) -> axum::Router {
+        flamedb_ingester::operator_routes(self.ingester.clone())
     }
 }
 

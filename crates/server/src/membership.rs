@@ -52,7 +52,14 @@ pub struct Membership {
 impl Membership {
     /// Starts the store, the ring views and the lifecyclers of the
     /// modules `config` runs; `http_port` is the port actually listened on.
-    pub async fn start(config: &Config, http_port: u16, registry: &mut Registry) -> anyhow::Result<Self> {
+    /// `internal` is where this process's ingester listens for the others,
+    /// when it runs one: what it advertises in the ring.
+    pub async fn start(
+        config: &Config,
+        http_port: u16,
+        internal: Option<SocketAddr>,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let modules = config.target.modules();
@@ -86,15 +93,17 @@ impl Membership {
         );
         tasks.push(task);
 
-        let ingester = modules.contains(&Target::Ingester).then(|| {
-            let lifecycler_config = ingester_lifecycler_config(config, http_port);
-            info!(
-                instance = %lifecycler_config.instance_id,
-                addr = %lifecycler_config.addr,
-                "joining the ingester ring"
-            );
-            Lifecycler::start(INGESTER_RING, lifecycler_config, store.clone())
-        });
+        let ingester = internal
+            .filter(|_| modules.contains(&Target::Ingester))
+            .map(|internal| {
+                let lifecycler_config = ingester_lifecycler_config(config, internal);
+                info!(
+                    instance = %lifecycler_config.instance_id,
+                    addr = %lifecycler_config.addr,
+                    "joining the ingester ring"
+                );
+                Lifecycler::start(INGESTER_RING, lifecycler_config, store.clone())
+            });
 
         let (distributor_ring, distributor) = if modules.contains(&Target::Distributor) {
             let ring = &config.distributor.ring;
@@ -264,19 +273,31 @@ fn with_port(host: &str, port: u16) -> String {
     }
 }
 
-fn ingester_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerConfig {
+/// The ingester's ring entry: it is called at its internal listener,
+/// `internal`, unless the lifecycler's address or port say otherwise.
+fn ingester_lifecycler_config(config: &Config, internal: SocketAddr) -> LifecyclerConfig {
     let settings = &config.ingester.lifecycler;
-    let port = if settings.port == 0 { http_port } else { settings.port };
+    let port = if settings.port == 0 {
+        internal.port()
+    } else {
+        settings.port
+    };
+    let host = if settings.address.is_empty() && !internal.ip().is_unspecified() {
+        internal.ip().to_string()
+    } else {
+        advertise_host(&settings.address, config)
+    };
     LifecyclerConfig {
         instance_id: if settings.id.is_empty() {
             hostname()
         } else {
             settings.id.clone()
         },
-        addr: with_port(&advertise_host(&settings.address, config), port),
+        addr: with_port(&host, port),
         zone: settings.availability_zone.clone(),
         num_tokens: settings.num_tokens,
         heartbeat_period: settings.heartbeat_period,
+        heartbeat_timeout: settings.ring.heartbeat_timeout,
         auto_forget_unhealthy_period: settings
             .ring
             .auto_forget_unhealthy_period
@@ -300,6 +321,7 @@ fn distributor_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerC
         zone: String::new(),
         num_tokens: DISTRIBUTOR_TOKENS,
         heartbeat_period: ring.heartbeat_period,
+        heartbeat_timeout: ring.heartbeat_timeout,
         auto_forget_unhealthy_period: ring.heartbeat_timeout * DISTRIBUTOR_FORGET_TIMEOUTS,
         join_after: Duration::ZERO,
         observe_period: Duration::ZERO,

@@ -1,7 +1,8 @@
 //! Operator pages for the rings and gossip: `/ring` (ingesters),
 //! `/distributor/ring` and `/memberlist`. HTML for people, JSON with
-//! `Accept: application/json`. `POST` with `forget=<instance>` removes a
-//! (dead) instance from a ring.
+//! `Accept: application/json`. `POST` with `forget=<instance>` removes an
+//! unhealthy instance from a ring (`force=true` a healthy one too), from
+//! the page itself or a tool, never from another site's page.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -157,9 +158,19 @@ fn render_ring(page: &RingPage, status: &RingStatus) -> String {
             html,
             "<tr class=\"{class}\"><td>{id}</td><td>{state}</td><td>{address}</td><td>{zone}</td>\
              <td>{age:.1}s ago</td><td>{tokens}</td><td>{ownership:.1}%</td><td><form method=\"post\" \
-             action=\"{path}\"><input type=\"hidden\" name=\"forget\" value=\"{id}\"><button type=\"submit\">Forget\
-             </button></form></td></tr>",
+             action=\"{path}\"><input type=\"hidden\" name=\"forget\" value=\"{id}\">{force}<button type=\"submit\">\
+             {label}</button></form></td></tr>",
             class = if shard.state == "UNHEALTHY" { "unhealthy" } else { "" },
+            force = if shard.state == "UNHEALTHY" {
+                ""
+            } else {
+                "<input type=\"hidden\" name=\"force\" value=\"true\">"
+            },
+            label = if shard.state == "UNHEALTHY" {
+                "Forget"
+            } else {
+                "Forget (healthy: it may register again)"
+            },
             id = escape(&shard.id),
             state = escape(&shard.state),
             address = escape(&shard.address),
@@ -179,14 +190,53 @@ fn render_ring(page: &RingPage, status: &RingStatus) -> String {
 #[derive(Debug, Deserialize)]
 struct ForgetForm {
     forget: String,
+    /// Forget a healthy instance too (it registers again at its next
+    /// heartbeat if it is alive).
+    #[serde(default)]
+    force: bool,
+}
+
+/// Whether a state-changing request comes from another site's page (a
+/// browser says so in `Sec-Fetch-Site` or `Origin`); tools like curl send
+/// neither and are let through.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = header("origin") else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
+    header("host").is_none_or(|host| host != origin_host)
 }
 
 async fn forget(State(page): State<RingPage>, headers: HeaderMap, Form(form): Form<ForgetForm>) -> Response {
-    let present = page.client.ring().instance(&form.forget).is_some();
-    if !present {
+    if cross_site(&headers) {
+        return RpcError::new(
+            ErrorCode::PermissionDenied,
+            "forgetting an instance is only allowed from this server's own page or from a tool, not from another site",
+        )
+        .into_response();
+    }
+    let ring = page.client.ring();
+    let Some(instance) = ring.instance(&form.forget) else {
         return RpcError::new(
             ErrorCode::NotFound,
             format!("instance {:?} is not in the {} ring", form.forget, page.client.name()),
+        )
+        .into_response();
+    };
+    let now = now_ms();
+    if !form.force && instance.is_heartbeat_healthy(now, ring.heartbeat_timeout()) {
+        return RpcError::new(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "instance {:?} is healthy (last heartbeat {:.1}s ago, timeout {}s): only unhealthy instances are forgotten; send force=true to forget it anyway",
+                form.forget,
+                instance.heartbeat_age(now).as_secs_f64(),
+                ring.heartbeat_timeout().as_secs()
+            ),
         )
         .into_response();
     }

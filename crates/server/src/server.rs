@@ -91,12 +91,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    let mut membership = Membership::start(&config, local_address.port(), &mut registry).await?;
+    // The ingester's API (unvalidated pushes, raw reads) listens apart from
+    // the public port: loopback in a single process, where the operator
+    // says in a cluster.
+    let internal = match &ingester {
+        Some(_) => {
+            let address = internal_listen_address(&config)?;
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (-server.grpc-listen-port)"))?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let internal_address = internal
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("cannot read the internal listening address")?;
+    let mut membership = Membership::start(&config, local_address.port(), internal_address, &mut registry).await?;
     if let Some(ingester) = &ingester {
         ingester.set_ring(membership.ingester_ring.clone());
     }
     let admissions = Admissions::new(&config);
-    let ingester_routes = ingester.as_ref().map(|ingester| ingester.routes(&config, &admissions));
+    let ingester_routes = ingester.as_ref().map(IngesterModule::operator_routes);
+    let internal_app = ingester.as_ref().map(|ingester| {
+        flamedb_api::with_body_read_timeout(
+            ingester.internal_routes(&config, &admissions).fallback(route_not_found),
+            config.server.http_server_read_timeout,
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics.clone(),
+            record_requests,
+        ))
+    });
     let distributor = modules.contains(&Target::Distributor).then(|| {
         DistributorModule::start(
             &config,
@@ -160,6 +188,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_requests));
 
     let stop = CancellationToken::new();
+    let internal_server = match (internal, internal_app, internal_address) {
+        (Some(listener), Some(app), Some(address)) => {
+            let server = tokio::spawn(serve(listener, app, stop.clone()));
+            info!(address = %address, "listening for internal gRPC (ingester.v1)");
+            Some(server)
+        }
+        _ => None,
+    };
     let server = tokio::spawn(serve(listener, app, stop.clone()));
     info!(address = %local_address, "listening for HTTP/1.1 and h2c");
     readiness.set_ready();
@@ -201,6 +237,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Ok(())
         }
     };
+    if let Some(internal) = internal_server {
+        // Stopped with the public server (the same token); what it still
+        // runs after the grace period is cut.
+        let abort = internal.abort_handle();
+        if tokio::time::timeout(grace, internal).await.is_err() {
+            abort.abort();
+        }
+    }
     if let Some(module) = &distributor {
         // Pushes to replicas still running after their client was answered.
         module.distributor.shutdown().await;
@@ -263,6 +307,18 @@ async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) -> s
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+fn internal_listen_address(config: &Config) -> anyhow::Result<SocketAddr> {
+    let address = &config.server.grpc_listen_address;
+    let ip = if address.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        address
+            .parse()
+            .with_context(|| format!("invalid internal listen address {address:?}"))?
+    };
+    Ok(SocketAddr::new(ip, config.server.grpc_listen_port))
 }
 
 fn listen_address(config: &Config) -> anyhow::Result<SocketAddr> {

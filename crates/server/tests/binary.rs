@@ -39,12 +39,13 @@ fn test_no_arguments_listens_on_4040() {
     assert_eq!(flamedb.http, "127.0.0.1:4040");
     let (status, body) = flamedb.get("/ready").unwrap();
     assert_eq!((status, body.as_str()), (200, "ready\n"));
-    // Besides the address, only the harness's gossip settings differ from
-    // the defaults (and gossip is not even used by -target=all).
+    // Besides the address, only the harness's internal port and gossip
+    // settings differ from the defaults (and gossip is not even used by
+    // -target=all).
     let (_, config) = flamedb.get("/api/v1/status/config/diff").unwrap();
     assert_eq!(
         config,
-        "server:\n  http_listen_address: 127.0.0.1\nmemberlist:\n  bind_addr: 127.0.0.1\n  bind_port: 0\n"
+        "server:\n  http_listen_address: 127.0.0.1\n  grpc_listen_port: 0\nmemberlist:\n  bind_addr: 127.0.0.1\n  bind_port: 0\n"
     );
 }
 

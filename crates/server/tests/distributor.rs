@@ -169,13 +169,13 @@ fn profile_types(node: &Flamedb, tenant: &str, selector: &str) -> BTreeSet<Strin
         start: 0,
         end: 0,
     };
-    let (status, body) = node
-        .post(
-            "/ingester.v1.IngesterService/Series",
-            &[("content-type", "application/proto"), ("x-scope-orgid", tenant)],
-            request.encode_to_vec(),
-        )
-        .unwrap();
+    let (status, body) = flamedb_testkit::post(
+        node.internal.as_deref().unwrap(),
+        "/ingester.v1.IngesterService/Series",
+        &[("content-type", "application/proto"), ("x-scope-orgid", tenant)],
+        request.encode_to_vec(),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     ingester::SeriesResponse::decode(body.as_slice())
         .unwrap()
@@ -204,7 +204,7 @@ fn stored_ids(node: &Flamedb, profile_type: &str, selector: &str) -> BTreeSet<Pr
         page_token: Vec::new(),
     };
     let (status, body) = node
-        .post_proto("/ingester.v1.IngesterService/SelectProfiles", request.encode_to_vec())
+        .post_internal_proto("/ingester.v1.IngesterService/SelectProfiles", request.encode_to_vec())
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let page = ingester::SelectProfilesResponse::decode(body.as_slice()).unwrap();
@@ -221,7 +221,7 @@ fn merged(node: &Flamedb, profile_type: &str, selector: &str) -> Tree {
         ..Default::default()
     };
     let (status, body) = node
-        .post_proto("/ingester.v1.IngesterService/MergeProfiles", request.encode_to_vec())
+        .post_internal_proto("/ingester.v1.IngesterService/MergeProfiles", request.encode_to_vec())
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     Tree::decode(&ingester::MergeProfilesResponse::decode(body.as_slice()).unwrap().tree).unwrap()

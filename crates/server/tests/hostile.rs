@@ -768,3 +768,24 @@ fn test_a_flood_of_pushes_gets_429_and_reads_go_on() {
         }
     }
 }
+
+/// The ingester's API (its Push skips validation, limits and the time
+/// window) is not on the public port: only on the internal listener, on
+/// loopback in a single process. `/ingester/flush` takes POST only.
+#[test]
+fn test_internal_surfaces_are_not_on_the_public_port() {
+    let node = start_ready(BINARY, "surfaces", &[], &[]);
+    let internal = node.internal.clone().expect("an internal listener");
+    assert!(internal.starts_with("127.0.0.1:"), "{internal}");
+    let empty_push = PushRequest::default().encode_to_vec();
+    let path = "/ingester.v1.IngesterService/Push";
+    let (status, body) = node.post(path, &[("content-type", PROTO)], empty_push.clone()).unwrap();
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = flamedb_testkit::post_proto(&internal, path, empty_push).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // The public API is not on the internal listener.
+    let (status, _) = flamedb_testkit::post_proto(&internal, PUSH, Vec::new()).unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(node.get("/ingester/flush").unwrap().0, 405);
+    assert_eq!(node.post("/ingester/flush", &[], Vec::new()).unwrap().0, 200);
+}

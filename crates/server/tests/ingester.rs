@@ -106,7 +106,7 @@ fn stored_profiles(node: &Flamedb) -> HashMap<ProfileId, i64> {
             page_token,
         };
         let (status, body) = node
-            .post_proto("/ingester.v1.IngesterService/SelectProfiles", request.encode_to_vec())
+            .post_internal_proto("/ingester.v1.IngesterService/SelectProfiles", request.encode_to_vec())
             .unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let page = ingester::SelectProfilesResponse::decode(body.as_slice()).unwrap();
@@ -130,7 +130,7 @@ fn merged_tree(node: &Flamedb) -> Tree {
         ..Default::default()
     };
     let (status, body) = node
-        .post_proto("/ingester.v1.IngesterService/MergeProfiles", request.encode_to_vec())
+        .post_internal_proto("/ingester.v1.IngesterService/MergeProfiles", request.encode_to_vec())
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     Tree::decode(&ingester::MergeProfilesResponse::decode(body.as_slice()).unwrap().tree).unwrap()
@@ -153,14 +153,14 @@ fn assert_all_acknowledged_stored(node: &Flamedb, acknowledged: &[(u64, i64)]) {
     assert_eq!(merged_tree(node).total(), stored_total);
 }
 
-/// Pushes until told to stop or the server is gone; records what was
-/// acknowledged.
-fn pusher(http: String, first_id: u64, stop: Arc<AtomicBool>, acknowledged: Arc<Mutex<Vec<(u64, i64)>>>) {
+/// Pushes to the ingester API at `internal` until told to stop or the
+/// server is gone; records what was acknowledged.
+fn pusher(internal: String, first_id: u64, stop: Arc<AtomicBool>, acknowledged: Arc<Mutex<Vec<(u64, i64)>>>) {
     let mut next = first_id;
     while !stop.load(Ordering::Relaxed) {
         let batch: Vec<(u64, i64)> = (next..next + 3).map(|id| (id, (id % 97 + 1) as i64)).collect();
         next += 3;
-        match flamedb_testkit::post_proto(&http, PUSH, push_request("app", &batch)) {
+        match flamedb_testkit::post_proto(&internal, PUSH, push_request("app", &batch)) {
             Ok((200, _)) => acknowledged.lock().unwrap().extend(batch),
             Ok((status, body)) => panic!("push answered {status}: {}", String::from_utf8_lossy(&body)),
             Err(_) => return, // killed
@@ -207,8 +207,8 @@ fn test_sigkill_during_pushes_and_flushes_loses_nothing_acknowledged() {
         assert_all_acknowledged_stored(&node, &acknowledged.lock().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = vec![std::thread::spawn({
-            let (http, stop, acknowledged) = (node.http.clone(), stop.clone(), acknowledged.clone());
-            move || pusher(http, round * 1_000_000, stop, acknowledged)
+            let (internal, stop, acknowledged) = (node.internal.clone().unwrap(), stop.clone(), acknowledged.clone());
+            move || pusher(internal, round * 1_000_000, stop, acknowledged)
         })];
         // Odd rounds flush all along, so the kill can land mid-flush.
         if round % 2 == 1 {
@@ -251,7 +251,7 @@ fn test_sigterm_flushes_and_uploads_then_restart_reads_the_blocks() {
     let mut node = start(dir.path(), "ingester", &[]);
     let pushed: Vec<(u64, i64)> = (1..=20).map(|id| (id, id as i64 * 10)).collect();
     for chunk in pushed.chunks(5) {
-        let (status, body) = node.post_proto(PUSH, push_request("api", chunk)).unwrap();
+        let (status, body) = node.post_internal_proto(PUSH, push_request("api", chunk)).unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     node.signal(Signal::SIGTERM);
@@ -279,7 +279,7 @@ fn test_low_disk_keeps_the_blocks_queries_read_from_ingesters() {
         &["-pyroscopedb.retention-policy-min-disk-available-percentage=1"],
     );
     let pushed = [(1, 5), (2, 6)];
-    let (status, body) = node.post_proto(PUSH, push_request("api", &pushed)).unwrap();
+    let (status, body) = node.post_internal_proto(PUSH, push_request("api", &pushed)).unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let (status, _) = node.post_proto("/ingester/flush", Vec::new()).unwrap();
     assert_eq!(status, 200);
@@ -307,14 +307,16 @@ fn test_memory_ceiling_holds_under_a_push_flood() {
     let refused = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..4u64)
         .map(|thread| {
-            let (http, acknowledged, refused) = (node.http.clone(), acknowledged.clone(), refused.clone());
+            let (internal, acknowledged, refused) =
+                (node.internal.clone().unwrap(), acknowledged.clone(), refused.clone());
             std::thread::spawn(move || {
                 for n in 0..150u64 {
                     // Many series: each push adds index and symbol memory.
                     let id = thread * 1_000 + n;
                     let batch = [(id, 5)];
                     let (status, body) =
-                        flamedb_testkit::post_proto(&http, PUSH, push_request(&format!("svc-{id}"), &batch)).unwrap();
+                        flamedb_testkit::post_proto(&internal, PUSH, push_request(&format!("svc-{id}"), &batch))
+                            .unwrap();
                     match status {
                         200 => acknowledged.lock().unwrap().extend(batch),
                         429 => {
@@ -350,14 +352,14 @@ fn test_full_disk_answers_503_and_recovers() {
     };
     let mut node = start(disk.path(), "ingester", &[]);
     let mut acknowledged = Vec::new();
-    let (status, _) = node.post_proto(PUSH, push_request("api", &[(1, 7)])).unwrap();
+    let (status, _) = node.post_internal_proto(PUSH, push_request("api", &[(1, 7)])).unwrap();
     assert_eq!(status, 200);
     acknowledged.push((1, 7));
 
     disk.fill(0);
     let mut failures = 0;
     for id in 2..40u64 {
-        let (status, body) = node.post_proto(PUSH, push_request("api", &[(id, 3)])).unwrap();
+        let (status, body) = node.post_internal_proto(PUSH, push_request("api", &[(id, 3)])).unwrap();
         match status {
             200 => acknowledged.push((id, 3)),
             503 => {
@@ -372,7 +374,9 @@ fn test_full_disk_answers_503_and_recovers() {
     assert!(node.is_running(), "the ingester died on a full disk:\n{}", node.log());
 
     disk.free_up();
-    let (status, body) = node.post_proto(PUSH, push_request("api", &[(100, 11)])).unwrap();
+    let (status, body) = node
+        .post_internal_proto(PUSH, push_request("api", &[(100, 11)]))
+        .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     acknowledged.push((100, 11));
     assert_all_acknowledged_stored(&node, &acknowledged);
@@ -390,7 +394,7 @@ fn test_blocks_wait_while_s3_is_down_and_upload_when_it_is_back() {
     let flags = s3.flags();
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let node = start(dir.path(), "ingester", &args);
-    let (status, _) = node.post_proto(PUSH, push_request("api", &[(1, 5)])).unwrap();
+    let (status, _) = node.post_internal_proto(PUSH, push_request("api", &[(1, 5)])).unwrap();
     assert_eq!(status, 200);
     let (status, body) = node.post_proto("/ingester/flush", Vec::new()).unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -400,7 +404,7 @@ fn test_blocks_wait_while_s3_is_down_and_upload_when_it_is_back() {
 
     // Storage down: pushes and flushes still work, the block waits.
     s3.stop();
-    let (status, _) = node.post_proto(PUSH, push_request("api", &[(2, 6)])).unwrap();
+    let (status, _) = node.post_internal_proto(PUSH, push_request("api", &[(2, 6)])).unwrap();
     assert_eq!(status, 200);
     let (status, _) = node.post_proto("/ingester/flush", Vec::new()).unwrap();
     assert_eq!(status, 200);
@@ -440,7 +444,9 @@ fn test_a_corrupt_wal_record_leaves_the_process_up_and_unready_until_skipped() {
     let dir = shared_dir();
     let mut node = start(dir.path(), "ingester", &[]);
     for (id, value) in [(1, 1), (2, 10), (3, 100)] {
-        let (status, body) = node.post_proto(PUSH, push_request("api", &[(id, value)])).unwrap();
+        let (status, body) = node
+            .post_internal_proto(PUSH, push_request("api", &[(id, value)]))
+            .unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     node.kill();

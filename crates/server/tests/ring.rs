@@ -184,21 +184,86 @@ fn test_operator_forget_and_cluster_labels() {
         2
     );
 
-    // Forget through the page: the stopped ingester disappears at once.
+    // A healthy instance is not forgotten unless forced, and another
+    // site's page cannot forget anything.
+    let (status, body) = distributor.post_form("/ring", &[("forget", "ingester-1")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is healthy") && body.contains("force=true"), "{body}");
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    for cross_site in [("origin", "http://elsewhere.example"), ("sec-fetch-site", "cross-site")] {
+        let headers = [form[0], cross_site];
+        let (status, body) = distributor
+            .post("/ring", &headers, b"forget=ingester-1&force=true".to_vec())
+            .unwrap();
+        assert_eq!(status, 403, "{cross_site:?}: {}", String::from_utf8_lossy(&body));
+    }
+    let same_origin = [form[0], ("origin", &*format!("http://{}", distributor.http))];
+    let (status, body) = distributor
+        .post("/ring", &same_origin, b"forget=nobody".to_vec())
+        .unwrap();
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+
+    // Stopped, the ingester turns UNHEALTHY and is forgotten at once.
     ingester.signal(Signal::SIGSTOP);
-    // A heartbeat sent just before the stop must not arrive after the
-    // forget and bring the entry back.
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(CONVERGE, "ingester-1 UNHEALTHY", || {
+        (state_of(&distributor, "ingester-1").as_deref() == Some("UNHEALTHY")).then_some(())
+    });
     let (status, body) = distributor.post_form("/ring", &[("forget", "ingester-1")]);
     assert_eq!(status, 200, "{body}");
     wait_until(CONVERGE, "ingester-1 forgotten", || {
         state_of(&distributor, "ingester-1").is_none().then_some(())
     });
-    let (status, _) = distributor.post_form("/ring", &[("forget", "nobody")]);
-    assert_eq!(status, 404);
-    // Continued, it heartbeats again and is back.
+    // Continued, it heartbeats again and is back; forced, a healthy one
+    // goes too, and comes back at its next heartbeat.
     ingester.signal(Signal::SIGCONT);
     wait_until(CONVERGE, "ingester-1 back", || {
         (state_of(&distributor, "ingester-1").as_deref() == Some("ACTIVE")).then_some(())
     });
+    let (status, body) = distributor.post_form("/ring", &[("forget", "ingester-1"), ("force", "true")]);
+    assert_eq!(status, 200, "{body}");
+    wait_until(CONVERGE, "ingester-1 back after a forced forget", || {
+        (state_of(&distributor, "ingester-1").as_deref() == Some("ACTIVE")).then_some(())
+    });
+}
+
+/// Two ingesters on one host with the same instance ID: the second refuses
+/// to take the ID of a live instance, stops naming both addresses, and
+/// leaves the first one's entry alone.
+#[test]
+fn test_a_second_ingester_with_the_same_id_stops_naming_both_addresses() {
+    let base = cluster_args(&format!("same-id-test-{}", std::process::id()));
+    let tokens_dir = shared_dir();
+    let mut querier_args = base.clone();
+    querier_args.push("-target=querier".to_owned());
+    let observer = start("querier", &querier_args);
+    let seed = observer.gossip.clone().unwrap();
+    let first = start(
+        "ingester-first",
+        &ingester_args(&base, "twin", &seed, &path_in(tokens_dir.path(), "first.json")),
+    );
+    wait_until(CONVERGE, "the first twin ACTIVE", || {
+        (state_of(&observer, "twin").as_deref() == Some("ACTIVE")).then_some(())
+    });
+    let mut second = start(
+        "ingester-second",
+        &ingester_args(&base, "twin", &seed, &path_in(tokens_dir.path(), "second.json")),
+    );
+    let status = second.wait_exit(CONVERGE);
+    assert!(!status.success(), "{}", second.log());
+    let log = second.log();
+    let first_address = first.internal.clone().unwrap();
+    let second_address = second.internal.clone().unwrap();
+    assert!(
+        log.contains("instance ID \"twin\" is held") && log.contains(&first_address) && log.contains(&second_address),
+        "{log}"
+    );
+    assert_eq!(state_of(&observer, "twin").as_deref(), Some("ACTIVE"));
+    let page = observer.get_json("/ring");
+    let twin = page["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|shard| shard["id"] == "twin")
+        .cloned();
+    assert_eq!(twin.unwrap()["address"], first_address.as_str());
 }

@@ -41,6 +41,9 @@ pub struct Flamedb {
     child: Child,
     /// `127.0.0.1:PORT` of its HTTP server.
     pub http: String,
+    /// `127.0.0.1:PORT` of its internal listener (the ingester API), when
+    /// it runs an ingester.
+    pub internal: Option<String>,
     /// `127.0.0.1:PORT` of its gossip, when it gossips.
     pub gossip: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
@@ -67,6 +70,8 @@ impl Flamedb {
         command.args([
             "-server.http-listen-address=127.0.0.1",
             "-server.http-listen-port=0",
+            "-server.grpc-listen-address=127.0.0.1",
+            "-server.grpc-listen-port=0",
             "-memberlist.bind-addr=127.0.0.1",
             "-memberlist.bind-port=0",
         ]);
@@ -87,6 +92,10 @@ impl Flamedb {
                     && let Some(address) = address_after(&line, "bind")
                 {
                     let _ = addresses_tx.send(("gossip", address));
+                } else if line.contains("listening for internal gRPC")
+                    && let Some(address) = address_after(&line, "address")
+                {
+                    let _ = addresses_tx.send(("internal", address));
                 } else if line.contains("listening for HTTP/1.1 and h2c")
                     && let Some(address) = address_after(&line, "address")
                 {
@@ -99,6 +108,7 @@ impl Flamedb {
             name: name.to_owned(),
             child,
             http: String::new(),
+            internal: None,
             gossip: None,
             log,
             workdir,
@@ -108,6 +118,7 @@ impl Flamedb {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match addresses_rx.recv_timeout(remaining) {
                 Ok(("gossip", address)) => process.gossip = Some(address),
+                Ok(("internal", address)) => process.internal = Some(address),
                 Ok((_, address)) => process.http = address,
                 Err(_) => panic!("{name} did not start listening:\n{}", process.log()),
             }
@@ -180,6 +191,16 @@ impl Flamedb {
 
     /// POST `body` with `headers` to `path` (query included): status and
     /// body, or the transport error.
+    /// POST a protobuf body to `path` of the internal listener (the
+    /// ingester API); panics when the process runs no ingester.
+    pub fn post_internal_proto(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let internal = self
+            .internal
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} runs no ingester", self.name));
+        post_proto(internal, path, body)
+    }
+
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
         post(&self.http, path, headers, body)
     }

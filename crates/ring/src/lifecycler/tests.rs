@@ -277,3 +277,50 @@ async fn test_stop_while_pending() {
         .unwrap();
     assert!(member(&store, "ingester-1").is_none());
 }
+
+#[tokio::test]
+async fn test_a_second_process_with_the_same_id_at_another_address_fails_naming_both() {
+    let store = InMemoryStore::new();
+    let first = Lifecycler::start("ingester", LifecyclerConfig::for_test("ingester-1", 16), store.clone());
+    wait_until(|| first.is_ready()).await;
+    let second_config = LifecyclerConfig {
+        addr: "127.0.0.2:9095".to_owned(),
+        ..LifecyclerConfig::for_test("ingester-1", 16)
+    };
+    let second = Lifecycler::start("ingester", second_config, store.clone());
+    let err = tokio::time::timeout(WAIT, second.stop(async {}))
+        .await
+        .unwrap()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, LifecyclerError::IdConflict { .. }), "{message}");
+    assert!(
+        message.contains("127.0.0.2:9095") && message.contains(&first_addr()),
+        "{message}"
+    );
+    // The first one is untouched.
+    assert_eq!(member(&store, "ingester-1").unwrap().addr, first_addr());
+    assert!(first.is_ready());
+}
+
+#[tokio::test]
+async fn test_an_id_whose_holder_stopped_heartbeating_is_taken_over() {
+    let store = InMemoryStore::new();
+    let first = Lifecycler::start("ingester", LifecyclerConfig::for_test("ingester-1", 16), store.clone());
+    wait_until(|| first.is_ready()).await;
+    // Killed: no leaving, the entry stays until its heartbeat is stale.
+    first.join.abort();
+    let config = LifecyclerConfig {
+        addr: "127.0.0.2:9095".to_owned(),
+        ..LifecyclerConfig::for_test("ingester-1", 16)
+    };
+    let mut second = Lifecycler::start("ingester", config, store.clone());
+    tokio::time::timeout(WAIT, second.wait_for_state(InstanceState::Active))
+        .await
+        .unwrap();
+    assert_eq!(member(&store, "ingester-1").unwrap().addr, "127.0.0.2:9095");
+}
+
+fn first_addr() -> String {
+    LifecyclerConfig::for_test("ingester-1", 16).addr
+}

@@ -70,11 +70,11 @@ impl Default for InstanceLimits {
 pub struct LifecyclerSettings {
     /// Instance ID in the ring; empty: the hostname.
     pub id: String,
-    /// Address other processes reach the ingester at; empty: the HTTP
-    /// listen address if it is a specific IP, else this host's first
-    /// private IP.
+    /// Address other processes reach the ingester's internal listener at;
+    /// empty: the internal listen address if it is a specific IP, else the
+    /// HTTP listen address if it is one, else this host's first private IP.
     pub address: String,
-    /// Port advertised in the ring; 0: the HTTP port.
+    /// Port advertised in the ring; 0: the internal listener's port.
     pub port: u16,
     pub availability_zone: String,
     pub num_tokens: usize,
