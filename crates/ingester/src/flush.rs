@@ -202,8 +202,9 @@ impl Inner {
 
     /// Seals the heads whose window ended and which have been idle for
     /// the grace period, then, if memory is near the ceiling, the largest
-    /// live heads.
+    /// live heads; forgets tenants that hold nothing any more.
     fn seal_due(&self, now_ms: i64) {
+        self.forget_idle_tenants(now_ms);
         let window = self.config.window_ms();
         let grace = i64::try_from(self.config.flush_idle_grace.as_millis()).unwrap_or(i64::MAX);
         let mut live = Vec::new();
@@ -268,7 +269,7 @@ impl Inner {
                             report.blocks += 1;
                         }
                         drop(data);
-                        self.release_head_bytes(head.bytes());
+                        self.release_head_bytes(&state, head.bytes());
                     }
                     Err(source) => {
                         self.metrics.flush_failed();

@@ -46,8 +46,11 @@ pub struct IngesterConfig {
     /// Width of a head's time window (by profile time).
     pub max_block_duration: Duration,
     /// Memory of heads and delta state (all tenants) past which pushes are
-    /// refused; heads are flushed early from 80 % of it.
+    /// refused; heads are flushed early from 80 % of it, and from 90 % a
+    /// tenant holding more than its share of it is refused.
     pub max_head_memory_bytes: usize,
+    /// Most tenants the ingester holds (`0`: any number).
+    pub max_tenants: usize,
     /// Size at which a WAL segment is closed and the next begun.
     pub wal_segment_bytes: u64,
     /// Replay skips corrupt WAL records (losing what they held) instead
@@ -78,6 +81,7 @@ impl IngesterConfig {
             data_dir: data_dir.into(),
             max_block_duration: Duration::from_secs(3600),
             max_head_memory_bytes: 1 << 30,
+            max_tenants: 10_000,
             wal_segment_bytes: 64 << 20,
             wal_skip_corrupt_records: false,
             flush_idle_grace: Duration::from_secs(5 * 60),
@@ -138,6 +142,24 @@ pub enum PushError {
         "ingester head memory is at {used} bytes, the limit -ingester.max-head-memory is {limit} bytes: retry later"
     )]
     MemoryLimit { used: usize, limit: usize },
+    /// Head memory is nearly full and this tenant holds more than its
+    /// fair share of it: it is the one refused.
+    #[error(
+        "ingester head memory is at {used} of {limit} bytes (-ingester.max-head-memory) and tenant {tenant} holds {held} bytes, more than its fair share of {share} bytes (the limit divided among the {tenants} tenants holding memory): this tenant's pushes are refused until its heads are flushed; retry later"
+    )]
+    TenantMemoryShare {
+        tenant: String,
+        held: usize,
+        share: usize,
+        tenants: usize,
+        used: usize,
+        limit: usize,
+    },
+    /// The ingester holds as many tenants as it may.
+    #[error(
+        "this ingester holds {limit} tenants, the most -ingester.instance-limits.max-tenants allows; tenant {tenant} is new: retry later, or raise the limit"
+    )]
+    TooManyTenants { tenant: String, limit: usize },
     #[error(
         "tenant {tenant} has {active} active series on this ingester, the push would add {new}; limit {limit} (max_global_series_per_tenant {global} over {healthy} ingesters x replication factor {replication_factor}, max_local_series_per_tenant {local}): reduce the number of series"
     )]
@@ -166,7 +188,10 @@ impl PushError {
     /// when the WAL cannot take writes now.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::MemoryLimit { .. } | Self::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
+            Self::MemoryLimit { .. }
+            | Self::TenantMemoryShare { .. }
+            | Self::TooManyTenants { .. }
+            | Self::SeriesLimit { .. } => ErrorCode::ResourceExhausted,
             Self::MissingName { .. } => ErrorCode::InvalidArgument,
             Self::Failed => ErrorCode::Unavailable,
             Self::Wal(WalError::RecordTooLarge { .. }) => ErrorCode::PayloadTooLarge,
@@ -241,6 +266,8 @@ pub(crate) struct TenantState {
     pub data: Mutex<TenantData>,
     limiter: Mutex<SeriesLimiter>,
     delta: Mutex<DeltaState>,
+    /// The tenant's part of the ingester's head memory.
+    head_bytes: AtomicUsize,
 }
 
 impl TenantState {
@@ -250,6 +277,24 @@ impl TenantState {
 
     pub(crate) fn delta(&self) -> std::sync::MutexGuard<'_, DeltaState> {
         self.delta.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds nothing at `now_ms`: no heads, no local blocks, no delta
+    /// state, no active series. Such a tenant's state can go.
+    fn is_idle(&self, now_ms: i64) -> bool {
+        // One lock at a time: others take them in other orders.
+        let empty = {
+            let data = self.data();
+            data.live.is_empty() && data.flushing.is_empty() && data.blocks.is_empty()
+        };
+        empty
+            && self.delta().bytes() == 0
+            && self
+                .limiter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .active_at(now_ms)
+                == 0
     }
 }
 
@@ -449,6 +494,11 @@ impl Ingester {
     }
 }
 
+/// From this share of the head memory ceiling on, a tenant holding more
+/// than its fair share is refused (from 80 % the largest heads are flushed
+/// early).
+const FAIR_SHARE_FROM: f64 = 0.9;
+
 /// Decoded records queued between the replay threads.
 const REPLAY_QUEUE: usize = 64;
 
@@ -519,7 +569,7 @@ impl Ingester {
     /// was stored.
     pub async fn push(&self, tenant: &str, profiles: Vec<IncomingProfile>) -> Result<(), PushError> {
         let inner = &self.inner;
-        self.check_accepting()?;
+        self.check_accepting(tenant)?;
         let mut prepared = Vec::with_capacity(profiles.len());
         let mut encoded = Vec::with_capacity(profiles.len());
         for incoming in profiles {
@@ -589,22 +639,52 @@ impl Ingester {
         })
     }
 
-    /// Refuses work when head memory is at the ceiling (or the ingester
-    /// failed): checked before a push is decoded, and again before it is
+    /// Refuses work when head memory is at the ceiling, when it is nearly
+    /// there and `tenant` holds more than its fair share (so the tenant at
+    /// fault is the one refused, and inventing tenants only shrinks each
+    /// share), when `tenant` would be one too many, or when the ingester
+    /// failed. Checked before a push is decoded, and again before it is
     /// stored.
-    pub fn check_accepting(&self) -> Result<(), PushError> {
+    pub fn check_accepting(&self, tenant: &str) -> Result<(), PushError> {
         let inner = &self.inner;
         if self.has_failed() {
             inner.metrics.refused("apply_failed");
             return Err(PushError::Failed);
         }
         let used = inner.head_bytes.load(Ordering::Relaxed);
-        if used >= inner.config.max_head_memory_bytes {
+        let limit = inner.config.max_head_memory_bytes;
+        if used >= limit {
             inner.metrics.refused("memory_limit");
-            return Err(PushError::MemoryLimit {
-                used,
-                limit: inner.config.max_head_memory_bytes,
+            return Err(PushError::MemoryLimit { used, limit });
+        }
+        let tenants = inner.tenants.read().unwrap_or_else(PoisonError::into_inner);
+        let known = tenants.get(tenant);
+        if known.is_none() && inner.config.max_tenants != 0 && tenants.len() >= inner.config.max_tenants {
+            inner.metrics.refused("max_tenants");
+            return Err(PushError::TooManyTenants {
+                tenant: tenant.to_owned(),
+                limit: inner.config.max_tenants,
             });
+        }
+        if (used as f64) >= limit as f64 * FAIR_SHARE_FROM {
+            let held = known.map_or(0, |state| state.head_bytes.load(Ordering::Relaxed));
+            let holding = tenants
+                .values()
+                .filter(|state| state.head_bytes.load(Ordering::Relaxed) > 0)
+                .count()
+                .max(1);
+            let share = limit / holding;
+            if held > share {
+                inner.metrics.refused("tenant_memory_share");
+                return Err(PushError::TenantMemoryShare {
+                    tenant: tenant.to_owned(),
+                    held,
+                    share,
+                    tenants: holding,
+                    used,
+                    limit,
+                });
+            }
         }
         Ok(())
     }
@@ -874,6 +954,26 @@ impl Inner {
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 
+    /// Forgets the state of tenants that hold nothing any more, so tenants
+    /// that come and go (or are made up) do not pile up. Runs on the WAL
+    /// completion thread (between records), so no push is being applied.
+    pub(crate) fn forget_idle_tenants(&self, now_ms: i64) {
+        let idle: Vec<String> = self
+            .all_tenants()
+            .into_iter()
+            .filter(|(_, state)| state.is_idle(now_ms))
+            .map(|(tenant, _)| tenant)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+        for tenant in &idle {
+            tenants.remove(tenant);
+            self.metrics.forget_tenant(tenant);
+        }
+    }
+
     /// Every tenant and its state.
     pub(crate) fn all_tenants(&self) -> Vec<(String, Arc<TenantState>)> {
         let tenants = self.tenants.read().unwrap_or_else(PoisonError::into_inner);
@@ -903,26 +1003,33 @@ impl Inner {
                 &mut delta,
                 Some(position),
             );
-            self.head_bytes.fetch_add(grown, Ordering::Relaxed);
+            self.add_head_bytes(&state, grown);
             self.metrics.ingested(grown);
         }
         let delta_after = delta.bytes();
         drop(delta);
         if delta_after >= delta_before {
-            self.head_bytes.fetch_add(delta_after - delta_before, Ordering::Relaxed);
+            self.add_head_bytes(&state, delta_after - delta_before);
         } else {
-            self.release_head_bytes(delta_before - delta_after);
+            self.release_head_bytes(&state, delta_before - delta_after);
         }
         self.metrics.set_head_bytes(self.head_bytes.load(Ordering::Relaxed));
     }
 
-    /// Takes `bytes` off the head memory figure (never below zero).
-    pub(crate) fn release_head_bytes(&self, bytes: usize) {
-        let _ = self
-            .head_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+    /// Adds `bytes` to the head memory of the ingester and of `tenant`.
+    fn add_head_bytes(&self, tenant: &TenantState, bytes: usize) {
+        self.head_bytes.fetch_add(bytes, Ordering::Relaxed);
+        tenant.head_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` off the head memory of the ingester and of `tenant`
+    /// (never below zero).
+    pub(crate) fn release_head_bytes(&self, tenant: &TenantState, bytes: usize) {
+        for figure in [&self.head_bytes, &tenant.head_bytes] {
+            let _ = figure.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 Some(used.saturating_sub(bytes))
             });
+        }
         self.metrics.set_head_bytes(self.head_bytes.load(Ordering::Relaxed));
     }
 
@@ -973,14 +1080,16 @@ impl Inner {
     fn recount_memory(&self) {
         let mut bytes = 0;
         for (_, state) in self.all_tenants() {
-            bytes += state.delta().bytes();
+            let mut tenant_bytes = state.delta().bytes();
             let data = state.data();
-            bytes += data
+            tenant_bytes += data
                 .live
                 .values()
                 .chain(&data.flushing)
                 .map(|head| head.bytes())
                 .sum::<usize>();
+            state.head_bytes.store(tenant_bytes, Ordering::Relaxed);
+            bytes += tenant_bytes;
         }
         self.head_bytes.store(bytes, Ordering::Relaxed);
         self.metrics.set_head_bytes(bytes);
@@ -1044,4 +1153,37 @@ fn sorted_union(lists: impl Iterator<Item = Vec<String>>) -> Vec<String> {
 
 fn now_ms() -> i64 {
     now_nanos() / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tenants holding nothing (no heads, blocks, delta state or active
+    /// series) are forgotten; the others are kept.
+    #[tokio::test]
+    async fn test_idle_tenants_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingester, _) = Ingester::start(
+            IngesterConfig::new(dir.path()),
+            Arc::new(|_| Arc::new(flamedb_model::Limits::default())),
+            Arc::new(|| ClusterShare::ALONE),
+            IngesterMetrics::register(&mut prometheus_client::registry::Registry::default()),
+            None,
+        )
+        .unwrap();
+        let inner = &ingester.inner;
+        let now = now_ms();
+        inner.tenant("ghost");
+        let series = inner.tenant("series-only");
+        series.limiter.lock().unwrap().admit(&[7], 0, now).unwrap();
+        let busy = inner.tenant("busy");
+        busy.data().live.insert(0, Arc::new(Head::new(0)));
+        inner.forget_idle_tenants(now);
+        let names = |inner: &Inner| -> Vec<String> { inner.all_tenants().into_iter().map(|(name, _)| name).collect() };
+        assert_eq!(names(inner), ["busy", "series-only"]);
+        // An hour later the series are idle too.
+        inner.forget_idle_tenants(now + 3_600_000);
+        assert_eq!(names(inner), ["busy"]);
+    }
 }

@@ -97,6 +97,12 @@ impl SeriesLimiter {
         self.last_seen_ms.len()
     }
 
+    /// Active series at `now_ms`, idle ones forgotten first.
+    pub(crate) fn active_at(&mut self, now_ms: i64) -> usize {
+        self.evict(now_ms);
+        self.active()
+    }
+
     /// Forgets series idle for longer than the window; scans at most once
     /// per [`EVICT_EVERY_MS`] so a push does not pay for every series.
     fn evict(&mut self, now_ms: i64) {

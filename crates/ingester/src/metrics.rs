@@ -83,7 +83,7 @@ impl IngesterMetrics {
         );
         registry.register(
             "flamedb_ingester_pushes_refused",
-            "Pushes refused by the ingester, by reason (memory_limit, series_limit, wal, apply_failed)",
+            "Pushes refused by the ingester, by reason (memory_limit, tenant_memory_share, max_tenants, series_limit, wal, apply_failed)",
             metrics.refused.clone(),
         );
         registry.register(
@@ -207,6 +207,13 @@ impl IngesterMetrics {
 
     pub(crate) fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Drops the series of a tenant the ingester no longer holds.
+    pub(crate) fn forget_tenant(&self, tenant: &str) {
+        self.active_series.remove(&Tenant {
+            tenant: tenant.to_owned(),
+        });
     }
 
     pub(crate) fn set_active_series(&self, tenant: &str, active: usize) {

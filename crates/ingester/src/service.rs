@@ -122,7 +122,7 @@ async fn push(
 ) -> Result<PushResponse, RpcError> {
     let tenant = ctx.tenant()?.as_str().to_owned();
     // Refuse before decoding anything when memory is at the ceiling.
-    ingester.check_accepting().map_err(push_error)?;
+    ingester.check_accepting(&tenant).map_err(push_error)?;
     let budget = Arc::clone(ctx.budget());
     let profiles = admission.decode(move || decode_push(request, &budget)).await??;
     ingester.push(&tenant, profiles).await.map_err(push_error)?;

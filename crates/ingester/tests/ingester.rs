@@ -755,3 +755,59 @@ async fn test_blocks_wait_while_storage_is_down_and_upload_when_it_is_back() {
     ingester.shutdown().await.unwrap();
     assert_eq!(bucket.list_blocks("t").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn test_near_the_ceiling_the_tenant_over_its_share_is_the_one_refused() {
+    let context = TestContext::new();
+    let config = IngesterConfig {
+        max_head_memory_bytes: 40_000,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let ingester = context.start_with(config, Limits::default());
+    ingester.push("small", vec![incoming("a", 1, 1_000, 1)]).await.unwrap();
+    // The hog fills memory until it is refused for holding more than half
+    // of it (two tenants hold memory).
+    let mut refusal = None;
+    for i in 0..250u8 {
+        if let Err(err) = ingester
+            .push("hog", vec![incoming(&format!("hog-{i}"), i, 1_000, 1)])
+            .await
+        {
+            refusal = Some(err);
+            break;
+        }
+    }
+    let refusal = refusal.expect("the hog was never refused");
+    assert!(
+        matches!(refusal, PushError::TenantMemoryShare { ref tenant, tenants: 2, share: 20_000, .. } if tenant == "hog"),
+        "{refusal}"
+    );
+    assert!(refusal.to_string().contains("-ingester.max-head-memory"), "{refusal}");
+    // The small tenant still gets in.
+    ingester.push("small", vec![incoming("b", 2, 1_000, 1)]).await.unwrap();
+    assert_eq!(total(&ingester, "small"), 2);
+}
+
+#[tokio::test]
+async fn test_new_tenants_past_the_tenant_limit_are_refused() {
+    let context = TestContext::new();
+    let config = IngesterConfig {
+        max_tenants: 2,
+        ..IngesterConfig::new(context.dir.path())
+    };
+    let ingester = context.start_with(config, Limits::default());
+    for tenant in ["a", "b"] {
+        ingester.push(tenant, vec![incoming("api", 1, 1_000, 1)]).await.unwrap();
+    }
+    let err = ingester
+        .push("made-up", vec![incoming("api", 1, 1_000, 1)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PushError::TooManyTenants { limit: 2, .. }), "{err}");
+    assert!(
+        err.to_string().contains("-ingester.instance-limits.max-tenants"),
+        "{err}"
+    );
+    // Known tenants go on.
+    ingester.push("a", vec![incoming("api", 2, 2_000, 1)]).await.unwrap();
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use flamedb_api::Admission;
 use flamedb_model::budget::{BudgetFlags, InflightBudget};
 
-use crate::config::{Config, InstanceLimits};
+use crate::config::Config;
 
 const REQUEST_MEMORY_FLAG: &str = "-distributor.max-request-memory";
 
@@ -28,18 +28,13 @@ impl Admissions {
     pub fn new(config: &Config) -> Self {
         let request_bytes = bytes(config.distributor.max_request_memory_bytes);
         let decode_slots = std::thread::available_parallelism().map_or(1, usize::from);
-        let pushes = |limits: &InstanceLimits, count_flag, bytes_flag| {
+        let pushes = |max_requests: usize, max_bytes: u64, count_flag, bytes_flag| {
             let flags = BudgetFlags {
                 request_bytes: REQUEST_MEMORY_FLAG,
                 inflight_bytes: bytes_flag,
                 inflight_requests: count_flag,
             };
-            let budget = InflightBudget::new(
-                flags,
-                request_bytes,
-                limits.max_inflight_push_requests,
-                bytes(limits.max_inflight_push_requests_bytes),
-            );
+            let budget = InflightBudget::new(flags, request_bytes, max_requests, bytes(max_bytes));
             Admission::new(budget, decode_slots)
         };
         let reads = InflightBudget::new(
@@ -54,12 +49,14 @@ impl Admissions {
         );
         Self {
             distributor_pushes: pushes(
-                &config.distributor.instance_limits,
+                config.distributor.instance_limits.max_inflight_push_requests,
+                config.distributor.instance_limits.max_inflight_push_requests_bytes,
                 "-distributor.instance-limits.max-inflight-push-requests",
                 "-distributor.instance-limits.max-inflight-push-requests-bytes",
             ),
             ingester_pushes: pushes(
-                &config.ingester.instance_limits,
+                config.ingester.instance_limits.max_inflight_push_requests,
+                config.ingester.instance_limits.max_inflight_push_requests_bytes,
                 "-ingester.instance-limits.max-inflight-push-requests",
                 "-ingester.instance-limits.max-inflight-push-requests-bytes",
             ),

@@ -375,6 +375,12 @@ pub const FLAGS: &[Flag] = &[
         "Memory in bytes the pushes in flight on an ingester may hold together, as decoded; past it 429 (0: no limit).",
     ),
     flag(
+        "ingester.instance-limits.max-tenants",
+        "ingester.instance_limits.max_tenants",
+        FlagKind::Int,
+        "Tenants an ingester holds data of; a push of one more gets 429 (0: any number). Tenants holding nothing are forgotten.",
+    ),
+    flag(
         "distributor.max-request-memory",
         "distributor.max_request_memory_bytes",
         FlagKind::Int,

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use flamedb_model::Limits;
-pub use membership::{DistributorSettings, IngesterSettings, InstanceLimits, MemberlistSettings, StoreKind};
+pub use membership::{DistributorSettings, IngesterSettings, MemberlistSettings, StoreKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
 pub use storage::{PyroscopeDbSettings, StorageBackend, StorageSettings};

@@ -38,6 +38,7 @@ impl IngesterModule {
         let ingester_config = IngesterConfig {
             max_block_duration: db.max_block_duration,
             max_head_memory_bytes: usize::try_from(config.ingester.max_head_memory_bytes).unwrap_or(usize::MAX),
+            max_tenants: config.ingester.instance_limits.max_tenants,
             local_retention: config.querier.query_store_after,
             min_free_disk_bytes: db.min_free_disk_gb.saturating_mul(1 << 30),
             min_free_disk_percent: db.min_disk_available_percentage * 100.0,

@@ -14,9 +14,35 @@ pub struct IngesterSettings {
     /// Head memory (all tenants) past which pushes get 429; heads are
     /// flushed early from 80 % of it.
     pub max_head_memory_bytes: u64,
-    /// What pushes from distributors may hold at once.
-    pub instance_limits: InstanceLimits,
+    /// What pushes from distributors may hold at once, and how many
+    /// tenants.
+    pub instance_limits: IngesterInstanceLimits,
     pub wal: IngesterWalSettings,
+}
+
+/// `ingester.instance_limits`: what one ingester takes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngesterInstanceLimits {
+    /// Pushes being received, decoded or stored at once (0: no limit).
+    pub max_inflight_push_requests: usize,
+    /// Memory those pushes may hold together, counted as what they decode
+    /// into (0: no limit).
+    pub max_inflight_push_requests_bytes: u64,
+    /// Tenants the ingester holds data of (0: any number); tenants that
+    /// hold nothing any more are forgotten.
+    pub max_tenants: usize,
+}
+
+impl Default for IngesterInstanceLimits {
+    fn default() -> Self {
+        Self {
+            // Each distributor's push reaches RF ingesters.
+            max_inflight_push_requests: 256,
+            max_inflight_push_requests_bytes: 1 << 30,
+            max_tenants: 10_000,
+        }
+    }
 }
 
 /// `ingester.wal`: how the write-ahead log is replayed.
@@ -34,11 +60,7 @@ impl Default for IngesterSettings {
             lifecycler: LifecyclerSettings::default(),
             wal: IngesterWalSettings::default(),
             max_head_memory_bytes: 1 << 30,
-            instance_limits: InstanceLimits {
-                // Each distributor's push reaches RF ingesters.
-                max_inflight_push_requests: 256,
-                max_inflight_push_requests_bytes: 1 << 30,
-            },
+            instance_limits: IngesterInstanceLimits::default(),
         }
     }
 }
