@@ -315,11 +315,11 @@ pub enum BodyError {
 
 impl From<BodyError> for RpcError {
     fn from(err: BodyError) -> Self {
-        let code = match &err {
+        let code = match err {
             BodyError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             BodyError::Timeout(_) => ErrorCode::RequestTimeout,
             BodyError::Broken { .. } => ErrorCode::InvalidArgument,
-            BodyError::Budget(err) => return err.clone().into(),
+            BodyError::Budget(budget) => return budget.into(),
         };
         RpcError::new(code, err.to_string())
     }

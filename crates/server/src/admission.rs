@@ -8,6 +8,10 @@ use std::sync::Arc;
 
 use flamedb_api::Admission;
 use flamedb_model::budget::{BudgetFlags, InflightBudget};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 
@@ -25,7 +29,9 @@ pub struct Admissions {
 }
 
 impl Admissions {
-    pub fn new(config: &Config) -> Self {
+    /// The admissions `config` asks for; their in-flight figures are
+    /// exported on `registry`.
+    pub fn new(config: &Config, registry: &mut Registry) -> Self {
         let request_bytes = bytes(config.distributor.max_request_memory_bytes);
         let decode_slots = std::thread::available_parallelism().map_or(1, usize::from);
         let pushes = |max_requests: usize, max_bytes: u64, count_flag, bytes_flag| {
@@ -47,7 +53,7 @@ impl Admissions {
             0,
             0,
         );
-        Self {
+        let admissions = Self {
             distributor_pushes: pushes(
                 config.distributor.instance_limits.max_inflight_push_requests,
                 config.distributor.instance_limits.max_inflight_push_requests_bytes,
@@ -61,7 +67,47 @@ impl Admissions {
                 "-ingester.instance-limits.max-inflight-push-requests-bytes",
             ),
             reads: Admission::new(reads, decode_slots),
+        };
+        registry.register_collector(Box::new(admissions.clone()));
+        admissions
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// `flamedb_inflight_requests{kind}` and `flamedb_inflight_bytes{kind}`,
+/// read from the budgets at each scrape.
+impl Collector for Admissions {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let kinds = [
+            ("distributor_push", &self.distributor_pushes),
+            ("ingester_push", &self.ingester_pushes),
+            ("read", &self.reads),
+        ];
+        let figures: [(&str, &str, fn(&InflightBudget) -> usize); 2] = [
+            (
+                "flamedb_inflight_requests",
+                "Requests admitted and not yet answered, by kind (push limits: -*.instance-limits.max-inflight-push-requests)",
+                InflightBudget::requests,
+            ),
+            (
+                "flamedb_inflight_bytes",
+                "Memory charged by the requests in flight, as what they decode into, by kind (push limits: -*.instance-limits.max-inflight-push-requests-bytes)",
+                InflightBudget::bytes,
+            ),
+        ];
+        for (name, help, read) in figures {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (kind, admission) in kinds {
+                let value = i64::try_from(read(admission.budget())).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&KindLabel { kind })?)?;
+            }
         }
+        Ok(())
     }
 }
 

@@ -113,7 +113,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(ingester) = &ingester {
         ingester.set_ring(membership.ingester_ring.clone());
     }
-    let admissions = Admissions::new(&config);
+    let admissions = Admissions::new(&config, &mut registry);
     let ingester_routes = ingester.as_ref().map(IngesterModule::operator_routes);
     let internal_app = ingester.as_ref().map(|ingester| {
         flamedb_api::with_body_read_timeout(

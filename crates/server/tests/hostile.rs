@@ -576,6 +576,11 @@ fn send(node: &Flamedb, tenant: &str, request: &Request) -> (u16, String) {
 
 /// The flame graph of `service` as `tenant` sees it: its total and levels.
 fn flame_graph(node: &Flamedb, tenant: &str, service: &str) -> (i64, usize) {
+    flame_graph_of(node, Some(tenant), service)
+}
+
+/// [`flame_graph`], for any tenant when multitenancy is off (`None`).
+fn flame_graph_of(node: &Flamedb, tenant: Option<&str>, service: &str) -> (i64, usize) {
     let now = now_nanos() / 1_000_000;
     let request = querier::SelectMergeStacktracesRequest {
         profile_type_id: CPU.into(),
@@ -585,10 +590,14 @@ fn flame_graph(node: &Flamedb, tenant: &str, service: &str) -> (i64, usize) {
         max_nodes: Some(0),
         ..Default::default()
     };
+    let mut headers = vec![("content-type", PROTO)];
+    if let Some(tenant) = tenant {
+        headers.push(("x-scope-orgid", tenant));
+    }
     let (status, body) = node
         .post(
             "/querier.v1.QuerierService/SelectMergeStacktraces",
-            &[("content-type", PROTO), ("x-scope-orgid", tenant)],
+            &headers,
             request.encode_to_vec(),
         )
         .unwrap();
@@ -788,4 +797,48 @@ fn test_internal_surfaces_are_not_on_the_public_port() {
     assert_eq!(status, 404);
     assert_eq!(node.get("/ingester/flush").unwrap().0, 405);
     assert_eq!(node.post("/ingester/flush", &[], Vec::new()).unwrap().0, 200);
+}
+
+/// Data stored before depth was counted in frames (here: pushed straight
+/// to the ingester API, which trusts the distributor's validation) holds a
+/// stack 200,000 frames deep. Every query over it answers, before and
+/// after a kill -9 and a WAL replay.
+#[test]
+fn test_deep_stacks_stored_unvalidated_never_poison_queries() {
+    let data = shared_dir();
+    let flags = vec![format!("-pyroscopedb.data-path={}", path_in(data.path(), "data"))];
+    let mut node = start_ready(BINARY, "old-data", &flags, &[]);
+    let push = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: labels("old-deep"),
+            samples: vec![RawSample {
+                raw_profile: deep_lines_profile(200_000).encode_to_vec(),
+                id: "00000000-0000-4000-8000-000000000001".into(),
+            }],
+            annotations: vec![],
+        }],
+    };
+    let internal = node.internal.clone().unwrap();
+    let (status, body) =
+        flamedb_testkit::post_proto(&internal, "/ingester.v1.IngesterService/Push", push.encode_to_vec()).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let check = |node: &Flamedb| {
+        let (total, levels) = flame_graph_of(node, None, "old-deep");
+        assert_eq!((total, levels), (1, 200_001));
+        let now = now_nanos() / 1_000_000_000;
+        for format in ["json", "dot", "pprof"] {
+            let path = format!(
+                "/pyroscope/render?query={CPU}{{service_name=\"old-deep\"}}&from={}&until={}&format={format}&max-nodes=0",
+                now - 3600,
+                now + 60
+            );
+            let (status, body) = node.get(&path).unwrap();
+            assert_eq!(status, 200, "{format}: {body:.200}");
+        }
+    };
+    check(&node);
+    node.kill();
+    drop(node);
+    let node = start_ready(BINARY, "old-data-restarted", &flags, &[]);
+    check(&node);
 }
