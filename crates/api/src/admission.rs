@@ -51,13 +51,18 @@ impl Admission {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let _slot = Arc::clone(&self.decoding)
+        let slot = Arc::clone(&self.decoding)
             .acquire_owned()
             .await
             .map_err(|_| RpcError::new(ErrorCode::Unavailable, "the server is shutting down"))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|err| RpcError::internal(format!("decoding failed: {err}")))
+        // The work holds the slot, not the caller: a caller that stops
+        // waiting (its timeout) does not free a slot the work still uses.
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|err| RpcError::internal(format!("decoding failed: {err}")))
     }
 
     /// The process-wide budget, for metrics.

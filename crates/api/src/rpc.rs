@@ -105,6 +105,8 @@ pub struct RpcOptions {
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
 /// What the body charges the request's budget as.
 const BODY: &str = "the request body";
+/// The most of a body's declared length reserved before it arrives.
+const FIRST_BODY_RESERVATION: usize = 1 << 20;
 /// What the decoded message charges the request's budget as.
 const DECODED: &str = "the decoded request message";
 
@@ -342,7 +344,9 @@ pub async fn read_body(
     if declared.is_some_and(|declared| declared > limit) {
         return Err(BodyError::TooLarge { limit });
     }
-    let first_capacity = declared.unwrap_or(0);
+    // A declared length is a claim, not bytes: reserve at most a little
+    // before data arrives, so idle connections cannot hold the pool.
+    let first_capacity = declared.unwrap_or(0).min(FIRST_BODY_RESERVATION);
     budget.charge(allocation_size(first_capacity), BODY)?;
     let mut buffer: Vec<u8> = Vec::with_capacity(first_capacity);
     let mut body = body;

@@ -616,8 +616,11 @@ async fn test_decoded_size_is_charged_before_decoding() {
     .await;
     assert_eq!(small.status(), 200);
 
-    let full = Admission::new(InflightBudget::new(FLAGS, 1 << 20, 0, 1), 1);
-    let server = start_with(false, full).await;
+    // Other requests in flight hold the pool: 429 at once, naming it.
+    let busy = Admission::new(InflightBudget::new(FLAGS, 1 << 20, 0, 1 << 20), 1);
+    let holder = busy.admit().unwrap();
+    holder.charge((1 << 20) - 100, "another request").unwrap();
+    let server = start_with(false, Arc::clone(&busy)).await;
     let response = post(
         &server,
         "/push.v1.PusherService/Push",
@@ -627,7 +630,21 @@ async fn test_decoded_size_is_charged_before_decoding() {
     .await;
     let (status, _, message) = json_error(response).await;
     assert_eq!(status, 429, "{message}");
-    assert!(message.contains("try again later"), "{message}");
+    assert!(
+        message.contains("-distributor.instance-limits.max-inflight-push-requests-bytes")
+            && message.contains("try again later"),
+        "{message}"
+    );
+    // Once they are done, it goes through.
+    drop(holder);
+    let response = post(
+        &server,
+        "/push.v1.PusherService/Push",
+        "application/proto",
+        push_with_label("fine").encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }
 
 /// Every message the wire knows has a shape, and the shapes' struct sizes

@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::batch::{PushBatch, Rejection};
 use crate::metrics::DistributorMetrics;
 use crate::rate_limit::RateLimiter;
-use crate::replication::{IngesterPool, ReplicatedProfile, replicate};
+use crate::replication::{IngesterPool, ReplicatedProfile, Writes, replicate};
 
 /// Most problems listed in one error message.
 const LISTED_PROBLEMS: usize = 20;
@@ -66,8 +66,8 @@ pub struct Prepared {
     rejections: Vec<Rejection>,
     /// When the push arrived (for the push latency metric).
     started: Instant,
-    /// Held until the series are stored: they are what it was charged
-    /// for.
+    /// Held while the series are being stored (stragglers included):
+    /// they are what it was charged for.
     budget: Arc<RequestBudget>,
 }
 
@@ -173,7 +173,7 @@ impl Distributor {
             series,
             rejections,
             started,
-            budget: _held_until_stored,
+            budget,
         } = prepared;
         let stored = series.len();
         let replicated = if series.is_empty() {
@@ -186,8 +186,11 @@ impl Distributor {
                 &inner.stragglers,
                 inner.config.push_timeout,
                 &inner.metrics,
-                &tenant,
-                series,
+                Writes {
+                    tenant: &tenant,
+                    profiles: series,
+                    budget: &budget,
+                },
             )
             .await
         };

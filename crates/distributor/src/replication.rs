@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flamedb_api::{ErrorCode, RpcError};
+use flamedb_model::budget::RequestBudget;
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Labels, ProfileId};
 use flamedb_ring::{InstanceDesc, Operation, Ring, now_ms};
@@ -98,7 +99,15 @@ struct Batch {
     series: Vec<usize>,
 }
 
-/// Writes `profiles` of `tenant` to their replicas on `ring` and returns
+/// What one request writes: its tenant's series-profiles, and the budget
+/// they were charged to (held while any push of them runs).
+pub(crate) struct Writes<'a> {
+    pub tenant: &'a str,
+    pub profiles: Vec<ReplicatedProfile>,
+    pub budget: &'a Arc<RequestBudget>,
+}
+
+/// Writes the series-profiles of `writes` to their replicas on `ring` and returns
 /// once each has a quorum, or with the first error that makes one
 /// impossible.
 pub(crate) async fn replicate(
@@ -107,9 +116,13 @@ pub(crate) async fn replicate(
     tasks: &TaskTracker,
     timeout: Duration,
     metrics: &DistributorMetrics,
-    tenant: &str,
-    profiles: Vec<ReplicatedProfile>,
+    writes: Writes<'_>,
 ) -> Result<(), RpcError> {
+    let Writes {
+        tenant,
+        profiles,
+        budget,
+    } = writes;
     let now = now_ms();
     let profiles: Vec<Arc<ReplicatedProfile>> = profiles.into_iter().map(Arc::new).collect();
     let mut quorums = Vec::with_capacity(profiles.len());
@@ -157,7 +170,11 @@ pub(crate) async fn replicate(
         );
         let sender = sender.clone();
         let metrics = metrics.clone();
+        // What the profiles were charged to stays charged while any push
+        // of them runs, stragglers included.
+        let held = Arc::clone(budget);
         tasks.spawn(async move {
+            let _held = held;
             let result = match tokio::time::timeout(timeout, push).await {
                 Ok(result) => result,
                 Err(_) => Err(RpcError::new(
@@ -306,8 +323,11 @@ mod tests {
             &tasks,
             Duration::from_millis(200),
             &metrics,
-            "t",
-            profiles(count),
+            Writes {
+                tenant: "t",
+                profiles: profiles(count),
+                budget: &Arc::new(RequestBudget::unlimited()),
+            },
         )
         .await;
         (result, pool)

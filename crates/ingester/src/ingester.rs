@@ -955,8 +955,9 @@ impl Inner {
     }
 
     /// Forgets the state of tenants that hold nothing any more, so tenants
-    /// that come and go (or are made up) do not pile up. Runs on the WAL
-    /// completion thread (between records), so no push is being applied.
+    /// that come and go (or are made up) do not pile up. A state some push
+    /// holds (its series being admitted, say) is kept: it is checked again
+    /// under the write lock, where nobody else can take it.
     pub(crate) fn forget_idle_tenants(&self, now_ms: i64) {
         let idle: Vec<String> = self
             .all_tenants()
@@ -969,8 +970,14 @@ impl Inner {
         }
         let mut tenants = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
         for tenant in &idle {
-            tenants.remove(tenant);
-            self.metrics.forget_tenant(tenant);
+            // Only the map holds it, so no lock inside it is taken.
+            let unused = tenants
+                .get(tenant)
+                .is_some_and(|state| Arc::strong_count(state) == 1 && state.is_idle(now_ms));
+            if unused {
+                tenants.remove(tenant);
+                self.metrics.forget_tenant(tenant);
+            }
         }
     }
 
@@ -1177,12 +1184,17 @@ mod tests {
         inner.tenant("ghost");
         let series = inner.tenant("series-only");
         series.limiter.lock().unwrap().admit(&[7], 0, now).unwrap();
-        let busy = inner.tenant("busy");
-        busy.data().live.insert(0, Arc::new(Head::new(0)));
+        inner.tenant("busy").data().live.insert(0, Arc::new(Head::new(0)));
+        drop(series);
         inner.forget_idle_tenants(now);
         let names = |inner: &Inner| -> Vec<String> { inner.all_tenants().into_iter().map(|(name, _)| name).collect() };
         assert_eq!(names(inner), ["busy", "series-only"]);
-        // An hour later the series are idle too.
+        // An hour later the series are idle too; a state a push holds is
+        // kept whatever it holds.
+        let held = inner.tenant("series-only");
+        inner.forget_idle_tenants(now + 3_600_000);
+        assert_eq!(names(inner), ["busy", "series-only"]);
+        drop(held);
         inner.forget_idle_tenants(now + 3_600_000);
         assert_eq!(names(inner), ["busy"]);
     }

@@ -163,11 +163,22 @@ impl RequestBudget {
                 what,
             });
         }
-        if let Some(pool) = &self.pool
-            && let Err(err) = pool.take(bytes, what)
-        {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(err);
+        if let Some(pool) = &self.pool {
+            // Larger than the whole pool: it can never fit, however long
+            // the client waits.
+            if pool.max_bytes != 0 && used > pool.max_bytes {
+                self.used.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(BudgetError::RequestTooLarge {
+                    flag: pool.flags.inflight_bytes,
+                    limit: pool.max_bytes,
+                    needed: used,
+                    what,
+                });
+            }
+            if let Err(err) = pool.take(bytes, what) {
+                self.used.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(err);
+            }
         }
         Ok(())
     }
@@ -265,6 +276,25 @@ mod tests {
         assert_eq!((pool.requests(), pool.bytes()), (1, 30));
         drop(second);
         assert_eq!((pool.requests(), pool.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn test_a_request_larger_than_the_pool_is_too_large_not_busy() {
+        let pool = InflightBudget::new(FLAGS, 0, 0, 100);
+        let request = pool.admit().unwrap();
+        let err = request.charge(101, "a").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BudgetError::RequestTooLarge {
+                    flag: "-x.bytes",
+                    limit: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(pool.bytes(), 0);
     }
 
     #[test]

@@ -60,7 +60,10 @@ impl Tree {
         tree
     }
 
-    fn intern(&mut self, name: &str) -> u32 {
+    /// The index of `name` among the tree's names, added if new: for
+    /// [`Tree::insert_interned`], so a name is hashed once, not once per
+    /// frame (names can be 64 KiB long).
+    pub fn intern(&mut self, name: &str) -> u32 {
         if let Some(&index) = self.name_index.get(name) {
             return index;
         }
@@ -72,6 +75,11 @@ impl Tree {
 
     fn child(&mut self, parent: u32, name: &str) -> u32 {
         let name = self.intern(name);
+        self.child_with_name(parent, name)
+    }
+
+    /// The child of `parent` with the interned name `name`, added if new.
+    fn child_with_name(&mut self, parent: u32, name: u32) -> u32 {
         if let Some(&child) = self.child_index.get(&(parent, name)) {
             return child;
         }
@@ -100,9 +108,25 @@ impl Tree {
         current.self_value = current.self_value.saturating_add(value);
     }
 
+    /// Adds `value` to the stack of interned `names` (root first; see
+    /// [`Tree::intern`]).
+    pub fn insert_interned(&mut self, names: impl IntoIterator<Item = u32>, value: i64) {
+        let mut node = 0;
+        self.nodes[0].total = self.nodes[0].total.saturating_add(value);
+        for name in names {
+            node = self.child_with_name(node, name);
+            let current = &mut self.nodes[node as usize];
+            current.total = current.total.saturating_add(value);
+        }
+        let current = &mut self.nodes[node as usize];
+        current.self_value = current.self_value.saturating_add(value);
+    }
+
     /// Adds every stack of `other` to this tree. Iterative: trees can be as
-    /// deep as stored data makes them.
+    /// deep as stored data makes them; each of `other`'s names is looked up
+    /// once, not once per node.
     pub fn merge(&mut self, other: &Tree) {
+        let mut names: Vec<Option<u32>> = vec![None; other.names.len()];
         // (node here, node of `other`) whose values and children are due.
         let mut pending = vec![(0u32, 0u32)];
         while let Some((into, from)) = pending.pop() {
@@ -111,7 +135,16 @@ impl Tree {
             node.total = node.total.saturating_add(source.total);
             node.self_value = node.self_value.saturating_add(source.self_value);
             for &child in &source.children {
-                let target = self.child(into, other.name_of(child));
+                let other_name = other.nodes[child as usize].name;
+                let name = match names[other_name as usize] {
+                    Some(name) => name,
+                    None => {
+                        let name = self.intern(&other.names[other_name as usize]);
+                        names[other_name as usize] = Some(name);
+                        name
+                    }
+                };
+                let target = self.child_with_name(into, name);
                 pending.push((target, child));
             }
         }
@@ -154,12 +187,18 @@ impl Tree {
     /// Every node but the root with its depth (the root's children are at
     /// depth 1), in pre-order with children in name order.
     pub(crate) fn depth_first(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        let ranks = self.name_ranks();
         let mut stack: Vec<(u32, usize)> = Vec::new();
-        stack.extend(self.sorted_children(0).into_iter().rev().map(|child| (child, 1)));
+        stack.extend(
+            self.sorted_children(0, &ranks)
+                .into_iter()
+                .rev()
+                .map(|child| (child, 1)),
+        );
         std::iter::from_fn(move || {
             let (node, depth) = stack.pop()?;
             stack.extend(
-                self.sorted_children(node)
+                self.sorted_children(node, &ranks)
                     .into_iter()
                     .rev()
                     .map(|child| (child, depth + 1)),
@@ -179,9 +218,24 @@ impl Tree {
         &self.names[name as usize]
     }
 
-    fn sorted_children(&self, node: u32) -> Vec<u32> {
+    /// Each name's place in name order: children are sorted by these, so
+    /// names (up to 64 KiB each) are compared once per distinct pair, not
+    /// once per node.
+    fn name_ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut ranks = vec![0u32; self.names.len()];
+        for (rank, name) in order.into_iter().enumerate() {
+            ranks[name as usize] = rank as u32;
+        }
+        ranks
+    }
+
+    /// The children of `node` in name order (`ranks` from
+    /// [`Tree::name_ranks`]).
+    fn sorted_children(&self, node: u32, ranks: &[u32]) -> Vec<u32> {
         let mut children = self.nodes[node as usize].children.clone();
-        children.sort_by(|a, b| self.name_of(*a).cmp(self.name_of(*b)));
+        children.sort_unstable_by_key(|child| ranks[self.nodes[*child as usize].name as usize]);
         children
     }
 
@@ -205,6 +259,7 @@ impl Tree {
     /// (0: all); the rest fold into `other` children.
     pub fn encode(&self, max_nodes: usize) -> Vec<u8> {
         let cutoff = self.cutoff(max_nodes);
+        let ranks = self.name_ranks();
         let mut out = Vec::new();
         // (node, or a folded `other` with its value)
         enum Item {
@@ -219,7 +274,7 @@ impl Tree {
                     let current = &self.nodes[node as usize];
                     let mut kept = Vec::new();
                     let mut folded = 0i64;
-                    for child in self.sorted_children(node) {
+                    for child in self.sorted_children(node, &ranks) {
                         if self.nodes[child as usize].total >= cutoff {
                             kept.push(child);
                         } else {
@@ -329,6 +384,7 @@ impl Tree {
             Other(i64),
         }
         let cutoff = self.cutoff(max_nodes);
+        let ranks = self.name_ranks();
         let mut graph = FlameGraph {
             names: vec!["total".to_owned()],
             total: self.total(),
@@ -365,7 +421,7 @@ impl Tree {
                     let mut children = Vec::new();
                     let mut folded = 0i64;
                     let mut child_x = x.saturating_add(current.self_value);
-                    for child in self.sorted_children(node) {
+                    for child in self.sorted_children(node, &ranks) {
                         let child_total = self.nodes[child as usize].total;
                         if child_total >= cutoff {
                             children.push((Item::Node(child), depth + 1, child_x));
@@ -414,6 +470,16 @@ impl Tree {
         let mut union = left.clone();
         union.merge(right);
         let cutoff = union.cutoff(max_nodes);
+        let ranks = union.name_ranks();
+        // The union's names as each side numbers them: the left's are the
+        // same (the union is its copy, names only appended); the right's
+        // are looked up once per name.
+        let on_left = |name: u32| ((name as usize) < left.names.len()).then_some(name);
+        let on_right: Vec<Option<u32>> = union
+            .names
+            .iter()
+            .map(|name| right.name_index.get(name.as_str()).copied())
+            .collect();
         let mut graph = FlameGraphDiff {
             names: vec!["total".to_owned()],
             left_ticks: left.total(),
@@ -467,10 +533,14 @@ impl Tree {
                         x_left.saturating_add(left_values.1),
                         x_right.saturating_add(right_values.1),
                     );
-                    for child in union.sorted_children(node) {
-                        let name = union.name_of(child);
-                        let child_left = in_left.and_then(|parent| left.child_named(parent, name));
-                        let child_right = in_right.and_then(|parent| right.child_named(parent, name));
+                    for child in union.sorted_children(node, &ranks) {
+                        let name = union.nodes[child as usize].name;
+                        let child_left = in_left
+                            .zip(on_left(name))
+                            .and_then(|(parent, name)| left.child_id(parent, name));
+                        let child_right = in_right
+                            .zip(on_right[name as usize])
+                            .and_then(|(parent, name)| right.child_id(parent, name));
                         let (l, r) = (side(left, child_left).0, side(right, child_right).0);
                         if union.nodes[child as usize].total >= cutoff {
                             children.push((
@@ -511,9 +581,8 @@ impl Tree {
         graph
     }
 
-    /// The child of `parent` named `name`, if any.
-    fn child_named(&self, parent: u32, name: &str) -> Option<u32> {
-        let name = *self.name_index.get(name)?;
+    /// The child of `parent` with the interned name `name`, if any.
+    fn child_id(&self, parent: u32, name: u32) -> Option<u32> {
         self.child_index.get(&(parent, name)).copied()
     }
 

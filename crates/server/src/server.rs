@@ -201,9 +201,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     readiness.set_ready();
 
     let failure = membership.failure();
+    let mut internal_server = internal_server;
+    // The internal listener serving no more is a failure too: the ingester
+    // would be unreachable while the process says it is ready.
+    let internal_ended = async {
+        match internal_server.as_mut() {
+            Some(task) => match task.await {
+                Ok(Ok(())) => "the internal listener stopped".to_owned(),
+                Ok(Err(err)) => format!("the internal listener failed: {err}"),
+                Err(err) => format!("the internal listener task failed: {err}"),
+            },
+            None => std::future::pending().await,
+        }
+    };
     let failed = tokio::select! {
         () = shutdown => None,
         message = failure => Some(message),
+        message = internal_ended => {
+            internal_server = None;
+            Some(message)
+        }
     };
     if let Some(message) = &failed {
         error!(error = %message, "a module failed; stopping");
@@ -224,8 +241,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })
         .await;
     stop.cancel();
+    // One grace period for both listeners.
+    let deadline = tokio::time::Instant::now() + grace;
     let abort = server.abort_handle();
-    let served = match tokio::time::timeout(grace, server).await {
+    let served = match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(result)) => result.context("the HTTP server failed"),
         Ok(Err(join_error)) => Err(join_error).context("the HTTP server task failed"),
         Err(_) => {
@@ -241,8 +260,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         // Stopped with the public server (the same token); what it still
         // runs after the grace period is cut.
         let abort = internal.abort_handle();
-        if tokio::time::timeout(grace, internal).await.is_err() {
-            abort.abort();
+        match tokio::time::timeout_at(deadline, internal).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => warn!(error = %err, "the internal listener failed while stopping"),
+            Ok(Err(err)) => warn!(error = %err, "the internal listener task failed while stopping"),
+            Err(_) => abort.abort(),
         }
     }
     if let Some(module) = &distributor {

@@ -5,6 +5,8 @@
 //! A location without source lines gets one synthetic line whose function
 //! is named after its address (`0x4f2a10`), so every frame has a name.
 
+use std::collections::HashMap;
+
 use flamedb_model::Tree;
 use flamedb_model::pprof::Profile;
 use indexmap::IndexSet;
@@ -284,12 +286,19 @@ impl Symbols {
         hasher.digest()
     }
 
-    /// Adds `(stack, value)` pairs to `tree`, by function name.
+    /// Adds `(stack, value)` pairs to `tree`, by function name. Each
+    /// function name is looked up in the tree once, not once per frame.
     pub fn add_to_tree(&self, stacks: impl IntoIterator<Item = (u32, i64)>, tree: &mut Tree) {
         let mut frames = Vec::new();
+        let mut in_tree: HashMap<u32, u32> = HashMap::new();
         for (stack, value) in stacks {
             self.frames(stack, &mut frames);
-            tree.insert(frames.iter().map(|&name| self.string_at(name)), value);
+            for name in &mut frames {
+                *name = *in_tree
+                    .entry(*name)
+                    .or_insert_with(|| tree.intern(self.string_at(*name)));
+            }
+            tree.insert_interned(frames.iter().copied(), value);
         }
     }
 

@@ -189,8 +189,6 @@ impl Flamedb {
         post_proto(&self.http, path, body)
     }
 
-    /// POST `body` with `headers` to `path` (query included): status and
-    /// body, or the transport error.
     /// POST a protobuf body to `path` of the internal listener (the
     /// ingester API); panics when the process runs no ingester.
     pub fn post_internal_proto(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
@@ -201,6 +199,8 @@ impl Flamedb {
         post_proto(internal, path, body)
     }
 
+    /// POST `body` with `headers` to `path` (query included): status and
+    /// body, or the transport error.
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
         post(&self.http, path, headers, body)
     }

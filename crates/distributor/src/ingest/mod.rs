@@ -221,6 +221,11 @@ async fn handle(
 /// Parses folded stacks or lines sent to `/ingest` into a profile of the
 /// type the name's suffix gives, added under the labels of the request.
 fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format: Format) -> Result<(), RpcError> {
+    // The parsed stacks, before they are parsed: at most a frame (16
+    // bytes) per 2 bytes of text, twice as the vectors grow.
+    batch
+        .budget()
+        .charge(body.len().saturating_mul(16), "the stacks of the text profile")?;
     let text = std::str::from_utf8(body)
         .map_err(|err| RpcError::invalid_argument(format!("the body is not UTF-8 text: {err}")))?;
     let stacks = if format == Format::Lines {
@@ -229,11 +234,6 @@ fn add_text(batch: &mut PushBatch, request: &IngestRequest, body: &[u8], format:
         text::parse_folded(text).map_err(|err| RpcError::new(ErrorCode::UnprocessableEntity, err.to_string()))?
     };
     let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
-    // The parsed stacks: a slice per frame and a vector per stack.
-    let frames: usize = stacks.iter().map(|(frames, _)| frames.len()).sum();
-    batch
-        .budget()
-        .charge(2 * (16 * frames + 48 * stacks.len()), "the stacks of the text profile")?;
     let budget = Arc::clone(batch.budget());
     let profile = text::build_profile(&stacks, &kind, request.sample_rate, request.from, request.until, budget)?;
     let labels = request.labels(kind.metric, &kind.app_name);
@@ -250,6 +250,11 @@ fn add_tree_format(
     format: TreeFormat,
 ) -> Result<(), RpcError> {
     let kind = text::profile_type(&request.name.app_name).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
+    // The parser's own stacks (open nodes, the path, key ends): at most 32
+    // bytes per node of 4 body bytes, twice as they grow.
+    batch
+        .budget()
+        .charge(body.len().saturating_mul(16), "the parsing of the trie or tree")?;
     let mut builder = text::TextProfileBuilder::new(&kind, request.sample_rate, request.from, request.until)
         .within(Arc::clone(batch.budget()));
     tree_formats::parse(format, body, |frames, value| builder.add(frames, value))
