@@ -13,7 +13,10 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 /// The dimensions of a profile; each is bounded so the encoded profile
-/// stays near the 4 MiB size limit.
+/// stays near the 4 MiB size limit and a run takes a fraction of a second
+/// (the shapes stay extreme: stacks of thousands of frames, hundreds of
+/// inlined lines per location, long shared names, thousands of label
+/// groups).
 #[derive(Debug, Arbitrary)]
 struct Shape {
     functions: u16,
@@ -28,14 +31,14 @@ struct Shape {
 }
 
 fn build(shape: &Shape) -> Profile {
-    let functions = u64::from(shape.functions % 2000) + 1;
-    let locations = u64::from(shape.locations % 2000) + 1;
-    let lines = usize::from(shape.lines_per_location % 4096) + 1;
-    let samples = usize::from(shape.samples % 4000) + 1;
-    let depth = usize::from(shape.depth % 8192) + 1;
+    let functions = u64::from(shape.functions % 500) + 1;
+    let locations = u64::from(shape.locations % 500) + 1;
+    let lines = usize::from(shape.lines_per_location % 1024) + 1;
+    let samples = usize::from(shape.samples % 2000) + 1;
+    let depth = usize::from(shape.depth % 4096) + 1;
     let types = usize::from(shape.sample_types % 16) + 1;
     let mut strings = vec![String::new(), "cpu".to_owned(), "nanoseconds".to_owned(), "k".to_owned()];
-    strings.push("x".repeat((shape.long_string % (1 << 20)) as usize));
+    strings.push("x".repeat((shape.long_string % (256 << 10)) as usize));
     let long = strings.len() as i64 - 1;
     let first_value = strings.len() as i64;
     let values = i64::from(shape.label_values % 5000);
@@ -47,9 +50,9 @@ fn build(shape: &Shape) -> Profile {
         next ^= next << 17;
         next % below.max(1)
     };
-    // A budget of about 3 M lines and location references in all.
-    let lines = lines.min(3_000_000 / locations as usize).max(1);
-    let depth = depth.min(3_000_000 / samples).max(1);
+    // About a million lines and as many location references in all.
+    let lines = lines.min(1_000_000 / locations as usize).max(1);
+    let depth = depth.min(1_000_000 / samples).max(1);
     Profile {
         sample_type: vec![ValueType { r#type: 1, unit: 2 }; types],
         string_table: strings,

@@ -187,11 +187,6 @@ impl RequestBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
-
-    /// The request's own limit (`0`: none).
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 impl Drop for RequestBudget {

@@ -475,6 +475,57 @@ fn vectors() -> Vec<Vector> {
             },
         ),
         vector(
+            "16,000 label groups x a 60 KB function name",
+            "OTLP",
+            &[413],
+            REQUEST_LIMIT,
+            || {
+                let mut dictionary = deep_otlp_dictionary(1);
+                dictionary.string_table[5] = "g".repeat(60_000);
+                dictionary.string_table.push("thread.name".to_owned());
+                dictionary
+                    .attribute_table
+                    .extend((0..16_000).map(|n| otlp::KeyValueAndUnit {
+                        key_strindex: 6,
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(format!("t{n}"))),
+                        }),
+                        unit_strindex: 0,
+                    }));
+                let samples = (1..=16_000)
+                    .map(|n| otlp::Sample {
+                        stack_index: 1,
+                        values: vec![1],
+                        attribute_indices: vec![n],
+                        ..otlp::Sample::default()
+                    })
+                    .collect();
+                Request {
+                    path: OTLP_HTTP.into(),
+                    headers: vec![("content-type", "application/x-protobuf")],
+                    body: otlp_request(dictionary, "groups-otlp", samples),
+                }
+            },
+        ),
+        vector(
+            "35,000 profiles x a 60 KB frame name",
+            "speedscope",
+            &[413],
+            REQUEST_LIMIT,
+            || {
+                let profile = r#"{"type":"sampled","name":"p","unit":"none","startValue":0,"endValue":1,"samples":[[0]],"weights":[1]}"#;
+                let profiles: Vec<String> = (0..35_000)
+                    .map(|n| profile.replace("\"p\"", &format!("\"p{n}\"")))
+                    .collect();
+                let body = format!(
+                    r#"{{"shared":{{"frames":[{{"name":"{}"}}]}},"profiles":[{}]}}"#,
+                    "f".repeat(60_000),
+                    profiles.join(",")
+                );
+                ingest("name=profiles-speedscope.cpu&format=speedscope", body.into_bytes())
+            },
+        ),
+        vector(
             "1 MB series label x 100,000 profiles",
             "push.v1 proto",
             &[413],
