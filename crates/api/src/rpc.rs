@@ -30,7 +30,7 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use flamedb_model::budget::{RequestBudget, allocation_size};
+use flamedb_model::budget::{RequestBudget, allocation_size, extend_charged};
 
 use crate::admission::Admission;
 use crate::error::{ErrorCode, RpcError};
@@ -358,19 +358,10 @@ pub async fn read_body(
             },
         })?;
         let Ok(data) = frame.into_data() else { continue };
-        let needed = buffer.len().saturating_add(data.len());
-        if needed > limit {
+        if buffer.len().saturating_add(data.len()) > limit {
             return Err(BodyError::TooLarge { limit });
         }
-        if needed > buffer.capacity() {
-            let capacity = needed.max(buffer.capacity().saturating_mul(2)).min(limit);
-            budget.charge(
-                allocation_size(capacity).saturating_sub(allocation_size(buffer.capacity())),
-                BODY,
-            )?;
-            buffer.reserve_exact(capacity - buffer.len());
-        }
-        buffer.extend_from_slice(&data);
+        extend_charged(&mut buffer, &data, limit, budget, BODY)?;
     }
     Ok(Bytes::from(buffer))
 }

@@ -198,6 +198,29 @@ impl Drop for RequestBudget {
     }
 }
 
+/// Appends `data` to `buffer`, growing it by doubling (never past `max`
+/// bytes, which the caller checked) and charging each growth to `budget`
+/// as `what` before it is made.
+pub fn extend_charged(
+    buffer: &mut Vec<u8>,
+    data: &[u8],
+    max: usize,
+    budget: &RequestBudget,
+    what: &'static str,
+) -> Result<(), BudgetError> {
+    let needed = buffer.len().saturating_add(data.len());
+    if needed > buffer.capacity() {
+        let capacity = needed.max(buffer.capacity().saturating_mul(2)).min(max.max(needed));
+        budget.charge(
+            allocation_size(capacity).saturating_sub(allocation_size(buffer.capacity())),
+            what,
+        )?;
+        buffer.reserve_exact(capacity - buffer.len());
+    }
+    buffer.extend_from_slice(data);
+    Ok(())
+}
+
 /// What an allocation of `bytes` takes from the allocator: jemalloc's size
 /// classes (8 and 16 bytes apart up to 128, then four classes per doubling),
 /// so a budget counts the rounding too.

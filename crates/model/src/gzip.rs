@@ -7,7 +7,7 @@ use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
 
-use crate::budget::{BudgetError, RequestBudget, allocation_size};
+use crate::budget::{BudgetError, RequestBudget, allocation_size, extend_charged};
 
 const MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// What decompression charges a request's budget for.
@@ -62,20 +62,10 @@ pub fn gunzip_within(input: &[u8], limit: usize, budget: &RequestBudget) -> Resu
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(GzipError::Invalid { source }),
         };
-        let needed = out.len() + read;
-        if needed > max {
+        if out.len() + read > max {
             return Err(GzipError::TooLarge { limit });
         }
-        if needed > out.capacity() {
-            // Doubling, as a Vec grows, but never past the limit.
-            let capacity = needed.max(out.capacity().saturating_mul(2)).min(max);
-            budget.charge(
-                allocation_size(capacity).saturating_sub(allocation_size(out.capacity())),
-                DECOMPRESSED,
-            )?;
-            out.reserve_exact(capacity - out.len());
-        }
-        out.extend_from_slice(&chunk[..read]);
+        extend_charged(&mut out, &chunk[..read], max, budget, DECOMPRESSED)?;
     }
     Ok(out)
 }

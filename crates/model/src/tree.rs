@@ -94,22 +94,15 @@ impl Tree {
         child
     }
 
-    /// Adds `value` to the stack `frames` (root first). Sums saturate: a
-    /// crafted profile can hold values that would overflow `i64`.
+    /// Adds `value` to the stack `frames` (root first).
     pub fn insert<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
-        let mut node = 0;
-        self.nodes[0].total = self.nodes[0].total.saturating_add(value);
-        for frame in frames {
-            node = self.child(node, frame);
-            let current = &mut self.nodes[node as usize];
-            current.total = current.total.saturating_add(value);
-        }
-        let current = &mut self.nodes[node as usize];
-        current.self_value = current.self_value.saturating_add(value);
+        let names: Vec<u32> = frames.into_iter().map(|frame| self.intern(frame)).collect();
+        self.insert_interned(names, value);
     }
 
     /// Adds `value` to the stack of interned `names` (root first; see
-    /// [`Tree::intern`]).
+    /// [`Tree::intern`]). Sums saturate: a crafted profile can hold values
+    /// that would overflow `i64`.
     pub fn insert_interned(&mut self, names: impl IntoIterator<Item = u32>, value: i64) {
         let mut node = 0;
         self.nodes[0].total = self.nodes[0].total.saturating_add(value);
