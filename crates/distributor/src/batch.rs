@@ -264,7 +264,7 @@ mod tests {
         let mut batch = PushBatch::new(Arc::new(Limits::default()), unlimited());
         batch.add_raw(&labels(), &bytes).unwrap();
         assert!(batch.budget().used() > 10_000 * 72, "{}", batch.budget().used());
-        let small = Arc::new(RequestBudget::standalone(100_000, "-distributor.request-memory-limit"));
+        let small = Arc::new(RequestBudget::standalone(100_000, "-distributor.max-request-memory"));
         let mut batch = PushBatch::new(Arc::new(Limits::default()), small);
         let err = batch.add_raw(&labels(), &bytes).unwrap_err();
         assert!(

@@ -355,7 +355,7 @@ mod tests {
                 ..template
             });
         }
-        let small = RequestBudget::standalone(1 << 20, "-distributor.request-memory-limit");
+        let small = RequestBudget::standalone(1 << 20, "-distributor.max-request-memory");
         let err = prepare(&mut profile, "rbspy", None, 0, &limits, &small).unwrap_err();
         assert!(matches!(err, BudgetError::RequestTooLarge { .. }), "{err}");
     }
