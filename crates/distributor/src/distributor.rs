@@ -245,20 +245,16 @@ impl Distributor {
             match prepare_decoded(received.profile, &received.labels, &limits, now, &budget) {
                 Ok(parts) => {
                     for part in parts {
-                        // The pprof bytes sent to the replicas, and the
-                        // labels of the series each sample type becomes
-                        // where it is stored.
+                        // The labels of the series each sample type
+                        // becomes where it is stored.
                         let label_bytes: usize = part
                             .labels
                             .iter()
                             .map(|label| allocation_size(label.name.len()) + allocation_size(label.value.len()) + 48)
                             .sum();
                         let typed = part.profile.sample_type.len().saturating_mul(label_bytes + 512);
-                        budget.charge(
-                            allocation_size(prost::Message::encoded_len(&part.profile)).saturating_add(typed),
-                            "the pprof bytes and series labels of each series",
-                        )?;
-                        series.push(ReplicatedProfile::new(part.labels, random_id(), part.profile));
+                        budget.charge(typed, "the series labels of each sample type")?;
+                        series.push(ReplicatedProfile::new(part.labels, random_id(), part.profile, &budget)?);
                     }
                 }
                 Err(PrepareError::Invalid(err)) => rejections.push(Rejection::invalid(&err, received.bytes)),

@@ -93,11 +93,15 @@ mod tests {
         };
         let profiles: Vec<Arc<ReplicatedProfile>> = (0..5u8)
             .map(|i| {
-                Arc::new(ReplicatedProfile::new(
-                    Labels::from_pairs([("service_name", "a")]),
-                    ProfileId([i; 16]),
-                    big.clone(),
-                ))
+                Arc::new(
+                    ReplicatedProfile::new(
+                        Labels::from_pairs([("service_name", "a")]),
+                        ProfileId([i; 16]),
+                        big.clone(),
+                        &flamedb_model::budget::RequestBudget::unlimited(),
+                    )
+                    .unwrap(),
+                )
             })
             .collect();
         // Two profiles of a third of the limit (and a little) fit each.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flamedb_api::{ErrorCode, RpcError};
-use flamedb_model::budget::RequestBudget;
+use flamedb_model::budget::{BudgetError, RequestBudget, allocation_size};
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Labels, ProfileId};
 use flamedb_ring::{InstanceDesc, Operation, Ring, now_ms};
@@ -33,15 +33,19 @@ pub struct ReplicatedProfile {
 }
 
 impl ReplicatedProfile {
-    /// Encodes `profile` (on the caller's thread: a blocking one).
-    pub fn new(labels: Labels, id: ProfileId, profile: Profile) -> Self {
-        let encoded = Bytes::from(flamedb_model::pprof::encode(&profile));
-        Self {
+    /// Encodes `profile` (on the caller's thread: a blocking one), its
+    /// bytes charged to `budget` first; the size is worked out once.
+    pub fn new(labels: Labels, id: ProfileId, profile: Profile, budget: &RequestBudget) -> Result<Self, BudgetError> {
+        let len = prost::Message::encoded_len(&profile);
+        budget.charge(allocation_size(len), "the pprof bytes of each series")?;
+        let mut encoded = Vec::with_capacity(len);
+        prost::Message::encode_raw(&profile, &mut encoded);
+        Ok(Self {
             labels,
             id,
             profile: Arc::new(profile),
-            encoded,
-        }
+            encoded: Bytes::from(encoded),
+        })
     }
 
     pub fn profile(&self) -> &Arc<Profile> {
@@ -307,7 +311,9 @@ mod tests {
                     Labels::from_pairs([("__name__", "process_cpu"), ("service_name", &format!("svc-{i}"))]),
                     ProfileId([i as u8; 16]),
                     Profile::default(),
+                    &RequestBudget::unlimited(),
                 )
+                .unwrap()
             })
             .collect()
     }

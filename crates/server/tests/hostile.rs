@@ -86,9 +86,9 @@ fn cpu_profile(strings: &[&str]) -> Profile {
     }
 }
 
-/// One function (`name`, string 3) and one location of `lines` lines of
-/// it, with one sample on it.
-fn deep_lines_profile(lines: usize) -> Profile {
+/// [`cpu_profile`] with one function, named by `strings[0]` (string 3),
+/// and location 1 of `lines` lines of it; no samples yet.
+fn one_function_profile(strings: &[&str], lines: usize) -> Profile {
     Profile {
         function: vec![Function {
             id: 1,
@@ -106,12 +106,20 @@ fn deep_lines_profile(lines: usize) -> Profile {
             ],
             ..Location::default()
         }],
+        ..cpu_profile(strings)
+    }
+}
+
+/// A location of `lines` inlined lines of one function, with one sample
+/// on it.
+fn deep_lines_profile(lines: usize) -> Profile {
+    Profile {
         sample: vec![Sample {
             location_id: vec![1],
             value: vec![1],
             label: vec![],
         }],
-        ..cpu_profile(&["recursive"])
+        ..one_function_profile(&["recursive"], lines)
     }
 }
 
@@ -446,20 +454,7 @@ fn vectors() -> Vec<Vector> {
                 let values: Vec<String> = (0..16_000).map(|n| format!("v{n}")).collect();
                 let mut strings: Vec<&str> = vec![&name, "k"];
                 strings.extend(values.iter().map(String::as_str));
-                let mut profile = cpu_profile(&strings);
-                profile.function = vec![Function {
-                    id: 1,
-                    name: 3,
-                    ..Function::default()
-                }];
-                profile.location = vec![Location {
-                    id: 1,
-                    line: vec![Line {
-                        function_id: 1,
-                        ..Line::default()
-                    }],
-                    ..Location::default()
-                }];
+                let mut profile = one_function_profile(&strings, 1);
                 profile.sample = (0..16_000)
                     .map(|n| Sample {
                         location_id: vec![1],
@@ -548,21 +543,8 @@ fn vectors() -> Vec<Vector> {
                 let types: Vec<String> = (0..100_000).map(|n| format!("t{n}")).collect();
                 let mut strings = vec!["f"];
                 strings.extend(types.iter().map(String::as_str));
-                let mut profile = cpu_profile(&strings);
+                let mut profile = one_function_profile(&strings, 1);
                 profile.sample_type = (0..100_000).map(|n| ValueType { r#type: 4 + n, unit: 2 }).collect();
-                profile.function = vec![Function {
-                    id: 1,
-                    name: 3,
-                    ..Function::default()
-                }];
-                profile.location = vec![Location {
-                    id: 1,
-                    line: vec![Line {
-                        function_id: 1,
-                        ..Line::default()
-                    }],
-                    ..Location::default()
-                }];
                 profile.sample = vec![Sample {
                     location_id: vec![1],
                     value: vec![1; 100_000],

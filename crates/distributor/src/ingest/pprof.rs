@@ -232,28 +232,25 @@ mod tests {
     fn test_old_times_are_replaced_by_from() {
         let mut old = profile(&["cpu"]);
         old.time_nanos = 1_600_000_000_000_000; // µs sent as ns: 1970
-        prepare(
-            &mut old,
-            "gospy",
-            None,
-            42,
-            &Limits::default(),
-            &RequestBudget::unlimited(),
-        )
-        .unwrap();
+        prepare_as(&mut old, "gospy", 42);
         assert_eq!(old.time_nanos, 42);
         let mut fine = profile(&["cpu"]);
         fine.time_nanos = 1_700_000_000_000_000_000;
+        prepare_as(&mut fine, "gospy", 42);
+        assert_eq!(fine.time_nanos, 1_700_000_000_000_000_000);
+    }
+
+    /// [`prepare`] with the default limits and no budget.
+    fn prepare_as(profile: &mut Profile, spy_name: &str, from_nanos: i64) {
         prepare(
-            &mut fine,
-            "gospy",
+            profile,
+            spy_name,
             None,
-            42,
+            from_nanos,
             &Limits::default(),
             &RequestBudget::unlimited(),
         )
         .unwrap();
-        assert_eq!(fine.time_nanos, 1_700_000_000_000_000_000);
     }
 
     fn with_function(file: &str) -> Profile {
@@ -277,37 +274,13 @@ mod tests {
     #[test]
     fn test_scripting_names_get_their_file() {
         let mut rb = with_function("app.rb");
-        prepare(
-            &mut rb,
-            "rbspy",
-            None,
-            0,
-            &Limits::default(),
-            &RequestBudget::unlimited(),
-        )
-        .unwrap();
+        prepare_as(&mut rb, "rbspy", 0);
         assert_eq!(string_at(&rb, rb.function[0].name), "app.rb main");
         let mut py = with_function("/usr/lib/x.py");
-        prepare(
-            &mut py,
-            "pyspy",
-            None,
-            0,
-            &Limits::default(),
-            &RequestBudget::unlimited(),
-        )
-        .unwrap();
+        prepare_as(&mut py, "pyspy", 0);
         assert_eq!(string_at(&py, py.function[0].name), "main");
         let mut go = with_function("main.go");
-        prepare(
-            &mut go,
-            "gospy",
-            None,
-            0,
-            &Limits::default(),
-            &RequestBudget::unlimited(),
-        )
-        .unwrap();
+        prepare_as(&mut go, "gospy", 0);
         assert_eq!(string_at(&go, go.function[0].name), "main");
     }
 
@@ -315,15 +288,7 @@ mod tests {
     fn test_dotnet_function_ids_are_repaired() {
         let mut dotnet = with_function("x.cs");
         dotnet.string_table[2] = "alloc-samples".to_owned();
-        prepare(
-            &mut dotnet,
-            "dotnetspy",
-            None,
-            0,
-            &Limits::default(),
-            &RequestBudget::unlimited(),
-        )
-        .unwrap();
+        prepare_as(&mut dotnet, "dotnetspy", 0);
         assert_eq!(dotnet.function[0].id, 7);
         assert_eq!(dotnet.location[0].line[0].function_id, 7);
         assert_eq!(dotnet.string_table[2], "alloc_samples");
