@@ -37,7 +37,16 @@ struct Shape {
     size: usize,
     /// Sorted by number.
     fields: Vec<Field>,
+    /// Only single numbers, bools and enums: decoding it allocates nothing
+    /// beyond the struct, so its bytes need no scan.
+    flat: bool,
+    /// The index in `fields` by field number, for numbers below
+    /// [`DIRECT_NUMBERS`] (`u8::MAX`: none); the scan's hot lookup.
+    by_number: [u8; DIRECT_NUMBERS],
 }
+
+/// Field numbers looked up by table rather than by search.
+const DIRECT_NUMBERS: usize = 32;
 
 #[derive(Debug, Clone)]
 struct Field {
@@ -147,7 +156,23 @@ impl MessageShapes {
         let shapes = sizes
             .into_iter()
             .zip(fields_of)
-            .map(|(size, fields)| Shape { size, fields })
+            .map(|(size, fields)| {
+                let mut by_number = [u8::MAX; DIRECT_NUMBERS];
+                for (index, field) in fields.iter().enumerate() {
+                    let index = u8::try_from(index).ok().filter(|index| *index != u8::MAX);
+                    if let (Some(slot), Some(index)) = (by_number.get_mut(field.number as usize), index) {
+                        *slot = index;
+                    }
+                }
+                Shape {
+                    size,
+                    flat: fields
+                        .iter()
+                        .all(|field: &Field| !field.repeated && matches!(field.kind, Kind::Scalar { .. })),
+                    by_number,
+                    fields,
+                }
+            })
             .collect();
         Ok(Self { shapes, by_name })
     }
@@ -181,7 +206,11 @@ impl MessageShapes {
 
 impl Shape {
     fn field(&self, number: u32) -> Option<(usize, &Field)> {
-        let index = self.fields.binary_search_by_key(&number, |field| field.number).ok()?;
+        let index = match self.by_number.get(number as usize) {
+            Some(&index) if index != u8::MAX => usize::from(index),
+            // Not in the table: a high number, or the 256th field.
+            _ => self.fields.binary_search_by_key(&number, |field| field.number).ok()?,
+        };
         Some((index, &self.fields[index]))
     }
 
@@ -273,38 +302,23 @@ fn sorted_by_number(message: &DescriptorProto) -> Vec<&prost_types::FieldDescrip
     fields
 }
 
-/// One message being scanned: where it ends, and how many elements each
-/// of its repeated fields has received so far.
+/// One message being scanned: its shape, where it ends, and where its
+/// repeated fields' element counts start in the scan's shared list (one
+/// list for every open message, so scanning allocates next to nothing).
 struct Open {
     shape: usize,
     end: usize,
-    /// (field index, elements)
-    counts: Vec<(usize, usize)>,
+    counts_from: usize,
 }
 
-impl Open {
-    fn new(shape: usize, end: usize) -> Self {
-        Self {
-            shape,
-            end,
-            counts: Vec::new(),
-        }
-    }
+/// (field index, elements) of the repeated fields of the open messages.
+type Counts = Vec<(usize, usize)>;
 
-    fn count(&mut self, field: usize, elements: usize) {
-        match self.counts.iter_mut().find(|(index, _)| *index == field) {
-            Some((_, count)) => *count = count.saturating_add(elements),
-            None => self.counts.push((field, elements)),
-        }
-    }
-
-    /// The bytes of the `Vec`s of its repeated fields.
-    fn vec_bytes(&self, shapes: &[Shape]) -> usize {
-        let fields = &shapes[self.shape].fields;
-        self.counts
-            .iter()
-            .map(|&(field, count)| vec_allocation(count, fields[field].kind.element_size(shapes)))
-            .fold(0, usize::saturating_add)
+/// Adds `elements` to `field` of the message whose counts start at `from`.
+fn count(counts: &mut Counts, from: usize, field: usize, elements: usize) {
+    match counts[from..].iter_mut().find(|(index, _)| *index == field) {
+        Some((_, count)) => *count = count.saturating_add(elements),
+        None => counts.push((field, elements)),
     }
 }
 
@@ -313,17 +327,32 @@ struct ProtoScan<'a> {
 }
 
 impl ProtoScan<'_> {
+    /// The bytes of the `Vec`s of a message's repeated fields.
+    fn vec_bytes(&self, shape: usize, counts: &[(usize, usize)]) -> usize {
+        let fields = &self.shapes[shape].fields;
+        counts
+            .iter()
+            .map(|&(field, count)| vec_allocation(count, fields[field].kind.element_size(self.shapes)))
+            .fold(0, usize::saturating_add)
+    }
+
     fn run(&self, root: usize, bytes: &[u8]) -> usize {
         let mut total = self.shapes[root].size;
-        let mut stack = vec![Open::new(root, bytes.len())];
+        let mut counts = Counts::new();
+        let mut stack = vec![Open {
+            shape: root,
+            end: bytes.len(),
+            counts_from: 0,
+        }];
         let mut pos = 0;
-        while let Some(open) = stack.last_mut() {
+        while let Some(open) = stack.last() {
             if pos >= open.end {
-                total = total.saturating_add(open.vec_bytes(self.shapes));
+                total = total.saturating_add(self.vec_bytes(open.shape, &counts[open.counts_from..]));
+                counts.truncate(open.counts_from);
                 stack.pop();
                 continue;
             }
-            match self.field(open, bytes, pos) {
+            match self.field(open, &mut counts, bytes, pos) {
                 Some(Step::Next { end, heap }) => {
                     total = total.saturating_add(heap);
                     pos = end;
@@ -335,7 +364,11 @@ impl ProtoScan<'_> {
                     heap,
                 }) if stack.len() < PROTO_DEPTH_LIMIT => {
                     total = total.saturating_add(heap);
-                    stack.push(Open::new(shape, end));
+                    stack.push(Open {
+                        shape,
+                        end,
+                        counts_from: counts.len(),
+                    });
                     pos = start;
                 }
                 // Malformed or too deep: decoding fails here too.
@@ -343,14 +376,17 @@ impl ProtoScan<'_> {
             }
         }
         // What the messages still open had received when decoding failed.
-        stack
-            .iter()
-            .map(|open| open.vec_bytes(self.shapes))
-            .fold(total, usize::saturating_add)
+        let mut to = counts.len();
+        for open in stack.iter().rev() {
+            total = total.saturating_add(self.vec_bytes(open.shape, &counts[open.counts_from..to]));
+            to = open.counts_from;
+        }
+        total
     }
 
-    /// Reads the field at `pos` of `open`'s message.
-    fn field(&self, open: &mut Open, bytes: &[u8], pos: usize) -> Option<Step> {
+    /// Reads the field at `pos` of `open`'s message, counting the elements
+    /// of its repeated fields in `counts`.
+    fn field(&self, open: &Open, counts: &mut Counts, bytes: &[u8], pos: usize) -> Option<Step> {
         let mut rest = bytes.get(pos..open.end)?;
         let available = rest.len();
         let key = decode_varint(&mut rest).ok()?;
@@ -371,7 +407,7 @@ impl ProtoScan<'_> {
                     _ => rest = rest.get(4..)?,
                 }
                 if let Some((index, true, Kind::Scalar { .. })) = field {
-                    open.count(index, 1);
+                    count(counts, open.counts_from, index, 1);
                 }
                 Some(Step::Next { end: at(rest), heap: 0 })
             }
@@ -383,13 +419,17 @@ impl ProtoScan<'_> {
                 match field {
                     Some((index, repeated, Kind::Message { shape, boxed })) => {
                         if repeated {
-                            open.count(index, 1);
+                            count(counts, open.counts_from, index, 1);
                         }
                         let heap = if boxed && !repeated {
                             allocation_size(self.shapes[shape].size)
                         } else {
                             0
                         };
+                        if self.shapes[shape].flat {
+                            // Its struct is all it takes (counted above).
+                            return Some(Step::Next { end, heap });
+                        }
                         Some(Step::Enter {
                             shape,
                             start,
@@ -399,7 +439,7 @@ impl ProtoScan<'_> {
                     }
                     Some((index, repeated, Kind::Bytes)) => {
                         if repeated {
-                            open.count(index, 1);
+                            count(counts, open.counts_from, index, 1);
                         }
                         Some(Step::Next {
                             end,
@@ -412,7 +452,7 @@ impl ProtoScan<'_> {
                             // Each varint ends with a byte below 0x80.
                             None => payload.iter().filter(|byte| **byte < 0x80).count(),
                         };
-                        open.count(index, elements);
+                        count(counts, open.counts_from, index, elements);
                         Some(Step::Next { end, heap: 0 })
                     }
                     _ => Some(Step::Next { end, heap: 0 }),
