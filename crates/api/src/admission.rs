@@ -76,6 +76,8 @@ impl From<BudgetError> for RpcError {
         let code = match err {
             // It can never fit: the client must send less.
             BudgetError::RequestTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            // A query limit, like the limit on its time range.
+            BudgetError::QueryTooLarge { .. } => ErrorCode::InvalidArgument,
             // The instance is busy: the client may retry.
             BudgetError::InflightBytes { .. } | BudgetError::InflightRequests { .. } => ErrorCode::ResourceExhausted,
         };

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use flamedb_model::budget::BudgetError;
 use flamedb_model::pprof::{Profile, string_at};
 use flamedb_model::{Labels, ProfileId, SPAN_ID, Selector, Tree};
 use flamedb_storage::{
@@ -255,7 +256,7 @@ impl Head {
         only: Option<&HashSet<ProfileId>>,
         spans: Option<&HashSet<u64>>,
         tree: &mut Tree,
-    ) {
+    ) -> Result<(), BudgetError> {
         let data = self.read();
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
         for row in Self::selected_rows(&data, query) {
@@ -264,7 +265,7 @@ impl Head {
             }
             add_samples(&mut by_stack, &row.stacks, &row.values, row.span_ids.as_deref(), spans);
         }
-        data.symbols.add_to_tree(by_stack, tree);
+        data.symbols.add_to_tree(by_stack, tree)
     }
 
     /// Runs `write` over what the head holds, as a block writer takes it.

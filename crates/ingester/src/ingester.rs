@@ -858,7 +858,9 @@ impl Ingester {
 
     /// The matching profiles (only those in `only`, when given; only the
     /// samples of `spans`, when given) merged into one tree by function
-    /// name. Reads local blocks: call it where blocking is fine.
+    /// name, within the tenant's query memory limit (the tree keeps
+    /// charging it as it is encoded). Reads local blocks: call it where
+    /// blocking is fine.
     pub fn merge(
         &self,
         tenant: &str,
@@ -867,9 +869,13 @@ impl Ingester {
         spans: Option<&HashSet<u64>>,
     ) -> Result<Tree, QueryError> {
         let (heads, blocks) = self.sources(tenant, query.range);
-        let mut tree = Tree::new();
+        let mut tree = Tree::within((self.inner.limits)(tenant).query_budget());
         for head in heads {
-            head.merge_into(query, only, spans, &mut tree);
+            head.merge_into(query, only, spans, &mut tree)
+                .map_err(|err| QueryError {
+                    tenant: tenant.to_owned(),
+                    source: err.into(),
+                })?;
         }
         for local in blocks {
             local

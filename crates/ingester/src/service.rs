@@ -19,8 +19,8 @@ use flamedb_api::{
 };
 use flamedb_model::budget::RequestBudget;
 use flamedb_model::gzip::GzipError;
-use flamedb_model::{Labels, ProfileId, Selector, parse_selector};
-use flamedb_storage::{ProfileKey, ProfileQuery, TimeRange};
+use flamedb_model::{CompactTree, Labels, ProfileId, Selector, parse_selector};
+use flamedb_storage::{BlockError, ProfileKey, ProfileQuery, TimeRange};
 
 use crate::{FlushError, IncomingProfile, Ingester, PushError, QueryError};
 
@@ -111,7 +111,10 @@ fn push_error(err: PushError) -> RpcError {
 }
 
 fn query_error(err: QueryError) -> RpcError {
-    RpcError::internal(err.to_string())
+    match err.source {
+        BlockError::Budget(err) => err.into(),
+        _ => RpcError::internal(err.to_string()),
+    }
 }
 
 async fn push(
@@ -409,11 +412,29 @@ async fn merge_profiles(
     };
     let spans: Option<HashSet<u64>> = (!request.span_ids.is_empty()).then(|| request.span_ids.into_iter().collect());
     let max_nodes = usize::try_from(request.max_nodes).unwrap_or(0);
-    let tree = tokio::task::spawn_blocking(move || ingester.merge(&tenant, &query, only.as_ref(), spans.as_ref()))
-        .await
-        .map_err(|err| RpcError::internal(err.to_string()))?
-        .map_err(query_error)?;
-    Ok(pb::MergeProfilesResponse {
-        tree: tree.encode(max_nodes),
+    let compact = request.compact;
+    tokio::task::spawn_blocking(move || {
+        let tree = ingester
+            .merge(&tenant, &query, only.as_ref(), spans.as_ref())
+            .map_err(query_error)?;
+        if !compact {
+            return Ok(pb::MergeProfilesResponse {
+                tree: tree.encode(max_nodes)?,
+                ..Default::default()
+            });
+        }
+        let tree = if max_nodes == 0 {
+            tree
+        } else {
+            tree.truncated(max_nodes)?
+        };
+        let CompactTree { names, nodes } = tree.into_compact()?;
+        Ok(pb::MergeProfilesResponse {
+            names,
+            nodes,
+            ..Default::default()
+        })
     })
+    .await
+    .map_err(|err| RpcError::internal(err.to_string()))?
 }

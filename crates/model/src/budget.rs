@@ -29,6 +29,16 @@ pub enum BudgetError {
         needed: usize,
         what: &'static str,
     },
+    /// A query's merged data needs more than its limit.
+    #[error(
+        "this query needs more than {flag} ({limit} bytes) of memory: {what} would bring it to {needed} bytes; narrow its time range or label selector, or raise the limit"
+    )]
+    QueryTooLarge {
+        flag: &'static str,
+        limit: usize,
+        needed: usize,
+        what: &'static str,
+    },
     /// Requests in flight hold all the memory allowed: try again later.
     #[error(
         "requests in flight already hold the memory {flag} allows ({limit} bytes): {what} did not fit; try again later"
@@ -94,6 +104,7 @@ impl InflightBudget {
         Ok(RequestBudget {
             limit: self.request_bytes,
             flag: self.flags.request_bytes,
+            query: false,
             used: AtomicUsize::new(0),
             pool: Some(Arc::clone(self)),
         })
@@ -130,6 +141,8 @@ impl InflightBudget {
 pub struct RequestBudget {
     limit: usize,
     flag: &'static str,
+    /// A query's budget (its errors advise a narrower query), not a push's.
+    query: bool,
     used: AtomicUsize,
     pool: Option<Arc<InflightBudget>>,
 }
@@ -141,9 +154,19 @@ impl RequestBudget {
         Self {
             limit,
             flag,
+            query: false,
             used: AtomicUsize::new(0),
             pool: None,
         }
+    }
+
+    /// The budget of one query: what the call trees it merges (every
+    /// partial tree and the merged one) and its answer may take together,
+    /// `limit` bytes (`0`: none) set by `flag`.
+    pub fn for_query(limit: usize, flag: &'static str) -> Self {
+        let mut budget = Self::standalone(limit, flag);
+        budget.query = true;
+        budget
     }
 
     /// No limit at all.
@@ -156,11 +179,21 @@ impl RequestBudget {
         let used = self.used.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
         if self.limit != 0 && used > self.limit {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(BudgetError::RequestTooLarge {
-                flag: self.flag,
-                limit: self.limit,
-                needed: used,
-                what,
+            let (flag, limit, needed) = (self.flag, self.limit, used);
+            return Err(if self.query {
+                BudgetError::QueryTooLarge {
+                    flag,
+                    limit,
+                    needed,
+                    what,
+                }
+            } else {
+                BudgetError::RequestTooLarge {
+                    flag,
+                    limit,
+                    needed,
+                    what,
+                }
             });
         }
         if let Some(pool) = &self.pool {
@@ -181,6 +214,20 @@ impl RequestBudget {
             }
         }
         Ok(())
+    }
+
+    /// Gives back `bytes` charged earlier, once what they paid for is
+    /// freed.
+    pub fn release(&self, bytes: usize) {
+        let released = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            })
+            .map_or(0, |used| used.min(bytes));
+        if let Some(pool) = &self.pool {
+            pool.bytes.fetch_sub(released, Ordering::AcqRel);
+        }
     }
 
     /// Bytes charged so far.
@@ -208,16 +255,32 @@ pub fn extend_charged(
     budget: &RequestBudget,
     what: &'static str,
 ) -> Result<(), BudgetError> {
-    let needed = buffer.len().saturating_add(data.len());
+    reserve_charged(buffer, data.len(), max, Some(budget), what)?;
+    buffer.extend_from_slice(data);
+    Ok(())
+}
+
+/// Makes room in `buffer` for `additional` more bytes, growing it by
+/// doubling (never past `max` bytes, unless more are needed) and charging
+/// each growth to `budget`, when there is one, as `what` before it is made.
+pub fn reserve_charged(
+    buffer: &mut Vec<u8>,
+    additional: usize,
+    max: usize,
+    budget: Option<&RequestBudget>,
+    what: &'static str,
+) -> Result<(), BudgetError> {
+    let needed = buffer.len().saturating_add(additional);
     if needed > buffer.capacity() {
         let capacity = needed.max(buffer.capacity().saturating_mul(2)).min(max.max(needed));
-        budget.charge(
-            allocation_size(capacity).saturating_sub(allocation_size(buffer.capacity())),
-            what,
-        )?;
+        if let Some(budget) = budget {
+            budget.charge(
+                allocation_size(capacity).saturating_sub(allocation_size(buffer.capacity())),
+                what,
+            )?;
+        }
         buffer.reserve_exact(capacity - buffer.len());
     }
-    buffer.extend_from_slice(data);
     Ok(())
 }
 
@@ -270,6 +333,24 @@ mod tests {
             "this request needs more than -x.request (100 bytes) of memory: the decoded request would bring it to 101 bytes; nothing was stored: send less per request"
         );
         assert_eq!(budget.used(), 100);
+    }
+
+    #[test]
+    fn test_a_query_budget_advises_a_narrower_query() {
+        let budget = RequestBudget::for_query(10, "-x.query");
+        let err = budget.charge(11, "the merged tree").unwrap_err();
+        assert!(matches!(
+            err,
+            BudgetError::QueryTooLarge {
+                limit: 10,
+                needed: 11,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("narrow its time range or label selector"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -136,9 +136,9 @@ mod tests {
     #[test]
     fn test_dot_has_nodes_with_flat_and_cumulative_values_and_edges() {
         let mut tree = Tree::new();
-        tree.insert(["main", "work"], 6);
-        tree.insert(["main", "work", "work"], 2);
-        tree.insert(["main", "idle"], 2);
+        tree.insert(["main", "work"], 6).unwrap();
+        tree.insert(["main", "work", "work"], 2).unwrap();
+        tree.insert(["main", "idle"], 2).unwrap();
         let dot = to_dot(&tree, 0, "nanoseconds");
         assert!(dot.starts_with("digraph \"flamedb\" {"), "{dot}");
         assert!(dot.ends_with("}\n"));

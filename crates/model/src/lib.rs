@@ -52,5 +52,5 @@ pub use profile_id::{ProfileId, ProfileIdError};
 pub use profile_type::{ProfileType, ProfileTypeError, TypedSeries, typed_series};
 pub use selector::{MatchOp, Matcher, Selector, SelectorError, parse_selector};
 pub use split::{SeriesProfile, sample_labels, split_by_sample_labels};
-pub use tree::{FlameGraph, FlameGraphDiff, OTHER, Tree, TreeDecodeError};
+pub use tree::{CompactTree, FlameGraph, FlameGraphDiff, OTHER, Tree, TreeDecodeError};
 pub use validate::{ValidationError, now_nanos, validate_labels, validate_profile};

@@ -67,7 +67,15 @@ pub struct Limits {
     pub max_flamegraph_nodes_default: usize,
     /// Most nodes a query may ask for (`0`: any).
     pub max_flamegraph_nodes_max: usize,
+    /// Most memory the call trees of one query may take, in bytes (an
+    /// upper bound of what they allocate), on each ingester and querier
+    /// that works on it: every partial tree, the merged one and the
+    /// answer made from it together (`0`: no limit).
+    pub max_query_memory_bytes: usize,
 }
+
+/// The flag of [`Limits::max_query_memory_bytes`], for its errors.
+pub const MAX_QUERY_MEMORY_FLAG: &str = "-querier.max-query-memory-bytes";
 
 impl Default for Limits {
     fn default() -> Self {
@@ -92,6 +100,7 @@ impl Default for Limits {
             max_query_lookback: Duration::from_secs(7 * 24 * 3600),
             max_flamegraph_nodes_default: 8192,
             max_flamegraph_nodes_max: 1_048_576,
+            max_query_memory_bytes: 512 << 20,
         }
     }
 }
@@ -121,11 +130,21 @@ impl Limits {
             max_query_lookback: Duration::ZERO,
             max_flamegraph_nodes_default: 0,
             max_flamegraph_nodes_max: 0,
+            max_query_memory_bytes: 0,
         }
     }
 }
 
 impl Limits {
+    /// A budget for one query of this tenant's (see
+    /// [`Limits::max_query_memory_bytes`]).
+    pub fn query_budget(&self) -> Arc<crate::budget::RequestBudget> {
+        Arc::new(crate::budget::RequestBudget::for_query(
+            self.max_query_memory_bytes,
+            MAX_QUERY_MEMORY_FLAG,
+        ))
+    }
+
     /// The body limit in bytes; `usize::MAX` when there is none.
     pub fn ingestion_body_limit_bytes(&self) -> usize {
         let mb = self.ingestion_body_limit_mb;

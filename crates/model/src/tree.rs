@@ -2,17 +2,33 @@
 //! flame graphs are drawn from. Stacks are inserted root first; a node's
 //! `self` is the value of stacks ending there, its total the sum below it.
 //!
+//! A tree made [`Tree::within`] a query's budget charges what it grows by
+//! (an upper bound of its nodes and names) before it grows, and so do its
+//! copies, encodings and exports: past the budget the query fails whole.
+//!
 //! The wire form is Pyroscope's tree bytes: a depth-first walk from a
 //! virtual root (empty name, self 0), each node written as
 //! `uvarint(len(name)) · name · uvarint(self) · uvarint(child count)`,
 //! children in reverse name order; with a node limit, nodes whose total is
-//! below the limit's cut-off fold into a child named `other`.
+//! below the limit's cut-off fold into a child named `other`. Between
+//! flamedb's own components a tree travels as a [`CompactTree`]: each name
+//! once, nodes by name index.
+
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 use prost::encoding::{decode_varint, encode_varint};
 
+use crate::budget::{BudgetError, RequestBudget, allocation_size, reserve_charged};
+
 /// The name truncated nodes fold into.
 pub const OTHER: &str = "other";
+
+/// The longest a varint can be.
+const MAX_VARINT_BYTES: usize = 10;
+
+/// What a tree's growth is charged as.
+const TREE: &str = "the merged call tree";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Node {
@@ -25,13 +41,28 @@ struct Node {
     children: Vec<u32>,
 }
 
+/// What one more node takes at most: its `Node` and its entry in the child
+/// index, both twice (collections grow by doubling), and its parent's
+/// child list (at least 4 slots once it has one child).
+const NODE_BYTES: usize = 2 * size_of::<Node>() + 16 + 2 * (size_of::<((u32, u32), u32)>() + 1) * 8 / 7 + 1;
+
+/// What one more name of `len` bytes takes at most: two copies (the name
+/// list and the index), their slots, twice.
+fn name_bytes(len: usize) -> usize {
+    2 * allocation_size(len) + 2 * size_of::<String>() + 2 * (size_of::<(String, u32)>() + 1) * 8 / 7 + 1
+}
+
 /// A call tree. Node 0 is the root (no name).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
     names: Vec<String>,
     name_index: HashMap<String, u32>,
     child_index: HashMap<(u32, u32), u32>,
+    /// What growth is charged to; none: no limit.
+    budget: Option<Arc<RequestBudget>>,
+    /// Bytes charged for the tree so far (an upper bound of its memory).
+    charged: usize,
 }
 
 impl Default for Tree {
@@ -42,47 +73,86 @@ impl Default for Tree {
 
 /// Tree bytes that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid tree bytes at offset {offset}: {message}")]
-pub struct TreeDecodeError {
-    pub offset: usize,
-    pub message: &'static str,
+pub enum TreeDecodeError {
+    #[error("invalid tree bytes at offset {offset}: {message}")]
+    Invalid { offset: usize, message: &'static str },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
+/// A tree with each name once, as ingesters send merged trees to queriers:
+/// `names`, and for each node, depth first from the root,
+/// `uvarint(name index) · uvarint(self) · uvarint(child count)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactTree {
+    pub names: Vec<String>,
+    pub nodes: Vec<u8>,
 }
 
 impl Tree {
+    /// A tree without a memory limit: for ingest paths that charge their
+    /// own budgets, tools and tests.
     pub fn new() -> Self {
         let mut tree = Self {
             nodes: vec![Node::default()],
-            names: Vec::new(),
+            names: vec![String::new()],
             name_index: HashMap::new(),
             child_index: HashMap::new(),
+            budget: None,
+            charged: 0,
         };
-        tree.intern("");
+        tree.name_index.insert(String::new(), 0);
         tree
+    }
+
+    /// An empty tree whose growth is charged to `budget` (and given back
+    /// when the tree is dropped).
+    pub fn within(budget: Arc<RequestBudget>) -> Self {
+        let mut tree = Self::new();
+        tree.budget = Some(budget);
+        tree
+    }
+
+    /// An empty tree charged to the same budget as this one.
+    fn sibling(&self) -> Self {
+        let mut tree = Self::new();
+        tree.budget = self.budget.clone();
+        tree
+    }
+
+    fn charge(&mut self, bytes: usize, what: &'static str) -> Result<(), BudgetError> {
+        if let Some(budget) = &self.budget {
+            budget.charge(bytes, what)?;
+        }
+        self.charged = self.charged.saturating_add(bytes);
+        Ok(())
     }
 
     /// The index of `name` among the tree's names, added if new: for
     /// [`Tree::insert_interned`], so a name is hashed once, not once per
     /// frame (names can be 64 KiB long).
-    pub fn intern(&mut self, name: &str) -> u32 {
+    pub fn intern(&mut self, name: &str) -> Result<u32, BudgetError> {
         if let Some(&index) = self.name_index.get(name) {
-            return index;
+            return Ok(index);
         }
+        self.charge(name_bytes(name.len()), TREE)?;
         let index = self.names.len() as u32;
         self.names.push(name.to_owned());
         self.name_index.insert(name.to_owned(), index);
-        index
+        Ok(index)
     }
 
-    fn child(&mut self, parent: u32, name: &str) -> u32 {
-        let name = self.intern(name);
+    fn child(&mut self, parent: u32, name: &str) -> Result<u32, BudgetError> {
+        let name = self.intern(name)?;
         self.child_with_name(parent, name)
     }
 
     /// The child of `parent` with the interned name `name`, added if new.
-    fn child_with_name(&mut self, parent: u32, name: u32) -> u32 {
+    fn child_with_name(&mut self, parent: u32, name: u32) -> Result<u32, BudgetError> {
         if let Some(&child) = self.child_index.get(&(parent, name)) {
-            return child;
+            return Ok(child);
         }
+        self.charge(NODE_BYTES, TREE)?;
         let child = self.nodes.len() as u32;
         self.nodes.push(Node {
             name,
@@ -91,34 +161,39 @@ impl Tree {
         });
         self.nodes[parent as usize].children.push(child);
         self.child_index.insert((parent, name), child);
-        child
+        Ok(child)
     }
 
     /// Adds `value` to the stack `frames` (root first).
-    pub fn insert<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) {
-        let names: Vec<u32> = frames.into_iter().map(|frame| self.intern(frame)).collect();
-        self.insert_interned(names, value);
+    pub fn insert<'a>(&mut self, frames: impl IntoIterator<Item = &'a str>, value: i64) -> Result<(), BudgetError> {
+        let names: Vec<u32> = frames
+            .into_iter()
+            .map(|frame| self.intern(frame))
+            .collect::<Result<_, _>>()?;
+        self.insert_interned(names, value)
     }
 
     /// Adds `value` to the stack of interned `names` (root first; see
     /// [`Tree::intern`]). Sums saturate: a crafted profile can hold values
-    /// that would overflow `i64`.
-    pub fn insert_interned(&mut self, names: impl IntoIterator<Item = u32>, value: i64) {
+    /// that would overflow `i64`. Past the budget the tree keeps the part
+    /// of the stack added so far: callers drop a tree that failed.
+    pub fn insert_interned(&mut self, names: impl IntoIterator<Item = u32>, value: i64) -> Result<(), BudgetError> {
         let mut node = 0;
         self.nodes[0].total = self.nodes[0].total.saturating_add(value);
         for name in names {
-            node = self.child_with_name(node, name);
+            node = self.child_with_name(node, name)?;
             let current = &mut self.nodes[node as usize];
             current.total = current.total.saturating_add(value);
         }
         let current = &mut self.nodes[node as usize];
         current.self_value = current.self_value.saturating_add(value);
+        Ok(())
     }
 
     /// Adds every stack of `other` to this tree. Iterative: trees can be as
     /// deep as stored data makes them; each of `other`'s names is looked up
     /// once, not once per node.
-    pub fn merge(&mut self, other: &Tree) {
+    pub fn merge(&mut self, other: &Tree) -> Result<(), BudgetError> {
         let mut names: Vec<Option<u32>> = vec![None; other.names.len()];
         // (node here, node of `other`) whose values and children are due.
         let mut pending = vec![(0u32, 0u32)];
@@ -132,20 +207,41 @@ impl Tree {
                 let name = match names[other_name as usize] {
                     Some(name) => name,
                     None => {
-                        let name = self.intern(&other.names[other_name as usize]);
+                        let name = self.intern(&other.names[other_name as usize])?;
                         names[other_name as usize] = Some(name);
                         name
                     }
                 };
-                let target = self.child_with_name(into, name);
+                let target = self.child_with_name(into, name)?;
                 pending.push((target, child));
             }
         }
+        Ok(())
+    }
+
+    /// A copy charged to the same budget.
+    pub fn try_clone(&self) -> Result<Tree, BudgetError> {
+        if let Some(budget) = &self.budget {
+            budget.charge(self.charged, TREE)?;
+        }
+        Ok(Self {
+            nodes: self.nodes.clone(),
+            names: self.names.clone(),
+            name_index: self.name_index.clone(),
+            child_index: self.child_index.clone(),
+            budget: self.budget.clone(),
+            charged: self.charged,
+        })
     }
 
     /// The sum of all values.
     pub fn total(&self) -> i64 {
         self.nodes[0].total
+    }
+
+    /// Nodes, the root included.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -248,12 +344,16 @@ impl Tree {
         totals[at]
     }
 
-    /// Pyroscope's tree bytes, keeping at most about `max_nodes` nodes
-    /// (0: all); the rest fold into `other` children.
-    pub fn encode(&self, max_nodes: usize) -> Vec<u8> {
+    /// Walks the tree as [`Tree::encode`] writes it: each kept node (or a
+    /// folded `other` with its value, name `None`) with its name, self value
+    /// and the number of children written after it.
+    fn walk_kept(
+        &self,
+        max_nodes: usize,
+        mut visit: impl FnMut(Option<u32>, i64, usize) -> Result<(), BudgetError>,
+    ) -> Result<(), BudgetError> {
         let cutoff = self.cutoff(max_nodes);
         let ranks = self.name_ranks();
-        let mut out = Vec::new();
         // (node, or a folded `other` with its value)
         enum Item {
             Node(u32),
@@ -262,7 +362,7 @@ impl Tree {
         let mut stack = vec![Item::Node(0)];
         while let Some(item) = stack.pop() {
             match item {
-                Item::Other(value) => write_node(&mut out, OTHER, value.max(0) as u64, 0),
+                Item::Other(value) => visit(None, value, 0)?,
                 Item::Node(node) => {
                     let current = &self.nodes[node as usize];
                     let mut kept = Vec::new();
@@ -274,9 +374,11 @@ impl Tree {
                             folded = folded.saturating_add(self.nodes[child as usize].total);
                         }
                     }
-                    let count = kept.len() + usize::from(folded != 0);
-                    let name = if node == 0 { "" } else { self.name_of(node) };
-                    write_node(&mut out, name, current.self_value.max(0) as u64, count as u64);
+                    visit(
+                        Some(current.name),
+                        current.self_value,
+                        kept.len() + usize::from(folded != 0),
+                    )?;
                     // Pushed in name order, so popped (written) in reverse.
                     for child in kept {
                         stack.push(Item::Node(child));
@@ -287,22 +389,89 @@ impl Tree {
                 }
             }
         }
-        out
+        Ok(())
     }
 
-    /// Reads Pyroscope's tree bytes.
+    /// Pyroscope's tree bytes, keeping at most about `max_nodes` nodes
+    /// (0: all); the rest fold into `other` children. Each node repeats
+    /// its name, so the bytes are charged as they grow.
+    pub fn encode(&self, max_nodes: usize) -> Result<Vec<u8>, BudgetError> {
+        let mut out = Vec::new();
+        self.walk_kept(max_nodes, |name, self_value, children| {
+            let name = name.map_or(OTHER, |name| self.names[name as usize].as_str());
+            reserve_charged(
+                &mut out,
+                name.len() + 3 * MAX_VARINT_BYTES,
+                usize::MAX,
+                self.budget.as_deref(),
+                "the tree bytes of the answer",
+            )?;
+            write_node(&mut out, name, self_value.max(0) as u64, children as u64);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A copy keeping at most about `max_nodes` nodes (0: all), the rest
+    /// folded into `other` as [`Tree::encode`] folds them; charged to the
+    /// same budget.
+    pub fn truncated(&self, max_nodes: usize) -> Result<Tree, BudgetError> {
+        let mut tree = self.sibling();
+        let mut names: Vec<Option<u32>> = vec![None; self.names.len()];
+        // (node of the copy, children still to come) along the current path.
+        let mut open: Vec<(u32, usize)> = Vec::new();
+        self.walk_kept(max_nodes, |name, self_value, children| {
+            let node = match open.last_mut() {
+                None => 0,
+                Some((parent, remaining)) => {
+                    *remaining -= 1;
+                    let parent = *parent;
+                    let name = match name {
+                        Some(name) => match names[name as usize] {
+                            Some(interned) => interned,
+                            None => {
+                                let interned = tree.intern(&self.names[name as usize])?;
+                                names[name as usize] = Some(interned);
+                                interned
+                            }
+                        },
+                        None => tree.intern(OTHER)?,
+                    };
+                    tree.child_with_name(parent, name)?
+                }
+            };
+            let current = &mut tree.nodes[node as usize];
+            current.self_value = current.self_value.saturating_add(self_value);
+            open.push((node, children));
+            while open.last().is_some_and(|(_, remaining)| *remaining == 0) {
+                open.pop();
+            }
+            Ok(())
+        })?;
+        tree.compute_totals();
+        Ok(tree)
+    }
+
+    /// Reads Pyroscope's tree bytes into a tree without a memory limit.
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeDecodeError> {
-        let mut tree = Tree::new();
+        Self::new().read(bytes)
+    }
+
+    /// Reads Pyroscope's tree bytes into a tree charged to `budget`.
+    pub fn decode_within(bytes: &[u8], budget: Arc<RequestBudget>) -> Result<Self, TreeDecodeError> {
+        Self::within(budget).read(bytes)
+    }
+
+    /// Reads tree bytes into this empty tree.
+    fn read(mut self, bytes: &[u8]) -> Result<Self, TreeDecodeError> {
         let mut input = bytes;
         let offset = |input: &[u8]| bytes.len() - input.len();
-        let error = |input: &[u8], message| TreeDecodeError {
+        let error = |input: &[u8], message| TreeDecodeError::Invalid {
             offset: offset(input),
             message,
         };
-        // (node in this tree, children still to read)
-        let mut open: Vec<(u32, u64)> = Vec::new();
-        let mut first = true;
-        while !input.is_empty() || first {
+        let mut nodes = NodeReader::default();
+        while !input.is_empty() || nodes.first {
             let name_length = decode_varint(&mut input).map_err(|_| error(input, "bad name length"))? as usize;
             if input.len() < name_length {
                 return Err(error(input, "name runs past the end"));
@@ -312,30 +481,85 @@ impl Tree {
             let self_value = decode_varint(&mut input).map_err(|_| error(input, "bad self value"))?;
             let children = decode_varint(&mut input).map_err(|_| error(input, "bad child count"))?;
             let self_value = i64::try_from(self_value).map_err(|_| error(input, "self value too large"))?;
-            let node = if first {
-                first = false;
-                0
-            } else {
-                let Some((parent, remaining)) = open.last_mut() else {
-                    return Err(error(input, "node outside the tree"));
-                };
-                *remaining -= 1;
-                let parent = *parent;
-                let name = name.to_owned();
-                tree.child(parent, &name)
+            let parent = nodes.parent().map_err(|message| error(input, message))?;
+            let node = match parent {
+                None => 0,
+                Some(parent) => self.child(parent, name)?,
             };
-            let current = &mut tree.nodes[node as usize];
-            current.self_value = current.self_value.saturating_add(self_value);
-            open.push((node, children));
-            while open.last().is_some_and(|(_, remaining)| *remaining == 0) {
-                open.pop();
-            }
-            if open.is_empty() {
+            if nodes.add(&mut self, node, self_value, children) {
                 break;
             }
         }
-        if !open.is_empty() {
+        if !nodes.open.is_empty() {
             return Err(error(input, "tree ends before all children"));
+        }
+        self.compute_totals();
+        Ok(self)
+    }
+
+    /// The tree with each name once (see [`CompactTree`]); children in no
+    /// particular order. The nodes' bytes are charged as they grow; the
+    /// names move into the answer.
+    pub fn into_compact(mut self) -> Result<CompactTree, BudgetError> {
+        let mut out = Vec::new();
+        let mut stack = vec![0u32];
+        while let Some(node) = stack.pop() {
+            let current = &self.nodes[node as usize];
+            reserve_charged(
+                &mut out,
+                3 * MAX_VARINT_BYTES,
+                usize::MAX,
+                self.budget.as_deref(),
+                "the merged call tree sent to the querier",
+            )?;
+            encode_varint(u64::from(current.name), &mut out);
+            encode_varint(current.self_value.max(0) as u64, &mut out);
+            encode_varint(current.children.len() as u64, &mut out);
+            stack.extend(current.children.iter().rev());
+        }
+        Ok(CompactTree {
+            names: std::mem::take(&mut self.names),
+            nodes: out,
+        })
+    }
+
+    /// Reads a [`CompactTree`] into a tree charged to `budget`.
+    pub fn decode_compact_within(compact: &CompactTree, budget: Arc<RequestBudget>) -> Result<Self, TreeDecodeError> {
+        let mut tree = Self::within(budget);
+        let names: Vec<u32> = compact
+            .names
+            .iter()
+            .map(|name| tree.intern(name))
+            .collect::<Result<_, _>>()?;
+        let bytes = compact.nodes.as_slice();
+        let mut input = bytes;
+        let error = |input: &[u8], message| TreeDecodeError::Invalid {
+            offset: bytes.len() - input.len(),
+            message,
+        };
+        let mut nodes = NodeReader::default();
+        while !input.is_empty() || nodes.first {
+            let name = decode_varint(&mut input).map_err(|_| error(input, "bad name index"))?;
+            let self_value = decode_varint(&mut input).map_err(|_| error(input, "bad self value"))?;
+            let children = decode_varint(&mut input).map_err(|_| error(input, "bad child count"))?;
+            let self_value = i64::try_from(self_value).map_err(|_| error(input, "self value too large"))?;
+            let parent = nodes.parent().map_err(|message| error(input, message))?;
+            let node = match parent {
+                None => 0,
+                Some(parent) => {
+                    let name = usize::try_from(name)
+                        .ok()
+                        .and_then(|name| names.get(name))
+                        .ok_or_else(|| error(input, "name index out of range"))?;
+                    tree.child_with_name(parent, *name)?
+                }
+            };
+            if nodes.add(&mut tree, node, self_value, children) {
+                break;
+            }
+        }
+        if !nodes.open.is_empty() || !input.is_empty() {
+            return Err(error(input, "tree ends before all children or runs past its root"));
         }
         tree.compute_totals();
         Ok(tree)
@@ -369,9 +593,17 @@ pub struct FlameGraph {
 }
 
 impl Tree {
+    /// Charges what an answer built from this tree is about to allocate.
+    fn charge_answer(&self, bytes: usize) -> Result<(), BudgetError> {
+        match &self.budget {
+            Some(budget) => budget.charge(bytes, "the flame graph of the answer"),
+            None => Ok(()),
+        }
+    }
+
     /// The flame graph of the tree, keeping at most about `max_nodes`
     /// nodes (0: all); the rest fold into `other` children.
-    pub fn flame_graph(&self, max_nodes: usize) -> FlameGraph {
+    pub fn flame_graph(&self, max_nodes: usize) -> Result<FlameGraph, BudgetError> {
         enum Item {
             Node(u32),
             Other(i64),
@@ -405,11 +637,14 @@ impl Tree {
                     let current = &self.nodes[node as usize];
                     let index = if node == 0 {
                         0
+                    } else if let Some(&index) = name_index.get(&current.name) {
+                        index
                     } else {
-                        *name_index.entry(current.name).or_insert_with(|| {
-                            graph.names.push(self.names[current.name as usize].clone());
-                            graph.names.len() as i64 - 1
-                        })
+                        let name = &self.names[current.name as usize];
+                        self.charge_answer(name_bytes(name.len()))?;
+                        graph.names.push(name.clone());
+                        name_index.insert(current.name, graph.names.len() as i64 - 1);
+                        graph.names.len() as i64 - 1
                     };
                     let mut children = Vec::new();
                     let mut folded = 0i64;
@@ -431,11 +666,13 @@ impl Tree {
                     (current.total, current.self_value, index)
                 }
             };
+            // Four numbers, twice (levels grow by doubling).
+            self.charge_answer(2 * 4 * size_of::<i64>())?;
             graph.max_self = graph.max_self.max(self_value);
             graph.levels[depth].extend([x.saturating_sub(level_ends[depth]), total, self_value, name]);
             level_ends[depth] = x.saturating_add(total);
         }
-        graph
+        Ok(graph)
     }
 }
 
@@ -457,11 +694,11 @@ impl Tree {
     /// stacks, each node with both sides' values. Nodes whose combined
     /// total (left + right) is below the `max_nodes`-th largest fold into
     /// `other` (0: keep all); Pyroscope ranks by the larger side instead.
-    pub fn flame_graph_diff(left: &Tree, right: &Tree, max_nodes: usize) -> FlameGraphDiff {
+    pub fn flame_graph_diff(left: &Tree, right: &Tree, max_nodes: usize) -> Result<FlameGraphDiff, BudgetError> {
         // The union tree decides the shape (and what folds); each side's
         // values are looked up by path.
-        let mut union = left.clone();
-        union.merge(right);
+        let mut union = left.try_clone()?;
+        union.merge(right)?;
         let cutoff = union.cutoff(max_nodes);
         let ranks = union.name_ranks();
         // The union's names as each side numbers them: the left's are the
@@ -513,11 +750,14 @@ impl Tree {
                     let current = &union.nodes[node as usize];
                     let index = if node == 0 {
                         0
+                    } else if let Some(&index) = name_index.get(&current.name) {
+                        index
                     } else {
-                        *name_index.entry(current.name).or_insert_with(|| {
-                            graph.names.push(union.names[current.name as usize].clone());
-                            graph.names.len() as i64 - 1
-                        })
+                        let name = &union.names[current.name as usize];
+                        union.charge_answer(name_bytes(name.len()))?;
+                        graph.names.push(name.clone());
+                        name_index.insert(current.name, graph.names.len() as i64 - 1);
+                        graph.names.len() as i64 - 1
                     };
                     let (left_values, right_values) = (side(left, in_left), side(right, in_right));
                     let mut children = Vec::new();
@@ -555,6 +795,8 @@ impl Tree {
                     (left_values, right_values, index)
                 }
             };
+            // Seven numbers, twice (levels grow by doubling).
+            union.charge_answer(2 * 7 * size_of::<i64>())?;
             graph.max_self = graph.max_self.max(left_values.1).max(right_values.1);
             let (end_left, end_right) = level_ends[depth];
             graph.levels[depth].extend([
@@ -571,7 +813,7 @@ impl Tree {
                 x_right.saturating_add(right_values.0),
             );
         }
-        graph
+        Ok(graph)
     }
 
     /// The child of `parent` with the interned name `name`, if any.
@@ -580,20 +822,76 @@ impl Tree {
     }
 
     /// The tree as a pprof profile of `profile_type`: one function and one
-    /// location per frame name, one sample per stack (its self value).
+    /// location per frame name, one sample per stack (its self value),
+    /// charged to the tree's budget (each sample lists its whole stack).
     pub fn to_pprof(
         &self,
         profile_type: &crate::ProfileType,
         time_nanos: i64,
         duration_nanos: i64,
-    ) -> crate::pprof::Profile {
+    ) -> Result<crate::pprof::Profile, BudgetError> {
         let mut builder = crate::pprof::StackProfileBuilder::new(&profile_type.sample_type, &profile_type.sample_unit)
             .time(time_nanos, duration_nanos);
+        if let Some(budget) = &self.budget {
+            builder = builder.within(Arc::clone(budget));
+        }
         if !profile_type.period_type.is_empty() || !profile_type.period_unit.is_empty() {
             builder = builder.period(&profile_type.period_type, &profile_type.period_unit, 1);
         }
         self.for_each_stack(|path, self_value| builder.add(path.iter().copied(), self_value));
-        builder.build()
+        builder.finish()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.charged);
+        }
+    }
+}
+
+/// Where the next node of a depth-first node list goes: the nodes whose
+/// children are still being read.
+struct NodeReader {
+    first: bool,
+    /// (node, children still to read)
+    open: Vec<(u32, u64)>,
+}
+
+impl Default for NodeReader {
+    fn default() -> Self {
+        Self {
+            first: true,
+            open: Vec::new(),
+        }
+    }
+}
+
+impl NodeReader {
+    /// The parent of the next node (`None`: it is the root).
+    fn parent(&mut self) -> Result<Option<u32>, &'static str> {
+        if self.first {
+            self.first = false;
+            return Ok(None);
+        }
+        let Some((parent, remaining)) = self.open.last_mut() else {
+            return Err("node outside the tree");
+        };
+        *remaining -= 1;
+        Ok(Some(*parent))
+    }
+
+    /// Adds `self_value` to `node`, which has `children` to come; true once
+    /// the root's last child is read.
+    fn add(&mut self, tree: &mut Tree, node: u32, self_value: i64, children: u64) -> bool {
+        let current = &mut tree.nodes[node as usize];
+        current.self_value = current.self_value.saturating_add(self_value);
+        self.open.push((node, children));
+        while self.open.last().is_some_and(|(_, remaining)| *remaining == 0) {
+            self.open.pop();
+        }
+        self.open.is_empty()
     }
 }
 
@@ -613,7 +911,7 @@ mod tests {
     fn tree(stacks: &[(&[&str], i64)]) -> Tree {
         let mut tree = Tree::new();
         for (frames, value) in stacks {
-            tree.insert(frames.iter().copied(), *value);
+            tree.insert(frames.iter().copied(), *value).unwrap();
         }
         tree
     }
@@ -640,7 +938,7 @@ mod tests {
     #[test]
     fn test_tree_bytes_layout() {
         let tree = tree(&[(&["a", "b"], 2), (&["a", "c"], 3)]);
-        let bytes = tree.encode(0);
+        let bytes = tree.encode(0).unwrap();
         // root("", 0, 1 child) → a(0, 2 children) → c(3, 0) then b(2, 0):
         // children are written in reverse name order.
         let expected = [0, 0, 1, 1, b'a', 0, 2, 1, b'c', 3, 0, 1, b'b', 2, 0];
@@ -651,7 +949,7 @@ mod tests {
     #[test]
     fn test_max_nodes_folds_small_nodes_into_other() {
         let tree = tree(&[(&["a", "big"], 100), (&["a", "small"], 1), (&["tiny"], 2)]);
-        let decoded = Tree::decode(&tree.encode(2)).unwrap();
+        let decoded = Tree::decode(&tree.encode(2).unwrap()).unwrap();
         assert_eq!(decoded.total(), tree.total());
         assert_eq!(
             decoded.stacks(),
@@ -670,6 +968,62 @@ mod tests {
         assert!(Tree::decode(&[]).is_err());
     }
 
+    #[test]
+    fn test_decode_compact_rejects_garbage() {
+        let unlimited = || Arc::new(RequestBudget::unlimited());
+        let compact = |nodes: &[u8]| CompactTree {
+            names: vec![String::new(), "a".to_owned()],
+            nodes: nodes.to_vec(),
+        };
+        // root with one child named by index 1: fine.
+        assert!(Tree::decode_compact_within(&compact(&[0, 0, 1, 1, 5, 0]), unlimited()).is_ok());
+        // a name index past the names, a missing child, bytes after the root.
+        for nodes in [&[0, 0, 1, 2, 5, 0][..], &[0, 0, 2, 1, 5, 0], &[0, 0, 0, 1], &[]] {
+            assert!(
+                matches!(
+                    Tree::decode_compact_within(&compact(nodes), unlimited()),
+                    Err(TreeDecodeError::Invalid { .. })
+                ),
+                "{nodes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_a_tree_within_a_budget_refuses_to_grow_past_it() {
+        // Eight nodes and names take about 16 × NODE_BYTES; twenty more
+        // would pass 40.
+        let budget = Arc::new(RequestBudget::for_query(40 * NODE_BYTES, "-x.query"));
+        let mut tree = Tree::within(Arc::clone(&budget));
+        tree.insert(["a", "b", "c", "d", "e", "f", "g", "h"], 1).unwrap();
+        let deep: Vec<String> = (0..20).map(|level| format!("f{level}")).collect();
+        let err = tree.insert(deep.iter().map(String::as_str), 1).unwrap_err();
+        assert!(
+            matches!(err, BudgetError::QueryTooLarge { flag: "-x.query", .. }),
+            "{err}"
+        );
+        assert!(budget.used() <= 40 * NODE_BYTES);
+    }
+
+    #[test]
+    fn test_tree_bytes_that_repeat_long_names_are_charged() {
+        // 2,000 nodes of one 1 KiB name: the tree holds the name once, the
+        // tree bytes 2,000 times (2 MiB).
+        let name = "n".repeat(1024);
+        let budget = Arc::new(RequestBudget::for_query(1 << 20, "-x.query"));
+        let mut tree = Tree::within(Arc::clone(&budget));
+        for leaf in 0..1000 {
+            tree.insert([name.as_str(), &format!("{leaf}")], 1).unwrap();
+            tree.insert([&format!("{leaf}"), name.as_str()], 1).unwrap();
+        }
+        assert!(budget.used() < 1 << 20);
+        let err = tree.encode(0).unwrap_err();
+        assert!(matches!(err, BudgetError::QueryTooLarge { .. }), "{err}");
+        // Each name once: well within.
+        let compact = tree.into_compact().unwrap();
+        assert!(compact.nodes.len() < 16 * 1024, "{}", compact.nodes.len());
+    }
+
     fn arb_stacks() -> impl Strategy<Value = Vec<(Vec<String>, i64)>> {
         let frame = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
         prop::collection::vec((prop::collection::vec(frame, 1..5), 1..100i64), 0..30)
@@ -683,17 +1037,26 @@ mod tests {
             let build = |stacks: &[(Vec<String>, i64)]| {
                 let mut tree = Tree::new();
                 for (frames, value) in stacks {
-                    tree.insert(frames.iter().map(String::as_str), *value);
+                    tree.insert(frames.iter().map(String::as_str), *value).unwrap();
                 }
                 tree
             };
             let mut merged = build(&left);
-            merged.merge(&build(&right));
+            merged.merge(&build(&right)).unwrap();
             let all: Vec<_> = left.iter().chain(right.iter()).cloned().collect();
             let expected = build(&all);
             prop_assert_eq!(merged.stacks(), expected.stacks());
             prop_assert_eq!(merged.total(), expected.total());
-            prop_assert_eq!(Tree::decode(&merged.encode(0)).unwrap().stacks(), merged.stacks());
+            prop_assert_eq!(Tree::decode(&merged.encode(0).unwrap()).unwrap().stacks(), merged.stacks());
+            let compact = merged.try_clone().unwrap().into_compact().unwrap();
+            let unlimited = Arc::new(RequestBudget::unlimited());
+            prop_assert_eq!(Tree::decode_compact_within(&compact, unlimited).unwrap().stacks(), merged.stacks());
+            for max_nodes in [1, 3, 8] {
+                let truncated = merged.truncated(max_nodes).unwrap();
+                let through_bytes = Tree::decode(&merged.encode(max_nodes).unwrap()).unwrap();
+                prop_assert_eq!(truncated.stacks(), through_bytes.stacks());
+                prop_assert_eq!(truncated.total(), merged.total());
+            }
         }
     }
 
@@ -703,10 +1066,10 @@ mod tests {
         let names = ["a", "b", "c", "d", "e"];
         let chain: Vec<&str> = (0..depth).map(|level| names[level % names.len()]).collect();
         let mut tree = Tree::new();
-        tree.insert(chain.iter().copied(), value);
+        tree.insert(chain.iter().copied(), value).unwrap();
         for &at in branches {
             let at = at % depth;
-            tree.insert(chain[..at].iter().copied().chain(["side"]), 1);
+            tree.insert(chain[..at].iter().copied().chain(["side"]), 1).unwrap();
         }
         tree
     }
@@ -726,20 +1089,20 @@ mod tests {
             const DEPTH: usize = 1_000_000;
             let left = deep_tree(DEPTH, &branches, value);
             let right = deep_tree(DEPTH, &[], 2 * value);
-            let mut merged = left.clone();
-            merged.merge(&right);
+            let mut merged = left.try_clone().unwrap();
+            merged.merge(&right).unwrap();
             prop_assert_eq!(merged.total(), left.total() + right.total());
-            let decoded = Tree::decode(&merged.encode(0)).unwrap();
+            let decoded = Tree::decode(&merged.encode(0).unwrap()).unwrap();
             prop_assert_eq!(decoded.total(), merged.total());
             prop_assert_eq!(decoded.nodes.len(), merged.nodes.len());
-            prop_assert_eq!(merged.flame_graph(0).levels.len(), DEPTH + 1);
+            prop_assert_eq!(merged.flame_graph(0).unwrap().levels.len(), DEPTH + 1);
             // Every node of a plain chain ties the cut-off, so it survives.
-            prop_assert_eq!(right.flame_graph(8192).levels.len(), DEPTH + 1);
-            let diff = Tree::flame_graph_diff(&left, &right, 0);
+            prop_assert_eq!(right.flame_graph(8192).unwrap().levels.len(), DEPTH + 1);
+            let diff = Tree::flame_graph_diff(&left, &right, 0).unwrap();
             prop_assert_eq!(diff.levels.len(), DEPTH + 1);
             prop_assert!(crate::to_dot(&merged, 16, "nanoseconds").contains("N1"));
             let profile_type = crate::ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
-            let profile = merged.to_pprof(&profile_type, 0, 0);
+            let profile = merged.to_pprof(&profile_type, 0, 0).unwrap();
             prop_assert_eq!(profile.sample.len(), 1 + distinct_sides(&branches));
         }
     }
@@ -754,11 +1117,11 @@ mod tests {
     #[test]
     fn test_flame_graph_layout_golden() {
         let mut tree = Tree::new();
-        tree.insert(["main", "b"], 3);
-        tree.insert(["main", "a"], 2);
-        tree.insert(["main"], 1);
-        tree.insert(["other_root"], 4);
-        let graph = tree.flame_graph(0);
+        tree.insert(["main", "b"], 3).unwrap();
+        tree.insert(["main", "a"], 2).unwrap();
+        tree.insert(["main"], 1).unwrap();
+        tree.insert(["other_root"], 4).unwrap();
+        let graph = tree.flame_graph(0).unwrap();
         assert_eq!(graph.names, ["total", "main", "a", "b", "other_root"]);
         assert_eq!(graph.total, 10);
         assert_eq!(graph.max_self, 4);
@@ -777,11 +1140,11 @@ mod tests {
     #[test]
     fn test_flame_graph_folds_small_nodes_into_other() {
         let mut tree = Tree::new();
-        tree.insert(["main", "big"], 100);
-        tree.insert(["main", "small1"], 1);
-        tree.insert(["main", "small2"], 2);
+        tree.insert(["main", "big"], 100).unwrap();
+        tree.insert(["main", "small1"], 1).unwrap();
+        tree.insert(["main", "small2"], 2).unwrap();
         // Keep 2 nodes: main (103) and big (100).
-        let graph = tree.flame_graph(2);
+        let graph = tree.flame_graph(2).unwrap();
         assert_eq!(graph.names, ["total", "main", "big", "other"]);
         assert_eq!(graph.levels[2], vec![0, 100, 100, 2, 0, 3, 3, 3]);
         let total_of_level_2: i64 = graph.levels[2].chunks(4).map(|node| node[1]).sum();
@@ -791,12 +1154,12 @@ mod tests {
     #[test]
     fn test_flame_graph_diff_layout_golden() {
         let mut left = Tree::new();
-        left.insert(["main", "a"], 2);
-        left.insert(["main", "b"], 1);
+        left.insert(["main", "a"], 2).unwrap();
+        left.insert(["main", "b"], 1).unwrap();
         let mut right = Tree::new();
-        right.insert(["main", "b"], 4);
-        right.insert(["main", "c"], 1);
-        let diff = Tree::flame_graph_diff(&left, &right, 0);
+        right.insert(["main", "b"], 4).unwrap();
+        right.insert(["main", "c"], 1).unwrap();
+        let diff = Tree::flame_graph_diff(&left, &right, 0).unwrap();
         assert_eq!(diff.names, ["total", "main", "a", "b", "c"]);
         assert_eq!(
             (diff.left_ticks, diff.right_ticks, diff.total, diff.max_self),
@@ -817,11 +1180,11 @@ mod tests {
     #[test]
     fn test_to_pprof_keeps_every_stack_and_dedupes_functions() {
         let mut tree = Tree::new();
-        tree.insert(["main", "work"], 5);
-        tree.insert(["main", "work", "main"], 2);
-        tree.insert(["main"], 1);
+        tree.insert(["main", "work"], 5).unwrap();
+        tree.insert(["main", "work", "main"], 2).unwrap();
+        tree.insert(["main"], 1).unwrap();
         let profile_type = crate::ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
-        let profile = tree.to_pprof(&profile_type, 10, 20);
+        let profile = tree.to_pprof(&profile_type, 10, 20).unwrap();
         assert_eq!(profile.function.len(), 2);
         assert_eq!(profile.location.len(), 2);
         assert_eq!(profile.sample.len(), 3);
@@ -837,7 +1200,7 @@ mod tests {
                     profile.string_table[function.name as usize].as_str()
                 })
                 .collect();
-            back.insert(frames, sample.value[0]);
+            back.insert(frames, sample.value[0]).unwrap();
         }
         assert_eq!(back.stacks(), tree.stacks());
         assert_eq!(crate::pprof::string_at(&profile, profile.sample_type[0].r#type), "cpu");

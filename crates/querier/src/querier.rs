@@ -19,7 +19,10 @@ use std::time::Duration;
 use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::types::v1 as types;
 use flamedb_api::{ErrorCode, IngesterClients, RpcError, labels_from_pairs, profile_type_to_proto, tenant_request};
-use flamedb_model::{Labels, PROFILE_TYPE, ProfileId, ProfileType, Selector, Tree, parse_selector};
+use flamedb_model::budget::RequestBudget;
+use flamedb_model::{
+    CompactTree, Labels, PROFILE_TYPE, ProfileId, ProfileType, Selector, Tree, TreeDecodeError, parse_selector,
+};
 use flamedb_ring::{InstanceDesc, Operation, RingClient, now_ms};
 use flamedb_storage::{Block, SeriesIndex, TimeRange};
 use futures_util::future::try_join_all;
@@ -432,17 +435,19 @@ impl Querier {
     /// The merged tree of every profile of `selection` (only the samples
     /// of `spans`, when given), each profile counted once: by whole series
     /// when the ingesters alone hold the range (no stored block overlaps
-    /// it) and the replicas agree, else by listed profile.
+    /// it) and the replicas agree, else by listed profile. Every tree of
+    /// the merge is charged to `budget`.
     pub(crate) async fn merge(
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
         spans: Option<HashSet<u64>>,
+        budget: &Arc<RequestBudget>,
     ) -> Result<Tree, RpcError> {
         let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         let blocks = self.stored_blocks(tenant, selection).await?;
         if blocks.is_empty() {
-            match self.merge_by_series(tenant, selection, &span_ids).await {
+            match self.merge_by_series(tenant, selection, &span_ids, budget).await {
                 Ok(Some(tree)) => return Ok(tree),
                 Ok(None) => {}
                 // The request itself is wrong: the listing would say so too.
@@ -453,7 +458,7 @@ impl Querier {
             }
         }
         let listing = self.list(tenant, selection, blocks).await?;
-        self.merge_listing(tenant, selection, &listing, spans.map(Arc::new))
+        self.merge_listing(tenant, selection, &listing, spans.map(Arc::new), budget)
             .await
     }
 
@@ -464,6 +469,7 @@ impl Querier {
         tenant: &str,
         selection: &ingester::ProfileSelection,
         span_ids: &[u64],
+        budget: &Arc<RequestBudget>,
     ) -> Result<Option<Tree>, RpcError> {
         let Some(plan) = self.plan_by_series(tenant, selection).await? else {
             return Ok(None);
@@ -475,7 +481,7 @@ impl Querier {
         let trees = try_join_all(merges.map(|(instance, series)| {
             let filter = MergeFilter::Series(series);
             async move {
-                self.merge_on(&instance, tenant, selection, filter, span_ids.to_vec())
+                self.merge_on(&instance, tenant, selection, filter, span_ids.to_vec(), budget)
                     .await
             }
         }))
@@ -516,10 +522,11 @@ impl Querier {
         &self,
         tenant: &str,
         selection: &ingester::ProfileSelection,
+        budget: &Arc<RequestBudget>,
     ) -> Result<(Tree, Vec<ListedProfile>), RpcError> {
         let blocks = self.stored_blocks(tenant, selection).await?;
         let listing = self.list(tenant, selection, blocks).await?;
-        let tree = self.merge_listing(tenant, selection, &listing, None).await?;
+        let tree = self.merge_listing(tenant, selection, &listing, None, budget).await?;
         Ok((tree, listing.profiles.into_iter().map(|(profile, _)| profile).collect()))
     }
 
@@ -531,6 +538,7 @@ impl Querier {
         selection: &ingester::ProfileSelection,
         listing: &Listing,
         spans: Option<Arc<HashSet<u64>>>,
+        budget: &Arc<RequestBudget>,
     ) -> Result<Tree, RpcError> {
         let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         let mut for_ingester: Vec<Vec<Vec<u8>>> = vec![Vec::new(); listing.ingesters.len()];
@@ -559,6 +567,7 @@ impl Querier {
                     selection,
                     MergeFilter::Profiles(ids),
                     span_ids.clone(),
+                    budget,
                 )
             });
         let query = block_query(
@@ -572,7 +581,7 @@ impl Querier {
             .iter()
             .zip(for_block)
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids, spans.clone()));
+            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids, spans.clone(), Arc::clone(budget)));
         let (mut from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         from_ingesters.extend(from_blocks);
@@ -580,7 +589,8 @@ impl Querier {
     }
 
     /// Merges the profiles or series of `filter` on one ingester (only
-    /// the samples of `span_ids`, when any).
+    /// the samples of `span_ids`, when any); the tree it sends is charged
+    /// to `budget` as it arrives and as it is read.
     async fn merge_on(
         &self,
         instance: &InstanceDesc,
@@ -588,6 +598,7 @@ impl Querier {
         selection: &ingester::ProfileSelection,
         filter: MergeFilter,
         span_ids: Vec<u64>,
+        budget: &Arc<RequestBudget>,
     ) -> Result<Tree, RpcError> {
         let mut client = self.clients.get(&instance.addr)?;
         let (only_listed, profile_ids, series) = match filter {
@@ -603,6 +614,7 @@ impl Querier {
                 max_nodes: 0,
                 span_ids,
                 series,
+                compact: true,
             },
         )?;
         let merged = tokio::time::timeout(self.timeout, client.merge_profiles(request))
@@ -615,8 +627,31 @@ impl Querier {
             })??
             .into_inner();
         let id = instance.id.clone();
+        let budget = Arc::clone(budget);
         crate::service::off_runtime(move || {
-            Tree::decode(&merged.tree).map_err(|err| RpcError::internal(format!("ingester {id}: {err}")))
+            let received = merged.tree.len()
+                + merged.nodes.len()
+                + merged
+                    .names
+                    .iter()
+                    .map(|name| name.len() + size_of::<String>())
+                    .sum::<usize>();
+            budget.charge(received, "the trees received from ingesters")?;
+            // An ingester that predates compact trees sends tree bytes.
+            let tree = if merged.nodes.is_empty() {
+                Tree::decode_within(&merged.tree, Arc::clone(&budget))
+            } else {
+                let compact = CompactTree {
+                    names: merged.names,
+                    nodes: merged.nodes,
+                };
+                Tree::decode_compact_within(&compact, Arc::clone(&budget))
+            };
+            budget.release(received);
+            tree.map_err(|err| match err {
+                TreeDecodeError::Budget(err) => err.into(),
+                TreeDecodeError::Invalid { .. } => RpcError::internal(format!("ingester {id}: {err}")),
+            })
         })
         .await
     }
@@ -692,15 +727,19 @@ enum MergeFilter {
 }
 
 /// The trees of several holders in one: each holder's profiles are its
-/// alone, so all are needed.
+/// alone, so all are needed. The largest takes in the others (charged to
+/// their budget as it grows).
 async fn merge_trees(mut trees: Vec<Tree>) -> Result<Tree, RpcError> {
     if trees.len() <= 1 {
         return Ok(trees.pop().unwrap_or_default());
     }
     crate::service::off_runtime(move || {
-        let mut tree = Tree::new();
-        for merged in &trees {
-            tree.merge(merged);
+        trees.sort_by_key(Tree::node_count);
+        let Some(mut tree) = trees.pop() else {
+            return Ok(Tree::new());
+        };
+        while let Some(merged) = trees.pop() {
+            tree.merge(&merged)?;
         }
         Ok(tree)
     })

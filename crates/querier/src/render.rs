@@ -16,7 +16,7 @@ use flamedb_model::{FlameGraph, ProfileType, Tree, attime, now_nanos, to_dot};
 use serde_json::{Value, json};
 
 use crate::querier::ListedProfile;
-use crate::service::{State, max_nodes, selection};
+use crate::service::{State, max_nodes, merged, selection};
 
 /// Timeline steps to choose from (s): the smallest that gives at most
 /// about 1,500 points.
@@ -205,12 +205,12 @@ async fn render_dot(render: &RenderState, params: &Params, headers: &HeaderMap) 
     let Some(selection) = selection(&profile_type, &selector, from, until, &limits)? else {
         return Ok(String::new());
     };
-    let tree = state.querier.merge(tenant, &selection, None).await?;
-    crate::service::off_runtime(move || {
-        let truncated = Tree::decode(&tree.encode(SOURCE_NODES)).map_err(|err| RpcError::internal(err.to_string()))?;
-        Ok(to_dot(&truncated, shown, &parsed_type.sample_unit))
-    })
-    .await
+    let tree = state
+        .querier
+        .merge(tenant, &selection, None, &limits.query_budget())
+        .await?;
+    crate::service::off_runtime(move || Ok(to_dot(&tree.truncated(SOURCE_NODES)?, shown, &parsed_type.sample_unit)))
+        .await
 }
 
 async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap) -> Result<Value, RpcError> {
@@ -227,14 +227,17 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
     let Some(selection) = selection(&profile_type, &selector, from, until, &limits)? else {
         return Ok(json!({
             "version": 1,
-            "flamebearer": flamebearer(&Tree::new().flame_graph(0)),
+            "flamebearer": flamebearer(&Tree::new().flame_graph(0)?),
             "metadata": metadata(&parsed_type, "single"),
             "timeline": null,
             "groups": null,
             "heatmap": null,
         }));
     };
-    let (tree, profiles) = state.querier.merge_and_list(tenant, &selection).await?;
+    let (tree, profiles) = state
+        .querier
+        .merge_and_list(tenant, &selection, &limits.query_budget())
+        .await?;
     // The range as checked (the lookback cut its start): at most about
     // 1,500 steps.
     let (from, until) = (selection.start, selection.end);
@@ -259,7 +262,7 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
     };
     Ok(json!({
         "version": 1,
-        "flamebearer": flamebearer(&tree.flame_graph(nodes)),
+        "flamebearer": flamebearer(&tree.flame_graph(nodes)?),
         "metadata": metadata(&parsed_type, "single"),
         "timeline": timeline_value,
         "groups": groups,
@@ -298,14 +301,14 @@ async fn render_diff_json(render: &RenderState, params: &Params, headers: &Heade
     let nodes = max_nodes(requested_nodes(params), &limits)?;
     let left_selection = selection(&left.0, &left.1, left.2, left.3, &limits)?;
     let right_selection = selection(&right.0, &right.1, right.2, right.3, &limits)?;
-    let merge = |selection: Option<ingester::ProfileSelection>| async move {
-        match selection {
-            Some(selection) => state.querier.merge(tenant, &selection, None).await,
-            None => Ok(Tree::new()),
-        }
-    };
-    let (left_tree, right_tree) = futures_util::try_join!(merge(left_selection), merge(right_selection))?;
-    let graph = Tree::flame_graph_diff(&left_tree, &right_tree, nodes);
+    // Both sides and their union share one budget.
+    let budget = limits.query_budget();
+    let (left_tree, right_tree) = futures_util::try_join!(
+        merged(state, tenant, left_selection.as_ref(), None, &budget),
+        merged(state, tenant, right_selection.as_ref(), None, &budget)
+    )?;
+    let graph =
+        crate::service::off_runtime(move || Ok(Tree::flame_graph_diff(&left_tree, &right_tree, nodes)?)).await?;
     let profile_type = ProfileType::parse(&left.0).map_err(|err| RpcError::invalid_argument(err.to_string()))?;
     Ok(json!({
         "version": 1,

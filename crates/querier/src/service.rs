@@ -3,6 +3,7 @@
 //! then the [`Querier`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,6 +11,7 @@ use flamedb_api::pb::ingester::v1 as ingester;
 use flamedb_api::pb::querier::v1 as pb;
 use flamedb_api::pb::types::v1 as types;
 use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, labels_to_pairs};
+use flamedb_model::budget::RequestBudget;
 use flamedb_model::pprof::Profile;
 use flamedb_model::{Limits, ProfileType, TenantLimits, Tree, is_legacy_label_name, now_nanos, parse_selector};
 
@@ -159,11 +161,11 @@ async fn select_merge_stacktraces(
         request.end,
         &limits,
     )?;
-    let tree = merged(&state, tenant, selection.as_ref(), spans).await?;
+    let tree = merged(&state, tenant, selection.as_ref(), spans, &limits.query_budget()).await?;
     off_runtime(move || {
         Ok(match format {
             pb::ProfileFormat::Tree => pb::SelectMergeStacktracesResponse {
-                tree: tree.encode(max_nodes),
+                tree: tree.encode(max_nodes)?,
                 ..Default::default()
             },
             pb::ProfileFormat::Pprof => pb::SelectMergeStacktracesResponse {
@@ -173,7 +175,7 @@ async fn select_merge_stacktraces(
                 ..Default::default()
             },
             _ => pb::SelectMergeStacktracesResponse {
-                flamegraph: Some(flame_graph(&tree, max_nodes)),
+                flamegraph: Some(flame_graph(&tree, max_nodes)?),
                 ..Default::default()
             },
         })
@@ -202,17 +204,17 @@ async fn select_merge_span_profile(
     let tree = if spans.is_empty() {
         Tree::new()
     } else {
-        merged(&state, tenant, selection.as_ref(), Some(spans)).await?
+        merged(&state, tenant, selection.as_ref(), Some(spans), &limits.query_budget()).await?
     };
     let format = pb::ProfileFormat::try_from(request.format).unwrap_or(pb::ProfileFormat::Unspecified);
     off_runtime(move || {
         Ok(match format {
             pb::ProfileFormat::Tree => pb::SelectMergeSpanProfileResponse {
-                tree: tree.encode(max_nodes),
+                tree: tree.encode(max_nodes)?,
                 ..Default::default()
             },
             _ => pb::SelectMergeSpanProfileResponse {
-                flamegraph: Some(flame_graph(&tree, max_nodes)),
+                flamegraph: Some(flame_graph(&tree, max_nodes)?),
                 ..Default::default()
             },
         })
@@ -252,28 +254,29 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
 }
 
 /// The merged tree of a selection (only the samples of `spans`, when
-/// given); empty when there is none (a range wholly before the lookback
-/// limit).
-async fn merged(
+/// given), charged to `budget`; empty when there is none (a range wholly
+/// before the lookback limit).
+pub(crate) async fn merged(
     state: &State,
     tenant: &str,
     selection: Option<&ingester::ProfileSelection>,
     spans: Option<HashSet<u64>>,
+    budget: &Arc<RequestBudget>,
 ) -> Result<Tree, RpcError> {
     match selection {
-        Some(selection) => state.querier.merge(tenant, selection, spans).await,
-        None => Ok(Tree::new()),
+        Some(selection) => state.querier.merge(tenant, selection, spans, budget).await,
+        None => Ok(Tree::within(Arc::clone(budget))),
     }
 }
 
-fn flame_graph(tree: &Tree, max_nodes: usize) -> pb::FlameGraph {
-    let graph = tree.flame_graph(max_nodes);
-    pb::FlameGraph {
+fn flame_graph(tree: &Tree, max_nodes: usize) -> Result<pb::FlameGraph, RpcError> {
+    let graph = tree.flame_graph(max_nodes)?;
+    Ok(pb::FlameGraph {
         names: graph.names,
         levels: graph.levels.into_iter().map(|values| pb::Level { values }).collect(),
         total: graph.total,
         max_self: graph.max_self,
-    }
+    })
 }
 
 /// The merged profile as pprof (stamped with the range it covers);
@@ -290,14 +293,14 @@ fn pprof(
     let tree = if max_nodes == 0 {
         tree
     } else {
-        truncated = Tree::decode(&tree.encode(max_nodes)).map_err(|err| RpcError::internal(err.to_string()))?;
+        truncated = tree.truncated(max_nodes)?;
         &truncated
     };
     Ok(tree.to_pprof(
         &profile_type,
         start_ms.saturating_mul(1_000_000),
         end_ms.saturating_sub(start_ms).max(0).saturating_mul(1_000_000),
-    ))
+    )?)
 }
 
 /// A pprof of the merged profiles (what Grafana downloads and Profiles
@@ -326,7 +329,7 @@ async fn select_merge_profile(
         request.end,
         &limits,
     )?;
-    let tree = merged(&state, tenant, selection.as_ref(), None).await?;
+    let tree = merged(&state, tenant, selection.as_ref(), None, &limits.query_budget()).await?;
     off_runtime(move || pprof(&tree, &request.profile_type_id, selection.as_ref(), max_nodes)).await
 }
 
@@ -358,11 +361,13 @@ async fn diff(state: State, ctx: RequestContext, request: pb::DiffRequest) -> Re
         right.end,
         &limits,
     )?;
+    // Both sides and their union share one budget.
+    let budget = limits.query_budget();
     let (left_tree, right_tree) = futures_util::try_join!(
-        merged(&state, tenant, left_selection.as_ref(), None),
-        merged(&state, tenant, right_selection.as_ref(), None)
+        merged(&state, tenant, left_selection.as_ref(), None, &budget),
+        merged(&state, tenant, right_selection.as_ref(), None, &budget)
     )?;
-    let graph = off_runtime(move || Ok(Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes))).await?;
+    let graph = off_runtime(move || Ok(Tree::flame_graph_diff(&left_tree, &right_tree, max_nodes)?)).await?;
     Ok(pb::DiffResponse {
         flamegraph: Some(pb::FlameGraphDiff {
             names: graph.names,

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use flamedb_api::{ErrorCode, RpcError};
+use flamedb_model::budget::RequestBudget;
 use flamedb_model::{ProfileId, Tree, parse_selector};
 use flamedb_storage::block::{PROFILES_FILE, TEMP_SUFFIX};
-use flamedb_storage::{Block, BlockMeta, Bucket, ProfileQuery, TimeRange, Ulid};
+use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, ProfileQuery, TimeRange, Ulid};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::querier::ListedProfile;
@@ -249,12 +250,16 @@ pub(crate) async fn merge_block(
     query: ProfileQuery,
     only: HashSet<ProfileId>,
     spans: Option<Arc<HashSet<u64>>>,
+    budget: Arc<RequestBudget>,
 ) -> Result<Tree, RpcError> {
     tokio::task::spawn_blocking(move || {
-        let mut tree = Tree::new();
+        let mut tree = Tree::within(budget);
         block
             .merge_into(&query, Some(&only), spans.as_deref(), &mut tree)
-            .map_err(|err| store_error(format!("cannot read block {}: {err}", block.meta().id)))?;
+            .map_err(|err| match err {
+                BlockError::Budget(err) => err.into(),
+                err => store_error(format!("cannot read block {}: {err}", block.meta().id)),
+            })?;
         Ok(tree)
     })
     .await

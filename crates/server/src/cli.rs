@@ -183,6 +183,12 @@ pub const FLAGS: &[Flag] = &[
         "Most flame graph nodes a query may ask for (0: any).",
     ),
     flag(
+        "querier.max-query-memory-bytes",
+        "limits.max_query_memory_bytes",
+        FlagKind::Int,
+        "Most memory the call trees of one query may take on each ingester and querier, in bytes (0: no limit).",
+    ),
+    flag(
         "validation.max-length-label-name",
         "limits.max_label_name_length",
         FlagKind::Int,

@@ -717,7 +717,7 @@ fn expected_otlp_tree(path: &std::path::Path) -> Tree {
             })
             .collect();
         let value: i64 = sample["values"].as_str().unwrap().parse().unwrap();
-        tree.insert(names.into_iter().rev(), value);
+        tree.insert(names.into_iter().rev(), value).unwrap();
     }
     tree
 }

@@ -898,3 +898,125 @@ fn test_deep_stacks_stored_unvalidated_never_poison_queries() {
     let node = start_ready(BINARY, "old-data-restarted", &flags, &[]);
     check(&node);
 }
+
+const QUERY_LIMIT: &str = "-querier.max-query-memory-bytes";
+
+/// A profile whose call tree holds one 64,000-byte name in 16,001 nodes:
+/// stacks `[leaf i, big, leaf i]` and `[big, leaf i, big]` for 8,000
+/// leaves. Its tree bytes (each node repeats its name) would take 1 GB;
+/// its tree, with each name once, a few MB.
+fn repeated_name_profile() -> Profile {
+    const LEAVES: usize = 8000;
+    let big = "f".repeat(64_000);
+    let leaves: Vec<String> = (0..LEAVES).map(|leaf| format!("leaf{leaf}")).collect();
+    let mut strings: Vec<&str> = vec![&big];
+    strings.extend(leaves.iter().map(String::as_str));
+    let function = |id: u64| Function {
+        id,
+        name: id as i64 + 2,
+        ..Function::default()
+    };
+    let location = |id: u64| Location {
+        id,
+        line: vec![Line {
+            function_id: id,
+            ..Line::default()
+        }],
+        ..Location::default()
+    };
+    let ids = 1..=(LEAVES as u64 + 1);
+    let sample = |location_id: Vec<u64>| Sample {
+        location_id,
+        value: vec![1],
+        label: vec![],
+    };
+    Profile {
+        function: ids.clone().map(function).collect(),
+        location: ids.map(location).collect(),
+        sample: (2..=(LEAVES as u64 + 1))
+            .flat_map(|leaf| [sample(vec![leaf, 1, leaf]), sample(vec![1, leaf, 1])])
+            .collect(),
+        ..cpu_profile(&strings)
+    }
+}
+
+/// SelectMergeStacktraces of `service` in `format` with every node kept.
+fn select(node: &Flamedb, tenant: &str, service: &str, format: querier::ProfileFormat) -> (u16, Vec<u8>) {
+    let now = now_nanos() / 1_000_000;
+    let request = querier::SelectMergeStacktracesRequest {
+        profile_type_id: CPU.into(),
+        label_selector: format!("{{service_name=\"{service}\"}}"),
+        start: now - 3_600_000,
+        end: now + 60_000,
+        max_nodes: Some(1_048_576),
+        format: format as i32,
+        ..Default::default()
+    };
+    node.post(
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[("content-type", PROTO), ("x-scope-orgid", tenant)],
+        request.encode_to_vec(),
+    )
+    .unwrap()
+}
+
+/// What queries build from stored data has a budget: tree bytes that
+/// would repeat a long name past it are refused (400 naming the limit)
+/// with the process's peak memory bounded, while the flame graph of the
+/// same data, each name once, answers; with a small limit the merge itself
+/// is refused. The process stays up and other data stays readable.
+#[test]
+fn test_queries_past_their_memory_budget_are_refused_and_harm_nothing_else() {
+    let body = push_body(labels("repeated"), vec![repeated_name_profile().encode_to_vec()]);
+    let mut victim = StackProfileBuilder::new("cpu", "nanoseconds")
+        .period("cpu", "nanoseconds", 10_000_000)
+        .time(now_nanos(), 0);
+    victim.add(["main", "serve"], 100);
+    let victim = push_body(labels("victim"), vec![victim.build().encode_to_vec()]);
+    for limit in [None, Some(1 << 20)] {
+        let data = shared_dir();
+        let mut flags = vec![
+            "-auth.multitenancy-enabled".to_owned(),
+            "-distributor.ingestion-rate-limit-mb=0".to_owned(),
+            format!("-pyroscopedb.data-path={}", path_in(data.path(), "data")),
+        ];
+        flags.extend(limit.map(|limit| format!("{QUERY_LIMIT}={limit}")));
+        let mut node = start_ready(BINARY, "query-budget", &flags, &[]);
+        for (tenant, body) in [(ATTACKER, &body), (VICTIM, &victim)] {
+            let (status, answer) = send(&node, tenant, &push_request(body.clone()));
+            assert_eq!(status, 200, "{answer}");
+        }
+        let resident = status_bytes(node.pid(), "VmRSS:");
+        reset_peak(node.pid());
+        let (status, answer) = select(&node, ATTACKER, "repeated", querier::ProfileFormat::Tree);
+        let growth = status_bytes(node.pid(), "VmHWM:").saturating_sub(resident);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "tree bytes, limit {limit:?}: {answer:.300}");
+        assert!(answer.contains(QUERY_LIMIT), "{answer:.300}");
+        assert!(growth <= PEAK_GROWTH_BOUND, "peak memory grew by {} MiB", growth >> 20);
+        println!(
+            "tree bytes of 16,001 nodes of a 64,000-byte name, limit {limit:?}: {status}, peak RSS growth {} MiB",
+            growth >> 20
+        );
+
+        let (status, answer) = select(&node, ATTACKER, "repeated", querier::ProfileFormat::Flamegraph);
+        match limit {
+            None => {
+                assert_eq!(status, 200, "{:.300}", String::from_utf8_lossy(&answer));
+                let graph = querier::SelectMergeStacktracesResponse::decode(answer.as_slice())
+                    .unwrap()
+                    .flamegraph
+                    .unwrap_or_default();
+                assert_eq!((graph.total, graph.levels.len()), (16_000, 4));
+            }
+            Some(_) => {
+                let answer = String::from_utf8_lossy(&answer);
+                assert_eq!(status, 400, "{answer:.300}");
+                assert!(answer.contains(QUERY_LIMIT), "{answer:.300}");
+            }
+        }
+        assert!(node.is_running(), "the query stopped the process:\n{}", node.log());
+        assert_eq!(node.get("/ready").unwrap().0, 200);
+        assert_eq!(flame_graph(&node, VICTIM, "victim").0, 100);
+    }
+}

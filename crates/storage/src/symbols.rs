@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use flamedb_model::Tree;
+use flamedb_model::budget::BudgetError;
 use flamedb_model::pprof::Profile;
 use indexmap::IndexSet;
 
@@ -288,18 +289,28 @@ impl Symbols {
 
     /// Adds `(stack, value)` pairs to `tree`, by function name. Each
     /// function name is looked up in the tree once, not once per frame.
-    pub fn add_to_tree(&self, stacks: impl IntoIterator<Item = (u32, i64)>, tree: &mut Tree) {
+    pub fn add_to_tree(
+        &self,
+        stacks: impl IntoIterator<Item = (u32, i64)>,
+        tree: &mut Tree,
+    ) -> Result<(), BudgetError> {
         let mut frames = Vec::new();
         let mut in_tree: HashMap<u32, u32> = HashMap::new();
         for (stack, value) in stacks {
             self.frames(stack, &mut frames);
             for name in &mut frames {
-                *name = *in_tree
-                    .entry(*name)
-                    .or_insert_with(|| tree.intern(self.string_at(*name)));
+                *name = match in_tree.get(name) {
+                    Some(&interned) => interned,
+                    None => {
+                        let interned = tree.intern(self.string_at(*name))?;
+                        in_tree.insert(*name, interned);
+                        interned
+                    }
+                };
             }
-            tree.insert_interned(frames.iter().copied(), value);
+            tree.insert_interned(frames.iter().copied(), value)?;
         }
+        Ok(())
     }
 
     pub fn counts(&self) -> SymbolCounts {

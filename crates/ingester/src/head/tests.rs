@@ -141,12 +141,12 @@ fn test_insert_and_query() {
     assert_eq!(summary, [(1, 100, 40), (2, 200, 5)]);
 
     let mut tree = Tree::new();
-    head.merge_into(&query("{}"), None, None, &mut tree);
+    head.merge_into(&query("{}"), None, None, &mut tree).unwrap();
     assert_eq!(stacks(&tree), [("main".to_owned(), 20), ("main;work".to_owned(), 65)]);
     // Only some profiles; only a time range.
     let mut tree = Tree::new();
     let only: HashSet<ProfileId> = [ProfileId([2; 16])].into();
-    head.merge_into(&query("{}"), Some(&only), None, &mut tree);
+    head.merge_into(&query("{}"), Some(&only), None, &mut tree).unwrap();
     assert_eq!(stacks(&tree), [("main;work".to_owned(), 5)]);
     let mut tree = Tree::new();
     let early = ProfileQuery {
@@ -156,7 +156,7 @@ fn test_insert_and_query() {
         },
         ..query("{}")
     };
-    head.merge_into(&early, None, None, &mut tree);
+    head.merge_into(&early, None, None, &mut tree).unwrap();
     assert_eq!(tree.total(), 80);
     // Series summaries: kept ones when the range covers the head, from
     // the rows otherwise; the same as summing the selected profiles.
@@ -218,7 +218,7 @@ fn test_cumulative_alloc_profiles_store_deltas() {
     let totals: Vec<i64> = select(&head, &query).iter().map(|p| p.total).collect();
     assert_eq!(totals, [30, 50]);
     let mut tree = Tree::new();
-    head.merge_into(&query, None, None, &mut tree);
+    head.merge_into(&query, None, None, &mut tree).unwrap();
     assert_eq!(stacks(&tree), [("main".to_owned(), 60), ("main;work".to_owned(), 20)]);
 }
 

@@ -24,6 +24,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use flamedb_model::budget::BudgetError;
 use flamedb_model::{ProfileId, Tree};
 use foldhash::{HashMap, HashMapExt};
 use prost::Message;
@@ -62,6 +63,9 @@ pub enum BlockError {
     },
     #[error("block {path}: {reason}")]
     Corrupt { path: String, reason: String },
+    /// A query read past its memory budget.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 impl BlockError {
@@ -534,7 +538,7 @@ impl Block {
             }
             add_samples(&mut by_stack, row.stacks, row.values, row.span_ids, spans);
         })?;
-        self.symbols()?.add_to_tree(by_stack, tree);
+        self.symbols()?.add_to_tree(by_stack, tree)?;
         Ok(())
     }
 }

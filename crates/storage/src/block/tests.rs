@@ -120,7 +120,8 @@ impl Source {
             ));
             if only.is_none_or(|only| only.contains(&row.id)) {
                 self.symbols
-                    .add_to_tree(row.stacks.iter().copied().zip(row.values.iter().copied()), &mut tree);
+                    .add_to_tree(row.stacks.iter().copied().zip(row.values.iter().copied()), &mut tree)
+                    .unwrap();
             }
         }
         profiles.sort();
