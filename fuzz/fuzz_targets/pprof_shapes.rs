@@ -6,6 +6,8 @@
 //! a stack overflow (no recursion on depth), never past the budget.
 #![no_main]
 
+use std::sync::Arc;
+
 use flamedb_model::budget::RequestBudget;
 use flamedb_model::pprof::{Function, Label, Line, Location, Profile, Sample, ValueType, encode};
 use flamedb_model::{Labels, Limits, Tree, prepare_profile, to_dot};
@@ -110,11 +112,14 @@ fuzz_target!(|shape: Shape| {
     let Ok(series) = prepare_profile(&raw, &labels, &limits, 1_700_000_000_000_000_000, &budget) else {
         return;
     };
-    let mut merged = Tree::new();
+    // The trees of a query, within a query's budget: past it a step is
+    // refused, never allocated.
+    let query = Arc::new(RequestBudget::for_query(256 << 20, "-querier.max-query-memory-bytes"));
+    let mut merged = Tree::within(Arc::clone(&query));
     for part in &series {
         let profile = &part.profile;
         let name = |index: i64| profile.string_table[index as usize].as_str();
-        let mut tree = Tree::new();
+        let mut tree = Tree::within(Arc::clone(&query));
         for sample in &profile.sample {
             let mut frames = Vec::new();
             for id in sample.location_id.iter().rev() {
@@ -124,15 +129,23 @@ fuzz_target!(|shape: Shape| {
                 }
             }
             assert!(frames.len() <= limits.max_profile_stacktrace_depth, "{} frames", frames.len());
-            tree.insert(frames.iter().copied(), sample.value[0]);
+            if tree.insert(frames.iter().copied(), sample.value[0]).is_err() {
+                return;
+            }
         }
-        merged.merge(&tree);
+        if merged.merge(&tree).is_err() {
+            return;
+        }
     }
-    // Not the tree bytes: they write every node's name, so their size is
-    // nodes x name length (up to 64 KiB), whatever the budget of the push
-    // (a finding kept in docs/testing.md). Flame graphs name each function
-    // once.
-    let graph = merged.flame_graph(8192);
+    // Tree bytes write every node's name (nodes x up to 64 KiB): charged
+    // as they grow, so a crafted shape is refused, not allocated.
+    if let Ok(bytes) = merged.encode(0) {
+        let decoded = Tree::decode(&bytes).expect("tree bytes read back");
+        assert_eq!(decoded.total(), merged.total());
+    }
+    let Ok(graph) = merged.flame_graph(8192) else {
+        return;
+    };
     assert_eq!(graph.total, merged.total());
     let _ = to_dot(&merged, 64, "nanoseconds");
 });

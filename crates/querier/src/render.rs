@@ -260,9 +260,10 @@ async fn render_json(render: &RenderState, params: &Params, headers: &HeaderMap)
         }
         None => Value::Null,
     };
+    let flame_graph = crate::service::off_runtime(move || Ok(tree.flame_graph(nodes)?)).await?;
     Ok(json!({
         "version": 1,
-        "flamebearer": flamebearer(&tree.flame_graph(nodes)?),
+        "flamebearer": flamebearer(&flame_graph),
         "metadata": metadata(&parsed_type, "single"),
         "timeline": timeline_value,
         "groups": groups,

@@ -585,6 +585,31 @@ fn vectors() -> Vec<Vector> {
                 ingest("name=wide-jfr&format=jfr", jfr(&[&frames]))
             },
         ),
+        // Each context becomes a profile of its own, with its own copy of
+        // the frame names.
+        vector(
+            "20,000 contexts x a 60 KB frame name",
+            "JFR",
+            &[413],
+            REQUEST_LIMIT,
+            || {
+                let frame = format!("{}.m", "C".repeat(60_000));
+                let events: Vec<Event> = (0..20_000)
+                    .map(|context| Event {
+                        name: "jdk.ExecutionSample",
+                        stack: 1,
+                        fields: vec![
+                            ("state", FieldValue::State("STATE_RUNNABLE")),
+                            ("contextId", FieldValue::Long(context)),
+                        ],
+                    })
+                    .collect();
+                ingest(
+                    "name=contexts-jfr&format=jfr",
+                    recording("itimer", 1_000_000_000, &[&[frame.as_str()]], &events),
+                )
+            },
+        ),
     ]
 }
 
