@@ -39,7 +39,12 @@ fn build(shape: &Shape) -> Profile {
     let samples = usize::from(shape.samples % 2000) + 1;
     let depth = usize::from(shape.depth % 4096) + 1;
     let types = usize::from(shape.sample_types % 16) + 1;
-    let mut strings = vec![String::new(), "cpu".to_owned(), "nanoseconds".to_owned(), "k".to_owned()];
+    let mut strings = vec![
+        String::new(),
+        "cpu".to_owned(),
+        "nanoseconds".to_owned(),
+        "k".to_owned(),
+    ];
     strings.push("x".repeat((shape.long_string % (256 << 10)) as usize));
     let long = strings.len() as i64 - 1;
     let first_value = strings.len() as i64;
@@ -128,7 +133,11 @@ fuzz_target!(|shape: Shape| {
                     frames.push(name(profile.function[line.function_id as usize - 1].name));
                 }
             }
-            assert!(frames.len() <= limits.max_profile_stacktrace_depth, "{} frames", frames.len());
+            assert!(
+                frames.len() <= limits.max_profile_stacktrace_depth,
+                "{} frames",
+                frames.len()
+            );
             if tree.insert(frames.iter().copied(), sample.value[0]).is_err() {
                 return;
             }

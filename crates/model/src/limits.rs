@@ -68,9 +68,9 @@ pub struct Limits {
     /// Most nodes a query may ask for (`0`: any).
     pub max_flamegraph_nodes_max: usize,
     /// Most memory the call trees of one query may take, in bytes (an
-    /// upper bound of what they allocate), on each ingester and querier
-    /// that works on it: every partial tree, the merged one and the
-    /// answer made from it together (`0`: no limit).
+    /// upper bound of what they allocate): on the querier every partial
+    /// tree, the merged one and the answer made from it together; on an
+    /// ingester the tree of each merge request (`0`: no limit).
     pub max_query_memory_bytes: usize,
 }
 

@@ -186,7 +186,7 @@ pub const FLAGS: &[Flag] = &[
         "querier.max-query-memory-bytes",
         "limits.max_query_memory_bytes",
         FlagKind::Int,
-        "Most memory the call trees of one query may take on each ingester and querier, in bytes (0: no limit).",
+        "Most memory the call trees of one query may take on the querier, and of one merge request on an ingester, in bytes (0: no limit).",
     ),
     flag(
         "validation.max-length-label-name",
