@@ -334,15 +334,11 @@ fn file_len(path: &Path) -> u64 {
 }
 
 fn testdata_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-    dir.is_dir().then_some(dir).or_else(|| {
-        eprintln!("skipping: ../shared/testdata/pprof is absent");
-        None
-    })
+    flamedb_testkit::testdata("pprof")
 }
 
 #[tokio::test]
-async fn test_real_profiles_keep_their_totals() {
+async fn test_testdata_profiles_keep_their_totals() {
     let Some(dir) = testdata_dir() else { return };
     let context = TestContext::new();
     let ingester = context.start_with(IngesterConfig::new(context.dir.path()), Limits::unlimited());

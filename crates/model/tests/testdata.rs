@@ -8,13 +8,7 @@ use flamedb_model::budget::RequestBudget;
 use flamedb_model::{Labels, Limits, ProfileType, pprof, prepare_profile, sample_labels, typed_series};
 
 fn testdata_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
-    }
+    flamedb_testkit::testdata("pprof")
 }
 
 /// The pipeline as a push would run it, with "now" at the profile's own
@@ -37,7 +31,7 @@ fn profile_types(series: &[flamedb_model::SeriesProfile]) -> BTreeSet<String> {
 }
 
 #[test]
-fn test_accepted_profiles_yield_exactly_the_listed_profile_types() {
+fn test_testdata_accepted_profiles_yield_exactly_the_listed_profile_types() {
     let Some(dir) = testdata_dir() else { return };
     let go_cpu = [
         "process_cpu:samples:count:cpu:nanoseconds",
@@ -134,7 +128,7 @@ fn test_accepted_profiles_yield_exactly_the_listed_profile_types() {
 }
 
 #[test]
-fn test_sdk_profiles_are_accepted_with_the_types_they_hold() {
+fn test_testdata_sdk_profiles_are_accepted_with_the_types_they_hold() {
     let Some(dir) = testdata_dir() else { return };
     for file in [
         "profile_python",
@@ -157,7 +151,7 @@ fn test_sdk_profiles_are_accepted_with_the_types_they_hold() {
 }
 
 #[test]
-fn test_rejected_profiles_name_the_reason() {
+fn test_testdata_rejected_profiles_name_the_reason() {
     let Some(dir) = testdata_dir() else { return };
     let invalid = |file| match push(&dir, file, "process_cpu") {
         Err(flamedb_model::PrepareError::Invalid(err)) => err,
@@ -172,7 +166,7 @@ fn test_rejected_profiles_name_the_reason() {
 }
 
 #[test]
-fn test_span_ids_stay_on_samples() {
+fn test_testdata_span_ids_stay_on_samples() {
     let Some(dir) = testdata_dir() else { return };
     let series = push(&dir, "single_group_with_optional_span_id.pb.gz", "process_cpu").unwrap();
     let mut with_span = 0;
@@ -194,7 +188,7 @@ fn test_span_ids_stay_on_samples() {
 }
 
 #[test]
-fn test_go_labels_split_into_series() {
+fn test_testdata_go_labels_split_into_series() {
     let Some(dir) = testdata_dir() else { return };
     let series = push(&dir, "go.cpu.labels.pprof", "process_cpu").unwrap();
     assert!(

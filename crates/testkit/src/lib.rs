@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
 
 mod link;
+mod needs;
 mod s3;
 mod small_disk;
 
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use link::Link;
+pub use needs::{Need, missing, testdata};
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 pub use s3::S3Server;

@@ -1,5 +1,6 @@
 //! A small tmpfs for disk-full scenarios. Mounting needs root (or
-//! CAP_SYS_ADMIN); where it is refused, tests skip with a message.
+//! CAP_SYS_ADMIN); where it is refused, the test fails unless a skip is
+//! allowed ([`crate::missing`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,8 +13,8 @@ pub struct SmallDisk {
 }
 
 impl SmallDisk {
-    /// Mounts a tmpfs of `bytes` on `dir` (created), or `None` where this
-    /// machine refuses.
+    /// Mounts a tmpfs of `bytes` on `dir` (created); where this machine
+    /// refuses, fails the test unless a skip is allowed, then `None`.
     pub fn mount(dir: &Path, bytes: u64) -> Option<Self> {
         std::fs::create_dir_all(dir).unwrap();
         let mounted = Command::new("mount")
@@ -22,7 +23,14 @@ impl SmallDisk {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
-        mounted.then(|| Self { dir: dir.to_owned() })
+        if !mounted {
+            crate::missing(
+                crate::Need::Root,
+                "cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN) for a full disk",
+            );
+            return None;
+        }
+        Some(Self { dir: dir.to_owned() })
     }
 
     pub fn path(&self) -> &Path {

@@ -8,13 +8,7 @@ use crate::gzip::gunzip;
 use crate::pprof::{decode_plain, string_at};
 
 fn testdata() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/jfr");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
-    }
+    flamedb_testkit::testdata("jfr")
 }
 
 fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
@@ -97,7 +91,7 @@ fn events(recording: &Recording, kind: SampleKind) -> u64 {
 }
 
 #[test]
-fn test_cpu_samples_match_what_pyroscope_makes_of_them() {
+fn test_testdata_cpu_samples_match_what_pyroscope_makes_of_them() {
     let Some(dir) = testdata() else { return };
     let kafka = parse(&read(&dir, "cortex-dev-01__kafka-0__cpu__0.jfr.gz")).unwrap();
     assert_eq!(events(&kafka, SampleKind::Cpu), 478);
@@ -185,7 +179,7 @@ fn test_generated_classes_lose_their_counter() {
 }
 
 #[test]
-fn test_damaged_files_are_refused_not_trusted() {
+fn test_testdata_damaged_files_are_refused_not_trusted() {
     assert_eq!(parse(b"not a jfr").unwrap_err(), JfrError::Magic { offset: 0 });
     let Some(dir) = testdata() else { return };
     let good = read(&dir, "dump1.jfr.gz");
