@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use flamedb_model::budget::{BudgetError, BudgetFlags, InflightBudget, RequestBudget};
+use flamedb_model::budget::{Admitted, BudgetError, BudgetFlags, InflightBudget};
 use tokio::sync::Semaphore;
 
 use crate::error::{ErrorCode, RpcError};
@@ -38,9 +38,10 @@ impl Admission {
         Self::new(InflightBudget::new(flags, 0, 0, 0), decode_slots)
     }
 
-    /// Admits a request: its memory budget, or the error to answer at once.
-    pub fn admit(&self) -> Result<Arc<RequestBudget>, RpcError> {
-        self.budget.admit().map(Arc::new).map_err(RpcError::from)
+    /// Admits a request: its place in flight (hold it until the request
+    /// is answered) and its memory budget, or the error to answer at once.
+    pub fn admit(&self) -> Result<Admitted, RpcError> {
+        self.budget.admit().map_err(RpcError::from)
     }
 
     /// Runs CPU-bound `work` (decoding, converting) on a blocking thread

@@ -217,12 +217,14 @@ async fn serve(procedure: Arc<dyn Procedure>, options: RpcOptions, request: Requ
     let Some(protocol) = Protocol::from_headers(&parts.headers) else {
         return protocol::unsupported_media_type(&parts.headers);
     };
+    // The request counts as in flight until answered; work of it that
+    // outlives the answer holds only its budget.
     let outcome = match options.admission.admit() {
-        Ok(budget) => {
+        Ok(admitted) => {
             call(
                 procedure.as_ref(),
                 &options,
-                budget,
+                admitted.budget,
                 protocol,
                 parts.headers.clone(),
                 body,

@@ -619,7 +619,7 @@ async fn test_decoded_size_is_charged_before_decoding() {
     // Other requests in flight hold the pool: 429 at once, naming it.
     let busy = Admission::new(InflightBudget::new(FLAGS, 1 << 20, 0, 1 << 20), 1);
     let holder = busy.admit().unwrap();
-    holder.charge((1 << 20) - 100, "another request").unwrap();
+    holder.budget.charge((1 << 20) - 100, "another request").unwrap();
     let server = start_with(false, Arc::clone(&busy)).await;
     let response = post(
         &server,

@@ -6,11 +6,13 @@
 //!
 //! Each series gets at most one profile per second, stamped at the middle
 //! of its second, so every one-second point of a series holds exactly one
-//! profile's value. A push that was not acknowledged may still have been
+//! profile's value. Several writers push at once, each with its own share
+//! of the series, so that pushes are in flight whenever a fault lands. A push that was not acknowledged may still have been
 //! stored (a replica wrote it before the quorum failed); its point may be
 //! present or absent, but never counted twice.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
@@ -18,6 +20,12 @@ use flamedb_api::pb::querier::v1 as querier;
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::pprof::StackProfileBuilder;
 use prost::Message;
+
+/// Findings a report keeps.
+const MAX_FINDINGS: usize = 5;
+
+/// Series read back at once.
+const READERS: usize = 8;
 
 /// What the checker writes and reads.
 const PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds::";
@@ -33,8 +41,10 @@ pub struct CheckerConfig {
     pub tenant: Option<String>,
     /// Series written round-robin; each gets at most one profile a second.
     pub series: usize,
-    /// Pushes a second (at most `series`).
+    /// Pushes a second (at most `series`), over all writers.
     pub rate: usize,
+    /// Threads pushing at once, each with every `writers`-th series.
+    pub writers: usize,
     /// Labels every series of this run (`checker_run`).
     pub run: String,
 }
@@ -51,9 +61,11 @@ pub struct Report {
     pub double_counted: usize,
     /// Points with any other value, or where nothing was written.
     pub wrong: usize,
-    /// Series whose merged flame graph totals less than was acknowledged
-    /// or more than was written.
+    /// Series whose merged flame graph total is not the sum of the points
+    /// read back.
     pub merge_mismatches: usize,
+    /// What was found wrong, series by series (the first few).
+    pub findings: Vec<String>,
 }
 
 impl Report {
@@ -81,7 +93,7 @@ impl Report {
             (
                 "merge_mismatches",
                 self.merge_mismatches,
-                "Series whose flame graph totals less than acknowledged or more than written",
+                "Series whose flame graph total is not the sum of their points",
             ),
         ];
         let mut text = String::new();
@@ -93,12 +105,28 @@ impl Report {
         text
     }
 
-    /// One line for logs and CI.
+    /// One line for logs and CI (and the first findings, if any).
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "checker: acknowledged={} unacknowledged={} lost={} double_counted={} wrong={} merge_mismatches={}",
             self.acknowledged, self.unacknowledged, self.lost, self.double_counted, self.wrong, self.merge_mismatches
-        )
+        );
+        for finding in self.findings.iter().take(MAX_FINDINGS) {
+            line.push_str("\n  ");
+            line.push_str(finding);
+        }
+        line
+    }
+
+    fn add(&mut self, other: Report) {
+        self.acknowledged += other.acknowledged;
+        self.unacknowledged += other.unacknowledged;
+        self.lost += other.lost;
+        self.double_counted += other.double_counted;
+        self.wrong += other.wrong;
+        self.merge_mismatches += other.merge_mismatches;
+        self.findings.extend(other.findings);
+        self.findings.truncate(MAX_FINDINGS);
     }
 }
 
@@ -117,17 +145,24 @@ struct Written {
     acknowledged: bool,
 }
 
+/// What is written to one series.
+#[derive(Debug, Clone, Default)]
+struct SeriesLog {
+    written: Vec<Written>,
+    /// The last second written in.
+    last_second: Option<i64>,
+}
+
 /// Writes profiles, then checks them.
 #[derive(Debug)]
 pub struct Checker {
     config: CheckerConfig,
     client: reqwest::blocking::Client,
-    /// Per series, what was written.
-    written: Vec<Vec<Written>>,
+    series: Vec<SeriesLog>,
+    /// Where [`Checker::write_one`] looks for a free series first.
     next_series: usize,
-    /// The last second each series was written in.
-    last_second: Vec<i64>,
-    sequence: i64,
+    /// The last value written: each profile's value is unique.
+    sequence: AtomicI64,
 }
 
 impl Checker {
@@ -138,127 +173,164 @@ impl Checker {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            written: vec![Vec::new(); series],
-            last_second: vec![i64::MIN; series],
+            series: vec![SeriesLog::default(); series],
             next_series: 0,
-            sequence: 0,
+            sequence: AtomicI64::new(0),
             config,
         }
     }
 
     fn service(&self, series: usize) -> String {
-        format!("checker-{series}")
+        service(series)
     }
 
     fn headers(&self, request: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-        let request = request.header("content-type", "application/proto");
-        match &self.config.tenant {
-            Some(tenant) => request.header("x-scope-orgid", tenant),
-            None => request,
-        }
+        headers(&self.config, request)
     }
 
-    /// Writes for `duration` at the configured rate.
+    /// Writes for `duration` at the configured rate, with the configured
+    /// number of writers at once.
     pub fn write_for(&mut self, duration: Duration) {
-        let interval = Duration::from_secs_f64(1.0 / self.config.rate.max(1) as f64);
+        let writers = self.config.writers.clamp(1, self.series.len());
+        let interval = Duration::from_secs_f64(writers as f64 / self.config.rate.max(1) as f64);
         let end = Instant::now() + duration;
-        let mut next = Instant::now();
-        while Instant::now() < end {
-            self.write_one();
-            next += interval;
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+        // Writer w takes series w, w + writers, ...
+        let mut shares: Vec<Vec<(usize, &mut SeriesLog)>> = (0..writers).map(|_| Vec::new()).collect();
+        for (series, log) in self.series.iter_mut().enumerate() {
+            shares[series % writers].push((series, log));
+        }
+        let (config, client, sequence) = (&self.config, &self.client, &self.sequence);
+        std::thread::scope(|scope| {
+            for mut share in shares {
+                scope.spawn(move || {
+                    let mut next = Instant::now();
+                    let mut turn = 0;
+                    while Instant::now() < end {
+                        push_to_free_series(config, client, sequence, &mut share, &mut turn);
+                        next += interval;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                });
             }
-        }
-    }
-
-    /// Writes one profile to the next series free this second; returns
-    /// whether it was acknowledged (false, without sending anything, when
-    /// every series already has its profile for this second).
-    pub fn write_one(&mut self) -> bool {
-        let now_ms = flamedb_model::now_nanos() / 1_000_000;
-        let second = now_ms.div_euclid(1000);
-        let count = self.written.len();
-        let Some(series) = (0..count)
-            .map(|offset| (self.next_series + offset) % count)
-            .find(|&series| self.last_second[series] < second)
-        else {
-            return false;
-        };
-        self.next_series = (series + 1) % count;
-        self.last_second[series] = second;
-        self.sequence += 1;
-        let value = self.sequence;
-        let time_ms = second * 1000 + 500;
-        let body = PushRequest {
-            series: vec![RawProfileSeries {
-                labels: [
-                    ("__name__", "process_cpu"),
-                    ("service_name", self.service(series).as_str()),
-                    ("checker_run", self.config.run.as_str()),
-                ]
-                .iter()
-                .map(|(name, value)| LabelPair {
-                    name: (*name).to_owned(),
-                    value: (*value).to_owned(),
-                })
-                .collect(),
-                samples: vec![RawSample {
-                    raw_profile: profile(time_ms, value),
-                    id: String::new(),
-                }],
-                annotations: vec![],
-            }],
-        }
-        .encode_to_vec();
-        let url = format!("http://{}/push.v1.PusherService/Push", self.config.push_to);
-        let acknowledged = self
-            .headers(self.client.post(url))
-            .body(body)
-            .send()
-            .is_ok_and(|response| response.status().is_success());
-        self.written[series].push(Written {
-            point_ms: second * 1000 + 1000,
-            value,
-            acknowledged,
         });
-        acknowledged
     }
 
-    /// Reads every series back and compares.
+    /// Writes one profile to the next series free this second; whether it
+    /// was acknowledged, or `None` when every series already has its
+    /// profile for this second (nothing was sent).
+    pub fn write_one(&mut self) -> Option<bool> {
+        let mut all: Vec<(usize, &mut SeriesLog)> = self.series.iter_mut().enumerate().collect();
+        push_to_free_series(
+            &self.config,
+            &self.client,
+            &self.sequence,
+            &mut all,
+            &mut self.next_series,
+        )
+    }
+
+    /// Pushes acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.series
+            .iter()
+            .map(|log| log.written.iter().filter(|w| w.acknowledged).count())
+            .sum()
+    }
+
+    /// Reads every series back (several at once) and compares.
     pub fn check(&self) -> Result<Report, CheckError> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let reports: Vec<Result<Report, CheckError>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..READERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut report = Report::default();
+                        loop {
+                            let series = next.fetch_add(1, Ordering::Relaxed);
+                            if series >= self.series.len() {
+                                return Ok(report);
+                            }
+                            report.add(self.check_series(series)?);
+                        }
+                    })
+                })
+                .collect();
+            readers
+                .into_iter()
+                .map(|reader| {
+                    reader.join().unwrap_or_else(|_| {
+                        Err(CheckError::Read {
+                            series: "?".to_owned(),
+                            message: "a reader panicked".to_owned(),
+                        })
+                    })
+                })
+                .collect()
+        });
         let mut report = Report::default();
-        for (series, written) in self.written.iter().enumerate() {
-            report.acknowledged += written.iter().filter(|w| w.acknowledged).count();
-            report.unacknowledged += written.iter().filter(|w| !w.acknowledged).count();
-            let (Some(first), Some(last)) = (written.first(), written.last()) else {
-                continue;
-            };
-            let points = self.read(series, first.point_ms - 1000, last.point_ms)?;
-            let expected: BTreeMap<i64, Written> = written.iter().map(|w| (w.point_ms, *w)).collect();
-            for (point_ms, found) in &points {
-                match expected.get(point_ms) {
-                    None => report.wrong += 1,
-                    Some(w) if *found == w.value => {}
-                    Some(w) if *found >= 2 * w.value && found % w.value == 0 => report.double_counted += 1,
-                    Some(_) => report.wrong += 1,
+        for part in reports {
+            report.add(part?);
+        }
+        Ok(report)
+    }
+
+    /// Reads one series back and compares.
+    fn check_series(&self, series: usize) -> Result<Report, CheckError> {
+        let mut report = Report::default();
+        let written = &self.series[series].written;
+        report.acknowledged += written.iter().filter(|w| w.acknowledged).count();
+        report.unacknowledged += written.iter().filter(|w| !w.acknowledged).count();
+        let (Some(first), Some(last)) = (written.first(), written.last()) else {
+            return Ok(report);
+        };
+        let name = self.service(series);
+        let points = self.read(series, first.point_ms - 1000, last.point_ms)?;
+        let expected: BTreeMap<i64, Written> = written.iter().map(|w| (w.point_ms, *w)).collect();
+        for (point_ms, found) in &points {
+            match expected.get(point_ms) {
+                None => {
+                    report.wrong += 1;
+                    report
+                        .findings
+                        .push(format!("{name}: {found} at {point_ms}, where nothing was written"));
                 }
-            }
-            for w in written.iter().filter(|w| w.acknowledged) {
-                if !points.contains_key(&w.point_ms) {
-                    report.lost += 1;
+                Some(w) if *found == w.value => {}
+                Some(w) if *found >= 2 * w.value && found % w.value == 0 => {
+                    report.double_counted += 1;
+                    report
+                        .findings
+                        .push(format!("{name}: {found} at {point_ms}, {} written", w.value));
                 }
-            }
-            // The merged flame graph counts each profile once too: at
-            // least what was acknowledged, at most all that was written
-            // (exactly what was acknowledged when every push was).
-            let acknowledged: i64 = written.iter().filter(|w| w.acknowledged).map(|w| w.value).sum();
-            let all: i64 = written.iter().map(|w| w.value).sum();
-            let merged = self.merged_total(series, first.point_ms - 1000, last.point_ms)?;
-            if merged < acknowledged || merged > all {
-                report.merge_mismatches += 1;
+                Some(w) => {
+                    report.wrong += 1;
+                    report
+                        .findings
+                        .push(format!("{name}: {found} at {point_ms}, {} written", w.value));
+                }
             }
         }
+        for w in written.iter().filter(|w| w.acknowledged) {
+            if !points.contains_key(&w.point_ms) {
+                report.lost += 1;
+                report
+                    .findings
+                    .push(format!("{name}: {} at {} acknowledged, not found", w.value, w.point_ms));
+            }
+        }
+        // The merged flame graph counts each profile once too: exactly the
+        // sum of the points (each checked above) of the same range.
+        let merged = self.merged_total(series, first.point_ms - 1000, last.point_ms)?;
+        let sum: i64 = points.values().sum();
+        if merged != sum {
+            report.merge_mismatches += 1;
+            report.findings.push(format!(
+                "{name}: the merged flame graph totals {merged}, its points {sum} ({} points)",
+                points.len()
+            ));
+        }
+        report.findings.truncate(MAX_FINDINGS);
         Ok(report)
     }
 
@@ -330,6 +402,74 @@ impl Checker {
             .map(|point| (point.timestamp, point.value as i64))
             .collect())
     }
+}
+
+fn service(series: usize) -> String {
+    format!("checker-{series}")
+}
+
+fn headers(config: &CheckerConfig, request: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    let request = request.header("content-type", "application/proto");
+    match &config.tenant {
+        Some(tenant) => request.header("x-scope-orgid", tenant),
+        None => request,
+    }
+}
+
+/// Pushes one profile to the first series of `share` (from `*turn`, round
+/// robin) not yet written this second and logs it; whether it was
+/// acknowledged, or `None` when every series of `share` has its profile
+/// for this second.
+fn push_to_free_series(
+    config: &CheckerConfig,
+    client: &reqwest::blocking::Client,
+    sequence: &AtomicI64,
+    share: &mut [(usize, &mut SeriesLog)],
+    turn: &mut usize,
+) -> Option<bool> {
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    let second = now_ms.div_euclid(1000);
+    let count = share.len();
+    let at = (0..count)
+        .map(|offset| (*turn + offset) % count)
+        .find(|&at| share[at].1.last_second.is_none_or(|last| last < second))?;
+    *turn = (at + 1) % count;
+    let (series, log) = &mut share[at];
+    log.last_second = Some(second);
+    let value = sequence.fetch_add(1, Ordering::Relaxed) + 1;
+    let time_ms = second * 1000 + 500;
+    let body = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: [
+                ("__name__", "process_cpu"),
+                ("service_name", service(*series).as_str()),
+                ("checker_run", config.run.as_str()),
+            ]
+            .iter()
+            .map(|(name, value)| LabelPair {
+                name: (*name).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect(),
+            samples: vec![RawSample {
+                raw_profile: profile(time_ms, value),
+                id: String::new(),
+            }],
+            annotations: vec![],
+        }],
+    }
+    .encode_to_vec();
+    let url = format!("http://{}/push.v1.PusherService/Push", config.push_to);
+    let acknowledged = headers(config, client.post(url))
+        .body(body)
+        .send()
+        .is_ok_and(|response| response.status().is_success());
+    log.written.push(Written {
+        point_ms: second * 1000 + 1000,
+        value,
+        acknowledged,
+    });
+    Some(acknowledged)
 }
 
 /// A CPU profile of one stack (`checker;write`) worth `value`.

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! flamedb-checker --push 127.0.0.1:4040 [--query HOST:PORT] [--tenant T]
-//!                 [--series 10] [--rate 10] [--seconds 60] [--metrics-file PATH]
+//!                 [--series 10] [--rate 10] [--writers 1] [--seconds 60]
+//!                 [--metrics-file PATH]
 //! ```
 //!
 //! `--metrics-file` writes the counts in Prometheus text format (for a
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             tenant: value("--tenant"),
             series: usize::try_from(number("--series", 10)?).unwrap_or(10),
             rate: usize::try_from(number("--rate", 10)?).unwrap_or(10),
+            writers: usize::try_from(number("--writers", 1)?).unwrap_or(1),
             run: format!("{}", std::process::id()),
         };
         Ok((config, number("--seconds", 60)?))

@@ -9,8 +9,11 @@
 //!  InflightBudget (process-wide: requests and bytes in flight)
 //!        │ admit()
 //!        ▼
-//!  RequestBudget (one request: its own limit, its share of the pool)
-//!        │ charge(bytes, what) before each allocation; released on drop
+//!  Admitted: a RequestSlot (counted until the request is answered)
+//!          + a RequestBudget (one request: its own limit, its share of
+//!            the pool; charge(bytes, what) before each allocation, given
+//!            back when the last holder drops it: work that outlives the
+//!            answer, such as a replica's straggling write, keeps it)
 //! ```
 
 use std::sync::Arc;
@@ -92,7 +95,7 @@ impl InflightBudget {
 
     /// Admits one more request, or fails at once when the count is at its
     /// limit: callers are answered 429, never queued.
-    pub fn admit(self: &Arc<Self>) -> Result<RequestBudget, BudgetError> {
+    pub fn admit(self: &Arc<Self>) -> Result<Admitted, BudgetError> {
         let requests = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
         if self.max_requests != 0 && requests > self.max_requests {
             self.requests.fetch_sub(1, Ordering::AcqRel);
@@ -101,12 +104,15 @@ impl InflightBudget {
                 limit: self.max_requests,
             });
         }
-        Ok(RequestBudget {
-            limit: self.request_bytes,
-            flag: self.flags.request_bytes,
-            query: false,
-            used: AtomicUsize::new(0),
-            pool: Some(Arc::clone(self)),
+        Ok(Admitted {
+            slot: RequestSlot(Arc::clone(self)),
+            budget: Arc::new(RequestBudget {
+                limit: self.request_bytes,
+                flag: self.flags.request_bytes,
+                query: false,
+                used: AtomicUsize::new(0),
+                pool: Some(Arc::clone(self)),
+            }),
         })
     }
 
@@ -134,8 +140,28 @@ impl InflightBudget {
     }
 }
 
+/// An admitted request: its place among the requests in flight, held by
+/// whoever answers it, and its memory budget, shared by everything that
+/// works on it.
+#[derive(Debug)]
+pub struct Admitted {
+    pub slot: RequestSlot,
+    pub budget: Arc<RequestBudget>,
+}
+
+/// A request's place in the in-flight count, given back when dropped: once
+/// the request is answered, whatever work of it still runs.
+#[derive(Debug)]
+pub struct RequestSlot(Arc<InflightBudget>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One request's memory: charged before each allocation it causes, given
-/// back to the pool when the request ends (on drop). Shared by the threads
+/// back to the pool when the last holder drops it. Shared by the threads
 /// that work on the request.
 #[derive(Debug)]
 pub struct RequestBudget {
@@ -240,7 +266,6 @@ impl Drop for RequestBudget {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
             pool.bytes.fetch_sub(*self.used.get_mut(), Ordering::AcqRel);
-            pool.requests.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -358,19 +383,23 @@ mod tests {
         let pool = InflightBudget::new(FLAGS, 0, 2, 100);
         let first = pool.admit().unwrap();
         let second = pool.admit().unwrap();
+        let (first_slot, first) = (first.slot, first.budget);
         assert!(matches!(
             pool.admit(),
             Err(BudgetError::InflightRequests { limit: 2, .. })
         ));
         first.charge(70, "a").unwrap();
-        let err = second.charge(40, "b").unwrap_err();
+        let err = second.budget.charge(40, "b").unwrap_err();
         assert!(matches!(err, BudgetError::InflightBytes { limit: 100, .. }));
         assert!(
             err.to_string().contains("the memory -x.bytes allows (100 bytes)"),
             "{err}"
         );
-        second.charge(30, "c").unwrap();
+        second.budget.charge(30, "c").unwrap();
         assert_eq!((pool.requests(), pool.bytes()), (2, 100));
+        // Answered, with work of it still running: its memory stays held.
+        drop(first_slot);
+        assert_eq!((pool.requests(), pool.bytes()), (1, 100));
         drop(first);
         assert_eq!((pool.requests(), pool.bytes()), (1, 30));
         drop(second);
@@ -381,7 +410,7 @@ mod tests {
     fn test_a_request_larger_than_the_pool_is_too_large_not_busy() {
         let pool = InflightBudget::new(FLAGS, 0, 0, 100);
         let request = pool.admit().unwrap();
-        let err = request.charge(101, "a").unwrap_err();
+        let err = request.budget.charge(101, "a").unwrap_err();
         assert!(
             matches!(
                 err,

@@ -1,11 +1,16 @@
 //! Fault scenarios with the continuous checker writing through the public
-//! API: SIGKILL of the single binary (RF=1, the WAL keeps every
-//! acknowledged profile) and repeated SIGKILL and restart of one ingester
-//! of three (RF=3). Afterwards every acknowledged profile must be read back
-//! once, with its value. Also: two ingesters down, a rolling restart, a
-//! hung ingester, object storage down, a full disk on one ingester and a
-//! network partition between the front and one ingester.
-//! `FLAMEDB_LONG_TESTS=1` runs the long variants.
+//! API (four writers over 100 series, about 100 pushes a second, so pushes
+//! are in flight when a fault lands): SIGKILL of the single binary (RF=1,
+//! the WAL keeps every acknowledged profile), repeated SIGKILL and restart
+//! of one ingester of three (RF=3) and SIGKILL of all three at once (only
+//! their WALs keep the data). Kills land at random offsets (the seed is
+//! printed; `FLAMEDB_FAULT_SEED` replays it), and each kill must follow
+//! at least `MIN_ACKNOWLEDGED_PER_KILL` acknowledged pushes. Afterwards
+//! every acknowledged profile must be read back once, with its value, and
+//! each series' merged flame graph must total its points. Also: two
+//! ingesters down, a rolling restart, a hung ingester, object storage
+//! down, a full disk on one ingester and a network partition between the
+//! front and one ingester. `FLAMEDB_LONG_TESTS=1` runs the long variants.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,19 +41,61 @@ fn checker(target: &str, run: &str) -> Checker {
         push_to: target.to_owned(),
         query_from: target.to_owned(),
         tenant: None,
-        series: 10,
-        rate: 20,
+        series: 100,
+        rate: 100,
+        writers: 4,
         run: run.to_owned(),
     })
 }
 
-/// Checks and prints the report; panics on loss, double counting or
-/// wrong values.
-fn assert_clean(checker: &Checker, kills: usize) {
+/// Acknowledged pushes each kill must follow, so a kill meets real load.
+const MIN_ACKNOWLEDGED_PER_KILL: usize = 50;
+
+/// Offsets of kills within their writing windows, from a printed seed
+/// (`FLAMEDB_FAULT_SEED` replays one).
+struct KillTimes(u64);
+
+impl KillTimes {
+    fn new(test: &str) -> Self {
+        let seed = std::env::var("FLAMEDB_FAULT_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |elapsed| elapsed.as_nanos() as u64)
+            });
+        println!("{test}: FLAMEDB_FAULT_SEED={seed}");
+        Self(seed | 1)
+    }
+
+    /// The next offset in `[from, to)` (xorshift).
+    fn next(&mut self, from: Duration, to: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let span = (to - from).as_millis().max(1) as u64;
+        from + Duration::from_millis(self.0 % span)
+    }
+}
+
+/// Checks and prints the report with the acknowledged pushes before each
+/// kill; panics on loss, double counting, wrong values or a kill that met
+/// too little load.
+fn assert_clean(checker: &Checker, acknowledged_per_kill: &[usize]) {
     let report = checker.check().unwrap();
-    println!("{} kills={kills}", report.summary());
-    assert!(report.is_clean(), "{} kills={kills}", report.summary());
-    assert!(report.acknowledged > 5, "{}", report.summary());
+    println!(
+        "{} kills={} acknowledged_per_kill={acknowledged_per_kill:?}",
+        report.summary(),
+        acknowledged_per_kill.len()
+    );
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(
+        acknowledged_per_kill
+            .iter()
+            .all(|&acknowledged| acknowledged >= MIN_ACKNOWLEDGED_PER_KILL),
+        "a kill followed fewer than {MIN_ACKNOWLEDGED_PER_KILL} acknowledged pushes: {acknowledged_per_kill:?}"
+    );
 }
 
 /// Checks and prints the report (after `what`); panics on loss, double
@@ -73,19 +120,21 @@ fn test_rf1_sigkill_during_load_loses_nothing_acknowledged() {
     let target = format!("127.0.0.1:{port}");
     let mut node = start_ready(BINARY, "single", &flags, &[]);
     let kills = if long() { 10 } else { 2 };
+    let mut times = KillTimes::new("rf1");
     let mut checker = checker(&target, "rf1");
+    let mut per_kill = Vec::new();
     for _ in 0..kills {
-        let writer = thread::spawn(move || {
-            checker.write_for(Duration::from_millis(1500));
-            checker
+        let before = checker.acknowledged();
+        let at = times.next(Duration::from_millis(1000), Duration::from_millis(2000));
+        checker = while_writing(checker, Duration::from_millis(2500), || {
+            thread::sleep(at);
+            node.kill();
         });
-        thread::sleep(Duration::from_millis(700));
-        node.kill();
-        checker = writer.join().unwrap();
+        per_kill.push(checker.acknowledged() - before);
         node = start_ready(BINARY, "single", &flags, &[]);
     }
     checker.write_for(Duration::from_secs(1));
-    assert_clean(&checker, kills);
+    assert_clean(&checker, &per_kill);
     drop(node);
 }
 
@@ -168,21 +217,57 @@ fn test_rf3_repeated_sigkill_of_one_ingester_loses_and_doubles_nothing() {
     let dir = shared_dir();
     let (front, mut members) = cluster(dir.path(), "faults-kill", &[]);
     let kills = if long() { 20 } else { 3 };
+    let mut times = KillTimes::new("rf3");
     let mut checker = checker(&front.http, "rf3");
+    let mut per_kill = Vec::new();
     for _ in 0..kills {
         // Always the same ingester: its restarts replay its WAL.
         let victim = &mut members[0];
-        checker = while_writing(checker, Duration::from_millis(1200), || {
-            thread::sleep(Duration::from_millis(500));
+        let before = checker.acknowledged();
+        let at = times.next(Duration::from_millis(1000), Duration::from_millis(2000));
+        checker = while_writing(checker, Duration::from_millis(2500), || {
+            thread::sleep(at);
             if let Some(mut process) = victim.process.take() {
                 process.kill();
             }
         });
+        per_kill.push(checker.acknowledged() - before);
         victim.start();
         wait_active_ingesters(&front, 3);
     }
     checker.write_for(Duration::from_secs(1));
-    assert_clean(&checker, kills);
+    assert_clean(&checker, &per_kill);
+}
+
+/// Every replica of every series killed at once under load: only the
+/// ingesters' WALs keep what was acknowledged.
+#[test]
+fn test_rf3_sigkill_of_every_ingester_at_once_loses_nothing_acknowledged() {
+    let dir = shared_dir();
+    let (front, mut members) = cluster(dir.path(), "faults-all", &[]);
+    let kills = if long() { 5 } else { 1 };
+    let mut times = KillTimes::new("rf3-all");
+    let mut checker = checker(&front.http, "rf3-all");
+    let mut per_kill = Vec::new();
+    for _ in 0..kills {
+        let before = checker.acknowledged();
+        let at = times.next(Duration::from_millis(1000), Duration::from_millis(2000));
+        checker = while_writing(checker, Duration::from_millis(2500), || {
+            thread::sleep(at);
+            for member in members.iter_mut() {
+                if let Some(mut process) = member.process.take() {
+                    process.kill();
+                }
+            }
+        });
+        per_kill.push(checker.acknowledged() - before);
+        for member in &mut members {
+            member.start();
+        }
+        wait_active_ingesters(&front, 3);
+    }
+    checker.write_for(Duration::from_secs(1));
+    assert_clean(&checker, &per_kill);
 }
 
 #[test]
@@ -191,29 +276,41 @@ fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
     let (front, mut members) = cluster(dir.path(), "faults-two-down", &[]);
     let mut checker = checker(&front.http, "two-down");
     checker.write_for(Duration::from_secs(1));
+    let acknowledged_before = checker.acknowledged();
+    assert!(
+        acknowledged_before >= MIN_ACKNOWLEDGED_PER_KILL,
+        "{acknowledged_before}"
+    );
     for member in &mut members[..2] {
         if let Some(mut process) = member.process.take() {
             process.kill();
         }
     }
-    // No quorum: pushes fail, and none is acknowledged.
-    let acknowledged_before = checker.check().map_or(0, |report| report.acknowledged);
-    for _ in 0..5 {
-        assert!(
-            !checker.write_one(),
-            "a push was acknowledged with two of three ingesters down"
+    // No quorum: every push sent fails.
+    const REFUSED: usize = 5;
+    for _ in 0..REFUSED {
+        assert_eq!(
+            checker.write_one(),
+            Some(false),
+            "a push was acknowledged (or none sent) with two of three ingesters down"
         );
-        thread::sleep(Duration::from_millis(200));
     }
     for member in &mut members[..2] {
         member.start();
     }
     wait_active_ingesters(&front, 3);
+    // Recovered: every push is acknowledged again, and everything
+    // acknowledged before is still there.
     checker.write_for(Duration::from_secs(1));
     let report = checker.check().unwrap();
-    println!("{}", report.summary());
+    println!("{} acknowledged_before={acknowledged_before}", report.summary());
     assert!(report.is_clean(), "{}", report.summary());
-    assert!(report.acknowledged > acknowledged_before);
+    assert_eq!(report.unacknowledged, REFUSED, "{}", report.summary());
+    assert!(
+        report.acknowledged >= acknowledged_before + MIN_ACKNOWLEDGED_PER_KILL,
+        "{} acknowledged_before={acknowledged_before}",
+        report.summary()
+    );
 }
 
 #[test]
@@ -224,9 +321,16 @@ fn test_rf3_rolling_restart_with_sigterm_fails_no_push() {
     for member in &mut members {
         checker = while_writing(checker, Duration::from_millis(1500), || {
             thread::sleep(Duration::from_millis(300));
-            // Dropping the process sends SIGTERM and waits for it to
-            // leave the ring (LEAVING, flush, gone).
-            drop(member.process.take());
+            // SIGTERM: it leaves the ring (LEAVING, flush, gone) and exits
+            // cleanly.
+            let mut process = member.process.take().unwrap();
+            let status = process.terminate(Duration::from_secs(60));
+            assert!(
+                status.success(),
+                "{} exited with {status}:\n{}",
+                process.name(),
+                process.log()
+            );
         });
         member.start();
         wait_active_ingesters(&front, 3);

@@ -245,6 +245,13 @@ impl Flamedb {
         self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// SIGTERM, and wait (up to `timeout`) for the process to exit; its
+    /// exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let name = self.name.clone();
         wait_until(timeout, &format!("{name} exits"), || {

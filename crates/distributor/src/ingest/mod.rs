@@ -124,7 +124,10 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(), RpcError> {
-    let budget = state.distributor.admission().admit()?;
+    // In flight until answered (the slot); the budget is shared with
+    // work that outlives the answer.
+    let admitted = state.distributor.admission().admit()?;
+    let budget = admitted.budget;
     let tenant = state.tenancy.tenant(headers)?;
     let tenant = tenant.as_str();
     let request = IngestRequest::parse(params)?;
