@@ -380,12 +380,36 @@ mod tests {
 
     #[tokio::test]
     async fn test_rf1_fails_when_the_owner_fails() {
+        let series = &profiles(1)[0];
+        let ring = ring(1);
+        let set = ring
+            .replication_set(series.labels.token("t"), Operation::Write, now_ms())
+            .unwrap();
+        assert_eq!(set.instances.len(), 1);
+        let owner = ["a", "b", "c"]
+            .into_iter()
+            .find(|id| *id == set.instances[0].id)
+            .unwrap();
+        let others: Vec<&'static str> = ["a", "b", "c"].into_iter().filter(|id| *id != owner).collect();
+        // The others down: the series goes to its owner alone, and lands.
+        let (result, pool) = run(
+            FakePool {
+                failing: others,
+                ..FakePool::default()
+            },
+            1,
+            1,
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(*pool.received.lock().unwrap(), [(owner.to_owned(), 1)]);
+        // The owner down: the push fails, naming it.
         let pool = FakePool {
-            failing: vec!["a", "b", "c"],
+            failing: vec![owner],
             ..FakePool::default()
         };
         let err = run(pool, 1, 1).await.0.unwrap_err();
-        assert!(err.message.contains("is down"), "{}", err.message);
+        assert!(err.message.contains(&format!("{owner} is down")), "{}", err.message);
     }
 
     #[test]

@@ -706,9 +706,21 @@ async fn test_low_disk_deletes_only_blocks_older_than_the_retention() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    // Many more shipper rounds: the recent block stays, as queries for
-    // the last hour read only this ingester.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Another old block: once retention has deleted it too (a later round,
+    // seen by its effect, not waited for by a sleep), the recent block is
+    // still there, as queries for the last hour read only this ingester.
+    ingester
+        .push("t", vec![incoming("api", 3, now_ms - 3 * 3600 * 1000, 7)])
+        .await
+        .unwrap();
+    ingester.flush().await.unwrap();
+    while bucket.list_blocks("t").await.unwrap().len() < 3 || ingester.local_blocks().len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second old block was never uploaded and deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let local = ingester.local_blocks();
     assert_eq!(local.len(), 1);
     assert!(local[0].1.min_time >= now_ms - 1000, "{local:?}");

@@ -180,7 +180,12 @@ fn test_bad_input_gets_its_status_and_harms_nothing_else() {
             400,
             "no profiles received",
         ),
-        ("not a protobuf", b"\xff\xff\xff\xff".to_vec(), 400, ""),
+        (
+            "not a protobuf",
+            b"\xff\xff\xff\xff".to_vec(),
+            400,
+            "cannot decode protobuf request",
+        ),
     ];
     for (what, body, expected, reason) in bad_bodies {
         let (status, answer) = push(&node, Some("bad"), proto, body);

@@ -177,7 +177,10 @@ fn test_operator_forget_and_cluster_labels() {
     let mut other_args = cluster_args("another-cluster");
     other_args.extend(["-target=querier".to_owned(), format!("-memberlist.join={seed}")]);
     let other = start("querier of another cluster", &other_args);
-    std::thread::sleep(Duration::from_secs(1));
+    // Seen refused (its gossip names the wrong cluster), not waited for.
+    wait_until(CONVERGE, "the other cluster's gossip refused", || {
+        other.log().contains("wrong cluster").then_some(())
+    });
     assert!(shards(&other).is_empty());
     assert_eq!(
         distributor.get_json("/memberlist")["members"].as_array().unwrap().len(),

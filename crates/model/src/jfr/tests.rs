@@ -183,16 +183,35 @@ fn test_testdata_damaged_files_are_refused_not_trusted() {
     assert_eq!(parse(b"not a jfr").unwrap_err(), JfrError::Magic { offset: 0 });
     let Some(dir) = testdata() else { return };
     let good = read(&dir, "dump1.jfr.gz");
-    // Cut anywhere, or with a byte changed: an error or fewer samples,
-    // never a panic.
+    // Cut anywhere, or with a byte changed: an error or fewer samples
+    // than the file holds, never more, never a panic.
+    let events = |recording: &Recording| -> u64 { recording.samples.values().map(|totals| totals.events).sum() };
+    let full = events(&parse(&good).unwrap());
+    assert!(full > 0);
+    assert_eq!(events(&parse(&good[..0]).unwrap()), 0);
     let step = good.len() / 12;
-    for cut in (0..good.len()).step_by(step) {
-        let _ = parse(&good[..cut]);
+    let mut refused = 0;
+    for cut in (step..good.len()).step_by(step) {
+        match parse(&good[..cut]) {
+            Err(_) => refused += 1,
+            Ok(recording) => assert!(
+                events(&recording) < full,
+                "cut at {cut}: {} of {full} events",
+                events(&recording)
+            ),
+        }
     }
+    assert!(refused > 0, "no cut was refused");
     for at in (step / 2..good.len()).step_by(step) {
         let mut bad = good.clone();
         bad[at] ^= 0x5a;
-        let _ = parse(&bad);
+        if let Ok(recording) = parse(&bad) {
+            assert!(
+                events(&recording) <= full,
+                "byte {at} changed: {} of {full} events",
+                events(&recording)
+            );
+        }
     }
 }
 

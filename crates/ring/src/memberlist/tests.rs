@@ -124,7 +124,14 @@ async fn test_partition_and_repair() {
         heartbeat_of(members, "ingester-a") == Some(50)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Many gossip rounds go by during the cut (counted in messages sent,
+    // c's dropped), not a sleep: c still has nothing of a, a nothing of c.
+    let sent = transport.statistics().num_messages_total;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while transport.statistics().num_messages_total < sent + 60 {
+        assert!(tokio::time::Instant::now() < deadline, "gossip stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(heartbeat_of(&a.watch("ingester").borrow(), "ingester-c"), Some(10));
     assert_eq!(heartbeat_of(&c.watch("ingester").borrow(), "ingester-a"), Some(10));
 

@@ -386,6 +386,20 @@ proptest! {
             distinct.sort_unstable();
             distinct.dedup();
             prop_assert_eq!(distinct.len(), active_zones.len(), "two ACTIVE replicas in one zone");
+            // Every zone that can take a replica gets one, up to the
+            // replication factor: never an empty or short set.
+            let mut replica_zones: Vec<&str> = replicas.iter().map(|desc| desc.zone.as_str()).collect();
+            replica_zones.sort_unstable();
+            replica_zones.dedup();
+            let mut zones_with_tokens: Vec<&str> = ring
+                .instances()
+                .iter()
+                .filter(|desc| !desc.tokens.is_empty())
+                .map(|desc| desc.zone.as_str())
+                .collect();
+            zones_with_tokens.sort_unstable();
+            zones_with_tokens.dedup();
+            prop_assert_eq!(replica_zones.len(), zones_with_tokens.len().min(3));
         }
     }
 }

@@ -202,6 +202,32 @@ fn test_block_answers_what_its_source_answered() {
             assert_eq!(block_answer(&block, &query, None), source.answer(&query, None));
         }
     }
+    // Written out, not only compared with the source: svc-0 holds rows 0
+    // (values 1, 2, 3 on stacks f1, f1;f2, f1;f2;f3) and 2 (4 on f1, 9 on
+    // f5).
+    let (profiles, stacks) = block_answer(&block, &query(r#"{service_name="svc-0"}"#, TimeRange::ALL), None);
+    let summaries: Vec<(ProfileId, i64, i64)> = profiles
+        .iter()
+        .map(|(id, time, total, _)| (*id, *time, *total))
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            (ProfileId(0u128.to_be_bytes()), 1_000_000_000, 6),
+            (ProfileId(2u128.to_be_bytes()), 3_000_000_000, 13)
+        ]
+    );
+    let stack = |frames: &[&str]| frames.iter().map(|frame| (*frame).to_owned()).collect::<Vec<String>>();
+    assert_eq!(
+        stacks,
+        [
+            (stack(&["f1"]), 5),
+            (stack(&["f1", "f2"]), 2),
+            (stack(&["f1", "f2", "f3"]), 3),
+            (stack(&["f5"]), 9)
+        ]
+    );
+
     let only: HashSet<ProfileId> = [source.rows[1].id, source.rows[3].id].into();
     let everything = query("{}", TimeRange::ALL);
     let (_, stacks) = block_answer(&block, &everything, Some(&only));
