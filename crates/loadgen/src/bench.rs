@@ -117,7 +117,28 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
     let restarted_at = Instant::now();
     let single = start_ready(&binary, "single-restarted", &single_flags, &[]);
     let to_ready = restarted_at.elapsed().as_secs_f64();
-    let replay_seconds = log_field(&single.log(), "WAL replayed", "seconds").unwrap_or(f64::NAN);
+    let log = single.log();
+    let (Some(replay_seconds), Some(replayed)) = (
+        log_field(&log, "WAL replayed", "seconds"),
+        log_field(&log, "WAL replayed", "profiles"),
+    ) else {
+        return Err("the restarted single binary logged no WAL replay".to_owned());
+    };
+    if replayed < 1.0 {
+        return Err("the restarted single binary replayed no profile from its WAL".to_owned());
+    }
+    // Everything acknowledged is back, counted once.
+    let pushed_range = Scope {
+        start_ms: now_ms - 3_600_000,
+        end_ms: now_ms + 3_600_000,
+        selector: "{}".to_owned(),
+    };
+    check_total(
+        &single.http,
+        &pushed_range,
+        peak_single.cpu_total,
+        "after the WAL replay",
+    )?;
 
     let (status, body) = single.post("/ingester/flush", &[], Vec::new())?;
     if status != 200 {
@@ -132,6 +153,12 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
     let (peak_rf3, rf3_cpu) = push_phase(config, &cluster.front.http, &pids, &requests, None)?;
     let half_rate = peak_rf3.profiles_per_second() / 2.0;
     let (mut at_half, _) = push_phase(config, &cluster.front.http, &pids, &requests, Some(half_rate))?;
+    check_total(
+        &cluster.front.http,
+        &pushed_range,
+        peak_rf3.cpu_total + at_half.cpu_total,
+        "in the RF=3 cluster",
+    )?;
     drop(cluster);
 
     let _ = writeln!(
@@ -193,6 +220,18 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
     );
     out.push_str(&query_phase(config, &binary, &sources)?);
     Ok(out)
+}
+
+/// Fails unless the CPU flame graph of `scope` totals `expected`: every
+/// acknowledged profile counted, and counted once.
+fn check_total(target: &str, scope: &Scope, expected: i64, when: &str) -> Result<(), String> {
+    let found = QueryClient::new(target).cpu_total(scope)?;
+    if found != expected {
+        return Err(format!(
+            "{when}: the CPU flame graph of {target} totals {found}, but {expected} was acknowledged"
+        ));
+    }
+    Ok(())
 }
 
 fn single_flags(dir: &Path) -> Vec<String> {
@@ -367,6 +406,13 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
             (node.http.clone(), None, Some(node))
         };
         push::fill(&target, &requests, config.clients)?;
+        let day = Scope {
+            start_ms: now_ms + 1000 - day_ms,
+            end_ms: now_ms + 1000,
+            selector: "{}".to_owned(),
+        };
+        let filled: i64 = requests.iter().map(|request| request.cpu_total).sum();
+        check_total(&target, &day, filled, "after the fill")?;
         let client = QueryClient::new(&target);
         let mut medians = Vec::new();
         for (kind, selector, _) in kinds {

@@ -30,6 +30,8 @@ pub struct PushStats {
     pub samples: u64,
     /// Uncompressed pprof bytes acknowledged.
     pub pprof_bytes: u64,
+    /// What the acknowledged pushes add to the CPU flame graph.
+    pub cpu_total: i64,
     pub seconds: f64,
     pub latencies: Latencies,
 }
@@ -53,6 +55,7 @@ impl PushStats {
         self.first_failure = self.first_failure.take().or(other.first_failure);
         self.samples += other.samples;
         self.pprof_bytes += other.pprof_bytes;
+        self.cpu_total += other.cpu_total;
         self.latencies.extend(other.latencies);
     }
 }
@@ -129,6 +132,7 @@ fn push_loop(
                 stats.acknowledged += 1;
                 stats.samples += request.samples as u64;
                 stats.pprof_bytes += request.pprof_bytes as u64;
+                stats.cpu_total += request.cpu_total;
                 stats.latencies.push(elapsed);
             }
             Err(failure) => {

@@ -187,6 +187,40 @@ impl QueryClient {
         Ok(elapsed)
     }
 
+    /// The total of the CPU flame graph of `scope`: what the answers of a
+    /// run are checked against.
+    pub fn cpu_total(&self, scope: &Scope) -> Result<i64, String> {
+        let request = querier::SelectMergeStacktracesRequest {
+            profile_type_id: CPU_TYPE.to_owned(),
+            label_selector: scope.selector.clone(),
+            start: scope.start_ms,
+            end: scope.end_ms,
+            max_nodes: Some(1),
+            ..Default::default()
+        };
+        let response = self
+            .http
+            .post(format!(
+                "http://{}/querier.v1.QuerierService/SelectMergeStacktraces",
+                self.target
+            ))
+            .header("content-type", "application/proto")
+            .body(request.encode_to_vec())
+            .send()
+            .map_err(|err| format!("the CPU flame graph: {err}"))?;
+        let status = response.status();
+        let body = response.bytes().map_err(|err| format!("the CPU flame graph: {err}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "the CPU flame graph: {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let answer = querier::SelectMergeStacktracesResponse::decode(body.as_ref())
+            .map_err(|err| format!("the CPU flame graph: {err}"))?;
+        Ok(answer.flamegraph.map_or(0, |graph| graph.total))
+    }
+
     /// Runs `kind` `times` times; the latencies.
     pub fn repeat(&self, kind: QueryKind, scope: &Scope, times: usize) -> Result<Latencies, String> {
         let mut latencies = Latencies::default();

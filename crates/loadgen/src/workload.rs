@@ -76,6 +76,10 @@ pub struct Request {
     pub pprof_bytes: usize,
     /// The gzipped pprof (what the server gunzips and decodes).
     pub raw_profile: Vec<u8>,
+    /// What it adds to the `process_cpu:cpu:nanoseconds:cpu:nanoseconds`
+    /// flame graph: the positive values of that sample type (0 for other
+    /// kinds of profile), so answers can be checked.
+    pub cpu_total: i64,
 }
 
 /// `series` series (`service_name` `loadgen-<n>`, with `env` and
@@ -117,6 +121,7 @@ pub fn requests(sources: &[Source], series: usize, per_series: usize, end_ms: i6
                 samples: profile.sample.len(),
                 pprof_bytes: plain.len(),
                 raw_profile,
+                cpu_total: cpu_total(&profile),
             });
         }
     }
@@ -137,6 +142,33 @@ fn jitter(profile: &mut Profile, seed: u64) {
             *value = (value.saturating_mul(percent) / 100).max(1);
         }
     }
+}
+
+/// The positive values of sample type `cpu:nanoseconds` of a profile with
+/// period type `cpu:nanoseconds` (what its series of
+/// `process_cpu:cpu:nanoseconds:cpu:nanoseconds` holds); 0 for others.
+fn cpu_total(profile: &Profile) -> i64 {
+    let string = |index: i64| {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| profile.string_table.get(index))
+            .map_or("", String::as_str)
+    };
+    let is_cpu = |value_type: &flamedb_model::pprof::ValueType| {
+        (string(value_type.r#type), string(value_type.unit)) == ("cpu", "nanoseconds")
+    };
+    if profile_name(profile) != "process_cpu" || !profile.period_type.as_ref().is_some_and(is_cpu) {
+        return 0;
+    }
+    let Some(index) = profile.sample_type.iter().position(is_cpu) else {
+        return 0;
+    };
+    profile
+        .sample
+        .iter()
+        .filter_map(|sample| sample.value.get(index))
+        .filter(|value| **value > 0)
+        .sum()
 }
 
 /// The `__name__` an agent would give a profile of this kind.
@@ -187,19 +219,11 @@ mod tests {
     use super::*;
     use flamedb_api::pb::push::v1::PushRequest;
 
-    fn testdata() -> Option<std::path::PathBuf> {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/pprof");
-        if dir.is_dir() {
-            Some(dir)
-        } else {
-            eprintln!("skipping: {} is absent", dir.display());
-            None
-        }
-    }
-
     #[test]
-    fn test_requests_carry_each_series_with_jittered_values_and_spread_times() {
-        let Some(dir) = testdata() else { return };
+    fn test_testdata_requests_carry_each_series_with_jittered_values_and_spread_times() {
+        let Some(dir) = flamedb_testkit::testdata("pprof") else {
+            return;
+        };
         let sources = read_sources(&dir, DEFAULT_FILES).unwrap();
         let requests = requests(&sources, 12, 3, 1_000_000, 1_000);
         assert_eq!(requests.len(), 36);
@@ -224,5 +248,28 @@ mod tests {
         let expected: std::collections::BTreeSet<i64> =
             [998_000, 999_000, 1_000_000].iter().map(|ms| ms * 1_000_000).collect();
         assert_eq!(times, expected);
+    }
+
+    #[test]
+    fn test_the_cpu_total_counts_positive_cpu_values_of_cpu_profiles_only() {
+        let cpu = |values: &[i64]| {
+            let mut builder = flamedb_model::pprof::StackProfileBuilder::new("cpu", "nanoseconds").period(
+                "cpu",
+                "nanoseconds",
+                10_000_000,
+            );
+            for (leaf, value) in values.iter().enumerate() {
+                builder.add(["main", &format!("f{leaf}")], *value);
+            }
+            builder.build()
+        };
+        assert_eq!(cpu_total(&cpu(&[5, -3, 7])), 12);
+        let mut wall = flamedb_model::pprof::StackProfileBuilder::new("wall", "nanoseconds").period(
+            "wall",
+            "nanoseconds",
+            10_000_000,
+        );
+        wall.add(["main"], 9);
+        assert_eq!(cpu_total(&wall.build()), 0);
     }
 }

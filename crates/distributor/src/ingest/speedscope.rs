@@ -561,12 +561,10 @@ mod tests {
     }
 
     #[test]
-    fn test_the_real_speedscope_files() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/speedscope");
-        if !dir.is_dir() {
-            eprintln!("skipping: {} is absent", dir.display());
+    fn test_testdata_speedscope_files() {
+        let Some(dir) = flamedb_testkit::testdata("speedscope") else {
             return;
-        }
+        };
         // Both files hold the stacks a;b;c 5, a;b;d 4, a;b 5 (seconds in
         // the sampled one), once as events and twice as samples.
         let simple = std::fs::read(dir.join("simple.speedscope.json")).unwrap();
