@@ -12,7 +12,8 @@
 //! present or absent, but never counted twice.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
@@ -163,6 +164,8 @@ pub struct Checker {
     next_series: usize,
     /// The last value written: each profile's value is unique.
     sequence: AtomicI64,
+    /// Pushes acknowledged so far, readable while writers run.
+    acknowledged: Arc<AtomicUsize>,
 }
 
 impl Checker {
@@ -176,16 +179,9 @@ impl Checker {
             series: vec![SeriesLog::default(); series],
             next_series: 0,
             sequence: AtomicI64::new(0),
+            acknowledged: Arc::new(AtomicUsize::new(0)),
             config,
         }
-    }
-
-    fn service(&self, series: usize) -> String {
-        service(series)
-    }
-
-    fn headers(&self, request: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-        headers(&self.config, request)
     }
 
     /// Writes for `duration` at the configured rate, with the configured
@@ -199,14 +195,19 @@ impl Checker {
         for (series, log) in self.series.iter_mut().enumerate() {
             shares[series % writers].push((series, log));
         }
-        let (config, client, sequence) = (&self.config, &self.client, &self.sequence);
+        let writer = Writer {
+            config: &self.config,
+            client: &self.client,
+            sequence: &self.sequence,
+            acknowledged: &self.acknowledged,
+        };
         std::thread::scope(|scope| {
             for mut share in shares {
                 scope.spawn(move || {
                     let mut next = Instant::now();
                     let mut turn = 0;
                     while Instant::now() < end {
-                        push_to_free_series(config, client, sequence, &mut share, &mut turn);
+                        writer.push_to_free_series(&mut share, &mut turn);
                         next += interval;
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
@@ -221,22 +222,25 @@ impl Checker {
     /// was acknowledged, or `None` when every series already has its
     /// profile for this second (nothing was sent).
     pub fn write_one(&mut self) -> Option<bool> {
+        let writer = Writer {
+            config: &self.config,
+            client: &self.client,
+            sequence: &self.sequence,
+            acknowledged: &self.acknowledged,
+        };
         let mut all: Vec<(usize, &mut SeriesLog)> = self.series.iter_mut().enumerate().collect();
-        push_to_free_series(
-            &self.config,
-            &self.client,
-            &self.sequence,
-            &mut all,
-            &mut self.next_series,
-        )
+        writer.push_to_free_series(&mut all, &mut self.next_series)
     }
 
     /// Pushes acknowledged so far.
     pub fn acknowledged(&self) -> usize {
-        self.series
-            .iter()
-            .map(|log| log.written.iter().filter(|w| w.acknowledged).count())
-            .sum()
+        self.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// The count of pushes acknowledged, to read while the checker writes
+    /// on another thread (at the moment of a fault, say).
+    pub fn acknowledged_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.acknowledged)
     }
 
     /// Reads every series back (several at once) and compares.
@@ -285,7 +289,7 @@ impl Checker {
         let (Some(first), Some(last)) = (written.first(), written.last()) else {
             return Ok(report);
         };
-        let name = self.service(series);
+        let name = service(series);
         let points = self.read(series, first.point_ms - 1000, last.point_ms)?;
         let expected: BTreeMap<i64, Written> = written.iter().map(|w| (w.point_ms, *w)).collect();
         for (point_ms, found) in &points {
@@ -337,7 +341,7 @@ impl Checker {
     fn selector(&self, series: usize) -> String {
         format!(
             "{{service_name=\"{}\", checker_run=\"{}\"}}",
-            self.service(series),
+            service(series),
             self.config.run
         )
     }
@@ -345,12 +349,11 @@ impl Checker {
     /// POSTs `request` to the querier method `method`; the answer's bytes.
     fn query(&self, series: usize, method: &str, request: Vec<u8>) -> Result<Vec<u8>, CheckError> {
         let error = |message: String| CheckError::Read {
-            series: self.service(series),
+            series: service(series),
             message,
         };
         let url = format!("http://{}/querier.v1.QuerierService/{method}", self.config.query_from);
-        let response = self
-            .headers(self.client.post(url))
+        let response = headers(&self.config, self.client.post(url))
             .body(request)
             .send()
             .map_err(|err| error(err.to_string()))?;
@@ -374,7 +377,7 @@ impl Checker {
         let body = self.query(series, "SelectMergeStacktraces", request.encode_to_vec())?;
         let answer =
             querier::SelectMergeStacktracesResponse::decode(body.as_slice()).map_err(|err| CheckError::Read {
-                series: self.service(series),
+                series: service(series),
                 message: err.to_string(),
             })?;
         Ok(answer.flamegraph.map_or(0, |graph| graph.total))
@@ -392,7 +395,7 @@ impl Checker {
         };
         let body = self.query(series, "SelectSeries", request.encode_to_vec())?;
         let answer = querier::SelectSeriesResponse::decode(body.as_slice()).map_err(|err| CheckError::Read {
-            series: self.service(series),
+            series: service(series),
             message: err.to_string(),
         })?;
         Ok(answer
@@ -416,60 +419,74 @@ fn headers(config: &CheckerConfig, request: reqwest::blocking::RequestBuilder) -
     }
 }
 
-/// Pushes one profile to the first series of `share` (from `*turn`, round
-/// robin) not yet written this second and logs it; whether it was
-/// acknowledged, or `None` when every series of `share` has its profile
-/// for this second.
-fn push_to_free_series(
-    config: &CheckerConfig,
-    client: &reqwest::blocking::Client,
-    sequence: &AtomicI64,
-    share: &mut [(usize, &mut SeriesLog)],
-    turn: &mut usize,
-) -> Option<bool> {
-    let now_ms = flamedb_model::now_nanos() / 1_000_000;
-    let second = now_ms.div_euclid(1000);
-    let count = share.len();
-    let at = (0..count)
-        .map(|offset| (*turn + offset) % count)
-        .find(|&at| share[at].1.last_second.is_none_or(|last| last < second))?;
-    *turn = (at + 1) % count;
-    let (series, log) = &mut share[at];
-    log.last_second = Some(second);
-    let value = sequence.fetch_add(1, Ordering::Relaxed) + 1;
-    let time_ms = second * 1000 + 500;
-    let body = PushRequest {
-        series: vec![RawProfileSeries {
-            labels: [
-                ("__name__", "process_cpu"),
-                ("service_name", service(*series).as_str()),
-                ("checker_run", config.run.as_str()),
-            ]
-            .iter()
-            .map(|(name, value)| LabelPair {
-                name: (*name).to_owned(),
-                value: (*value).to_owned(),
-            })
-            .collect(),
-            samples: vec![RawSample {
-                raw_profile: profile(time_ms, value),
-                id: String::new(),
+/// What the writing threads share.
+#[derive(Clone, Copy)]
+struct Writer<'a> {
+    config: &'a CheckerConfig,
+    client: &'a reqwest::blocking::Client,
+    sequence: &'a AtomicI64,
+    acknowledged: &'a AtomicUsize,
+}
+
+impl Writer<'_> {
+    /// Pushes one profile to the first series of `share` (from `*turn`,
+    /// round robin) not yet written this second and logs it; whether it
+    /// was acknowledged, or `None` when every series of `share` has its
+    /// profile for this second.
+    fn push_to_free_series(self, share: &mut [(usize, &mut SeriesLog)], turn: &mut usize) -> Option<bool> {
+        let Self {
+            config,
+            client,
+            sequence,
+            acknowledged: counter,
+        } = self;
+        let now_ms = flamedb_model::now_nanos() / 1_000_000;
+        let second = now_ms.div_euclid(1000);
+        let count = share.len();
+        let at = (0..count)
+            .map(|offset| (*turn + offset) % count)
+            .find(|&at| share[at].1.last_second.is_none_or(|last| last < second))?;
+        *turn = (at + 1) % count;
+        let (series, log) = &mut share[at];
+        log.last_second = Some(second);
+        let value = sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let time_ms = second * 1000 + 500;
+        let body = PushRequest {
+            series: vec![RawProfileSeries {
+                labels: [
+                    ("__name__", "process_cpu"),
+                    ("service_name", service(*series).as_str()),
+                    ("checker_run", config.run.as_str()),
+                ]
+                .iter()
+                .map(|(name, value)| LabelPair {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+                samples: vec![RawSample {
+                    raw_profile: profile(time_ms, value),
+                    id: String::new(),
+                }],
+                annotations: vec![],
             }],
-            annotations: vec![],
-        }],
+        }
+        .encode_to_vec();
+        let url = format!("http://{}/push.v1.PusherService/Push", config.push_to);
+        let acknowledged = headers(config, client.post(url))
+            .body(body)
+            .send()
+            .is_ok_and(|response| response.status().is_success());
+        if acknowledged {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+        log.written.push(Written {
+            point_ms: second * 1000 + 1000,
+            value,
+            acknowledged,
+        });
+        Some(acknowledged)
     }
-    .encode_to_vec();
-    let url = format!("http://{}/push.v1.PusherService/Push", config.push_to);
-    let acknowledged = headers(config, client.post(url))
-        .body(body)
-        .send()
-        .is_ok_and(|response| response.status().is_success());
-    log.written.push(Written {
-        point_ms: second * 1000 + 1000,
-        value,
-        acknowledged,
-    });
-    Some(acknowledged)
 }
 
 /// A CPU profile of one stack (`checker;write`) worth `value`.

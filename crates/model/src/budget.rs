@@ -205,22 +205,7 @@ impl RequestBudget {
         let used = self.used.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
         if self.limit != 0 && used > self.limit {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
-            let (flag, limit, needed) = (self.flag, self.limit, used);
-            return Err(if self.query {
-                BudgetError::QueryTooLarge {
-                    flag,
-                    limit,
-                    needed,
-                    what,
-                }
-            } else {
-                BudgetError::RequestTooLarge {
-                    flag,
-                    limit,
-                    needed,
-                    what,
-                }
-            });
+            return Err(self.too_large(used, what));
         }
         if let Some(pool) = &self.pool {
             // Larger than the whole pool: it can never fit, however long
@@ -240,6 +225,33 @@ impl RequestBudget {
             }
         }
         Ok(())
+    }
+
+    /// The error of this budget when `what` would bring it to `needed`
+    /// bytes, past its own limit.
+    pub fn too_large(&self, needed: usize, what: &'static str) -> BudgetError {
+        let (flag, limit) = (self.flag, self.limit);
+        if self.query {
+            BudgetError::QueryTooLarge {
+                flag,
+                limit,
+                needed,
+                what,
+            }
+        } else {
+            BudgetError::RequestTooLarge {
+                flag,
+                limit,
+                needed,
+                what,
+            }
+        }
+    }
+
+    /// What may still be charged before the budget's own limit; `None`
+    /// when it has none.
+    pub fn remaining(&self) -> Option<usize> {
+        (self.limit != 0).then(|| self.limit.saturating_sub(self.used()))
     }
 
     /// Gives back `bytes` charged earlier, once what they paid for is

@@ -4,7 +4,9 @@
 //!
 //! A tree made [`Tree::within`] a query's budget charges what it grows by
 //! (an upper bound of its nodes and names) before it grows, and so do its
-//! copies, encodings and exports: past the budget the query fails whole.
+//! copies, truncations, encodings, flame graphs and pprof exports: past
+//! the budget the query fails whole. (DOT is drawn from a truncated tree,
+//! its size bounded by the node limit.)
 //!
 //! The wire form is Pyroscope's tree bytes: a depth-first walk from a
 //! virtual root (empty name, self 0), each node written as
@@ -28,7 +30,7 @@ pub const OTHER: &str = "other";
 const MAX_VARINT_BYTES: usize = 10;
 
 /// What a tree's growth is charged as.
-const TREE: &str = "the merged call tree";
+const TREE: &str = "the query's call trees";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Node {
@@ -71,7 +73,8 @@ impl Default for Tree {
     }
 }
 
-/// Tree bytes that could not be read.
+/// Tree bytes (or a compact tree) that could not be read, or that would
+/// pass the budget of the tree read into.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TreeDecodeError {
     #[error("invalid tree bytes at offset {offset}: {message}")]
@@ -493,13 +496,17 @@ impl Tree {
         if !nodes.open.is_empty() {
             return Err(error(input, "tree ends before all children"));
         }
+        if !input.is_empty() {
+            return Err(error(input, "bytes after the tree"));
+        }
         self.compute_totals();
         Ok(self)
     }
 
     /// The tree with each name once (see [`CompactTree`]); children in no
     /// particular order. The nodes' bytes are charged as they grow; the
-    /// names move into the answer.
+    /// names move into the answer, and their charge is given back with the
+    /// rest of the tree's (the answer is sent at once).
     pub fn into_compact(mut self) -> Result<CompactTree, BudgetError> {
         let mut out = Vec::new();
         let mut stack = vec![0u32];

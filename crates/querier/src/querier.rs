@@ -486,7 +486,7 @@ impl Querier {
             }
         }))
         .await?;
-        merge_trees(trees).await.map(Some)
+        merge_trees(trees, budget).await.map(Some)
     }
 
     /// Which series each ingester merges (see [`plan_series`]), from the
@@ -585,7 +585,7 @@ impl Querier {
         let (mut from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         from_ingesters.extend(from_blocks);
-        merge_trees(from_ingesters).await
+        merge_trees(from_ingesters, budget).await
     }
 
     /// Merges the profiles or series of `filter` on one ingester (only
@@ -600,7 +600,13 @@ impl Querier {
         span_ids: Vec<u64>,
         budget: &Arc<RequestBudget>,
     ) -> Result<Tree, RpcError> {
+        // What the ingester sends is decoded (and allocated) before it can
+        // be charged: no answer may be larger than what the budget has left.
         let mut client = self.clients.get(&instance.addr)?;
+        let cap = budget.remaining();
+        if let Some(cap) = cap {
+            client = client.max_decoding_message_size(cap);
+        }
         let (only_listed, profile_ids, series) = match filter {
             MergeFilter::Profiles(ids) => (true, ids, Vec::new()),
             MergeFilter::Series(series) => (false, Vec::new(), series),
@@ -624,7 +630,15 @@ impl Querier {
                     ErrorCode::DeadlineExceeded,
                     format!("ingester {} did not merge within {:?}", instance.id, self.timeout),
                 )
-            })??
+            })?
+            .map_err(|status| match cap {
+                // Tonic refuses a message past the cap with OutOfRange.
+                Some(cap) if status.code() == tonic::Code::OutOfRange => RpcError::from(budget.too_large(
+                    budget.used().saturating_add(cap).saturating_add(1),
+                    "a tree received from an ingester",
+                )),
+                _ => RpcError::from(status),
+            })?
             .into_inner();
         let id = instance.id.clone();
         let budget = Arc::clone(budget);
@@ -728,16 +742,16 @@ enum MergeFilter {
 
 /// The trees of several holders in one: each holder's profiles are its
 /// alone, so all are needed. The largest takes in the others (charged to
-/// their budget as it grows).
-async fn merge_trees(mut trees: Vec<Tree>) -> Result<Tree, RpcError> {
-    if trees.len() <= 1 {
-        return Ok(trees.pop().unwrap_or_default());
+/// `budget` as it grows); no tree at all is an empty one within `budget`.
+async fn merge_trees(mut trees: Vec<Tree>, budget: &Arc<RequestBudget>) -> Result<Tree, RpcError> {
+    trees.sort_by_key(Tree::node_count);
+    let Some(mut tree) = trees.pop() else {
+        return Ok(Tree::within(Arc::clone(budget)));
+    };
+    if trees.is_empty() {
+        return Ok(tree);
     }
     crate::service::off_runtime(move || {
-        trees.sort_by_key(Tree::node_count);
-        let Some(mut tree) = trees.pop() else {
-            return Ok(Tree::new());
-        };
         while let Some(merged) = trees.pop() {
             tree.merge(&merged)?;
         }

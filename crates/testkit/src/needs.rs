@@ -5,8 +5,8 @@
 //! `scripts/test` leaves every test of that need out of the run by name
 //! (each need's tests carry its marker in their names), so that the run
 //! counts them as skipped, never as passed. `.ci/run` installs every need
-//! it can and allows none but `testdata` where `../shared/testdata` is
-//! absent.
+//! it can and allows only `testdata` where `../shared/testdata` is absent
+//! and `root` where a tmpfs cannot be mounted.
 
 use std::path::PathBuf;
 
