@@ -4,16 +4,19 @@
 //! ```text
 //!  head (ingester) ──write_block──▶ <dir>/<id>/{meta.json, series, profiles.parquet, symbols}
 //!  Block::open ──▶ label names/values, series, selected profiles, merged trees
+//!  blocks ──compact──▶ one block, each profile once (the compactor)
 //! ```
 
 pub mod block;
 mod bucket;
+mod compact;
 mod query;
 mod series;
 mod symbols;
 
 pub use block::{Block, BlockContents, BlockError, BlockMeta, write_block};
 pub use bucket::{Bucket, BucketConfig, BucketError, S3Config};
+pub use compact::compact;
 pub use query::{
     ProfileKey, ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSummary, TimeRange, add_samples,
     summary_of,

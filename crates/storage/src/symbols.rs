@@ -205,6 +205,71 @@ impl Symbols {
             .collect()
     }
 
+    /// Adds every symbol of `other` (a block's, being compacted into this
+    /// store); returns the id here of each of its stacks (index: its stack
+    /// id, 0 the empty stack).
+    pub fn import(&mut self, other: &Symbols) -> Vec<u32> {
+        let strings: Vec<u32> = other.strings.iter().map(|value| self.string(value)).collect();
+        let string = |index: u32| strings.get(index as usize).copied().unwrap_or(0);
+        let functions: Vec<u32> = other
+            .functions
+            .iter()
+            .map(|function| {
+                self.function(Function {
+                    name: string(function.name),
+                    system_name: string(function.system_name),
+                    filename: string(function.filename),
+                    start_line: function.start_line,
+                })
+            })
+            .collect();
+        let mappings: Vec<u32> = other
+            .mappings
+            .iter()
+            .map(|mapping| {
+                self.mapping(Mapping {
+                    filename: string(mapping.filename),
+                    build_id: string(mapping.build_id),
+                    ..*mapping
+                })
+            })
+            .collect();
+        let locations: Vec<u32> = other
+            .locations
+            .iter()
+            .map(|location| {
+                let lines = location
+                    .lines
+                    .iter()
+                    .map(|line| Line {
+                        function: functions.get(line.function as usize).copied().unwrap_or(0),
+                        line: line.line,
+                    })
+                    .collect();
+                // Mapping 0 is none, else the index + 1.
+                let mapping = match location.mapping {
+                    0 => 0,
+                    index => mappings.get(index as usize - 1).map_or(0, |index| index + 1),
+                };
+                self.location(Location {
+                    mapping,
+                    address: location.address,
+                    lines,
+                })
+            })
+            .collect();
+        // Parents come before their children, so each parent is already
+        // translated when its child is.
+        let mut stacks = Vec::with_capacity(other.stacks.len() + 1);
+        stacks.push(0);
+        for &(parent, location) in &other.stacks {
+            let parent = stacks.get(parent as usize).copied().unwrap_or(0);
+            let location = locations.get(location as usize).copied().unwrap_or(0);
+            stacks.push(self.stack_node(parent, location));
+        }
+        stacks
+    }
+
     fn function(&mut self, function: Function) -> u32 {
         let (index, added) = self.functions.insert_full(function);
         if added {

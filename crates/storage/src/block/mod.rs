@@ -101,6 +101,29 @@ pub fn write_block(
     contents: BlockContents<'_>,
     sidecars: &[(&str, &[u8])],
 ) -> Result<BlockMeta, BlockError> {
+    let origin = Origin {
+        source: "ingester",
+        compaction: Compaction {
+            level: 1,
+            sources: vec![id],
+        },
+    };
+    write(parent, id, contents, sidecars, origin)
+}
+
+/// Who wrote a block, and of which level-1 blocks it holds the data.
+pub(crate) struct Origin {
+    pub source: &'static str,
+    pub compaction: Compaction,
+}
+
+pub(crate) fn write(
+    parent: &Path,
+    id: Ulid,
+    contents: BlockContents<'_>,
+    sidecars: &[(&str, &[u8])],
+    origin: Origin,
+) -> Result<BlockMeta, BlockError> {
     let target = parent.join(id.to_string());
     let temp = parent.join(format!("{id}{TEMP_SUFFIX}"));
     create_dir_all_synced(parent)?;
@@ -198,11 +221,8 @@ pub fn write_block(
             num_samples: samples,
         },
         files,
-        source: "ingester".to_owned(),
-        compaction: Compaction {
-            level: 1,
-            sources: vec![id],
-        },
+        source: origin.source.to_owned(),
+        compaction: origin.compaction,
     };
     for (name, bytes) in sidecars {
         write_synced(&temp.join(name), bytes)?;
@@ -402,6 +422,18 @@ impl Block {
         let file = format::SymbolsFile::decode(read_checked(&self.dir, &self.meta, SYMBOLS_FILE)?.as_slice())
             .map_err(|err| BlockError::corrupt(&path, err.to_string()))?;
         Symbols::from_file(file).map_err(|reason| BlockError::corrupt(&path, reason))
+    }
+
+    /// Calls `each` with every row, its samples and span IDs included, in
+    /// series then time order.
+    pub(crate) fn visit_rows(&self, each: impl FnMut(profiles::RowView<'_>)) -> Result<(), BlockError> {
+        let ranges = self
+            .rows
+            .iter()
+            .map(|rows| rows.start as usize..rows.end as usize)
+            .filter(|range| !range.is_empty())
+            .collect();
+        self.read_rows(ranges, profiles::Want::SamplesAndSpans, each)
     }
 
     /// Row ranges of the series matching `query`.
