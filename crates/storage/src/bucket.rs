@@ -1,6 +1,9 @@
 //! Object storage: where blocks go once written, under
 //! `<tenant>/blocks/<block id>/<file>`, `meta.json` last (a block without
-//! it is an unfinished upload and is ignored by readers).
+//! it is an unfinished upload and is ignored by readers). A block the
+//! compactor replaced gets a `deletion-mark.json`: readers ignore it at
+//! once, and it is deleted (`meta.json` first) after a delay, so queries
+//! that listed it before can still read it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +19,9 @@ use tokio::io::AsyncWriteExt;
 use ulid::Ulid;
 
 use crate::block::{BlockMeta, META_FILE, TEMP_SUFFIX, parse_meta};
+
+/// The file that marks a block for deletion.
+const DELETION_MARK_FILE: &str = "deletion-mark.json";
 
 /// Where blocks are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,19 +181,60 @@ impl Bucket {
         }
     }
 
-    /// The metas of the tenant's complete blocks, by block id.
-    pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
-        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+    /// The tenants with anything stored.
+    pub async fn list_tenants(&self) -> Result<Vec<String>, BucketError> {
         let listing = self
             .store
-            .list_with_delimiter(Some(&prefix))
+            .list_with_delimiter(None)
+            .await
+            .map_err(store_error("list", &ObjectPath::from("")))?;
+        let mut tenants: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|dir| dir.filename().map(str::to_owned))
+            .collect();
+        tenants.sort();
+        Ok(tenants)
+    }
+
+    /// The complete blocks of the tenant (with `meta.json`) and those of
+    /// them marked for deletion, with the mark's time (ms).
+    async fn scan(&self, tenant: &str) -> Result<(Vec<Ulid>, Vec<(Ulid, i64)>), BucketError> {
+        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
             .await
             .map_err(store_error("list", &prefix))?;
-        let mut metas = Vec::new();
-        for dir in listing.common_prefixes {
-            let Some(id) = dir.filename().and_then(|name| Ulid::from_string(name).ok()) else {
+        let mut complete = Vec::new();
+        let mut marked = Vec::new();
+        for object in objects {
+            let mut parts = object.location.parts();
+            let (Some(id), Some(file)) = (parts.nth(2), parts.next()) else {
                 continue;
             };
+            let Ok(id) = Ulid::from_string(id.as_ref()) else {
+                continue;
+            };
+            match file.as_ref() {
+                META_FILE => complete.push(id),
+                DELETION_MARK_FILE => marked.push((id, object.last_modified.timestamp_millis())),
+                _ => {}
+            }
+        }
+        Ok((complete, marked))
+    }
+
+    /// The metas of the tenant's complete blocks not marked for deletion,
+    /// by block id.
+    pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
+        let (complete, marked) = self.scan(tenant).await?;
+        let mut metas = Vec::new();
+        for id in complete {
+            if marked.iter().any(|(marked, _)| *marked == id) {
+                continue;
+            }
             let path = Self::block_path(tenant, id, META_FILE);
             let bytes = match self.read(&path).await {
                 Ok(bytes) => bytes,
@@ -201,6 +248,50 @@ impl Bucket {
         }
         metas.sort_by_key(|meta| meta.id);
         Ok(metas)
+    }
+
+    /// Marks a block for deletion: readers ignore it from now on.
+    pub async fn mark_for_deletion(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
+        let path = Self::block_path(tenant, id, DELETION_MARK_FILE);
+        let mark = format!("{{\"id\":\"{id}\",\"version\":1}}");
+        self.store
+            .put(&path, bytes::Bytes::from(mark).into())
+            .await
+            .map_err(store_error("write", &path))?;
+        Ok(())
+    }
+
+    /// The tenant's blocks marked for deletion, with when they were marked
+    /// (ms since the epoch).
+    pub async fn marked_for_deletion(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
+        Ok(self.scan(tenant).await?.1)
+    }
+
+    /// Deletes a block: `meta.json` first (it is then incomplete, and
+    /// ignored), then its other files, its deletion mark last.
+    pub async fn delete_block(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
+        let prefix = ObjectPath::from(format!("{tenant}/blocks/{id}"));
+        let objects: Vec<ObjectPath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|object| object.location)
+            .try_collect()
+            .await
+            .map_err(store_error("list", &prefix))?;
+        let rank = |path: &ObjectPath| match path.filename() {
+            Some(META_FILE) => 0,
+            Some(DELETION_MARK_FILE) => 2,
+            _ => 1,
+        };
+        let mut objects = objects;
+        objects.sort_by_key(rank);
+        for path in objects {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(store_error("delete", &path)(source)),
+            }
+        }
+        Ok(())
     }
 
     /// Downloads a block into `parent/<id>` (through a temporary

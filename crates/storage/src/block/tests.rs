@@ -433,6 +433,18 @@ async fn test_blocks_round_trip_through_a_bucket() {
         block_answer(&block, &everything, None),
         source.answer(&everything, None)
     );
+
+    // Marked for deletion: no longer listed, at once; deleted: gone.
+    assert_eq!(bucket.list_tenants().await.unwrap(), ["t"]);
+    bucket.mark_for_deletion("t", id).await.unwrap();
+    assert!(bucket.list_blocks("t").await.unwrap().is_empty());
+    let marked = bucket.marked_for_deletion("t").await.unwrap();
+    assert_eq!(marked.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [id]);
+    assert!(marked[0].1 > 0);
+    bucket.delete_block("t", id).await.unwrap();
+    assert!(!bucket.has_block("t", id).await.unwrap());
+    assert!(bucket.marked_for_deletion("t").await.unwrap().is_empty());
+    assert!(!remote.path().join(format!("t/blocks/{id}/profiles.parquet")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
