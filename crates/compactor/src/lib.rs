@@ -1,0 +1,320 @@
+//! The compactor: per tenant, the blocks in object storage that fall in one
+//! time window (every ingester's copy of it, RF copies of each profile)
+//! become one block holding each profile once; the blocks it replaces are
+//! marked for deletion (readers ignore them at once) and deleted after a
+//! delay, so a query that listed them before can still read them.
+//!
+//! ```text
+//!  every interval, per tenant:
+//!   blocks wholly inside one window of `block_range`, the window ended
+//!   `first_level_wait` ago ──download──▶ compact (each profile once)
+//!   ──upload the new block──▶ mark the sources ──after deletion_delay──▶ delete
+//! ```
+//!
+//! Every step is safe to cut short: a half-uploaded block has no
+//! `meta.json` and is never read; sources are marked only once the new
+//! block is complete, and while both are listed queries count each profile
+//! once (by ID); a round cut short is finished by the next one, whose
+//! compaction of the new block with sources still unmarked keeps each
+//! profile once too. Several compactors on one bucket do the same work
+//! twice but never count anything twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, Ulid, compact};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// How the compactor works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactorConfig {
+    /// Where blocks are downloaded and written (emptied at start).
+    pub data_dir: PathBuf,
+    /// How often a round runs.
+    pub interval: Duration,
+    /// How long after a window ends its blocks are compacted, so every
+    /// replica has uploaded its copy.
+    pub first_level_wait: Duration,
+    /// The width of the windows blocks are compacted by.
+    pub block_range: Duration,
+    /// How long a marked block stays before it is deleted.
+    pub deletion_delay: Duration,
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactorError {
+    #[error("tenant {tenant}: {source}")]
+    Bucket {
+        tenant: String,
+        #[source]
+        source: BucketError,
+    },
+    #[error("tenant {tenant}: {source}")]
+    Block {
+        tenant: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error("compactor directory {path}: {source}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a compaction task failed: {0}")]
+    Task(String),
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Blocks written.
+    pub compactions: usize,
+    /// Blocks replaced (marked for deletion).
+    pub blocks_compacted: usize,
+    /// Marked blocks deleted.
+    pub blocks_deleted: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CompactorMetrics {
+    runs: Counter,
+    failures: Counter,
+    compactions: Counter,
+    blocks_compacted: Counter,
+    blocks_deleted: Counter,
+}
+
+impl CompactorMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let counters = [
+            ("flamedb_compactor_runs", "Compaction rounds run", &metrics.runs),
+            (
+                "flamedb_compactor_run_failures",
+                "Compaction rounds that failed (the next round retries)",
+                &metrics.failures,
+            ),
+            (
+                "flamedb_compactor_compactions",
+                "Blocks written by compaction",
+                &metrics.compactions,
+            ),
+            (
+                "flamedb_compactor_blocks_compacted",
+                "Blocks replaced by compaction (marked for deletion)",
+                &metrics.blocks_compacted,
+            ),
+            (
+                "flamedb_compactor_blocks_deleted",
+                "Marked blocks deleted after the deletion delay",
+                &metrics.blocks_deleted,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        metrics
+    }
+}
+
+/// Compacts the blocks of a bucket.
+#[derive(Debug)]
+pub struct Compactor {
+    bucket: Bucket,
+    config: CompactorConfig,
+    metrics: CompactorMetrics,
+}
+
+impl Compactor {
+    /// A compactor of `bucket`; empties its data directory (what a round
+    /// cut short left there).
+    pub fn new(bucket: Bucket, config: CompactorConfig, registry: &mut Registry) -> Result<Self, CompactorError> {
+        let local = |source| CompactorError::Local {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        match std::fs::remove_dir_all(&config.data_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(local(err)),
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(local)?;
+        Ok(Self {
+            bucket,
+            config,
+            metrics: CompactorMetrics::register(registry),
+        })
+    }
+
+    /// Runs a round every interval until `stop`.
+    pub fn spawn(self: Arc<Self>, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(self.config.interval) => {}
+                }
+                // Stopping abandons a round: the next start finishes it.
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    result = self.run_once(now_ms()) => match result {
+                        Ok(report) if report != RoundReport::default() => info!(
+                            compactions = report.compactions,
+                            blocks_compacted = report.blocks_compacted,
+                            blocks_deleted = report.blocks_deleted,
+                            "compaction round done"
+                        ),
+                        Ok(_) => {}
+                        Err(err) => error!(error = %err, "compaction round failed; the next round retries"),
+                    },
+                }
+            }
+        })
+    }
+
+    /// One round over every tenant, as of `now_ms`.
+    pub async fn run_once(&self, now_ms: i64) -> Result<RoundReport, CompactorError> {
+        self.metrics.runs.inc();
+        let result = self.round(now_ms).await;
+        if result.is_err() {
+            self.metrics.failures.inc();
+        }
+        result
+    }
+
+    async fn round(&self, now_ms: i64) -> Result<RoundReport, CompactorError> {
+        let tenants = self
+            .bucket
+            .list_tenants()
+            .await
+            .map_err(|source| CompactorError::Bucket {
+                tenant: "*".to_owned(),
+                source,
+            })?;
+        let mut report = RoundReport::default();
+        for tenant in tenants {
+            let bucket_error = |source| CompactorError::Bucket {
+                tenant: tenant.clone(),
+                source,
+            };
+            let metas = self.bucket.list_blocks(&tenant).await.map_err(bucket_error)?;
+            let range_ms = millis(self.config.block_range);
+            let wait_ms = millis(self.config.first_level_wait);
+            for group in plan(&metas, range_ms, now_ms, wait_ms) {
+                self.compact_group(&tenant, &group).await?;
+                report.compactions += 1;
+                report.blocks_compacted += group.len();
+            }
+            let delay_ms = millis(self.config.deletion_delay);
+            for (id, marked_ms) in self.bucket.marked_for_deletion(&tenant).await.map_err(bucket_error)? {
+                if marked_ms.saturating_add(delay_ms) <= now_ms {
+                    self.bucket.delete_block(&tenant, id).await.map_err(bucket_error)?;
+                    self.metrics.blocks_deleted.inc();
+                    report.blocks_deleted += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Compacts the blocks `group` of `tenant` into one, uploads it, then
+    /// marks them for deletion.
+    async fn compact_group(&self, tenant: &str, group: &[Ulid]) -> Result<(), CompactorError> {
+        let bucket_error = |source| CompactorError::Bucket {
+            tenant: tenant.to_owned(),
+            source,
+        };
+        let work = self.config.data_dir.join(tenant);
+        let inputs_dir = work.join("inputs");
+        let local = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CompactorError::Local { path, source }
+        };
+        tokio::fs::create_dir_all(&inputs_dir)
+            .await
+            .map_err(local(&inputs_dir))?;
+        let mut inputs = Vec::with_capacity(group.len());
+        for &id in group {
+            inputs.push(
+                self.bucket
+                    .download_block(tenant, id, &inputs_dir)
+                    .await
+                    .map_err(bucket_error)?,
+            );
+        }
+        let id = Ulid::generate();
+        let output_parent = work.clone();
+        let compacted = tokio::task::spawn_blocking(move || {
+            let blocks = inputs
+                .iter()
+                .map(|dir| Block::open(dir))
+                .collect::<Result<Vec<_>, _>>()?;
+            compact(&blocks, &output_parent, id)
+        })
+        .await
+        .map_err(|err| CompactorError::Task(err.to_string()))?
+        .map_err(|source| CompactorError::Block {
+            tenant: tenant.to_owned(),
+            source,
+        })?;
+        self.bucket
+            .upload_block(tenant, &work.join(id.to_string()), &compacted)
+            .await
+            .map_err(bucket_error)?;
+        // Only now that the new block is complete do its sources go.
+        for &source in group {
+            self.bucket
+                .mark_for_deletion(tenant, source)
+                .await
+                .map_err(bucket_error)?;
+        }
+        info!(
+            tenant,
+            block = %id,
+            sources = group.len(),
+            profiles = compacted.stats.num_profiles,
+            min_time = compacted.min_time,
+            max_time = compacted.max_time,
+            "blocks compacted"
+        );
+        self.metrics.compactions.inc();
+        self.metrics.blocks_compacted.inc_by(group.len() as u64);
+        tokio::fs::remove_dir_all(&work).await.map_err(local(&work))
+    }
+}
+
+/// The groups of blocks to compact: per window of `range_ms` (aligned to
+/// the epoch) that ended at least `wait_ms` before `now_ms`, the blocks
+/// wholly inside it, when there are two or more.
+pub fn plan(metas: &[BlockMeta], range_ms: i64, now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
+    let range_ms = range_ms.max(1);
+    let mut windows: std::collections::BTreeMap<i64, Vec<Ulid>> = std::collections::BTreeMap::new();
+    for meta in metas {
+        let start = meta.min_time.div_euclid(range_ms) * range_ms;
+        let end = start.saturating_add(range_ms);
+        if meta.max_time < end && end.saturating_add(wait_ms) <= now_ms {
+            windows.entry(start).or_default().push(meta.id);
+        }
+    }
+    windows.into_values().filter(|group| group.len() > 1).collect()
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| millis(elapsed))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+#![allow(clippy::unwrap_used)]
+
+use flamedb_model::pprof::StackProfileBuilder;
+use flamedb_model::{Labels, ProfileId, Tree, parse_selector};
+use flamedb_storage::{
+    BlockContents, BucketConfig, ProfileQuery, ProfileRow, SeriesIndex, Symbols, TimeRange, write_block,
+};
+
+use super::*;
+
+const CPU: &str = "process_cpu:cpu:nanoseconds::";
+const HOUR: i64 = 3_600_000;
+
+/// Uploads a block of `profiles` (profile id, time ms, value; all of
+/// service `api`, stack `main;work`) for tenant `t`; its id.
+async fn upload(bucket: &Bucket, local: &Path, profiles: &[(u8, i64, i64)]) -> Ulid {
+    let labels = Labels::from_pairs([
+        ("__name__", "process_cpu".to_owned()),
+        ("__profile_type__", CPU.to_owned()),
+        ("service_name", "api".to_owned()),
+    ]);
+    let mut series = SeriesIndex::new();
+    let mut symbols = Symbols::new();
+    let mut rows = Vec::new();
+    for &(id, time_ms, value) in profiles {
+        let mut builder = StackProfileBuilder::new("cpu", "nanoseconds");
+        builder.add(["main", "work"], value);
+        let stacks = symbols.add_profile(&builder.build());
+        rows.push(ProfileRow {
+            id: ProfileId([id; 16]),
+            series: series.get_or_insert(&labels, labels.fingerprint(), time_ms),
+            time_nanos: time_ms * 1_000_000,
+            total: value,
+            stacks: stacks.into(),
+            values: vec![value].into(),
+            span_ids: None,
+        });
+    }
+    let id = Ulid::generate();
+    let contents = BlockContents {
+        series: &series,
+        symbols: &symbols,
+        rows: &rows,
+    };
+    let meta = write_block(local, id, contents, &[]).unwrap();
+    bucket
+        .upload_block("t", &local.join(id.to_string()), &meta)
+        .await
+        .unwrap();
+    id
+}
+
+/// What the bucket's listed blocks hold: profiles (counted once by ID,
+/// as queries count them) and the merged total.
+async fn read_back(bucket: &Bucket) -> (usize, usize, i64) {
+    let downloads = tempfile::tempdir().unwrap();
+    let metas = bucket.list_blocks("t").await.unwrap();
+    let query = ProfileQuery {
+        profile_type: CPU.to_owned(),
+        selector: parse_selector("{}").unwrap(),
+        range: TimeRange::ALL,
+        series: None,
+    };
+    let mut ids = std::collections::HashSet::new();
+    let mut tree = Tree::new();
+    for meta in &metas {
+        let dir = bucket.download_block("t", meta.id, downloads.path()).await.unwrap();
+        let block = Block::open(&dir).unwrap();
+        let mut only = std::collections::HashSet::new();
+        block
+            .visit_profiles(&query, |profile| {
+                if ids.insert(profile.id) {
+                    only.insert(profile.id);
+                }
+            })
+            .unwrap();
+        block.merge_into(&query, Some(&only), None, &mut tree).unwrap();
+    }
+    (metas.len(), ids.len(), tree.total())
+}
+
+fn config(dir: &Path) -> CompactorConfig {
+    CompactorConfig {
+        data_dir: dir.join("compactor"),
+        interval: Duration::from_secs(3600),
+        first_level_wait: Duration::from_secs(25 * 60),
+        block_range: Duration::from_secs(3600),
+        deletion_delay: Duration::from_secs(12 * 3600),
+    }
+}
+
+#[tokio::test]
+async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Bucket::new(&BucketConfig::Filesystem {
+        dir: dir.path().join("bucket"),
+    })
+    .unwrap();
+    let local = dir.path().join("blocks");
+    // Three replicas of the first hour (one missed profile 3), and a
+    // block of the second hour.
+    let replica = [(1, 1_000, 5), (2, 2_000, 7)];
+    let mut sources = Vec::new();
+    for copy in 0..3 {
+        let mut profiles = replica.to_vec();
+        if copy == 2 {
+            profiles.push((3, 3_000, 11));
+        }
+        sources.push(upload(&bucket, &local, &profiles).await);
+    }
+    upload(&bucket, &local, &[(4, HOUR + 1_000, 13)]).await;
+    assert_eq!(read_back(&bucket).await, (4, 4, 5 + 7 + 11 + 13));
+
+    let compactor = Compactor::new(bucket.clone(), config(dir.path()), &mut Registry::default()).unwrap();
+    // The first window has not waited long enough yet.
+    let too_early = HOUR + 24 * 60 * 1000;
+    assert_eq!(compactor.run_once(too_early).await.unwrap(), RoundReport::default());
+
+    let now = 2 * HOUR + 30 * 60 * 1000;
+    let report = compactor.run_once(now).await.unwrap();
+    assert_eq!(
+        report,
+        RoundReport {
+            compactions: 1,
+            blocks_compacted: 3,
+            blocks_deleted: 0
+        }
+    );
+    // The second hour's block is alone in its window: left as it is.
+    assert_eq!(read_back(&bucket).await, (2, 4, 5 + 7 + 11 + 13));
+    let compacted: Vec<BlockMeta> = bucket
+        .list_blocks("t")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|meta| meta.compaction.level == 2)
+        .collect();
+    sources.sort_unstable();
+    assert_eq!(compacted.len(), 1);
+    assert_eq!(compacted[0].compaction.sources, sources);
+    assert_eq!(compacted[0].stats.num_profiles, 3);
+
+    // Marked sources stay until the delay is over, then go.
+    let marked: Vec<Ulid> = bucket
+        .marked_for_deletion("t")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(marked.len(), 3);
+    assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+    let later = now_ms() + 12 * HOUR;
+    assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 3);
+    assert!(bucket.marked_for_deletion("t").await.unwrap().is_empty());
+    assert_eq!(read_back(&bucket).await, (2, 4, 5 + 7 + 11 + 13));
+}
+
+#[tokio::test]
+async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Bucket::new(&BucketConfig::Filesystem {
+        dir: dir.path().join("bucket"),
+    })
+    .unwrap();
+    let local = dir.path().join("blocks");
+    let first = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
+    let second = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
+    // A compactor killed after uploading its block, before marking the
+    // sources: the new block and both sources are listed.
+    let work = dir.path().join("cut-short");
+    let blocks: Vec<Block> = {
+        let mut blocks = Vec::new();
+        for id in [first, second] {
+            let dir = bucket.download_block("t", id, &work).await.unwrap();
+            blocks.push(Block::open(&dir).unwrap());
+        }
+        blocks
+    };
+    let output = Ulid::generate();
+    let meta = compact(&blocks, &work, output).unwrap();
+    bucket
+        .upload_block("t", &work.join(output.to_string()), &meta)
+        .await
+        .unwrap();
+    assert_eq!(read_back(&bucket).await, (3, 2, 12));
+
+    let compactor = Compactor::new(bucket.clone(), config(dir.path()), &mut Registry::default()).unwrap();
+    let report = compactor.run_once(2 * HOUR).await.unwrap();
+    assert_eq!((report.compactions, report.blocks_compacted), (1, 3));
+    let metas = bucket.list_blocks("t").await.unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0].compaction.level, 3);
+    assert_eq!(metas[0].stats.num_profiles, 2);
+    assert_eq!(read_back(&bucket).await, (1, 2, 12));
+}
+
+#[test]
+fn test_plan_groups_whole_windows_that_waited() {
+    let meta = |min_time: i64, max_time: i64| BlockMeta {
+        id: Ulid::generate(),
+        min_time,
+        max_time,
+        ..meta_with_nothing_set()
+    };
+    let blocks = [
+        meta(0, 10),
+        meta(5, HOUR - 1),
+        // Crosses the window's end: left alone.
+        meta(10, HOUR + 5),
+        meta(HOUR, HOUR + 10),
+        meta(HOUR + 1, HOUR + 2),
+        // Alone in its window.
+        meta(3 * HOUR, 3 * HOUR + 1),
+    ];
+    let wait = 25 * 60 * 1000;
+    let groups = plan(&blocks, HOUR, 2 * HOUR + wait, wait);
+    assert_eq!(
+        groups,
+        [vec![blocks[0].id, blocks[1].id], vec![blocks[3].id, blocks[4].id]]
+    );
+    // The second hour has not waited long enough.
+    let groups = plan(&blocks, HOUR, 2 * HOUR + wait - 1, wait);
+    assert_eq!(groups, [vec![blocks[0].id, blocks[1].id]]);
+}
+
+/// A meta with nothing set but what `plan` reads.
+fn meta_with_nothing_set() -> BlockMeta {
+    BlockMeta {
+        version: flamedb_storage::block::FORMAT_VERSION,
+        id: Ulid::nil(),
+        min_time: 0,
+        max_time: 0,
+        stats: Default::default(),
+        files: Vec::new(),
+        source: "ingester".to_owned(),
+        compaction: flamedb_storage::block::Compaction {
+            level: 1,
+            sources: Vec::new(),
+        },
+    }
+}
