@@ -53,13 +53,13 @@ pub enum CompactorError {
     Bucket {
         tenant: String,
         #[source]
-        source: BucketError,
+        source: Box<BucketError>,
     },
     #[error("tenant {tenant}: {source}")]
     Block {
         tenant: String,
         #[source]
-        source: BlockError,
+        source: Box<BlockError>,
     },
     #[error("compactor directory {path}: {source}")]
     Local {
@@ -196,13 +196,13 @@ impl Compactor {
             .await
             .map_err(|source| CompactorError::Bucket {
                 tenant: "*".to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         let mut report = RoundReport::default();
         for tenant in tenants {
             let bucket_error = |source| CompactorError::Bucket {
                 tenant: tenant.clone(),
-                source,
+                source: Box::new(source),
             };
             let metas = self.bucket.list_blocks(&tenant).await.map_err(bucket_error)?;
             let range_ms = millis(self.config.block_range);
@@ -229,7 +229,7 @@ impl Compactor {
     async fn compact_group(&self, tenant: &str, group: &[Ulid]) -> Result<(), CompactorError> {
         let bucket_error = |source| CompactorError::Bucket {
             tenant: tenant.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let work = self.config.data_dir.join(tenant);
         let inputs_dir = work.join("inputs");
@@ -262,7 +262,7 @@ impl Compactor {
         .map_err(|err| CompactorError::Task(err.to_string()))?
         .map_err(|source| CompactorError::Block {
             tenant: tenant.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         self.bucket
             .upload_block(tenant, &work.join(id.to_string()), &compacted)
@@ -313,7 +313,7 @@ fn millis(duration: Duration) -> i64 {
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| millis(elapsed))
+        .map_or(0, millis)
 }
 
 #[cfg(test)]
