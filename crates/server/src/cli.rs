@@ -159,6 +159,30 @@ pub const FLAGS: &[Flag] = &[
         "Most bytes of cached blocks; least recently used ones are removed first.",
     ),
     flag(
+        "compactor.data-dir",
+        "compactor.data_dir",
+        FlagKind::String,
+        "Where the compactor downloads and compacts blocks (emptied at start).",
+    ),
+    flag(
+        "compactor.compaction-interval",
+        "compactor.compaction_interval",
+        FlagKind::Duration,
+        "How often the compactor runs a round over every tenant.",
+    ),
+    flag(
+        "compactor.first-level-compaction-wait-period",
+        "compactor.first_level_compaction_wait_period",
+        FlagKind::Duration,
+        "How long after a block window ends its blocks are compacted, so every replica has uploaded its copy.",
+    ),
+    flag(
+        "compactor.deletion-delay",
+        "compactor.deletion_delay",
+        FlagKind::Duration,
+        "How long compacted blocks stay, marked and no longer read, before they are deleted.",
+    ),
+    flag(
         "querier.max-query-length",
         "limits.max_query_length",
         FlagKind::Duration,

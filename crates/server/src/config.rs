@@ -37,6 +37,36 @@ pub struct Config {
     /// Per-tenant overrides of `limits`, re-read while running.
     pub runtime_config: RuntimeConfigSettings,
     pub querier: QuerierSettings,
+    pub compactor: CompactorSettings,
+}
+
+/// `compactor:` how blocks in object storage are compacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactorSettings {
+    /// Where blocks are downloaded and compacted (emptied at start).
+    pub data_dir: String,
+    /// How often a compaction round runs.
+    #[serde(with = "humantime_serde")]
+    pub compaction_interval: Duration,
+    /// How long after a window ends its blocks are compacted, so every
+    /// replica has uploaded its copy.
+    #[serde(with = "humantime_serde")]
+    pub first_level_compaction_wait_period: Duration,
+    /// How long a compacted (marked) block stays before it is deleted.
+    #[serde(with = "humantime_serde")]
+    pub deletion_delay: Duration,
+}
+
+impl Default for CompactorSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: "./data/compactor".to_owned(),
+            compaction_interval: Duration::from_secs(30 * 60),
+            first_level_compaction_wait_period: Duration::from_secs(25 * 60),
+            deletion_delay: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// `querier:` where queries read from.
@@ -97,6 +127,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             runtime_config: RuntimeConfigSettings::default(),
             querier: QuerierSettings::default(),
+            compactor: CompactorSettings::default(),
         }
     }
 }
@@ -179,10 +210,17 @@ pub enum Target {
     Distributor,
     Ingester,
     Querier,
+    Compactor,
 }
 
 impl Target {
-    const ALL: [Self; 4] = [Self::All, Self::Distributor, Self::Ingester, Self::Querier];
+    const ALL: [Self; 5] = [
+        Self::All,
+        Self::Distributor,
+        Self::Ingester,
+        Self::Querier,
+        Self::Compactor,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -190,6 +228,7 @@ impl Target {
             Self::Distributor => "distributor",
             Self::Ingester => "ingester",
             Self::Querier => "querier",
+            Self::Compactor => "compactor",
         }
     }
 
@@ -207,7 +246,12 @@ impl Targets {
     /// The modules these targets run, with `all` spelled out.
     pub fn modules(&self) -> Vec<Target> {
         if self.0.contains(&Target::All) {
-            return vec![Target::Distributor, Target::Ingester, Target::Querier];
+            return vec![
+                Target::Distributor,
+                Target::Ingester,
+                Target::Querier,
+                Target::Compactor,
+            ];
         }
         self.0.clone()
     }
@@ -380,6 +424,7 @@ impl Config {
             ("distributor.pushtimeout", self.distributor.pushtimeout),
             ("server.http_server_read_timeout", self.server.http_server_read_timeout),
             ("runtime_config.period", self.runtime_config.period),
+            ("compactor.compaction_interval", self.compactor.compaction_interval),
         ] {
             if period.is_zero() {
                 return Err(invalid(path, "must be longer than 0s".to_owned()));
@@ -497,7 +542,12 @@ mod tests {
         assert_eq!(config.server.http_listen_port, 4040);
         assert_eq!(
             config.target.modules(),
-            [Target::Distributor, Target::Ingester, Target::Querier]
+            [
+                Target::Distributor,
+                Target::Ingester,
+                Target::Querier,
+                Target::Compactor
+            ]
         );
         assert!(!config.multitenancy_enabled);
     }

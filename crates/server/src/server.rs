@@ -2,7 +2,7 @@
 //! HTTP listener, the per-tenant limits, the ingester (WAL replay, before
 //! anything is served or the instance joins the ring), ring membership
 //! (store, lifecyclers, ring views), the distributor, the querier (with its
-//! block cache), the routes; then, on
+//! block cache), the compactor, the routes; then, on
 //! the shutdown signal, refuse traffic (`/ready` fails), take the ingester
 //! out of the write path (LEAVING), flush and upload its heads, leave the
 //! ring, let in-flight requests finish within the grace period, wait for
@@ -20,6 +20,7 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use flamedb_api::{ErrorCode, RpcError, RpcOptions, Tenancy};
+use flamedb_compactor::{Compactor, CompactorConfig};
 use flamedb_ingester::StartError;
 use flamedb_querier::{Querier, Store};
 use flamedb_storage::Bucket;
@@ -161,6 +162,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
+    let stop_compacting = CancellationToken::new();
+    let compactor = if modules.contains(&Target::Compactor) {
+        let settings = &config.compactor;
+        let bucket = Bucket::new(&bucket_config(&config)).context("cannot open object storage")?;
+        let compactor = Compactor::new(
+            bucket,
+            CompactorConfig {
+                data_dir: PathBuf::from(&settings.data_dir),
+                interval: settings.compaction_interval,
+                first_level_wait: settings.first_level_compaction_wait_period,
+                // Ingesters write a block per window of this width: the
+                // replicas' blocks of one window are compacted together.
+                block_range: config.pyroscopedb.max_block_duration,
+                deletion_delay: settings.deletion_delay,
+            },
+            &mut registry,
+        )
+        .with_context(|| format!("cannot prepare the compactor directory {}", settings.data_dir))?;
+        Some(Arc::new(compactor).spawn(stop_compacting.clone()))
+    } else {
+        None
+    };
     let stop_reloading = CancellationToken::new();
     let reloader = overrides.spawn_reloader(config.runtime_config.period, stop_reloading.clone());
 
@@ -274,6 +297,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop_reloading.cancel();
     if let Some(reloader) = reloader {
         let _ = reloader.await;
+    }
+    // A round cut short is finished by the next start.
+    stop_compacting.cancel();
+    if let Some(compactor) = compactor {
+        let _ = compactor.await;
     }
     membership.shutdown().await;
     info!("stopped");

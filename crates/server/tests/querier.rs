@@ -819,6 +819,73 @@ fn test_older_ranges_are_read_from_object_storage() {
     );
 }
 
+/// The complete blocks of `tenant` in a filesystem bucket: (level,
+/// profiles) of each, and how many carry a deletion mark.
+fn bucket_blocks(bucket: &std::path::Path, tenant: &str) -> (Vec<(u64, u64)>, usize) {
+    let mut blocks = Vec::new();
+    let mut marked = 0;
+    for entry in std::fs::read_dir(bucket.join(tenant).join("blocks")).unwrap().flatten() {
+        if entry.path().join("deletion-mark.json").exists() {
+            marked += 1;
+        }
+        if let Ok(meta) = std::fs::read(entry.path().join("meta.json")) {
+            let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+            blocks.push((
+                meta["compaction"]["level"].as_u64().unwrap(),
+                meta["stats"]["numProfiles"].as_u64().unwrap(),
+            ));
+        }
+    }
+    (blocks, marked)
+}
+
+#[test]
+fn test_blocks_of_one_window_are_compacted_into_one_that_answers_the_same() {
+    let shared = flamedb_testkit::shared_dir();
+    let bucket_dir = shared.path().join("bucket");
+    let bucket = format!("-storage.filesystem.dir={}", bucket_dir.display());
+    // Two flushes of one hour-long window, three hours ago: two blocks.
+    let hour = 3_600_000;
+    let base = (now_ms() - 3 * hour).div_euclid(hour) * hour + 60_000;
+    let mut pushed = {
+        let writer = start("writer", &[&bucket, "-validation.reject-older-than=0s"]);
+        let mut pushed = push_known(&writer, base);
+        flush_and_upload(&writer);
+        pushed.extend(push_known(&writer, base + 5_000));
+        let (status, body) = writer.post("/ingester/flush", &[], Vec::new()).unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        wait_until(Duration::from_secs(30), "both blocks uploaded", || {
+            (writer.metric("flamedb_ingester_shipped_blocks_total").unwrap_or(0.0) >= 2.0).then_some(())
+        });
+        pushed
+    };
+    pushed.sort();
+    let (blocks, _) = bucket_blocks(&bucket_dir, "anonymous");
+    assert_eq!(blocks, [(1, 12), (1, 12)]);
+
+    // A process that reads only the bucket, and compacts it at once.
+    let reader = start(
+        "reader",
+        &[
+            &bucket,
+            "-querier.query-store-after=10m",
+            "-compactor.compaction-interval=1s",
+            "-compactor.first-level-compaction-wait-period=0s",
+            "-compactor.deletion-delay=0s",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "one compacted block, its sources deleted",
+        || {
+            let (blocks, marked) = bucket_blocks(&bucket_dir, "anonymous");
+            (blocks == [(2, 24)] && marked == 0).then_some(())
+        },
+    );
+    assert!(reader.metric("flamedb_compactor_compactions_total").unwrap_or(0.0) >= 1.0);
+    check_answers(&reader, &pushed, base - 1_000, base + hour);
+}
+
 #[test]
 fn test_rf3_copies_in_object_storage_count_once() {
     let shared = flamedb_testkit::shared_dir();
