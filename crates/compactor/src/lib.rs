@@ -6,10 +6,16 @@
 //!
 //! ```text
 //!  every interval, per tenant:
-//!   blocks wholly inside one window of `block_range`, the window ended
-//!   `first_level_wait` ago ──download──▶ compact (each profile once)
-//!   ──upload the new block──▶ mark the sources ──after deletion_delay──▶ delete
+//!   blocks past the tenant's retention ──▶ marked
+//!   per block range (1h, 2h, 8h): two or more blocks wholly inside one
+//!   window of it, the window ended `first_level_wait` ago
+//!   ──download──▶ compact (each profile once) ──upload the new block──▶
+//!   mark the sources ──after deletion_delay──▶ delete
 //! ```
+//!
+//! The first range merges the replicas' copies of a window (ingesters
+//! write one block per window each); the longer ones merge windows, so a
+//! query over a long range opens few blocks.
 //!
 //! Every step is safe to cut short: a half-uploaded block has no
 //! `meta.json` and is never read; sources are marked only once the new
@@ -40,8 +46,9 @@ pub struct CompactorConfig {
     /// How long after a window ends its blocks are compacted, so every
     /// replica has uploaded its copy.
     pub first_level_wait: Duration,
-    /// The width of the windows blocks are compacted by.
-    pub block_range: Duration,
+    /// The widths of the windows blocks are compacted by, shortest first,
+    /// each a multiple of the one before.
+    pub block_ranges: Vec<Duration>,
     /// How long a marked block stays before it is deleted.
     pub deletion_delay: Duration,
 }
@@ -78,6 +85,8 @@ pub struct RoundReport {
     pub compactions: usize,
     /// Blocks replaced (marked for deletion).
     pub blocks_compacted: usize,
+    /// Blocks marked for deletion past their tenant's retention.
+    pub blocks_expired: usize,
     /// Marked blocks deleted.
     pub blocks_deleted: usize,
 }
@@ -88,6 +97,7 @@ struct CompactorMetrics {
     failures: Counter,
     compactions: Counter,
     blocks_compacted: Counter,
+    blocks_expired: Counter,
     blocks_deleted: Counter,
 }
 
@@ -112,6 +122,11 @@ impl CompactorMetrics {
                 &metrics.blocks_compacted,
             ),
             (
+                "flamedb_compactor_blocks_expired",
+                "Blocks marked for deletion past their tenant's retention period",
+                &metrics.blocks_expired,
+            ),
+            (
                 "flamedb_compactor_blocks_deleted",
                 "Marked blocks deleted after the deletion delay",
                 &metrics.blocks_deleted,
@@ -124,18 +139,34 @@ impl CompactorMetrics {
     }
 }
 
+/// How long a tenant's blocks are kept (`0`: forever).
+pub type TenantRetention = Arc<dyn Fn(&str) -> Duration + Send + Sync>;
+
 /// Compacts the blocks of a bucket.
-#[derive(Debug)]
 pub struct Compactor {
     bucket: Bucket,
     config: CompactorConfig,
+    retention: TenantRetention,
     metrics: CompactorMetrics,
+}
+
+impl std::fmt::Debug for Compactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compactor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Compactor {
     /// A compactor of `bucket`; empties its data directory (what a round
     /// cut short left there).
-    pub fn new(bucket: Bucket, config: CompactorConfig, registry: &mut Registry) -> Result<Self, CompactorError> {
+    pub fn new(
+        bucket: Bucket,
+        config: CompactorConfig,
+        retention: TenantRetention,
+        registry: &mut Registry,
+    ) -> Result<Self, CompactorError> {
         let local = |source| CompactorError::Local {
             path: config.data_dir.display().to_string(),
             source,
@@ -149,6 +180,7 @@ impl Compactor {
         Ok(Self {
             bucket,
             config,
+            retention,
             metrics: CompactorMetrics::register(registry),
         })
     }
@@ -168,6 +200,7 @@ impl Compactor {
                         Ok(report) if report != RoundReport::default() => info!(
                             compactions = report.compactions,
                             blocks_compacted = report.blocks_compacted,
+                            blocks_expired = report.blocks_expired,
                             blocks_deleted = report.blocks_deleted,
                             "compaction round done"
                         ),
@@ -204,10 +237,24 @@ impl Compactor {
                 tenant: tenant.clone(),
                 source: Box::new(source),
             };
-            let metas = self.bucket.list_blocks(&tenant).await.map_err(bucket_error)?;
-            let range_ms = millis(self.config.block_range);
+            let mut metas = self.bucket.list_blocks(&tenant).await.map_err(bucket_error)?;
+            let retention_ms = millis((self.retention)(&tenant));
+            if retention_ms > 0 {
+                let oldest_kept_ms = now_ms.saturating_sub(retention_ms);
+                for meta in metas.iter().filter(|meta| meta.max_time < oldest_kept_ms) {
+                    self.bucket
+                        .mark_for_deletion(&tenant, meta.id)
+                        .await
+                        .map_err(bucket_error)?;
+                    info!(tenant, block = %meta.id, max_time = meta.max_time, "block past the retention period marked for deletion");
+                    self.metrics.blocks_expired.inc();
+                    report.blocks_expired += 1;
+                }
+                metas.retain(|meta| meta.max_time >= oldest_kept_ms);
+            }
+            let ranges: Vec<i64> = self.config.block_ranges.iter().copied().map(millis).collect();
             let wait_ms = millis(self.config.first_level_wait);
-            for group in plan(&metas, range_ms, now_ms, wait_ms) {
+            for group in plan(&metas, &ranges, now_ms, wait_ms) {
                 self.compact_group(&tenant, &group).await?;
                 report.compactions += 1;
                 report.blocks_compacted += group.len();
@@ -290,20 +337,29 @@ impl Compactor {
     }
 }
 
-/// The groups of blocks to compact: per window of `range_ms` (aligned to
-/// the epoch) that ended at least `wait_ms` before `now_ms`, the blocks
-/// wholly inside it, when there are two or more.
-pub fn plan(metas: &[BlockMeta], range_ms: i64, now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
-    let range_ms = range_ms.max(1);
-    let mut windows: std::collections::BTreeMap<i64, Vec<Ulid>> = std::collections::BTreeMap::new();
-    for meta in metas {
-        let start = meta.min_time.div_euclid(range_ms) * range_ms;
-        let end = start.saturating_add(range_ms);
-        if meta.max_time < end && end.saturating_add(wait_ms) <= now_ms {
-            windows.entry(start).or_default().push(meta.id);
+/// The groups of blocks to compact this round: for each of `ranges_ms`
+/// (shortest first) and each window of it (aligned to the epoch) that
+/// ended at least `wait_ms` before `now_ms`, the blocks wholly inside it
+/// not grouped at a shorter range already, when there are two or more.
+pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
+    let mut groups = Vec::new();
+    let mut grouped: std::collections::HashSet<Ulid> = std::collections::HashSet::new();
+    for &range_ms in ranges_ms {
+        let range_ms = range_ms.max(1);
+        let mut windows: std::collections::BTreeMap<i64, Vec<Ulid>> = std::collections::BTreeMap::new();
+        for meta in metas.iter().filter(|meta| !grouped.contains(&meta.id)) {
+            let start = meta.min_time.div_euclid(range_ms) * range_ms;
+            let end = start.saturating_add(range_ms);
+            if meta.max_time < end && end.saturating_add(wait_ms) <= now_ms {
+                windows.entry(start).or_default().push(meta.id);
+            }
+        }
+        for group in windows.into_values().filter(|group| group.len() > 1) {
+            grouped.extend(group.iter().copied());
+            groups.push(group);
         }
     }
-    windows.into_values().filter(|group| group.len() > 1).collect()
+    groups
 }
 
 fn millis(duration: Duration) -> i64 {

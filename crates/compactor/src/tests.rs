@@ -79,12 +79,16 @@ async fn read_back(bucket: &Bucket) -> (usize, usize, i64) {
     (metas.len(), ids.len(), tree.total())
 }
 
+fn keep_forever() -> TenantRetention {
+    Arc::new(|_| Duration::ZERO)
+}
+
 fn config(dir: &Path) -> CompactorConfig {
     CompactorConfig {
         data_dir: dir.join("compactor"),
         interval: Duration::from_secs(3600),
         first_level_wait: Duration::from_secs(25 * 60),
-        block_range: Duration::from_secs(3600),
+        block_ranges: vec![Duration::from_secs(3600), Duration::from_secs(2 * 3600)],
         deletion_delay: Duration::from_secs(12 * 3600),
     }
 }
@@ -111,7 +115,13 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     upload(&bucket, &local, &[(4, HOUR + 1_000, 13)]).await;
     assert_eq!(read_back(&bucket).await, (4, 4, 5 + 7 + 11 + 13));
 
-    let compactor = Compactor::new(bucket.clone(), config(dir.path()), &mut Registry::default()).unwrap();
+    let compactor = Compactor::new(
+        bucket.clone(),
+        config(dir.path()),
+        keep_forever(),
+        &mut Registry::default(),
+    )
+    .unwrap();
     // The first window has not waited long enough yet.
     let too_early = HOUR + 24 * 60 * 1000;
     assert_eq!(compactor.run_once(too_early).await.unwrap(), RoundReport::default());
@@ -123,6 +133,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
         RoundReport {
             compactions: 1,
             blocks_compacted: 3,
+            blocks_expired: 0,
             blocks_deleted: 0
         }
     );
@@ -149,11 +160,48 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
         .map(|(id, _)| id)
         .collect();
     assert_eq!(marked.len(), 3);
+
+    // The next round merges the two hours (the 2h range).
+    let report = compactor.run_once(now).await.unwrap();
+    assert_eq!((report.compactions, report.blocks_compacted), (1, 2));
+    let metas = bucket.list_blocks("t").await.unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!((metas[0].compaction.level, metas[0].compaction.sources.len()), (3, 4));
+    assert_eq!(read_back(&bucket).await, (1, 4, 5 + 7 + 11 + 13));
     assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+
     let later = now_ms() + 12 * HOUR;
-    assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 3);
+    assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 5);
     assert!(bucket.marked_for_deletion("t").await.unwrap().is_empty());
-    assert_eq!(read_back(&bucket).await, (2, 4, 5 + 7 + 11 + 13));
+    assert_eq!(read_back(&bucket).await, (1, 4, 5 + 7 + 11 + 13));
+}
+
+#[tokio::test]
+async fn test_blocks_past_the_tenant_retention_are_marked_for_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Bucket::new(&BucketConfig::Filesystem {
+        dir: dir.path().join("bucket"),
+    })
+    .unwrap();
+    let local = dir.path().join("blocks");
+    let old = upload(&bucket, &local, &[(1, 1_000, 5)]).await;
+    upload(&bucket, &local, &[(2, 30 * HOUR, 7)]).await;
+    // Tenant t keeps a day.
+    let retention: TenantRetention = Arc::new(|tenant| Duration::from_secs(if tenant == "t" { 24 * 3600 } else { 0 }));
+    let compactor = Compactor::new(bucket.clone(), config(dir.path()), retention, &mut Registry::default()).unwrap();
+    let report = compactor.run_once(25 * HOUR).await.unwrap();
+    assert_eq!(report.blocks_expired, 1);
+    assert_eq!(
+        bucket
+            .marked_for_deletion("t")
+            .await
+            .unwrap()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        [old]
+    );
+    assert_eq!(read_back(&bucket).await, (1, 1, 7));
 }
 
 #[tokio::test]
@@ -185,7 +233,13 @@ async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts
         .unwrap();
     assert_eq!(read_back(&bucket).await, (3, 2, 12));
 
-    let compactor = Compactor::new(bucket.clone(), config(dir.path()), &mut Registry::default()).unwrap();
+    let compactor = Compactor::new(
+        bucket.clone(),
+        config(dir.path()),
+        keep_forever(),
+        &mut Registry::default(),
+    )
+    .unwrap();
     let report = compactor.run_once(2 * HOUR).await.unwrap();
     assert_eq!((report.compactions, report.blocks_compacted), (1, 3));
     let metas = bucket.list_blocks("t").await.unwrap();
@@ -214,14 +268,21 @@ fn test_plan_groups_whole_windows_that_waited() {
         meta(3 * HOUR, 3 * HOUR + 1),
     ];
     let wait = 25 * 60 * 1000;
-    let groups = plan(&blocks, HOUR, 2 * HOUR + wait, wait);
+    let groups = plan(&blocks, &[HOUR], 2 * HOUR + wait, wait);
     assert_eq!(
         groups,
         [vec![blocks[0].id, blocks[1].id], vec![blocks[3].id, blocks[4].id]]
     );
     // The second hour has not waited long enough.
-    let groups = plan(&blocks, HOUR, 2 * HOUR + wait - 1, wait);
+    let groups = plan(&blocks, &[HOUR], 2 * HOUR + wait - 1, wait);
     assert_eq!(groups, [vec![blocks[0].id, blocks[1].id]]);
+    // With a 2h range too: what the 1h windows group is not grouped again.
+    let groups = plan(&blocks, &[HOUR, 2 * HOUR], 2 * HOUR + wait, wait);
+    assert_eq!(groups.len(), 2);
+    // Blocks alone in their hours (or across one) meet in their 2h window.
+    let lone = [meta(0, 10), meta(HOUR + 1, HOUR + 2), meta(10, HOUR + 5)];
+    let groups = plan(&lone, &[HOUR, 2 * HOUR], 2 * HOUR + wait, wait);
+    assert_eq!(groups, [vec![lone[0].id, lone[1].id, lone[2].id]]);
 }
 
 /// A meta with nothing set but what `plan` reads.

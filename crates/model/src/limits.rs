@@ -72,6 +72,10 @@ pub struct Limits {
     /// tree, the merged one and the answer made from it together; on an
     /// ingester the tree of each merge request (`0`: no limit).
     pub max_query_memory_bytes: usize,
+    /// How long the tenant's blocks are kept in object storage; older ones
+    /// are deleted by the compactor (`0s`: forever).
+    #[serde(with = "humantime_serde")]
+    pub compactor_blocks_retention_period: Duration,
 }
 
 /// The flag of [`Limits::max_query_memory_bytes`], for its errors.
@@ -101,6 +105,7 @@ impl Default for Limits {
             max_flamegraph_nodes_default: 8192,
             max_flamegraph_nodes_max: 1_048_576,
             max_query_memory_bytes: 512 << 20,
+            compactor_blocks_retention_period: Duration::ZERO,
         }
     }
 }
@@ -131,6 +136,7 @@ impl Limits {
             max_flamegraph_nodes_default: 0,
             max_flamegraph_nodes_max: 0,
             max_query_memory_bytes: 0,
+            compactor_blocks_retention_period: Duration::ZERO,
         }
     }
 }

@@ -177,6 +177,18 @@ pub const FLAGS: &[Flag] = &[
         "How long after a block window ends its blocks are compacted, so every replica has uploaded its copy.",
     ),
     flag(
+        "compactor.block-ranges",
+        "compactor.block_ranges",
+        FlagKind::List,
+        "Widths of the windows blocks are compacted by, shortest first, each a multiple of the one before.",
+    ),
+    flag(
+        "compactor.blocks-retention-period",
+        "limits.compactor_blocks_retention_period",
+        FlagKind::Duration,
+        "How long a tenant's blocks are kept in object storage (0s: forever).",
+    ),
+    flag(
         "compactor.deletion-delay",
         "compactor.deletion_delay",
         FlagKind::Duration,

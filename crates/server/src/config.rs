@@ -56,6 +56,8 @@ pub struct CompactorSettings {
     /// How long a compacted (marked) block stays before it is deleted.
     #[serde(with = "humantime_serde")]
     pub deletion_delay: Duration,
+    /// The widths of the windows blocks are compacted by, shortest first.
+    pub block_ranges: Vec<humantime_serde::Serde<Duration>>,
 }
 
 impl Default for CompactorSettings {
@@ -65,6 +67,7 @@ impl Default for CompactorSettings {
             compaction_interval: Duration::from_secs(30 * 60),
             first_level_compaction_wait_period: Duration::from_secs(25 * 60),
             deletion_delay: Duration::from_secs(12 * 3600),
+            block_ranges: [1, 2, 8].map(|hours| Duration::from_secs(hours * 3600).into()).to_vec(),
         }
     }
 }
@@ -431,6 +434,22 @@ impl Config {
             }
         }
         check_limits(&self.limits, "limits")?;
+        let ranges = &self.compactor.block_ranges;
+        if ranges.is_empty() || ranges.iter().any(|range| range.is_zero()) {
+            return Err(invalid(
+                "compactor.block_ranges",
+                "needs at least one range, each longer than 0s".to_owned(),
+            ));
+        }
+        for pair in ranges.windows(2) {
+            let (shorter, longer) = (pair[0].as_millis(), pair[1].as_millis());
+            if longer <= shorter || longer % shorter != 0 {
+                return Err(invalid(
+                    "compactor.block_ranges",
+                    "each range must be a multiple of the one before it, and longer".to_owned(),
+                ));
+            }
+        }
         if lifecycler.ring.replication_factor == Some(0) {
             return Err(invalid(
                 "ingester.lifecycler.ring.replication_factor",
@@ -533,6 +552,17 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(serde_norway::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn test_compactor_block_ranges_must_grow_by_multiples() {
+        for bad in ["[1h, 90m]", "[1h, 1h]", "[]", "[0s]"] {
+            let err = parse(&format!("compactor:\n  block_ranges: {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("compactor.block_ranges"), "{bad}: {err}");
+        }
+        let config = parse("compactor:\n  block_ranges: [30m, 1h, 4h]\n").unwrap();
+        let ranges: Vec<Duration> = config.compactor.block_ranges.iter().map(|range| **range).collect();
+        assert_eq!(ranges, [1800, 3600, 14_400].map(Duration::from_secs));
     }
 
     #[test]

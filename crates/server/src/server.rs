@@ -172,10 +172,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 data_dir: PathBuf::from(&settings.data_dir),
                 interval: settings.compaction_interval,
                 first_level_wait: settings.first_level_compaction_wait_period,
-                // Ingesters write a block per window of this width: the
-                // replicas' blocks of one window are compacted together.
-                block_range: config.pyroscopedb.max_block_duration,
+                block_ranges: settings.block_ranges.iter().map(|range| **range).collect(),
                 deletion_delay: settings.deletion_delay,
+            },
+            {
+                let limits = overrides.tenant_limits();
+                Arc::new(move |tenant: &str| limits(tenant).compactor_blocks_retention_period)
             },
             &mut registry,
         )
