@@ -280,6 +280,65 @@ fn test_rf3_sigkill_of_every_ingester_at_once_loses_nothing_acknowledged() {
     assert_clean(&checker, &per_kill);
 }
 
+/// A compactor SIGKILLed again and again while it compacts the blocks of
+/// an RF=3 cluster under load (5 s windows, flushed and uploaded every
+/// round, read back from the bucket alone after a second): every
+/// acknowledged profile is read back once, whatever step a kill cut short.
+#[test]
+fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
+    let dir = shared_dir();
+    let extra = [
+        format!("-storage.filesystem.dir={}", path_in(dir.path(), "bucket")),
+        "-querier.query-store-after=1s".to_owned(),
+        "-pyroscopedb.max-block-duration=5s".to_owned(),
+    ];
+    let (front, members) = cluster(dir.path(), "faults-compactor", &extra);
+    let mut compactor_flags = cluster_flags(&format!("faults-compactor-{}", std::process::id()));
+    compactor_flags.extend(extra.iter().cloned());
+    compactor_flags.extend([
+        "-target=compactor".to_owned(),
+        format!("-compactor.data-dir={}", path_in(dir.path(), "compactor")),
+        "-compactor.compaction-interval=200ms".to_owned(),
+        "-compactor.first-level-compaction-wait-period=0s".to_owned(),
+        "-compactor.block-ranges=5s,10s,20s".to_owned(),
+        "-compactor.deletion-delay=2s".to_owned(),
+    ]);
+    let start_compactor = || start_ready(BINARY, "compactor", &compactor_flags, &[]);
+    let mut compactor = start_compactor();
+    let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
+    let flush_all = || {
+        for node in &ingesters {
+            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        }
+    };
+    let kills = if long() { 10 } else { 4 };
+    let mut times = KillTimes::new("compactor");
+    let mut checker = checker(&front.http, "compactor");
+    let mut compactions = 0.0;
+    for _ in 0..kills {
+        let at = times.next(Duration::from_millis(500), Duration::from_millis(2500));
+        checker = while_writing(checker, Duration::from_millis(3000), || {
+            flush_all();
+            thread::sleep(at);
+            compactions += compactor.metric("flamedb_compactor_compactions_total").unwrap_or(0.0);
+            compactor.kill();
+        });
+        compactor = start_compactor();
+    }
+    flush_all();
+    // The last compactor runs on: wait until it compacted, then read.
+    flamedb_testkit::wait_until(Duration::from_secs(60), "a compaction after the last kill", || {
+        (compactor.metric("flamedb_compactor_compactions_total").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    compactions += compactor.metric("flamedb_compactor_compactions_total").unwrap_or(0.0);
+    let report = checker.check().unwrap();
+    println!("{} kills={kills} compactions={compactions}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.unacknowledged, 0, "{}", report.summary());
+    assert!(report.acknowledged >= kills * MIN_ACKNOWLEDGED_PER_KILL, "{}", report.summary());
+}
+
 #[test]
 fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
     let dir = shared_dir();
