@@ -336,7 +336,11 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
     println!("{} kills={kills} compactions={compactions}", report.summary());
     assert!(report.is_clean(), "{}", report.summary());
     assert_eq!(report.unacknowledged, 0, "{}", report.summary());
-    assert!(report.acknowledged >= kills * MIN_ACKNOWLEDGED_PER_KILL, "{}", report.summary());
+    assert!(
+        report.acknowledged >= kills * MIN_ACKNOWLEDGED_PER_KILL,
+        "{}",
+        report.summary()
+    );
 }
 
 #[test]
