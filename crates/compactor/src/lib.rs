@@ -17,6 +17,12 @@
 //! write one block per window each); the longer ones merge windows, so a
 //! query over a long range opens few blocks.
 //!
+//! A compaction holds its inputs in memory; what they take is estimated
+//! from their metas before anything is downloaded ([`memory_estimate`]),
+//! and a group is cut to the blocks (oldest first) that fit
+//! `max_memory_bytes`. A group of which not even two blocks fit is left as
+//! it is, counted and logged: queries still count each profile once.
+//!
 //! Every step is safe to cut short: a half-uploaded block has no
 //! `meta.json` and is never read; sources are marked only once the new
 //! block is complete, and while both are listed queries count each profile
@@ -51,6 +57,9 @@ pub struct CompactorConfig {
     pub block_ranges: Vec<Duration>,
     /// How long a marked block stays before it is deleted.
     pub deletion_delay: Duration,
+    /// Most memory one compaction may take, as [`memory_estimate`] counts
+    /// it (`0`: no limit).
+    pub max_memory_bytes: u64,
 }
 
 /// Why a round failed.
@@ -87,6 +96,9 @@ pub struct RoundReport {
     pub blocks_compacted: usize,
     /// Blocks marked for deletion past their tenant's retention.
     pub blocks_expired: usize,
+    /// Groups left as they are: not even two of their blocks fit
+    /// `max_memory_bytes`.
+    pub groups_over_memory: usize,
     /// Marked blocks deleted.
     pub blocks_deleted: usize,
 }
@@ -99,6 +111,7 @@ struct CompactorMetrics {
     blocks_compacted: Counter,
     blocks_expired: Counter,
     blocks_deleted: Counter,
+    groups_over_memory: Counter,
 }
 
 impl CompactorMetrics {
@@ -130,6 +143,11 @@ impl CompactorMetrics {
                 "flamedb_compactor_blocks_deleted",
                 "Marked blocks deleted after the deletion delay",
                 &metrics.blocks_deleted,
+            ),
+            (
+                "flamedb_compactor_groups_over_memory",
+                "Groups of blocks left uncompacted: not even two of them fit -compactor.max-memory-bytes",
+                &metrics.groups_over_memory,
             ),
         ];
         for (name, help, counter) in counters {
@@ -255,6 +273,17 @@ impl Compactor {
             let ranges: Vec<i64> = self.config.block_ranges.iter().copied().map(millis).collect();
             let wait_ms = millis(self.config.first_level_wait);
             for group in plan(&metas, &ranges, now_ms, wait_ms) {
+                let Some(group) = within_memory(&metas, &group, self.config.max_memory_bytes) else {
+                    error!(
+                        tenant,
+                        blocks = group.len(),
+                        max_memory_bytes = self.config.max_memory_bytes,
+                        "not even two blocks of a window fit -compactor.max-memory-bytes; they stay uncompacted"
+                    );
+                    self.metrics.groups_over_memory.inc();
+                    report.groups_over_memory += 1;
+                    continue;
+                };
                 self.compact_group(&tenant, &group).await?;
                 report.compactions += 1;
                 report.blocks_compacted += group.len();
@@ -360,6 +389,52 @@ pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -
         }
     }
     groups
+}
+
+/// What compacting a block takes in memory at most, from its meta: each
+/// row as the compaction holds it (and its entry in the set of profiles
+/// seen), each sample's stack, value and span ID in the input view and in
+/// the output, the series and symbol files unpacked (zstd, then tables
+/// with their indexes) and written again.
+pub fn memory_estimate(meta: &BlockMeta) -> u64 {
+    /// A row, its dedup entry and its boxed slices' headers.
+    const ROW_BYTES: u64 = 160;
+    /// Stack id, value and span ID, twice.
+    const SAMPLE_BYTES: u64 = 2 * (4 + 8 + 8);
+    /// zstd packs these files about 4×; tables and indexes take as much
+    /// again, in the input and the output.
+    const UNPACKED_PER_PACKED_BYTE: u64 = 16;
+    let packed: u64 = meta
+        .files
+        .iter()
+        .filter(|file| file.rel_path != flamedb_storage::block::PROFILES_FILE)
+        .map(|file| file.size_bytes)
+        .sum();
+    meta.stats
+        .num_profiles
+        .saturating_mul(ROW_BYTES)
+        .saturating_add(meta.stats.num_samples.saturating_mul(SAMPLE_BYTES))
+        .saturating_add(packed.saturating_mul(UNPACKED_PER_PACKED_BYTE))
+}
+
+/// The blocks of `group` (oldest first) that fit `max_memory_bytes`
+/// together (`0`: all), or `None` when fewer than two do.
+pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64) -> Option<Vec<Ulid>> {
+    let mut blocks: Vec<&BlockMeta> = group
+        .iter()
+        .filter_map(|id| metas.iter().find(|meta| meta.id == *id))
+        .collect();
+    blocks.sort_by_key(|meta| (meta.min_time, meta.id));
+    let mut used = 0u64;
+    let fitting: Vec<Ulid> = blocks
+        .into_iter()
+        .take_while(|meta| {
+            used = used.saturating_add(memory_estimate(meta));
+            max_memory_bytes == 0 || used <= max_memory_bytes
+        })
+        .map(|meta| meta.id)
+        .collect();
+    (fitting.len() >= 2).then_some(fitting)
 }
 
 fn millis(duration: Duration) -> i64 {

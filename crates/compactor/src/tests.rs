@@ -90,6 +90,7 @@ fn config(dir: &Path) -> CompactorConfig {
         first_level_wait: Duration::from_secs(25 * 60),
         block_ranges: vec![Duration::from_secs(3600), Duration::from_secs(2 * 3600)],
         deletion_delay: Duration::from_secs(12 * 3600),
+        max_memory_bytes: 0,
     }
 }
 
@@ -134,7 +135,8 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
             compactions: 1,
             blocks_compacted: 3,
             blocks_expired: 0,
-            blocks_deleted: 0
+            blocks_deleted: 0,
+            groups_over_memory: 0
         }
     );
     // The second hour's block is alone in its window: left as it is.
@@ -283,6 +285,31 @@ fn test_plan_groups_whole_windows_that_waited() {
     let lone = [meta(0, 10), meta(HOUR + 1, HOUR + 2), meta(10, HOUR + 5)];
     let groups = plan(&lone, &[HOUR, 2 * HOUR], 2 * HOUR + wait, wait);
     assert_eq!(groups, [vec![lone[0].id, lone[1].id, lone[2].id]]);
+}
+
+#[test]
+fn test_a_group_is_cut_to_the_oldest_blocks_that_fit_the_memory_limit() {
+    let meta = |min_time: i64, profiles: u64| BlockMeta {
+        id: Ulid::generate(),
+        min_time,
+        max_time: min_time + 1,
+        stats: flamedb_storage::block::BlockStats {
+            num_series: 1,
+            num_profiles: profiles,
+            num_samples: profiles * 10,
+        },
+        ..meta_with_nothing_set()
+    };
+    let blocks = [meta(30, 1_000), meta(10, 1_000), meta(20, 1_000)];
+    let group: Vec<Ulid> = blocks.iter().map(|meta| meta.id).collect();
+    let each = memory_estimate(&blocks[0]);
+    assert_eq!(each, 1_000 * 160 + 10_000 * 40);
+    assert_eq!(within_memory(&blocks, &group, 0).unwrap().len(), 3);
+    assert_eq!(
+        within_memory(&blocks, &group, 2 * each + 1).unwrap(),
+        [blocks[1].id, blocks[2].id]
+    );
+    assert_eq!(within_memory(&blocks, &group, 2 * each - 1), None);
 }
 
 /// A meta with nothing set but what `plan` reads.

@@ -183,6 +183,12 @@ pub const FLAGS: &[Flag] = &[
         "Widths of the windows blocks are compacted by, shortest first, each a multiple of the one before.",
     ),
     flag(
+        "compactor.max-memory-bytes",
+        "compactor.max_memory_bytes",
+        FlagKind::Int,
+        "Most memory one compaction may take, estimated from its blocks before they are read (0: no limit).",
+    ),
+    flag(
         "compactor.blocks-retention-period",
         "limits.compactor_blocks_retention_period",
         FlagKind::Duration,

@@ -58,6 +58,9 @@ pub struct CompactorSettings {
     pub deletion_delay: Duration,
     /// The widths of the windows blocks are compacted by, shortest first.
     pub block_ranges: Vec<humantime_serde::Serde<Duration>>,
+    /// Most memory one compaction may take, as estimated from the blocks'
+    /// metas (`0`: no limit).
+    pub max_memory_bytes: u64,
 }
 
 impl Default for CompactorSettings {
@@ -68,6 +71,7 @@ impl Default for CompactorSettings {
             first_level_compaction_wait_period: Duration::from_secs(25 * 60),
             deletion_delay: Duration::from_secs(12 * 3600),
             block_ranges: [1, 2, 8].map(|hours| Duration::from_secs(hours * 3600).into()).to_vec(),
+            max_memory_bytes: 1 << 30,
         }
     }
 }

@@ -174,6 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 first_level_wait: settings.first_level_compaction_wait_period,
                 block_ranges: settings.block_ranges.iter().map(|range| **range).collect(),
                 deletion_delay: settings.deletion_delay,
+                max_memory_bytes: settings.max_memory_bytes,
             },
             {
                 let limits = overrides.tenant_limits();
