@@ -392,29 +392,41 @@ pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -
 }
 
 /// What compacting a block takes in memory at most, from its meta: each
-/// row as the compaction holds it (and its entry in the set of profiles
-/// seen), each sample's stack, value and span ID in the input view and in
-/// the output, the series and symbol files unpacked (zstd, then tables
-/// with their indexes) and written again.
+/// row as the compaction holds it (with its entry in the set of profiles
+/// seen, and the table reader's and writer's share), each sample's stack,
+/// value and span ID in the input view and in the output, and the series
+/// and symbol files unpacked, read into tables with their indexes and
+/// written again. `tests/memory.rs` measures it against real compactions.
 pub fn memory_estimate(meta: &BlockMeta) -> u64 {
-    /// A row, its dedup entry and its boxed slices' headers.
-    const ROW_BYTES: u64 = 160;
+    /// A row, its dedup entry, its boxed slices' headers, its share of
+    /// the table's buffers.
+    const ROW_BYTES: u64 = 384;
     /// Stack id, value and span ID, twice.
     const SAMPLE_BYTES: u64 = 2 * (4 + 8 + 8);
-    /// zstd packs these files about 4×; tables and indexes take as much
-    /// again, in the input and the output.
-    const UNPACKED_PER_PACKED_BYTE: u64 = 16;
-    let packed: u64 = meta
+    /// Per unpacked byte of the series and symbol files: the bytes, the
+    /// tables and indexes made of them, the output's tables and bytes.
+    const PER_UNPACKED_BYTE: u64 = 4;
+    /// Per block: its table reader's state and its share of the writer's
+    /// buffers, whatever the rows.
+    const BLOCK_BYTES: u64 = 256 << 10;
+    /// Blocks written before unpacked sizes were recorded: zstd packs
+    /// these files 4× to 16×, count the worst.
+    const PER_PACKED_BYTE_UNRECORDED: u64 = 16 * PER_UNPACKED_BYTE;
+    let files: u64 = meta
         .files
         .iter()
         .filter(|file| file.rel_path != flamedb_storage::block::PROFILES_FILE)
-        .map(|file| file.size_bytes)
-        .sum();
+        .map(|file| match file.uncompressed_bytes {
+            0 => file.size_bytes.saturating_mul(PER_PACKED_BYTE_UNRECORDED),
+            unpacked => unpacked.saturating_mul(PER_UNPACKED_BYTE),
+        })
+        .fold(0, u64::saturating_add);
     meta.stats
         .num_profiles
         .saturating_mul(ROW_BYTES)
         .saturating_add(meta.stats.num_samples.saturating_mul(SAMPLE_BYTES))
-        .saturating_add(packed.saturating_mul(UNPACKED_PER_PACKED_BYTE))
+        .saturating_add(files)
+        .saturating_add(BLOCK_BYTES)
 }
 
 /// The blocks of `group` (oldest first) that fit `max_memory_bytes`

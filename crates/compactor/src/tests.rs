@@ -303,7 +303,7 @@ fn test_a_group_is_cut_to_the_oldest_blocks_that_fit_the_memory_limit() {
     let blocks = [meta(30, 1_000), meta(10, 1_000), meta(20, 1_000)];
     let group: Vec<Ulid> = blocks.iter().map(|meta| meta.id).collect();
     let each = memory_estimate(&blocks[0]);
-    assert_eq!(each, 1_000 * 160 + 10_000 * 40);
+    assert_eq!(each, 1_000 * 384 + 10_000 * 40 + (256 << 10));
     assert_eq!(within_memory(&blocks, &group, 0).unwrap().len(), 3);
     assert_eq!(
         within_memory(&blocks, &group, 2 * each + 1).unwrap(),

@@ -40,6 +40,14 @@ pub struct BlockFile {
     pub size_bytes: u64,
     /// CRC-32 (IEEE) of the whole file.
     pub crc32: u32,
+    /// What a zstd-packed file (series, symbols) unpacks to; 0 for the
+    /// profiles table and in blocks written before it was recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uncompressed_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

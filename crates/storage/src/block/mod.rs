@@ -177,6 +177,7 @@ pub(crate) fn write(
         rel_path: profiles::FILE.to_owned(),
         size_bytes: table.len,
         crc32: table.hasher.finalize(),
+        uncompressed_bytes: 0,
     });
 
     // Per block series: rows, and the summary of its profiles.
@@ -278,6 +279,7 @@ fn write_compressed(dir: &Path, name: &str, bytes: &[u8]) -> Result<BlockFile, B
         rel_path: name.to_owned(),
         size_bytes: compressed.len() as u64,
         crc32: crc32fast::hash(&compressed),
+        uncompressed_bytes: bytes.len() as u64,
     })
 }
 

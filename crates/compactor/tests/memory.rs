@@ -1,0 +1,196 @@
+//! The compactor's memory estimate is an upper bound of what a compaction
+//! allocates: measured with a counting allocator (peak bytes live on the
+//! compacting thread, opening the inputs included) on blocks of several
+//! shapes: many rows, many samples, many long names, replicas.
+
+#![allow(clippy::unwrap_used)]
+// The counting allocator below is the only unsafe code: it forwards every
+// call unchanged to `System` (so `System`'s guarantees hold) and only adds
+// to thread-local counters that never allocate.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::Path;
+
+use flamedb_compactor::memory_estimate;
+use flamedb_model::pprof::StackProfileBuilder;
+use flamedb_model::{Labels, ProfileId};
+use flamedb_storage::{Block, BlockContents, BlockMeta, ProfileRow, SeriesIndex, Symbols, Ulid, compact, write_block};
+
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn add(bytes: isize) {
+    let _ = LIVE.try_with(|live| {
+        live.set(live.get() + bytes);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+    });
+}
+
+// SAFETY: every method calls `System` with the caller's arguments and
+// returns its result unchanged; the counters are const-initialized
+// thread-locals of `Cell<isize>` (no destructor, no allocation).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        add(layout.size() as isize);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        add(-(layout.size() as isize));
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        add(layout.size() as isize);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Both blocks may exist at once while the contents move.
+        add(new_size as isize);
+        add(-(layout.size() as isize));
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The peak bytes `work` held live on this thread.
+fn peak_of(work: impl FnOnce()) -> usize {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|peak| peak.set(base));
+    work();
+    (PEAK.with(Cell::get) - base).max(0) as usize
+}
+
+/// A block of `profiles` profiles over `services` series, each with
+/// `samples` samples on stacks `depth` frames deep whose names are
+/// `name_bytes` long (`distinct` names in all); profile IDs from `first_id`.
+struct Shape {
+    profiles: usize,
+    services: usize,
+    samples: usize,
+    depth: usize,
+    name_bytes: usize,
+    distinct: usize,
+}
+
+fn block(parent: &Path, shape: &Shape, first_id: u64) -> BlockMeta {
+    let names: Vec<String> = (0..shape.distinct)
+        .map(|n| format!("{n:0width$}", width = shape.name_bytes))
+        .collect();
+    let mut series = SeriesIndex::new();
+    let mut symbols = Symbols::new();
+    let mut rows = Vec::new();
+    for profile in 0..shape.profiles {
+        let service = format!("svc-{}", profile % shape.services);
+        let labels = Labels::from_pairs([
+            ("__name__", "process_cpu".to_owned()),
+            ("__profile_type__", "process_cpu:cpu:nanoseconds::".to_owned()),
+            ("service_name", service),
+        ]);
+        let mut builder = StackProfileBuilder::new("cpu", "nanoseconds");
+        for sample in 0..shape.samples {
+            let frames: Vec<&str> = (0..shape.depth)
+                .map(|level| names[(profile * 31 + sample * 7 + level * 13) % names.len()].as_str())
+                .collect();
+            builder.add(frames, (sample + 1) as i64);
+        }
+        let built = builder.build();
+        let stacks = symbols.add_profile(&built);
+        let values: Vec<i64> = built.sample.iter().map(|sample| sample.value[0]).collect();
+        let time_ms = 1_000 + profile as i64;
+        let id = first_id + profile as u64;
+        rows.push(ProfileRow {
+            id: ProfileId(u128::from(id).to_be_bytes()),
+            series: series.get_or_insert(&labels, labels.fingerprint(), time_ms),
+            time_nanos: time_ms * 1_000_000,
+            total: values.iter().sum(),
+            stacks: stacks.into(),
+            values: values.into(),
+            span_ids: None,
+        });
+    }
+    let contents = BlockContents {
+        series: &series,
+        symbols: &symbols,
+        rows: &rows,
+    };
+    write_block(parent, Ulid::generate(), contents, &[]).unwrap()
+}
+
+/// Compacts `copies` blocks of `shape` (the same profiles: replicas) and
+/// checks the peak against the estimate.
+fn check(shape: &Shape, copies: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let metas: Vec<BlockMeta> = (0..copies).map(|_| block(dir.path(), shape, 1)).collect();
+    let estimate: u64 = metas.iter().map(memory_estimate).sum();
+    let out = dir.path().join("out");
+    let peak = peak_of(|| {
+        let blocks: Vec<Block> = metas
+            .iter()
+            .map(|meta| Block::open(&dir.path().join(meta.id.to_string())).unwrap())
+            .collect();
+        compact(&blocks, &out, Ulid::generate()).unwrap();
+    });
+    println!(
+        "{} profiles x {} samples, {} names of {} bytes, {copies} copies: peak {peak} bytes, estimate {estimate} ({:.2})",
+        shape.profiles,
+        shape.samples,
+        shape.distinct,
+        shape.name_bytes,
+        peak as f64 / estimate as f64
+    );
+    assert!(peak as u64 <= estimate, "peak {peak} bytes, estimate {estimate}");
+}
+
+#[test]
+fn test_the_estimate_bounds_what_compactions_of_every_shape_allocate() {
+    // Replicas of profiles with many samples on deep stacks.
+    check(
+        &Shape {
+            profiles: 200,
+            services: 10,
+            samples: 50,
+            depth: 20,
+            name_bytes: 30,
+            distinct: 500,
+        },
+        3,
+    );
+    // Many rows of one sample each.
+    check(
+        &Shape {
+            profiles: 5_000,
+            services: 100,
+            samples: 1,
+            depth: 3,
+            name_bytes: 20,
+            distinct: 50,
+        },
+        2,
+    );
+    // Symbols: many long names.
+    check(
+        &Shape {
+            profiles: 50,
+            services: 5,
+            samples: 40,
+            depth: 10,
+            name_bytes: 1_024,
+            distinct: 2_000,
+        },
+        2,
+    );
+}
