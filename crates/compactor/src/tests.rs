@@ -79,6 +79,13 @@ async fn read_back(bucket: &Bucket) -> (usize, usize, i64) {
     (metas.len(), ids.len(), tree.total())
 }
 
+fn filesystem_bucket(dir: &Path) -> Bucket {
+    Bucket::new(&BucketConfig::Filesystem {
+        dir: dir.join("bucket"),
+    })
+    .unwrap()
+}
+
 fn keep_forever() -> TenantRetention {
     Arc::new(|_| Duration::ZERO)
 }
@@ -97,10 +104,7 @@ fn config(dir: &Path) -> CompactorConfig {
 #[tokio::test]
 async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_delay() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = Bucket::new(&BucketConfig::Filesystem {
-        dir: dir.path().join("bucket"),
-    })
-    .unwrap();
+    let bucket = filesystem_bucket(dir.path());
     let local = dir.path().join("blocks");
     // Three replicas of the first hour (one missed profile 3), and a
     // block of the second hour.
@@ -181,10 +185,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
 #[tokio::test]
 async fn test_blocks_past_the_tenant_retention_are_marked_for_deletion() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = Bucket::new(&BucketConfig::Filesystem {
-        dir: dir.path().join("bucket"),
-    })
-    .unwrap();
+    let bucket = filesystem_bucket(dir.path());
     let local = dir.path().join("blocks");
     let old = upload(&bucket, &local, &[(1, 1_000, 5)]).await;
     upload(&bucket, &local, &[(2, 30 * HOUR, 7)]).await;
@@ -209,10 +210,7 @@ async fn test_blocks_past_the_tenant_retention_are_marked_for_deletion() {
 #[tokio::test]
 async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = Bucket::new(&BucketConfig::Filesystem {
-        dir: dir.path().join("bucket"),
-    })
-    .unwrap();
+    let bucket = filesystem_bucket(dir.path());
     let local = dir.path().join("blocks");
     let first = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
     let second = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;

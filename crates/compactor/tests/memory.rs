@@ -4,75 +4,17 @@
 //! shapes: many rows, many samples, many long names, replicas.
 
 #![allow(clippy::unwrap_used)]
-// The counting allocator below is the only unsafe code: it forwards every
-// call unchanged to `System` (so `System`'s guarantees hold) and only adds
-// to thread-local counters that never allocate.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 
 use flamedb_compactor::memory_estimate;
 use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{Labels, ProfileId};
 use flamedb_storage::{Block, BlockContents, BlockMeta, ProfileRow, SeriesIndex, Symbols, Ulid, compact, write_block};
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add(bytes: isize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get() + bytes);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-// SAFETY: every method calls `System` with the caller's arguments and
-// returns its result unchanged; the counters are const-initialized
-// thread-locals of `Cell<isize>` (no destructor, no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as received.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as isize));
-        // SAFETY: forwarded as received.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as received.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Both blocks may exist at once while the contents move.
-        add(new_size as isize);
-        add(-(layout.size() as isize));
-        // SAFETY: forwarded as received.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use flamedb_testkit::counting::{Counting, measure};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// The peak bytes `work` held live on this thread.
-fn peak_of(work: impl FnOnce()) -> usize {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|peak| peak.set(base));
-    work();
-    (PEAK.with(Cell::get) - base).max(0) as usize
-}
 
 /// A block of `profiles` profiles over `services` series, each with
 /// `samples` samples on stacks `depth` frames deep whose names are
@@ -137,7 +79,7 @@ fn check(shape: &Shape, copies: usize) {
     let metas: Vec<BlockMeta> = (0..copies).map(|_| block(dir.path(), shape, 1)).collect();
     let estimate: u64 = metas.iter().map(memory_estimate).sum();
     let out = dir.path().join("out");
-    let peak = peak_of(|| {
+    let ((), _, peak) = measure(|| {
         let blocks: Vec<Block> = metas
             .iter()
             .map(|meta| Block::open(&dir.path().join(meta.id.to_string())).unwrap())

@@ -8,75 +8,13 @@
 //! being grown and copied) is at most twice the figure.
 
 #![allow(clippy::unwrap_used)]
-// The counting allocator below is the only unsafe code: it forwards every
-// call unchanged to `System` (so `System`'s guarantees hold) and only adds
-// to thread-local counters that never allocate.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
 use flamedb_model::pprof::{self, Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use flamedb_testkit::counting::{Counting, measure};
 use proptest::prelude::*;
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add(bytes: isize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get() + bytes);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-// SAFETY: every method calls `System` with the caller's arguments and
-// returns its result unchanged; the counters are const-initialized
-// thread-locals of `Cell<isize>` (no destructor, no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as received.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as isize));
-        // SAFETY: forwarded as received.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as received.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Both blocks may exist at once while the contents move.
-        add(new_size as isize);
-        add(-(layout.size() as isize));
-        // SAFETY: forwarded as received.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `work` and returns its result with the bytes it left allocated and
-/// its peak, on this thread.
-fn measure<T>(work: impl FnOnce() -> T) -> (T, usize, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|peak| peak.set(base));
-    let result = work();
-    let live = LIVE.with(Cell::get) - base;
-    let peak = PEAK.with(Cell::get) - base;
-    (result, live.max(0) as usize, peak.max(0) as usize)
-}
 
 /// Checks the scan against a real decode of `bytes`.
 fn check_proto(bytes: &[u8]) -> Result<(), TestCaseError> {

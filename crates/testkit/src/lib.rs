@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
 
+pub mod counting;
 mod link;
 mod needs;
 mod s3;
