@@ -31,6 +31,7 @@
 //! profile once too. Several compactors on one bucket do the same work
 //! twice but never count anything twice.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,9 +63,11 @@ pub struct CompactorConfig {
     pub max_memory_bytes: u64,
 }
 
-/// Why a round failed.
+/// Why a round, a tenant or a compaction failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CompactorError {
+    #[error("cannot list the tenants of the bucket: {0}")]
+    ListTenants(#[source] Box<BucketError>),
     #[error("tenant {tenant}: {source}")]
     Bucket {
         tenant: String,
@@ -77,6 +80,8 @@ pub enum CompactorError {
         #[source]
         source: Box<BlockError>,
     },
+    #[error("compactor directory {path}: {reason}")]
+    NotOurs { path: String, reason: String },
     #[error("compactor directory {path}: {source}")]
     Local {
         path: String,
@@ -91,7 +96,7 @@ pub enum CompactorError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoundReport {
     /// Blocks written.
-    pub compactions: usize,
+    pub blocks_written: usize,
     /// Blocks replaced (marked for deletion).
     pub blocks_compacted: usize,
     /// Blocks marked for deletion past their tenant's retention.
@@ -99,6 +104,11 @@ pub struct RoundReport {
     /// Groups left as they are: not even two of their blocks fit
     /// `max_memory_bytes`.
     pub groups_over_memory: usize,
+    /// Unfinished uploads (no `meta.json`) older than the deletion delay,
+    /// deleted.
+    pub incomplete_deleted: usize,
+    /// Tenants or compactions that failed (logged; the next round retries).
+    pub failures: usize,
     /// Marked blocks deleted.
     pub blocks_deleted: usize,
 }
@@ -120,8 +130,8 @@ impl CompactorMetrics {
         let counters = [
             ("flamedb_compactor_runs", "Compaction rounds run", &metrics.runs),
             (
-                "flamedb_compactor_run_failures",
-                "Compaction rounds that failed (the next round retries)",
+                "flamedb_compactor_failures",
+                "Tenants or compactions of a round that failed (the next round retries)",
                 &metrics.failures,
             ),
             (
@@ -157,6 +167,9 @@ impl CompactorMetrics {
     }
 }
 
+/// Marks a directory as the compactor's work directory.
+const DIR_MARKER: &str = ".flamedb-compactor";
+
 /// How long a tenant's blocks are kept (`0`: forever).
 pub type TenantRetention = Arc<dyn Fn(&str) -> Duration + Send + Sync>;
 
@@ -177,24 +190,42 @@ impl std::fmt::Debug for Compactor {
 }
 
 impl Compactor {
-    /// A compactor of `bucket`; empties its data directory (what a round
-    /// cut short left there).
+    /// A compactor of `bucket`; empties its data directory of what a round
+    /// cut short left there. A directory that is not empty and not marked
+    /// as the compactor's (`.flamedb-compactor`) is refused, never emptied:
+    /// a mistyped path loses nobody's data.
     pub fn new(
         bucket: Bucket,
         config: CompactorConfig,
         retention: TenantRetention,
         registry: &mut Registry,
     ) -> Result<Self, CompactorError> {
+        let dir = &config.data_dir;
         let local = |source| CompactorError::Local {
-            path: config.data_dir.display().to_string(),
+            path: dir.display().to_string(),
             source,
         };
-        match std::fs::remove_dir_all(&config.data_dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(local(err)),
+        std::fs::create_dir_all(dir).map_err(local)?;
+        let marker = dir.join(DIR_MARKER);
+        if !marker.exists() {
+            if std::fs::read_dir(dir).map_err(local)?.next().is_some() {
+                return Err(CompactorError::NotOurs {
+                    path: dir.display().to_string(),
+                    reason: format!("not empty and not the compactor's (no {DIR_MARKER}); choose an empty directory"),
+                });
+            }
+            std::fs::write(
+                &marker,
+                b"flamedb compactor work directory: contents are removed at start\n",
+            )
+            .map_err(local)?;
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(local)?;
+        for entry in std::fs::read_dir(dir).map_err(local)? {
+            let path = entry.map_err(local)?.path();
+            if path != marker {
+                std::fs::remove_dir_all(&path).map_err(local)?;
+            }
+        }
         Ok(Self {
             bucket,
             config,
@@ -216,10 +247,13 @@ impl Compactor {
                     () = stop.cancelled() => break,
                     result = self.run_once(now_ms()) => match result {
                         Ok(report) if report != RoundReport::default() => info!(
-                            compactions = report.compactions,
+                            blocks_written = report.blocks_written,
                             blocks_compacted = report.blocks_compacted,
                             blocks_expired = report.blocks_expired,
                             blocks_deleted = report.blocks_deleted,
+                            groups_over_memory = report.groups_over_memory,
+                            incomplete_deleted = report.incomplete_deleted,
+                            failures = report.failures,
                             "compaction round done"
                         ),
                         Ok(_) => {}
@@ -230,92 +264,128 @@ impl Compactor {
         })
     }
 
-    /// One round over every tenant, as of `now_ms`.
+    /// One round over every tenant, as of `now_ms`. Fails only when the
+    /// tenants cannot be listed: a tenant or a compaction that fails is
+    /// logged and counted, and the others go on.
     pub async fn run_once(&self, now_ms: i64) -> Result<RoundReport, CompactorError> {
         self.metrics.runs.inc();
-        let result = self.round(now_ms).await;
-        if result.is_err() {
+        let tenants = self.bucket.list_tenants().await.map_err(|source| {
             self.metrics.failures.inc();
-        }
-        result
-    }
-
-    async fn round(&self, now_ms: i64) -> Result<RoundReport, CompactorError> {
-        let tenants = self
-            .bucket
-            .list_tenants()
-            .await
-            .map_err(|source| CompactorError::Bucket {
-                tenant: "*".to_owned(),
-                source: Box::new(source),
-            })?;
+            CompactorError::ListTenants(Box::new(source))
+        })?;
         let mut report = RoundReport::default();
         for tenant in tenants {
-            let bucket_error = |source| CompactorError::Bucket {
-                tenant: tenant.clone(),
-                source: Box::new(source),
-            };
-            let mut metas = self.bucket.list_blocks(&tenant).await.map_err(bucket_error)?;
-            let retention_ms = millis((self.retention)(&tenant));
-            if retention_ms > 0 {
-                let oldest_kept_ms = now_ms.saturating_sub(retention_ms);
-                for meta in metas.iter().filter(|meta| meta.max_time < oldest_kept_ms) {
-                    self.bucket
-                        .mark_for_deletion(&tenant, meta.id)
-                        .await
-                        .map_err(bucket_error)?;
-                    info!(tenant, block = %meta.id, max_time = meta.max_time, "block past the retention period marked for deletion");
-                    self.metrics.blocks_expired.inc();
-                    report.blocks_expired += 1;
-                }
-                metas.retain(|meta| meta.max_time >= oldest_kept_ms);
-            }
-            let ranges: Vec<i64> = self.config.block_ranges.iter().copied().map(millis).collect();
-            let wait_ms = millis(self.config.first_level_wait);
-            for group in plan(&metas, &ranges, now_ms, wait_ms) {
-                let Some(group) = within_memory(&metas, &group, self.config.max_memory_bytes) else {
-                    error!(
-                        tenant,
-                        blocks = group.len(),
-                        max_memory_bytes = self.config.max_memory_bytes,
-                        "not even two blocks of a window fit -compactor.max-memory-bytes; they stay uncompacted"
-                    );
-                    self.metrics.groups_over_memory.inc();
-                    report.groups_over_memory += 1;
-                    continue;
-                };
-                self.compact_group(&tenant, &group).await?;
-                report.compactions += 1;
-                report.blocks_compacted += group.len();
-            }
-            let delay_ms = millis(self.config.deletion_delay);
-            for (id, marked_ms) in self.bucket.marked_for_deletion(&tenant).await.map_err(bucket_error)? {
-                if marked_ms.saturating_add(delay_ms) <= now_ms {
-                    self.bucket.delete_block(&tenant, id).await.map_err(bucket_error)?;
-                    self.metrics.blocks_deleted.inc();
-                    report.blocks_deleted += 1;
-                }
+            if let Err(err) = self.tenant_round(&tenant, now_ms, &mut report).await {
+                error!(tenant, error = %err, "compacting the tenant failed; the next round retries");
+                self.failed(&mut report);
             }
         }
         Ok(report)
     }
 
-    /// Compacts the blocks `group` of `tenant` into one, uploads it, then
-    /// marks them for deletion.
-    async fn compact_group(&self, tenant: &str, group: &[Ulid]) -> Result<(), CompactorError> {
+    fn failed(&self, report: &mut RoundReport) {
+        self.metrics.failures.inc();
+        report.failures += 1;
+    }
+
+    /// Retention, deletions due, then compactions of one tenant.
+    async fn tenant_round(&self, tenant: &str, now_ms: i64, report: &mut RoundReport) -> Result<(), CompactorError> {
         let bucket_error = |source| CompactorError::Bucket {
             tenant: tenant.to_owned(),
             source: Box::new(source),
         };
+        let mut metas = self.bucket.list_blocks(tenant).await.map_err(bucket_error)?;
+        let retention_ms = millis((self.retention)(tenant));
+        if retention_ms > 0 {
+            let oldest_kept_ms = now_ms.saturating_sub(retention_ms);
+            for meta in metas.iter().filter(|meta| meta.max_time < oldest_kept_ms) {
+                self.bucket
+                    .mark_for_deletion(tenant, meta.id)
+                    .await
+                    .map_err(bucket_error)?;
+                info!(tenant, block = %meta.id, max_time = meta.max_time, "block past the retention period marked for deletion");
+                self.metrics.blocks_expired.inc();
+                report.blocks_expired += 1;
+            }
+            metas.retain(|meta| meta.max_time >= oldest_kept_ms);
+        }
+        let delay_ms = millis(self.config.deletion_delay);
+        for (id, marked_ms) in self.bucket.marked_for_deletion(tenant).await.map_err(bucket_error)? {
+            if marked_ms.saturating_add(delay_ms) <= now_ms {
+                self.bucket.delete_block(tenant, id).await.map_err(bucket_error)?;
+                self.metrics.blocks_deleted.inc();
+                report.blocks_deleted += 1;
+            }
+        }
+        // Uploads cut short by a crash of whoever uploaded are never
+        // finished under that ID: deleted once the delay has passed.
+        for (id, modified_ms) in self.bucket.incomplete_blocks(tenant).await.map_err(bucket_error)? {
+            if modified_ms.saturating_add(delay_ms) <= now_ms {
+                self.bucket.delete_block(tenant, id).await.map_err(bucket_error)?;
+                report.incomplete_deleted += 1;
+            }
+        }
+        let ranges: Vec<i64> = self.config.block_ranges.iter().copied().map(millis).collect();
+        let wait_ms = millis(self.config.first_level_wait);
+        for group in plan(&metas, &ranges, now_ms, wait_ms) {
+            let Some(group) = within_memory(&metas, &group, self.config.max_memory_bytes) else {
+                error!(
+                    tenant,
+                    blocks = group.len(),
+                    max_memory_bytes = self.config.max_memory_bytes,
+                    "no two blocks of a window fit -compactor.max-memory-bytes; they stay uncompacted"
+                );
+                self.metrics.groups_over_memory.inc();
+                report.groups_over_memory += 1;
+                continue;
+            };
+            match self.compact_group(tenant, &metas, &group).await {
+                Ok(replaced) => {
+                    report.blocks_written += 1;
+                    report.blocks_compacted += replaced;
+                }
+                Err(err) => {
+                    error!(tenant, blocks = ?group, error = %err, "a compaction failed; the next round retries");
+                    self.failed(report);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compacts the blocks `group` of `tenant` into one, uploads it, then
+    /// marks them for deletion; how many it replaced. The work directory
+    /// is removed however it ends.
+    async fn compact_group(&self, tenant: &str, metas: &[BlockMeta], group: &[Ulid]) -> Result<usize, CompactorError> {
         let work = self.config.data_dir.join(tenant);
-        let inputs_dir = work.join("inputs");
-        let local = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| CompactorError::Local { path, source }
+        let result = self.compact_group_in(tenant, metas, group, &work).await;
+        match tokio::fs::remove_dir_all(&work).await {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound && result.is_ok() => Err(CompactorError::Local {
+                path: work.display().to_string(),
+                source: err,
+            }),
+            _ => result,
+        }
+    }
+
+    async fn compact_group_in(
+        &self,
+        tenant: &str,
+        metas: &[BlockMeta],
+        group: &[Ulid],
+        work: &Path,
+    ) -> Result<usize, CompactorError> {
+        let bucket_error = |source| CompactorError::Bucket {
+            tenant: tenant.to_owned(),
+            source: Box::new(source),
         };
+        let inputs_dir = work.join("inputs");
         tokio::fs::create_dir_all(&inputs_dir)
             .await
-            .map_err(local(&inputs_dir))?;
+            .map_err(|source| CompactorError::Local {
+                path: inputs_dir.display().to_string(),
+                source,
+            })?;
         let mut inputs = Vec::with_capacity(group.len());
         for &id in group {
             inputs.push(
@@ -325,8 +395,11 @@ impl Compactor {
                     .map_err(bucket_error)?,
             );
         }
-        let id = Ulid::generate();
-        let output_parent = work.clone();
+        // The same data always makes the same block: compactors that race
+        // write one block, and a round that redoes a compaction cut short
+        // rewrites it rather than adding another.
+        let id = output_id(metas, group);
+        let output_parent = work.to_owned();
         let compacted = tokio::task::spawn_blocking(move || {
             let blocks = inputs
                 .iter()
@@ -344,8 +417,10 @@ impl Compactor {
             .upload_block(tenant, &work.join(id.to_string()), &compacted)
             .await
             .map_err(bucket_error)?;
-        // Only now that the new block is complete do its sources go.
-        for &source in group {
+        // Only now that the new block is complete do its sources go (the
+        // new block itself, when a redo had it among them, stays).
+        let replaced: Vec<Ulid> = group.iter().copied().filter(|source| *source != id).collect();
+        for &source in &replaced {
             self.bucket
                 .mark_for_deletion(tenant, source)
                 .await
@@ -354,16 +429,34 @@ impl Compactor {
         info!(
             tenant,
             block = %id,
-            sources = group.len(),
+            sources = replaced.len(),
             profiles = compacted.stats.num_profiles,
             min_time = compacted.min_time,
             max_time = compacted.max_time,
             "blocks compacted"
         );
         self.metrics.compactions.inc();
-        self.metrics.blocks_compacted.inc_by(group.len() as u64);
-        tokio::fs::remove_dir_all(&work).await.map_err(local(&work))
+        self.metrics.blocks_compacted.inc_by(replaced.len() as u64);
+        Ok(replaced.len())
     }
+}
+
+/// The ID of the block compacted from `group`: its time part the group's
+/// first profile, its random part a digest of the level-1 blocks the group
+/// holds, so the same data always gets the same ID.
+fn output_id(metas: &[BlockMeta], group: &[Ulid]) -> Ulid {
+    let members: Vec<&BlockMeta> = metas.iter().filter(|meta| group.contains(&meta.id)).collect();
+    let mut sources: Vec<Ulid> = members
+        .iter()
+        .flat_map(|meta| meta.compaction.sources.iter().copied())
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let digest = sources
+        .iter()
+        .fold(0u128, |digest, source| digest.rotate_left(29) ^ u128::from(*source));
+    let min_time = members.iter().map(|meta| meta.min_time).min().unwrap_or(0);
+    Ulid::from_parts(u64::try_from(min_time).unwrap_or(0), digest)
 }
 
 /// The groups of blocks to compact this round: for each of `ranges_ms`
@@ -372,10 +465,10 @@ impl Compactor {
 /// not grouped at a shorter range already, when there are two or more.
 pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
     let mut groups = Vec::new();
-    let mut grouped: std::collections::HashSet<Ulid> = std::collections::HashSet::new();
+    let mut grouped: HashSet<Ulid> = HashSet::new();
     for &range_ms in ranges_ms {
         let range_ms = range_ms.max(1);
-        let mut windows: std::collections::BTreeMap<i64, Vec<Ulid>> = std::collections::BTreeMap::new();
+        let mut windows: BTreeMap<i64, Vec<Ulid>> = BTreeMap::new();
         for meta in metas.iter().filter(|meta| !grouped.contains(&meta.id)) {
             let start = meta.min_time.div_euclid(range_ms) * range_ms;
             let end = start.saturating_add(range_ms);
@@ -429,8 +522,9 @@ pub fn memory_estimate(meta: &BlockMeta) -> u64 {
         .saturating_add(BLOCK_BYTES)
 }
 
-/// The blocks of `group` (oldest first) that fit `max_memory_bytes`
-/// together (`0`: all), or `None` when fewer than two do.
+/// The blocks of `group` that fit `max_memory_bytes` together (`0`: all),
+/// taken oldest first and skipping those that do not fit, or `None` when
+/// fewer than two do.
 pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64) -> Option<Vec<Ulid>> {
     let mut blocks: Vec<&BlockMeta> = group
         .iter()
@@ -438,14 +532,14 @@ pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64)
         .collect();
     blocks.sort_by_key(|meta| (meta.min_time, meta.id));
     let mut used = 0u64;
-    let fitting: Vec<Ulid> = blocks
-        .into_iter()
-        .take_while(|meta| {
-            used = used.saturating_add(memory_estimate(meta));
-            max_memory_bytes == 0 || used <= max_memory_bytes
-        })
-        .map(|meta| meta.id)
-        .collect();
+    let mut fitting = Vec::new();
+    for meta in blocks {
+        let with = used.saturating_add(memory_estimate(meta));
+        if max_memory_bytes == 0 || with <= max_memory_bytes {
+            used = with;
+            fitting.push(meta.id);
+        }
+    }
     (fitting.len() >= 2).then_some(fitting)
 }
 
@@ -454,9 +548,7 @@ fn millis(duration: Duration) -> i64 {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, millis)
+    flamedb_model::now_nanos() / 1_000_000
 }
 
 #[cfg(test)]

@@ -136,11 +136,9 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     assert_eq!(
         report,
         RoundReport {
-            compactions: 1,
+            blocks_written: 1,
             blocks_compacted: 3,
-            blocks_expired: 0,
-            blocks_deleted: 0,
-            groups_over_memory: 0
+            ..RoundReport::default()
         }
     );
     // The second hour's block is alone in its window: left as it is.
@@ -169,7 +167,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
 
     // The next round merges the two hours (the 2h range).
     let report = compactor.run_once(now).await.unwrap();
-    assert_eq!((report.compactions, report.blocks_compacted), (1, 2));
+    assert_eq!((report.blocks_written, report.blocks_compacted), (1, 2));
     let metas = bucket.list_blocks("t").await.unwrap();
     assert_eq!(metas.len(), 1);
     assert_eq!((metas[0].compaction.level, metas[0].compaction.sources.len()), (3, 4));
@@ -241,12 +239,84 @@ async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts
     )
     .unwrap();
     let report = compactor.run_once(2 * HOUR).await.unwrap();
-    assert_eq!((report.compactions, report.blocks_compacted), (1, 3));
+    assert_eq!((report.blocks_written, report.blocks_compacted), (1, 3));
     let metas = bucket.list_blocks("t").await.unwrap();
     assert_eq!(metas.len(), 1);
     assert_eq!(metas[0].compaction.level, 3);
     assert_eq!(metas[0].stats.num_profiles, 2);
     assert_eq!(read_back(&bucket).await, (1, 2, 12));
+}
+
+#[tokio::test]
+async fn test_a_redo_of_a_compaction_writes_the_same_block_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(dir.path());
+    let local = dir.path().join("blocks");
+    let first = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
+    let second = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
+    // A compactor cut short after uploading its block (under the ID the
+    // same data always gets), before marking the sources.
+    let metas = bucket.list_blocks("t").await.unwrap();
+    let id = output_id(&metas, &[first, second]);
+    let work = dir.path().join("cut-short");
+    let mut blocks = Vec::new();
+    for source in [first, second] {
+        let dir = bucket.download_block("t", source, &work).await.unwrap();
+        blocks.push(Block::open(&dir).unwrap());
+    }
+    let meta = compact(&blocks, &work, id).unwrap();
+    bucket
+        .upload_block("t", &work.join(id.to_string()), &meta)
+        .await
+        .unwrap();
+
+    let compactor = Compactor::new(
+        bucket.clone(),
+        config(dir.path()),
+        keep_forever(),
+        &mut Registry::default(),
+    )
+    .unwrap();
+    let report = compactor.run_once(2 * HOUR).await.unwrap();
+    assert_eq!((report.blocks_written, report.blocks_compacted), (1, 2));
+    let metas = bucket.list_blocks("t").await.unwrap();
+    assert_eq!(metas.iter().map(|meta| meta.id).collect::<Vec<_>>(), [id]);
+    assert_eq!(read_back(&bucket).await, (1, 2, 12));
+}
+
+#[test]
+fn test_the_work_directory_must_be_empty_or_the_compactors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(dir.path());
+    let work = dir.path().join("compactor");
+    std::fs::create_dir_all(work.join("someone-elses")).unwrap();
+    std::fs::write(work.join("precious"), b"data").unwrap();
+    let err = Compactor::new(
+        bucket.clone(),
+        config(dir.path()),
+        keep_forever(),
+        &mut Registry::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not the compactor's"), "{err}");
+    assert!(work.join("precious").exists());
+    // Its own directory: emptied of what a round left, the marker kept.
+    std::fs::remove_dir_all(&work).unwrap();
+    Compactor::new(
+        bucket.clone(),
+        config(dir.path()),
+        keep_forever(),
+        &mut Registry::default(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("t/inputs")).unwrap();
+    Compactor::new(bucket, config(dir.path()), keep_forever(), &mut Registry::default()).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert_eq!(left, [".flamedb-compactor"]);
 }
 
 #[test]

@@ -438,6 +438,9 @@ impl Config {
             }
         }
         check_limits(&self.limits, "limits")?;
+        if self.compactor.data_dir.is_empty() {
+            return Err(invalid("compactor.data_dir", "must not be empty".to_owned()));
+        }
         let ranges = &self.compactor.block_ranges;
         if ranges.is_empty() || ranges.iter().any(|range| range.is_zero()) {
             return Err(invalid(

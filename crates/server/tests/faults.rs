@@ -327,10 +327,19 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
         compactor = start_compactor();
     }
     flush_all();
-    // The last compactor runs on: wait until it compacted, then read.
+    // The last compactor runs on: wait until it compacted, and until the
+    // ingesters hold no block (kept 1 s once uploaded), so every read of
+    // what was flushed comes from the bucket.
     flamedb_testkit::wait_until(Duration::from_secs(60), "a compaction after the last kill", || {
         (compactor.metric("flamedb_compactor_compactions_total").unwrap_or(0.0) >= 1.0).then_some(())
     });
+    for node in &ingesters {
+        flamedb_testkit::wait_until(
+            Duration::from_secs(120),
+            "the ingester's blocks uploaded and dropped",
+            || (node.metric("flamedb_ingester_local_blocks") == Some(0.0)).then_some(()),
+        );
+    }
     compactions += compactor.metric("flamedb_compactor_compactions_total").unwrap_or(0.0);
     let report = checker.check().unwrap();
     println!("{} kills={kills} compactions={compactions}", report.summary());

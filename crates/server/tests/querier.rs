@@ -823,11 +823,8 @@ fn test_older_ranges_are_read_from_object_storage() {
 /// profiles) of each, and how many carry a deletion mark.
 fn bucket_blocks(bucket: &std::path::Path, tenant: &str) -> (Vec<(u64, u64)>, usize) {
     let mut blocks = Vec::new();
-    let mut marked = 0;
+    let marked = std::fs::read_dir(bucket.join(tenant).join("markers")).map_or(0, |marks| marks.count());
     for entry in std::fs::read_dir(bucket.join(tenant).join("blocks")).unwrap().flatten() {
-        if entry.path().join("deletion-mark.json").exists() {
-            marked += 1;
-        }
         if let Ok(meta) = std::fs::read(entry.path().join("meta.json")) {
             let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
             blocks.push((

@@ -1,10 +1,12 @@
 //! Object storage: where blocks go once written, under
 //! `<tenant>/blocks/<block id>/<file>`, `meta.json` last (a block without
 //! it is an unfinished upload and is ignored by readers). A block the
-//! compactor replaced gets a `deletion-mark.json`: readers ignore it at
+//! compactor replaced gets a deletion mark,
+//! `<tenant>/markers/<block id>-deletion-mark.json`: readers ignore it at
 //! once, and it is deleted (`meta.json` first) after a delay, so queries
 //! that listed it before can still read it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +22,11 @@ use ulid::Ulid;
 
 use crate::block::{BlockMeta, META_FILE, TEMP_SUFFIX, parse_meta};
 
-/// The file that marks a block for deletion.
-const DELETION_MARK_FILE: &str = "deletion-mark.json";
+/// Where a tenant's deletion marks are, one per block:
+/// `<tenant>/markers/<block id>-deletion-mark.json` (listed apart from the
+/// blocks, so readers list both cheaply).
+const MARKERS_DIR: &str = "markers";
+const DELETION_MARK_SUFFIX: &str = "-deletion-mark.json";
 
 /// Where blocks are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,42 +202,46 @@ impl Bucket {
         Ok(tenants)
     }
 
-    /// The complete blocks of the tenant (with `meta.json`) and those of
-    /// them marked for deletion, with the mark's time (ms).
-    async fn scan(&self, tenant: &str) -> Result<(Vec<Ulid>, Vec<(Ulid, i64)>), BucketError> {
-        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+    /// The tenant's deletion marks: `<tenant>/markers/<id>-deletion-mark.json`,
+    /// by block, with when each was written (ms since the epoch).
+    pub async fn marked_for_deletion(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
+        let prefix = ObjectPath::from(format!("{tenant}/{MARKERS_DIR}"));
         let objects: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&prefix))
             .try_collect()
             .await
             .map_err(store_error("list", &prefix))?;
-        let mut complete = Vec::new();
-        let mut marked = Vec::new();
-        for object in objects {
-            let mut parts = object.location.parts();
-            let (Some(id), Some(file)) = (parts.nth(2), parts.next()) else {
-                continue;
-            };
-            let Ok(id) = Ulid::from_string(id.as_ref()) else {
-                continue;
-            };
-            match file.as_ref() {
-                META_FILE => complete.push(id),
-                DELETION_MARK_FILE => marked.push((id, object.last_modified.timestamp_millis())),
-                _ => {}
-            }
-        }
-        Ok((complete, marked))
+        Ok(objects
+            .iter()
+            .filter_map(|object| {
+                let id = object.location.filename()?.strip_suffix(DELETION_MARK_SUFFIX)?;
+                Some((Ulid::from_string(id).ok()?, object.last_modified.timestamp_millis()))
+            })
+            .collect())
     }
 
     /// The metas of the tenant's complete blocks not marked for deletion,
     /// by block id.
     pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
-        let (complete, marked) = self.scan(tenant).await?;
+        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(store_error("list", &prefix))?;
+        let marked: HashSet<Ulid> = self
+            .marked_for_deletion(tenant)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         let mut metas = Vec::new();
-        for id in complete {
-            if marked.iter().any(|(marked, _)| *marked == id) {
+        for dir in listing.common_prefixes {
+            let Some(id) = dir.filename().and_then(|name| Ulid::from_string(name).ok()) else {
+                continue;
+            };
+            if marked.contains(&id) {
                 continue;
             }
             let path = Self::block_path(tenant, id, META_FILE);
@@ -250,9 +259,44 @@ impl Bucket {
         Ok(metas)
     }
 
+    /// The tenant's blocks without `meta.json` (uploads unfinished, or cut
+    /// short), with when their newest object was written (ms).
+    pub async fn incomplete_blocks(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
+        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(store_error("list", &prefix))?;
+        let mut newest: HashMap<Ulid, i64> = HashMap::new();
+        let mut complete: HashSet<Ulid> = HashSet::new();
+        for object in objects {
+            let mut parts = object.location.parts();
+            let (Some(id), Some(file)) = (parts.nth(2), parts.next()) else {
+                continue;
+            };
+            let Ok(id) = Ulid::from_string(id.as_ref()) else {
+                continue;
+            };
+            if file.as_ref() == META_FILE {
+                complete.insert(id);
+            }
+            let modified = newest.entry(id).or_insert(i64::MIN);
+            *modified = (*modified).max(object.last_modified.timestamp_millis());
+        }
+        let mut incomplete: Vec<(Ulid, i64)> = newest.into_iter().filter(|(id, _)| !complete.contains(id)).collect();
+        incomplete.sort_unstable();
+        Ok(incomplete)
+    }
+
+    fn deletion_mark_path(tenant: &str, id: Ulid) -> ObjectPath {
+        ObjectPath::from(format!("{tenant}/{MARKERS_DIR}/{id}{DELETION_MARK_SUFFIX}"))
+    }
+
     /// Marks a block for deletion: readers ignore it from now on.
     pub async fn mark_for_deletion(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
-        let path = Self::block_path(tenant, id, DELETION_MARK_FILE);
+        let path = Self::deletion_mark_path(tenant, id);
         let mark = format!("{{\"id\":\"{id}\",\"version\":1}}");
         self.store
             .put(&path, bytes::Bytes::from(mark).into())
@@ -261,30 +305,19 @@ impl Bucket {
         Ok(())
     }
 
-    /// The tenant's blocks marked for deletion, with when they were marked
-    /// (ms since the epoch).
-    pub async fn marked_for_deletion(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
-        Ok(self.scan(tenant).await?.1)
-    }
-
     /// Deletes a block: `meta.json` first (it is then incomplete, and
     /// ignored), then its other files, its deletion mark last.
     pub async fn delete_block(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/blocks/{id}"));
-        let objects: Vec<ObjectPath> = self
+        let mut objects: Vec<ObjectPath> = self
             .store
             .list(Some(&prefix))
             .map_ok(|object| object.location)
             .try_collect()
             .await
             .map_err(store_error("list", &prefix))?;
-        let rank = |path: &ObjectPath| match path.filename() {
-            Some(META_FILE) => 0,
-            Some(DELETION_MARK_FILE) => 2,
-            _ => 1,
-        };
-        let mut objects = objects;
-        objects.sort_by_key(rank);
+        objects.sort_by_key(|path| path.filename() != Some(META_FILE));
+        objects.push(Self::deletion_mark_path(tenant, id));
         for path in objects {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

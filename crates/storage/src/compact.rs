@@ -1,7 +1,9 @@
 //! Compaction: blocks of one tenant become one block holding each profile
 //! once. Replicas' blocks of the same range hold the same profiles under the
-//! same IDs (RF copies); a profile is identified, as queries count it, by
-//! its series and ID, and the first copy met is kept.
+//! same IDs (RF copies). Queries count a profile as they list it: per
+//! profile type and ID, every row of one holder. Compaction keeps the same:
+//! for each (profile type, ID), the rows of the first input that has it,
+//! and none of the others'.
 //!
 //! ```text
 //!  blocks (levels n..) ──rows, series, symbols──▶ one in-memory head ──write──▶ block of level max(n) + 1
@@ -10,13 +12,13 @@
 //! The inputs are read whole into memory (about what their files hold
 //! uncompressed); the caller bounds how much it hands over.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
-use flamedb_model::ProfileId;
+use flamedb_model::{PROFILE_TYPE, ProfileId};
 use ulid::Ulid;
 
-use crate::block::{Block, BlockContents, BlockError, BlockMeta, Compaction, Origin, write};
+use crate::block::{Block, BlockContents, BlockError, BlockMeta, Compaction, Origin, write_with_origin};
 use crate::query::ProfileRow;
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
@@ -27,18 +29,24 @@ pub fn compact(inputs: &[Block], parent: &Path, id: Ulid) -> Result<BlockMeta, B
     let mut series = SeriesIndex::new();
     let mut symbols = Symbols::new();
     let mut rows: Vec<ProfileRow> = Vec::new();
-    let mut seen: HashSet<(u64, ProfileId)> = HashSet::new();
-    for block in inputs {
+    // (profile type, ID) → the input whose rows of it are kept.
+    let mut holders: HashMap<(String, ProfileId), usize> = HashMap::new();
+    for (input, block) in inputs.iter().enumerate() {
         let stacks = symbols.import(&block.symbols()?);
         let block_series = block.series();
-        let mut bad_series = None;
+        let mut bad_reference = None;
         block.visit_rows(|row| {
             if row.series as usize >= block_series.len() {
-                bad_series = Some(row.series);
+                bad_reference = Some(format!("a row refers to missing series {}", row.series));
+                return;
+            }
+            if let Some(stack) = row.stacks.iter().find(|stack| **stack as usize >= stacks.len()) {
+                bad_reference = Some(format!("a row refers to missing stack {stack}"));
                 return;
             }
             let source = block_series.get(row.series);
-            if !seen.insert((source.fingerprint, row.id)) {
+            let profile_type = source.labels.get(PROFILE_TYPE).unwrap_or_default().to_owned();
+            if *holders.entry((profile_type, row.id)).or_insert(input) != input {
                 return;
             }
             let time_ms = row.time_nanos.div_euclid(1_000_000);
@@ -47,19 +55,15 @@ pub fn compact(inputs: &[Block], parent: &Path, id: Ulid) -> Result<BlockMeta, B
                 series: series.get_or_insert(&source.labels, source.fingerprint, time_ms),
                 time_nanos: row.time_nanos,
                 total: row.values.iter().fold(0i64, |sum, value| sum.saturating_add(*value)),
-                stacks: row
-                    .stacks
-                    .iter()
-                    .map(|stack| stacks.get(*stack as usize).copied().unwrap_or(0))
-                    .collect(),
+                stacks: row.stacks.iter().map(|stack| stacks[*stack as usize]).collect(),
                 values: row.values.into(),
                 span_ids: row.span_ids.map(Into::into),
             });
         })?;
-        if let Some(missing) = bad_series {
+        if let Some(reason) = bad_reference {
             return Err(BlockError::Corrupt {
                 path: block.dir().display().to_string(),
-                reason: format!("a row refers to missing series {missing}"),
+                reason,
             });
         }
     }
@@ -81,10 +85,10 @@ pub fn compact(inputs: &[Block], parent: &Path, id: Ulid) -> Result<BlockMeta, B
         rows: &rows,
     };
     let origin = Origin {
-        source: "compactor",
+        writer: "compactor",
         compaction: Compaction { level, sources },
     };
-    write(parent, id, contents, &[], origin)
+    write_with_origin(parent, id, contents, &[], origin)
 }
 
 #[cfg(test)]
@@ -156,6 +160,36 @@ mod tests {
 
     fn stack(leaf: &str, value: i64) -> (Vec<String>, i64) {
         (vec!["main".to_owned(), leaf.to_owned()], value)
+    }
+
+    #[test]
+    fn test_an_id_is_kept_as_queries_count_it_from_one_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        // ID 1 under two series of one block (all its rows count), and
+        // under a third series in another block, which a query listing ID 1
+        // would not count next to the first block's.
+        let inputs = vec![
+            block(dir.path(), &[("api", 1, 1_000, "read", 5), ("db", 1, 1_000, "scan", 7)]),
+            block(dir.path(), &[("web", 1, 1_000, "serve", 11)]),
+        ];
+        let id = Ulid::generate();
+        compact(&inputs, dir.path(), id).unwrap();
+        let output = Block::open(&dir.path().join(id.to_string())).unwrap();
+        let counts: Vec<usize> = ["api", "db", "web"]
+            .iter()
+            .map(|service| {
+                let query = ProfileQuery {
+                    profile_type: CPU.to_owned(),
+                    selector: parse_selector(&format!("{{service_name=\"{service}\"}}")).unwrap(),
+                    range: TimeRange::ALL,
+                    series: None,
+                };
+                let mut count = 0;
+                output.visit_profiles(&query, |_| count += 1).unwrap();
+                count
+            })
+            .collect();
+        assert_eq!(counts, [1, 1, 0]);
     }
 
     #[test]

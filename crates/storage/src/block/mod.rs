@@ -102,22 +102,24 @@ pub fn write_block(
     sidecars: &[(&str, &[u8])],
 ) -> Result<BlockMeta, BlockError> {
     let origin = Origin {
-        source: "ingester",
+        writer: "ingester",
         compaction: Compaction {
             level: 1,
             sources: vec![id],
         },
     };
-    write(parent, id, contents, sidecars, origin)
+    write_with_origin(parent, id, contents, sidecars, origin)
 }
 
-/// Who wrote a block, and of which level-1 blocks it holds the data.
+/// Who wrote a block (its meta's `source`), and of which level-1 blocks it
+/// holds the data.
 pub(crate) struct Origin {
-    pub source: &'static str,
+    pub writer: &'static str,
     pub compaction: Compaction,
 }
 
-pub(crate) fn write(
+/// [`write_block`], for any writer.
+pub(crate) fn write_with_origin(
     parent: &Path,
     id: Ulid,
     contents: BlockContents<'_>,
@@ -222,7 +224,7 @@ pub(crate) fn write(
             num_samples: samples,
         },
         files,
-        source: origin.source.to_owned(),
+        source: origin.writer.to_owned(),
         compaction: origin.compaction,
     };
     for (name, bytes) in sidecars {
