@@ -50,6 +50,21 @@ async fn upload(bucket: &Bucket, local: &Path, profiles: &[(u8, i64, i64)]) -> U
     id
 }
 
+/// Compacts `sources` of tenant `t` into block `id` and uploads it, as a
+/// compactor does before it marks the sources.
+async fn upload_compacted(bucket: &Bucket, work: &Path, sources: &[Ulid], id: Ulid) {
+    let mut blocks = Vec::new();
+    for &source in sources {
+        let dir = bucket.download_block("t", source, work).await.unwrap();
+        blocks.push(Block::open(&dir).unwrap());
+    }
+    let meta = compact(&blocks, work, id).unwrap();
+    bucket
+        .upload_block("t", &work.join(id.to_string()), &meta)
+        .await
+        .unwrap();
+}
+
 /// What the bucket's listed blocks hold: profiles (counted once by ID,
 /// as queries count them) and the merged total.
 async fn read_back(bucket: &Bucket) -> (usize, usize, i64) {
@@ -214,21 +229,13 @@ async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts
     let second = upload(&bucket, &local, &[(1, 1_000, 5), (2, 2_000, 7)]).await;
     // A compactor killed after uploading its block, before marking the
     // sources: the new block and both sources are listed.
-    let work = dir.path().join("cut-short");
-    let blocks: Vec<Block> = {
-        let mut blocks = Vec::new();
-        for id in [first, second] {
-            let dir = bucket.download_block("t", id, &work).await.unwrap();
-            blocks.push(Block::open(&dir).unwrap());
-        }
-        blocks
-    };
-    let output = Ulid::generate();
-    let meta = compact(&blocks, &work, output).unwrap();
-    bucket
-        .upload_block("t", &work.join(output.to_string()), &meta)
-        .await
-        .unwrap();
+    upload_compacted(
+        &bucket,
+        &dir.path().join("cut-short"),
+        &[first, second],
+        Ulid::generate(),
+    )
+    .await;
     assert_eq!(read_back(&bucket).await, (3, 2, 12));
 
     let compactor = Compactor::new(
@@ -258,17 +265,7 @@ async fn test_a_redo_of_a_compaction_writes_the_same_block_and_keeps_it() {
     // same data always gets), before marking the sources.
     let metas = bucket.list_blocks("t").await.unwrap();
     let id = output_id(&metas, &[first, second]);
-    let work = dir.path().join("cut-short");
-    let mut blocks = Vec::new();
-    for source in [first, second] {
-        let dir = bucket.download_block("t", source, &work).await.unwrap();
-        blocks.push(Block::open(&dir).unwrap());
-    }
-    let meta = compact(&blocks, &work, id).unwrap();
-    bucket
-        .upload_block("t", &work.join(id.to_string()), &meta)
-        .await
-        .unwrap();
+    upload_compacted(&bucket, &dir.path().join("cut-short"), &[first, second], id).await;
 
     let compactor = Compactor::new(
         bucket.clone(),

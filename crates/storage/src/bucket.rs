@@ -202,16 +202,20 @@ impl Bucket {
         Ok(tenants)
     }
 
+    /// Every object under `prefix`.
+    async fn list_objects(&self, prefix: &ObjectPath) -> Result<Vec<object_store::ObjectMeta>, BucketError> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(store_error("list", prefix))
+    }
+
     /// The tenant's deletion marks: `<tenant>/markers/<id>-deletion-mark.json`,
     /// by block, with when each was written (ms since the epoch).
     pub async fn marked_for_deletion(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/{MARKERS_DIR}"));
-        let objects: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(store_error("list", &prefix))?;
+        let objects = self.list_objects(&prefix).await?;
         Ok(objects
             .iter()
             .filter_map(|object| {
@@ -263,12 +267,7 @@ impl Bucket {
     /// short), with when their newest object was written (ms).
     pub async fn incomplete_blocks(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/blocks"));
-        let objects: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(store_error("list", &prefix))?;
+        let objects = self.list_objects(&prefix).await?;
         let mut newest: HashMap<Ulid, i64> = HashMap::new();
         let mut complete: HashSet<Ulid> = HashSet::new();
         for object in objects {
@@ -310,12 +309,11 @@ impl Bucket {
     pub async fn delete_block(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/blocks/{id}"));
         let mut objects: Vec<ObjectPath> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|object| object.location)
-            .try_collect()
-            .await
-            .map_err(store_error("list", &prefix))?;
+            .list_objects(&prefix)
+            .await?
+            .into_iter()
+            .map(|object| object.location)
+            .collect();
         objects.sort_by_key(|path| path.filename() != Some(META_FILE));
         objects.push(Self::deletion_mark_path(tenant, id));
         for path in objects {
