@@ -48,7 +48,7 @@ pub const FLAGS: &[Flag] = &[
         "target",
         "target",
         FlagKind::String,
-        "Modules to run: all, or a comma-separated list of distributor, ingester, querier.",
+        "Modules to run: all, or a comma-separated list of distributor, ingester, querier, compactor.",
     ),
     flag(
         "auth.multitenancy-enabled",

@@ -293,7 +293,7 @@ impl<'de> Deserialize<'de> for Targets {
         for name in names.iter().filter(|name| !name.is_empty()) {
             let target = Target::parse(name).ok_or_else(|| {
                 serde::de::Error::custom(format!(
-                    "unknown target {name:?}; targets are all, distributor, ingester and querier"
+                    "unknown target {name:?}; targets are all, distributor, ingester, querier and compactor"
                 ))
             })?;
             if !targets.contains(&target) {
