@@ -19,17 +19,19 @@
 //!
 //! A compaction holds its inputs in memory; what they take is estimated
 //! from their metas before anything is downloaded ([`memory_estimate`]),
-//! and a group is cut to the blocks (oldest first) that fit
-//! `max_memory_bytes`. A group of which not even two blocks fit is left as
-//! it is, counted and logged: queries still count each profile once.
+//! and a group is cut to the blocks that fit `max_memory_bytes`, oldest
+//! first, skipping those that do not. A group of which not even two blocks
+//! fit is left as it is, counted and logged: queries still count each
+//! profile once.
 //!
 //! Every step is safe to cut short: a half-uploaded block has no
-//! `meta.json` and is never read; sources are marked only once the new
-//! block is complete, and while both are listed queries count each profile
-//! once (by ID); a round cut short is finished by the next one, whose
-//! compaction of the new block with sources still unmarked keeps each
-//! profile once too. Several compactors on one bucket do the same work
-//! twice but never count anything twice.
+//! `meta.json`, is never read, and is deleted after the deletion delay;
+//! sources are marked only once the new block is complete, and while both
+//! are listed queries count each profile once (by ID). The new block's ID
+//! follows from its data, so the round that redoes a compaction cut short
+//! rewrites the same block (and never marks it), and compactors that race
+//! on one bucket write one block: they repeat work, never data. A tenant
+//! or a compaction that fails is logged and counted; the others go on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
