@@ -32,6 +32,9 @@ pub enum FlagKind {
 #[derive(Debug)]
 pub struct Flag {
     pub name: &'static str,
+    /// Another name of the flag: the `-ingester.ring.*` spelling of
+    /// Pyroscope's documentation for the ingester's ring flags.
+    pub alias: Option<&'static str>,
     /// The YAML key path, e.g. `server.http_listen_port`.
     pub path: &'static str,
     pub kind: FlagKind,
@@ -39,7 +42,30 @@ pub struct Flag {
 }
 
 const fn flag(name: &'static str, path: &'static str, kind: FlagKind, help: &'static str) -> Flag {
-    Flag { name, path, kind, help }
+    Flag {
+        name,
+        alias: None,
+        path,
+        kind,
+        help,
+    }
+}
+
+/// A flag of the ingester's ring, also accepted as `-ingester.ring.<alias>`.
+const fn ring_flag(
+    name: &'static str,
+    alias: &'static str,
+    path: &'static str,
+    kind: FlagKind,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        name,
+        alias: Some(alias),
+        path,
+        kind,
+        help,
+    }
 }
 
 /// Every flag that sets a configuration key.
@@ -308,38 +334,44 @@ pub const FLAGS: &[Flag] = &[
         FlagKind::Int,
         "Most active series of a tenant in the cluster; each ingester takes its share (0: no limit).",
     ),
-    flag(
+    ring_flag(
         "ingester.lifecycler.ID",
+        "ingester.ring.instance-id",
         "ingester.lifecycler.id",
         FlagKind::String,
         "Instance ID of the ingester in the ring; empty: the hostname.",
     ),
-    flag(
+    ring_flag(
         "ingester.lifecycler.addr",
+        "ingester.ring.instance-addr",
         "ingester.lifecycler.address",
         FlagKind::String,
         "Address advertised in the ring; empty: the internal listen address if it is an IP, else the HTTP listen address if it is one, else the first private IP.",
     ),
-    flag(
+    ring_flag(
         "ingester.lifecycler.port",
+        "ingester.ring.instance-port",
         "ingester.lifecycler.port",
         FlagKind::Int,
         "Port advertised in the ring; 0: the internal listener's port (-server.grpc-listen-port).",
     ),
-    flag(
+    ring_flag(
         "ingester.availability-zone",
+        "ingester.ring.instance-availability-zone",
         "ingester.lifecycler.availability_zone",
         FlagKind::String,
         "Availability zone of the ingester (with zone awareness, one replica per zone).",
     ),
-    flag(
+    ring_flag(
         "ingester.num-tokens",
+        "ingester.ring.num-tokens",
         "ingester.lifecycler.num_tokens",
         FlagKind::Int,
         "Tokens each ingester holds in the ring.",
     ),
-    flag(
+    ring_flag(
         "ingester.heartbeat-period",
+        "ingester.ring.heartbeat-period",
         "ingester.lifecycler.heartbeat_period",
         FlagKind::Duration,
         "How often an ingester heartbeats in the ring.",
@@ -350,50 +382,58 @@ pub const FLAGS: &[Flag] = &[
         FlagKind::Duration,
         "Wait before taking tokens, to see the ring first.",
     ),
-    flag(
+    ring_flag(
         "ingester.observe-period",
+        "ingester.ring.observe-period",
         "ingester.lifecycler.observe_period",
         FlagKind::Duration,
         "Hold new tokens in JOINING this long and replace any lost to a conflict; 0s: turn ACTIVE at once.",
     ),
-    flag(
+    ring_flag(
         "ingester.final-sleep",
+        "ingester.ring.final-sleep",
         "ingester.lifecycler.final_sleep",
         FlagKind::Duration,
         "Pause in LEAVING after the shutdown flush, before leaving the ring.",
     ),
-    flag(
+    ring_flag(
         "ingester.tokens-file-path",
+        "ingester.ring.tokens-file-path",
         "ingester.lifecycler.tokens_file_path",
         FlagKind::String,
         "File that keeps the ingester's tokens across restarts; empty: not kept.",
     ),
-    flag(
+    ring_flag(
         "ring.store",
+        "ingester.ring.store",
         "ingester.lifecycler.ring.kvstore.store",
         FlagKind::String,
         "Where rings are kept: inmemory (one process) or memberlist (gossip); unset: inmemory for -target=all, else memberlist.",
     ),
-    flag(
+    ring_flag(
         "ring.heartbeat-timeout",
+        "ingester.ring.heartbeat-timeout",
         "ingester.lifecycler.ring.heartbeat_timeout",
         FlagKind::Duration,
         "An ingester whose last heartbeat is older is UNHEALTHY.",
     ),
-    flag(
+    ring_flag(
         "ring.auto-forget-unhealthy-period",
+        "ingester.ring.auto-forget-unhealthy-period",
         "ingester.lifecycler.ring.auto_forget_unhealthy_period",
         FlagKind::Duration,
         "Ingesters unhealthy this long are removed from the ring; unset: 10 x the heartbeat timeout.",
     ),
-    flag(
+    ring_flag(
         "distributor.replication-factor",
+        "ingester.ring.replication-factor",
         "ingester.lifecycler.ring.replication_factor",
         FlagKind::Int,
         "Copies of each series; a write succeeds once a quorum (RF/2+1) has it. Unset: 1 for -target=all, else 3.",
     ),
-    flag(
+    ring_flag(
         "distributor.zone-awareness-enabled",
+        "ingester.ring.zone-awareness-enabled",
         "ingester.lifecycler.ring.zone_awareness_enabled",
         FlagKind::Bool,
         "Place the replicas of a series in different availability zones.",
@@ -673,9 +713,12 @@ fn command() -> clap::Command {
         );
     for flag in FLAGS {
         let default = lookup(&defaults, flag.path).map(render_default).unwrap_or_default();
-        let arg = Arg::new(flag.name)
+        let mut arg = Arg::new(flag.name)
             .long(flag.name)
             .help(format!("{} [default: {default}] (YAML: {})", flag.help, flag.path));
+        if let Some(alias) = flag.alias {
+            arg = arg.visible_alias(alias);
+        }
         // As with Go's flags, a flag given twice takes its last value (a
         // list collects them all).
         let arg = if flag.kind == FlagKind::List {
@@ -797,6 +840,35 @@ mod tests {
             Invocation::Run(config) => Ok(*config),
             Invocation::Print(text) => panic!("printed {text}"),
         }
+    }
+
+    #[test]
+    fn test_every_ingester_ring_alias_sets_what_its_flag_sets() {
+        let value = |flag: &Flag| match flag.kind {
+            FlagKind::Bool => "true".to_owned(),
+            FlagKind::Int => "7".to_owned(),
+            FlagKind::Duration => "7s".to_owned(),
+            FlagKind::String if flag.path.ends_with("store") => "memberlist".to_owned(),
+            _ => "/tmp/flamedb-alias".to_owned(),
+        };
+        let aliased: Vec<&Flag> = FLAGS.iter().filter(|flag| flag.alias.is_some()).collect();
+        assert_eq!(aliased.len(), 14);
+        let by_alias: Vec<String> = aliased
+            .iter()
+            .map(|flag| format!("-{}={}", flag.alias.unwrap_or_default(), value(flag)))
+            .collect();
+        let by_name: Vec<String> = aliased
+            .iter()
+            .map(|flag| format!("-{}={}", flag.name, value(flag)))
+            .collect();
+        let as_args = |args: &[String]| run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let (aliased_config, named_config) = (as_args(&by_alias), as_args(&by_name));
+        assert_eq!(aliased_config, named_config);
+        assert_ne!(aliased_config, run(&[]).unwrap());
+        assert_eq!(
+            aliased_config.ingester.lifecycler.tokens_file_path,
+            "/tmp/flamedb-alias"
+        );
     }
 
     #[test]

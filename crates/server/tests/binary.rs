@@ -201,3 +201,23 @@ fn test_json_logs() {
     assert_eq!(event["message"], "starting flamedb");
     assert_eq!(event["level"], "INFO");
 }
+
+/// `-ingester.ring.tokens-file-path`, as Pyroscope's documentation spells
+/// it, keeps the ingester's tokens across a restart.
+#[test]
+fn test_the_ingester_ring_alias_keeps_tokens_across_a_restart() {
+    let dir = flamedb_testkit::shared_dir();
+    let tokens = dir.path().join("tokens.json");
+    let flag = format!("-ingester.ring.tokens-file-path={}", tokens.display());
+    let data = format!("-pyroscopedb.data-path={}", dir.path().join("data").display());
+    let first = {
+        let mut flamedb = start(&[&flag, &data]);
+        let written = std::fs::read_to_string(&tokens).unwrap();
+        assert!(written.contains("tokens"), "{written}");
+        let status = flamedb.terminate(Duration::from_secs(60));
+        assert!(status.success(), "{status}");
+        written
+    };
+    let _flamedb = start(&[&flag, &data]);
+    assert_eq!(std::fs::read_to_string(&tokens).unwrap(), first);
+}
