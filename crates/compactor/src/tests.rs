@@ -101,6 +101,11 @@ fn filesystem_bucket(dir: &Path) -> Bucket {
     .unwrap()
 }
 
+/// A compactor of `bucket` with the test's settings, keeping every block.
+fn compactor(bucket: &Bucket, dir: &Path) -> Compactor {
+    Compactor::new(bucket.clone(), config(dir), keep_forever(), &mut Registry::default()).unwrap()
+}
+
 fn keep_forever() -> TenantRetention {
     Arc::new(|_| Duration::ZERO)
 }
@@ -135,13 +140,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     upload(&bucket, &local, &[(4, HOUR + 1_000, 13)]).await;
     assert_eq!(read_back(&bucket).await, (4, 4, 5 + 7 + 11 + 13));
 
-    let compactor = Compactor::new(
-        bucket.clone(),
-        config(dir.path()),
-        keep_forever(),
-        &mut Registry::default(),
-    )
-    .unwrap();
+    let compactor = compactor(&bucket, dir.path());
     // The first window has not waited long enough yet.
     let too_early = HOUR + 24 * 60 * 1000;
     assert_eq!(compactor.run_once(too_early).await.unwrap(), RoundReport::default());
@@ -238,13 +237,7 @@ async fn test_a_round_cut_short_before_marking_is_finished_without_double_counts
     .await;
     assert_eq!(read_back(&bucket).await, (3, 2, 12));
 
-    let compactor = Compactor::new(
-        bucket.clone(),
-        config(dir.path()),
-        keep_forever(),
-        &mut Registry::default(),
-    )
-    .unwrap();
+    let compactor = compactor(&bucket, dir.path());
     let report = compactor.run_once(2 * HOUR).await.unwrap();
     assert_eq!((report.blocks_written, report.blocks_compacted), (1, 3));
     let metas = bucket.list_blocks("t").await.unwrap();
@@ -267,13 +260,7 @@ async fn test_a_redo_of_a_compaction_writes_the_same_block_and_keeps_it() {
     let id = output_id(&metas, &[first, second]);
     upload_compacted(&bucket, &dir.path().join("cut-short"), &[first, second], id).await;
 
-    let compactor = Compactor::new(
-        bucket.clone(),
-        config(dir.path()),
-        keep_forever(),
-        &mut Registry::default(),
-    )
-    .unwrap();
+    let compactor = compactor(&bucket, dir.path());
     let report = compactor.run_once(2 * HOUR).await.unwrap();
     assert_eq!((report.blocks_written, report.blocks_compacted), (1, 2));
     let metas = bucket.list_blocks("t").await.unwrap();
@@ -299,13 +286,7 @@ fn test_the_work_directory_must_be_empty_or_the_compactors() {
     assert!(work.join("precious").exists());
     // Its own directory: emptied of what a round left, the marker kept.
     std::fs::remove_dir_all(&work).unwrap();
-    Compactor::new(
-        bucket.clone(),
-        config(dir.path()),
-        keep_forever(),
-        &mut Registry::default(),
-    )
-    .unwrap();
+    compactor(&bucket, dir.path());
     std::fs::create_dir_all(work.join("t/inputs")).unwrap();
     Compactor::new(bucket, config(dir.path()), keep_forever(), &mut Registry::default()).unwrap();
     let left: Vec<_> = std::fs::read_dir(&work)
