@@ -10,7 +10,8 @@
 //!                                     ▼
 //!                                   MergeProfiles(only those) ──▶ trees merged ──▶ flame graph | tree
 //!                                   or time series (SelectSeries)
-//!                  older ranges: blocks from object storage, listed and merged the same way
+//!                  older ranges: blocks from object storage, listed and merged the same way;
+//!                  where compacted blocks alone hold the range, each merged whole, unlisted
 //! ```
 //!
 //! The legacy HTTP API (`/pyroscope/render`, `render-diff`,
@@ -20,6 +21,7 @@
 //! ranges); copies uploaded by different ingesters share profile IDs and
 //! count once.
 
+mod compacted;
 mod querier;
 mod render;
 mod service;

@@ -9,7 +9,9 @@
 //! overlaps (the ingesters alone hold it) first asks each ingester for a
 //! summary of each series (profiles counted, IDs and totals summed); when every
 //! replica of every series holds the same profiles, each series is merged
-//! whole by one of them, without listing a profile.
+//! whole by one of them, without listing a profile. The part of a range
+//! that compacted blocks alone hold is merged from them whole, without
+//! listing either (see `compacted`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -32,6 +34,7 @@ use tracing::debug;
 
 use flamedb_api::pb::ingester::v1::ingester_service_client::IngesterServiceClient;
 
+use crate::compacted::{compacted_alone_until, drop_superseded, is_compacted};
 use crate::store::{Store, block_query, list_block, merge_block};
 
 /// Once the ingesters that answered make a complete answer, the others
@@ -68,6 +71,15 @@ struct Listing {
     ingesters: Vec<InstanceDesc>,
     blocks: Vec<Arc<Block>>,
     profiles: Vec<(ListedProfile, Holder)>,
+}
+
+/// A selection cut where compacted blocks stop holding its profiles alone.
+struct Split {
+    /// The compacted blocks that alone hold the start of the range, and
+    /// that part of it.
+    compacted: Option<(Vec<Arc<Block>>, TimeRange)>,
+    /// The rest of the selection and its stored blocks, if any is left.
+    rest: Option<(ingester::ProfileSelection, Vec<Arc<Block>>)>,
 }
 
 /// Answers queries from the ingesters of a ring and object storage;
@@ -318,18 +330,7 @@ impl Querier {
     /// The oldest and newest profile times (ms) over the ingesters and the
     /// stored blocks.
     pub(crate) async fn profile_stats(&self, tenant: &str) -> Result<types::GetProfileStatsResponse, RpcError> {
-        let answers = self
-            .each_ingester(|mut client| {
-                let request = tenant_request(tenant, types::GetProfileStatsRequest {});
-                async move { Ok(client.get_profile_stats(request?).await?.into_inner()) }
-            })
-            .await?;
-        let mut spans: Vec<(i64, i64)> = answers
-            .into_iter()
-            .map(|(_, stats)| stats)
-            .filter(|stats| stats.data_ingested)
-            .map(|stats| (stats.oldest_profile_time, stats.newest_profile_time))
-            .collect();
+        let mut spans = self.ingester_time_spans(tenant).await?;
         if let Some(store) = &self.store {
             spans.extend(store.time_spans(tenant).await?);
         }
@@ -340,8 +341,26 @@ impl Querier {
         })
     }
 
+    /// The oldest and newest profile time (ms) of each answering ingester
+    /// that holds profiles of `tenant`.
+    async fn ingester_time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
+        let answers = self
+            .each_ingester(|mut client| {
+                let request = tenant_request(tenant, types::GetProfileStatsRequest {});
+                async move { Ok(client.get_profile_stats(request?).await?.into_inner()) }
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .map(|(_, stats)| stats)
+            .filter(|stats| stats.data_ingested)
+            .map(|stats| (stats.oldest_profile_time, stats.newest_profile_time))
+            .collect())
+    }
+
     /// The stored blocks a selection reads: those overlapping its range
-    /// when it starts before `query_store_after` ago, else none.
+    /// when it starts before `query_store_after` ago, else none; never one
+    /// that another supersedes.
     async fn stored_blocks(
         &self,
         tenant: &str,
@@ -353,10 +372,63 @@ impl Querier {
                     start_ms: selection.start,
                     end_ms: selection.end,
                 };
-                store.blocks(tenant, range).await
+                Ok(drop_superseded(store.blocks(tenant, range).await?))
             }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Splits `selection` (whose stored blocks are `blocks`) where the
+    /// compacted blocks stop being the only holders (see
+    /// [`compacted_alone_until`]).
+    async fn split(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        blocks: Vec<Arc<Block>>,
+    ) -> Result<Split, RpcError> {
+        let all_rest = |blocks| Split {
+            compacted: None,
+            rest: Some((selection.clone(), blocks)),
+        };
+        if !blocks.iter().any(|block| is_compacted(block.meta())) {
+            return Ok(all_rest(blocks));
+        }
+        let oldest: Vec<i64> = self
+            .ingester_time_spans(tenant)
+            .await?
+            .iter()
+            .map(|span| span.0)
+            .collect();
+        let metas: Vec<_> = blocks.iter().map(|block| block.meta()).collect();
+        let until = compacted_alone_until(&metas, &oldest);
+        if selection.start >= until {
+            return Ok(all_rest(blocks));
+        }
+        let alone = TimeRange {
+            start_ms: selection.start,
+            end_ms: selection.end.min(until - 1),
+        };
+        let compacted = blocks
+            .iter()
+            .filter(|block| is_compacted(block.meta()) && alone.overlaps(block.meta().min_time, block.meta().max_time))
+            .cloned()
+            .collect();
+        let rest = (until <= selection.end).then(|| {
+            let blocks = blocks
+                .into_iter()
+                .filter(|block| block.meta().max_time >= until)
+                .collect();
+            let selection = ingester::ProfileSelection {
+                start: until,
+                ..selection.clone()
+            };
+            (selection, blocks)
+        });
+        Ok(Split {
+            compacted: Some((compacted, alone)),
+            rest,
+        })
     }
 
     /// Every profile of `selection`, each once (copies share an ID), with
@@ -423,18 +495,38 @@ impl Querier {
         selection: &ingester::ProfileSelection,
     ) -> Result<Vec<ListedProfile>, RpcError> {
         let blocks = self.stored_blocks(tenant, selection).await?;
-        Ok(self
-            .list(tenant, selection, blocks)
-            .await?
-            .profiles
+        let split = self.split(tenant, selection, blocks).await?;
+        // The compacted blocks hold each profile once, and alone.
+        let compacted = async {
+            let Some((blocks, range)) = split.compacted else {
+                return Ok(Vec::new());
+            };
+            let query = block_query(
+                &selection.profile_type_id,
+                &selection.label_selector,
+                range.start_ms,
+                range.end_ms,
+            )?;
+            try_join_all(blocks.into_iter().map(|block| list_block(block, query.clone()))).await
+        };
+        let rest = async {
+            let Some((selection, blocks)) = split.rest else {
+                return Ok(Vec::new());
+            };
+            Ok(self.list(tenant, &selection, blocks).await?.profiles)
+        };
+        let (compacted, rest) = futures_util::try_join!(compacted, rest)?;
+        Ok(compacted
             .into_iter()
-            .map(|(profile, _)| profile)
+            .flatten()
+            .chain(rest.into_iter().map(|(profile, _)| profile))
             .collect())
     }
 
     /// The merged tree of every profile of `selection` (only the samples
-    /// of `spans`, when given), each profile counted once: by whole series
-    /// when the ingesters alone hold the range (no stored block overlaps
+    /// of `spans`, when given), each profile counted once: the part
+    /// compacted blocks alone hold from them whole; the rest by whole
+    /// series when the ingesters alone hold it (no stored block overlaps
     /// it) and the replicas agree, else by listed profile. Every tree of
     /// the merge is charged to `budget`.
     pub(crate) async fn merge(
@@ -444,8 +536,52 @@ impl Querier {
         spans: Option<HashSet<u64>>,
         budget: &Arc<RequestBudget>,
     ) -> Result<Tree, RpcError> {
-        let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         let blocks = self.stored_blocks(tenant, selection).await?;
+        let split = self.split(tenant, selection, blocks).await?;
+        let spans = spans.map(Arc::new);
+        let compacted = async {
+            let Some((blocks, range)) = split.compacted else {
+                return Ok(Vec::new());
+            };
+            let query = block_query(
+                &selection.profile_type_id,
+                &selection.label_selector,
+                range.start_ms,
+                range.end_ms,
+            )?;
+            try_join_all(
+                blocks
+                    .into_iter()
+                    .map(|block| merge_block(block, query.clone(), None, spans.clone(), Arc::clone(budget))),
+            )
+            .await
+        };
+        let rest = async {
+            match split.rest {
+                Some((selection, blocks)) => self
+                    .merge_listed(tenant, &selection, blocks, spans.clone(), budget)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (mut trees, rest) = futures_util::try_join!(compacted, rest)?;
+        trees.extend(rest);
+        merge_trees(trees, budget).await
+    }
+
+    /// The merge of `selection` over the ingesters and `blocks`, each
+    /// profile once: by whole series when no block overlaps and the
+    /// replicas agree, else by listed profile.
+    async fn merge_listed(
+        &self,
+        tenant: &str,
+        selection: &ingester::ProfileSelection,
+        blocks: Vec<Arc<Block>>,
+        spans: Option<Arc<HashSet<u64>>>,
+        budget: &Arc<RequestBudget>,
+    ) -> Result<Tree, RpcError> {
+        let span_ids: Vec<u64> = spans.iter().flat_map(|spans| spans.iter().copied()).collect();
         if blocks.is_empty() {
             match self.merge_by_series(tenant, selection, &span_ids, budget).await {
                 Ok(Some(tree)) => return Ok(tree),
@@ -458,8 +594,7 @@ impl Querier {
             }
         }
         let listing = self.list(tenant, selection, blocks).await?;
-        self.merge_listing(tenant, selection, &listing, spans.map(Arc::new), budget)
-            .await
+        self.merge_listing(tenant, selection, &listing, spans, budget).await
     }
 
     /// The merge by whole series (see [`plan_series`]), or `None` when the
@@ -581,7 +716,15 @@ impl Querier {
             .iter()
             .zip(for_block)
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(block, ids)| merge_block(block.clone(), query.clone(), ids, spans.clone(), Arc::clone(budget)));
+            .map(|(block, ids)| {
+                merge_block(
+                    block.clone(),
+                    query.clone(),
+                    Some(ids),
+                    spans.clone(),
+                    Arc::clone(budget),
+                )
+            });
         let (mut from_ingesters, from_blocks) =
             futures_util::try_join!(try_join_all(ingester_merges), try_join_all(block_merges))?;
         from_ingesters.extend(from_blocks);

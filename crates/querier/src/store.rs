@@ -3,8 +3,8 @@
 //! meta, series index and symbols are downloaded into a local cache
 //! (bounded: least recently used blocks go first), while the profiles
 //! table is read in place by byte ranges, only the row groups and pages a
-//! query needs. Every block of every ingester is read; the querier then
-//! counts each profile ID once.
+//! query needs. A block another one supersedes is not read; of the others,
+//! the querier counts each profile ID once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -243,19 +243,19 @@ pub(crate) async fn list_block(block: Arc<Block>, query: ProfileQuery) -> Result
     .map_err(|err| RpcError::internal(err.to_string()))?
 }
 
-/// The merged tree of the profiles `only` of `block` (only the samples of
-/// `spans`, when given).
+/// The merged tree of the profiles of `block` matching `query` (only those
+/// in `only`, when given; only the samples of `spans`, when given).
 pub(crate) async fn merge_block(
     block: Arc<Block>,
     query: ProfileQuery,
-    only: HashSet<ProfileId>,
+    only: Option<HashSet<ProfileId>>,
     spans: Option<Arc<HashSet<u64>>>,
     budget: Arc<RequestBudget>,
 ) -> Result<Tree, RpcError> {
     tokio::task::spawn_blocking(move || {
         let mut tree = Tree::within(budget);
         block
-            .merge_into(&query, Some(&only), spans.as_deref(), &mut tree)
+            .merge_into(&query, only.as_ref(), spans.as_deref(), &mut tree)
             .map_err(|err| match err {
                 BlockError::Budget(err) => err.into(),
                 err => store_error(format!("cannot read block {}: {err}", block.meta().id)),
