@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flamedb_storage::block::Downsample;
 use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, Ulid, compact};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -63,6 +64,9 @@ pub struct CompactorConfig {
     /// Most memory one compaction may take, as [`memory_estimate`] counts
     /// it (`0`: no limit).
     pub max_memory_bytes: u64,
+    /// The time buckets a compacted block also keeps each series'
+    /// profiles merged by (`ZERO`: none).
+    pub downsampling_resolution: Duration,
 }
 
 /// Why a round, a tenant or a compaction failed.
@@ -402,12 +406,15 @@ impl Compactor {
         // rewrites it rather than adding another.
         let id = output_id(metas, group);
         let output_parent = work.to_owned();
+        let downsample = (!self.config.downsampling_resolution.is_zero()).then(|| Downsample {
+            resolution_ms: millis(self.config.downsampling_resolution),
+        });
         let compacted = tokio::task::spawn_blocking(move || {
             let blocks = inputs
                 .iter()
                 .map(|dir| Block::open(dir))
                 .collect::<Result<Vec<_>, _>>()?;
-            compact(&blocks, &output_parent, id)
+            compact(&blocks, &output_parent, id, downsample)
         })
         .await
         .map_err(|err| CompactorError::Task(err.to_string()))?
@@ -464,7 +471,9 @@ fn output_id(metas: &[BlockMeta], group: &[Ulid]) -> Ulid {
 /// The groups of blocks to compact this round: for each of `ranges_ms`
 /// (shortest first) and each window of it (aligned to the epoch) that
 /// ended at least `wait_ms` before `now_ms`, the blocks wholly inside it
-/// not grouped at a shorter range already, when there are two or more.
+/// not grouped at a shorter range already, when there are two or more, or
+/// one an ingester wrote (so every block becomes a compacted one, which
+/// queries read without listing its profiles).
 pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
     let mut groups = Vec::new();
     let mut grouped: HashSet<Ulid> = HashSet::new();
@@ -478,7 +487,11 @@ pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -
                 windows.entry(start).or_default().push(meta.id);
             }
         }
-        for group in windows.into_values().filter(|group| group.len() > 1) {
+        let level_one = |id: &Ulid| metas.iter().any(|meta| meta.id == *id && meta.compaction.level <= 1);
+        for group in windows
+            .into_values()
+            .filter(|group| group.len() > 1 || group.iter().any(level_one))
+        {
             grouped.extend(group.iter().copied());
             groups.push(group);
         }
@@ -526,7 +539,8 @@ pub fn memory_estimate(meta: &BlockMeta) -> u64 {
 
 /// The blocks of `group` that fit `max_memory_bytes` together (`0`: all),
 /// taken oldest first and skipping those that do not fit, or `None` when
-/// fewer than two do.
+/// fewer than two do (unless the group is one block an ingester wrote,
+/// which fits).
 pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64) -> Option<Vec<Ulid>> {
     let mut blocks: Vec<&BlockMeta> = group
         .iter()
@@ -534,6 +548,7 @@ pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64)
         .collect();
     blocks.sort_by_key(|meta| (meta.min_time, meta.id));
     let mut used = 0u64;
+    let alone = matches!(blocks.as_slice(), [meta] if meta.compaction.level <= 1);
     let mut fitting = Vec::new();
     for meta in blocks {
         let with = used.saturating_add(memory_estimate(meta));
@@ -542,7 +557,7 @@ pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64)
             fitting.push(meta.id);
         }
     }
-    (fitting.len() >= 2).then_some(fitting)
+    (fitting.len() >= 2 || (alone && fitting.len() == 1)).then_some(fitting)
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -58,11 +58,21 @@ async fn upload_compacted(bucket: &Bucket, work: &Path, sources: &[Ulid], id: Ul
         let dir = bucket.download_block("t", source, work).await.unwrap();
         blocks.push(Block::open(&dir).unwrap());
     }
-    let meta = compact(&blocks, work, id).unwrap();
+    let meta = compact(&blocks, work, id, None).unwrap();
     bucket
         .upload_block("t", &work.join(id.to_string()), &meta)
         .await
         .unwrap();
+}
+
+/// Every CPU profile.
+fn everything() -> ProfileQuery {
+    ProfileQuery {
+        profile_type: CPU.to_owned(),
+        selector: parse_selector("{}").unwrap(),
+        range: TimeRange::ALL,
+        series: None,
+    }
 }
 
 /// What the bucket's listed blocks hold: profiles (counted once by ID,
@@ -70,12 +80,7 @@ async fn upload_compacted(bucket: &Bucket, work: &Path, sources: &[Ulid], id: Ul
 async fn read_back(bucket: &Bucket) -> (usize, usize, i64) {
     let downloads = tempfile::tempdir().unwrap();
     let metas = bucket.list_blocks("t").await.unwrap();
-    let query = ProfileQuery {
-        profile_type: CPU.to_owned(),
-        selector: parse_selector("{}").unwrap(),
-        range: TimeRange::ALL,
-        series: None,
-    };
+    let query = everything();
     let mut ids = std::collections::HashSet::new();
     let mut tree = Tree::new();
     for meta in &metas {
@@ -118,6 +123,7 @@ fn config(dir: &Path) -> CompactorConfig {
         block_ranges: vec![Duration::from_secs(3600), Duration::from_secs(2 * 3600)],
         deletion_delay: Duration::from_secs(12 * 3600),
         max_memory_bytes: 0,
+        downsampling_resolution: Duration::from_secs(600),
     }
 }
 
@@ -147,27 +153,28 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
 
     let now = 2 * HOUR + 30 * 60 * 1000;
     let report = compactor.run_once(now).await.unwrap();
+    // The second hour's block, alone in its window, is compacted alone.
     assert_eq!(
         report,
         RoundReport {
-            blocks_written: 1,
-            blocks_compacted: 3,
+            blocks_written: 2,
+            blocks_compacted: 4,
             ..RoundReport::default()
         }
     );
-    // The second hour's block is alone in its window: left as it is.
     assert_eq!(read_back(&bucket).await, (2, 4, 5 + 7 + 11 + 13));
     let compacted: Vec<BlockMeta> = bucket
         .list_blocks("t")
         .await
         .unwrap()
         .into_iter()
-        .filter(|meta| meta.compaction.level == 2)
+        .filter(|meta| meta.compaction.level == 2 && meta.compaction.sources.len() == 3)
         .collect();
     sources.sort_unstable();
     assert_eq!(compacted.len(), 1);
     assert_eq!(compacted[0].compaction.sources, sources);
     assert_eq!(compacted[0].stats.num_profiles, 3);
+    assert_eq!(compacted[0].downsample, Some(Downsample { resolution_ms: 600_000 }));
 
     // Marked sources stay until the delay is over, then go.
     let marked: Vec<Ulid> = bucket
@@ -177,7 +184,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(marked.len(), 3);
+    assert_eq!(marked.len(), 4);
 
     // The next round merges the two hours (the 2h range).
     let report = compactor.run_once(now).await.unwrap();
@@ -186,10 +193,16 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     assert_eq!(metas.len(), 1);
     assert_eq!((metas[0].compaction.level, metas[0].compaction.sources.len()), (3, 4));
     assert_eq!(read_back(&bucket).await, (1, 4, 5 + 7 + 11 + 13));
+    // Merged whole, from its downsampled buckets, it holds the same.
+    let downloads = tempfile::tempdir().unwrap();
+    let block = Block::open(&bucket.download_block("t", metas[0].id, downloads.path()).await.unwrap()).unwrap();
+    let mut tree = Tree::new();
+    block.merge_into(&everything(), None, None, &mut tree).unwrap();
+    assert_eq!(tree.total(), 5 + 7 + 11 + 13);
     assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
 
     let later = now_ms() + 12 * HOUR;
-    assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 5);
+    assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 6);
     assert!(bucket.marked_for_deletion("t").await.unwrap().is_empty());
     assert_eq!(read_back(&bucket).await, (1, 4, 5 + 7 + 11 + 13));
 }
@@ -299,11 +312,19 @@ fn test_the_work_directory_must_be_empty_or_the_compactors() {
 
 #[test]
 fn test_plan_groups_whole_windows_that_waited() {
+    let compacted = |min_time: i64, max_time: i64| {
+        let mut meta = meta_with_nothing_set();
+        meta.id = Ulid::generate();
+        (meta.min_time, meta.max_time) = (min_time, max_time);
+        meta.compaction.level = 2;
+        meta
+    };
     let meta = |min_time: i64, max_time: i64| BlockMeta {
-        id: Ulid::generate(),
-        min_time,
-        max_time,
-        ..meta_with_nothing_set()
+        compaction: flamedb_storage::block::Compaction {
+            level: 1,
+            sources: Vec::new(),
+        },
+        ..compacted(min_time, max_time)
     };
     let blocks = [
         meta(0, 10),
@@ -312,7 +333,7 @@ fn test_plan_groups_whole_windows_that_waited() {
         meta(10, HOUR + 5),
         meta(HOUR, HOUR + 10),
         meta(HOUR + 1, HOUR + 2),
-        // Alone in its window.
+        // Alone in a window that has not ended.
         meta(3 * HOUR, 3 * HOUR + 1),
     ];
     let wait = 25 * 60 * 1000;
@@ -324,13 +345,21 @@ fn test_plan_groups_whole_windows_that_waited() {
     // The second hour has not waited long enough.
     let groups = plan(&blocks, &[HOUR], 2 * HOUR + wait - 1, wait);
     assert_eq!(groups, [vec![blocks[0].id, blocks[1].id]]);
-    // With a 2h range too: what the 1h windows group is not grouped again.
+    // With a 2h range too: what the 1h windows group is not grouped again;
+    // the block across them is compacted alone in its 2h window.
     let groups = plan(&blocks, &[HOUR, 2 * HOUR], 2 * HOUR + wait, wait);
-    assert_eq!(groups.len(), 2);
-    // Blocks alone in their hours (or across one) meet in their 2h window.
-    let lone = [meta(0, 10), meta(HOUR + 1, HOUR + 2), meta(10, HOUR + 5)];
+    assert_eq!(groups.len(), 3);
+    assert_eq!(groups[2], [blocks[2].id]);
+    // Compacted blocks alone in their hours (or across one) meet in their
+    // 2h window.
+    let lone = [compacted(0, 10), compacted(HOUR + 1, HOUR + 2), compacted(10, HOUR + 5)];
     let groups = plan(&lone, &[HOUR, 2 * HOUR], 2 * HOUR + wait, wait);
     assert_eq!(groups, [vec![lone[0].id, lone[1].id, lone[2].id]]);
+    // An ingester's block alone in its window is compacted alone, so
+    // queries read it without listing; a compacted one is left as it is.
+    let lone = [meta(0, 10), compacted(HOUR + 1, HOUR + 2)];
+    let groups = plan(&lone, &[HOUR], 2 * HOUR + wait, wait);
+    assert_eq!(groups, [vec![lone[0].id]]);
 }
 
 #[test]
@@ -356,6 +385,10 @@ fn test_a_group_is_cut_to_the_oldest_blocks_that_fit_the_memory_limit() {
         [blocks[1].id, blocks[2].id]
     );
     assert_eq!(within_memory(&blocks, &group, 2 * each - 1), None);
+    // One block an ingester wrote, alone in its window, is compacted alone
+    // when it fits.
+    assert_eq!(within_memory(&blocks, &group[..1], each).unwrap(), [blocks[0].id]);
+    assert_eq!(within_memory(&blocks, &group[..1], each - 1), None);
 }
 
 /// A meta with nothing set but what `plan` reads.
@@ -372,5 +405,6 @@ fn meta_with_nothing_set() -> BlockMeta {
             level: 1,
             sources: Vec::new(),
         },
+        downsample: None,
     }
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use flamedb_compactor::memory_estimate;
 use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{Labels, ProfileId};
+use flamedb_storage::block::Downsample;
 use flamedb_storage::{Block, BlockContents, BlockMeta, ProfileRow, SeriesIndex, Symbols, Ulid, compact, write_block};
 use flamedb_testkit::counting::{Counting, measure};
 
@@ -84,7 +85,9 @@ fn check(shape: &Shape, copies: usize) {
             .iter()
             .map(|meta| Block::open(&dir.path().join(meta.id.to_string())).unwrap())
             .collect();
-        compact(&blocks, &out, Ulid::generate()).unwrap();
+        // Downsampled at its worst: a bucket per profile.
+        let downsample = Some(Downsample { resolution_ms: 1 });
+        compact(&blocks, &out, Ulid::generate(), downsample).unwrap();
     });
     println!(
         "{} profiles x {} samples, {} names of {} bytes, {copies} copies: peak {peak} bytes, estimate {estimate} ({:.2})",

@@ -112,6 +112,7 @@ mod tests {
                 level,
                 sources: sources.iter().map(|&id| Ulid(id)).collect(),
             },
+            downsample: None,
         }
     }
 

@@ -215,6 +215,12 @@ pub const FLAGS: &[Flag] = &[
         "Most memory one compaction may take, estimated from its blocks before they are read (0: no limit).",
     ),
     flag(
+        "compactor.downsampling-resolution",
+        "compactor.downsampling_resolution",
+        FlagKind::Duration,
+        "Time buckets compacted blocks also keep each series' profiles merged by, for fast long-range queries (0s: off).",
+    ),
+    flag(
         "compactor.blocks-retention-period",
         "limits.compactor_blocks_retention_period",
         FlagKind::Duration,

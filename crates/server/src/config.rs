@@ -61,6 +61,10 @@ pub struct CompactorSettings {
     /// Most memory one compaction may take, as estimated from the blocks'
     /// metas (`0`: no limit).
     pub max_memory_bytes: u64,
+    /// The time buckets compacted blocks merge each series' profiles by,
+    /// so queries read whole buckets pre-merged (`0s`: not downsampled).
+    #[serde(with = "humantime_serde")]
+    pub downsampling_resolution: Duration,
 }
 
 impl Default for CompactorSettings {
@@ -72,6 +76,7 @@ impl Default for CompactorSettings {
             deletion_delay: Duration::from_secs(12 * 3600),
             block_ranges: [1, 2, 8].map(|hours| Duration::from_secs(hours * 3600).into()).to_vec(),
             max_memory_bytes: 1 << 30,
+            downsampling_resolution: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -456,6 +461,13 @@ impl Config {
                     "each range must be a multiple of the one before it, and longer".to_owned(),
                 ));
             }
+        }
+        let resolution = self.compactor.downsampling_resolution;
+        if !resolution.is_zero() && resolution < Duration::from_secs(1) {
+            return Err(invalid(
+                "compactor.downsampling_resolution",
+                "must be 0s (off) or at least 1s".to_owned(),
+            ));
         }
         if lifecycler.ring.replication_factor == Some(0) {
             return Err(invalid(

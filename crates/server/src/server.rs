@@ -175,6 +175,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 block_ranges: settings.block_ranges.iter().map(|range| **range).collect(),
                 deletion_delay: settings.deletion_delay,
                 max_memory_bytes: settings.max_memory_bytes,
+                downsampling_resolution: settings.downsampling_resolution,
             },
             {
                 let limits = overrides.tenant_limits();

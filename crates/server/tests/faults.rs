@@ -282,8 +282,9 @@ fn test_rf3_sigkill_of_every_ingester_at_once_loses_nothing_acknowledged() {
 
 /// A compactor SIGKILLed again and again while it compacts the blocks of
 /// an RF=3 cluster under load (5 s windows, flushed and uploaded every
-/// round, read back from the bucket alone after a second): every
-/// acknowledged profile is read back once, whatever step a kill cut short.
+/// round, read back from the bucket alone after a second, whole buckets
+/// of a second from the compacted blocks' merged ones): every acknowledged
+/// profile is read back once, whatever step a kill cut short.
 #[test]
 fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
     let dir = shared_dir();
@@ -301,6 +302,7 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
         "-compactor.compaction-interval=200ms".to_owned(),
         "-compactor.first-level-compaction-wait-period=0s".to_owned(),
         "-compactor.block-ranges=5s,10s,20s".to_owned(),
+        "-compactor.downsampling-resolution=1s".to_owned(),
         "-compactor.deletion-delay=2s".to_owned(),
     ]);
     let start_compactor = || start_ready(BINARY, "compactor", &compactor_flags, &[]);

@@ -18,14 +18,21 @@ use std::path::Path;
 use flamedb_model::{PROFILE_TYPE, ProfileId};
 use ulid::Ulid;
 
-use crate::block::{Block, BlockContents, BlockError, BlockMeta, Compaction, Origin, write_with_origin};
+use crate::block::{Block, BlockContents, BlockError, BlockMeta, Compaction, Downsample, Origin, write_with_origin};
 use crate::query::ProfileRow;
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
 
 /// Writes the profiles of `inputs`, each once, as block `id` under
-/// `parent`: its level one above the highest input's, its sources theirs.
-pub fn compact(inputs: &[Block], parent: &Path, id: Ulid) -> Result<BlockMeta, BlockError> {
+/// `parent`: its level one above the highest input's, its sources theirs;
+/// with `downsample`, also its profiles merged per series and time bucket
+/// (inputs' downsampled tables are not read: they are made again).
+pub fn compact(
+    inputs: &[Block],
+    parent: &Path,
+    id: Ulid,
+    downsample: Option<Downsample>,
+) -> Result<BlockMeta, BlockError> {
     let mut series = SeriesIndex::new();
     let mut symbols = Symbols::new();
     let mut rows: Vec<ProfileRow> = Vec::new();
@@ -87,6 +94,7 @@ pub fn compact(inputs: &[Block], parent: &Path, id: Ulid) -> Result<BlockMeta, B
     let origin = Origin {
         writer: "compactor",
         compaction: Compaction { level, sources },
+        downsample,
     };
     write_with_origin(parent, id, contents, &[], origin)
 }
@@ -173,7 +181,7 @@ mod tests {
             block(dir.path(), &[("web", 1, 1_000, "serve", 11)]),
         ];
         let id = Ulid::generate();
-        compact(&inputs, dir.path(), id).unwrap();
+        compact(&inputs, dir.path(), id, None).unwrap();
         let output = Block::open(&dir.path().join(id.to_string())).unwrap();
         let counts: Vec<usize> = answer(&output, &["api", "db", "web"])
             .into_iter()
@@ -196,7 +204,7 @@ mod tests {
             block(dir.path(), &third),
         ];
         let id = Ulid::generate();
-        let meta = compact(&inputs, dir.path(), id).unwrap();
+        let meta = compact(&inputs, dir.path(), id, None).unwrap();
         assert_eq!(meta.source, "compactor");
         assert_eq!(meta.compaction.level, 2);
         let mut sources: Vec<Ulid> = inputs.iter().map(|block| block.meta().id).collect();
@@ -218,7 +226,7 @@ mod tests {
         // Compacting the output with a source again changes nothing: a
         // compaction cut short and run again counts nothing twice.
         let again = Ulid::generate();
-        let meta = compact(&[output, block(dir.path(), &replica)], dir.path(), again).unwrap();
+        let meta = compact(&[output, block(dir.path(), &replica)], dir.path(), again, None).unwrap();
         assert_eq!(meta.compaction.level, 3);
         let output = Block::open(&dir.path().join(again.to_string())).unwrap();
         assert_eq!(answer(&output, &["api", "db"])[0].1, 2);

@@ -37,6 +37,15 @@ pub(crate) struct SeriesEntry {
     /// Its profiles' totals summed (wrapping).
     #[prost(int64, tag = "8")]
     pub total: i64,
+    /// In a downsampled block: its first row in the downsampled table,
+    /// which holds one row per time bucket with profiles, in time order.
+    #[prost(uint32, tag = "9")]
+    pub downsampled_first_row: u32,
+    /// In a downsampled block: per row of it in the downsampled table, how
+    /// many of its rows in the profiles table the bucket holds (they sum
+    /// to `row_count`).
+    #[prost(uint32, repeated, tag = "10")]
+    pub bucket_rows: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -65,6 +74,8 @@ impl SeriesEntry {
             row_count,
             id_sum: id_sum.to_be_bytes().to_vec(),
             total,
+            downsampled_first_row: 0,
+            bucket_rows: Vec::new(),
         }
     }
 

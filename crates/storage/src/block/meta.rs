@@ -22,6 +22,18 @@ pub struct BlockMeta {
     /// Who wrote it: `ingester` (or, later, `compactor`).
     pub source: String,
     pub compaction: Compaction,
+    /// Set when the block also holds its profiles merged per series and
+    /// time bucket (`downsampled.parquet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsample: Option<Downsample>,
+}
+
+/// How a block's profiles are pre-merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Downsample {
+    /// The buckets' length (ms); each starts at a multiple of it.
+    pub resolution_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! <id>/series.binpb.zst     series (labels, fingerprint, time span, run of rows), label order
 //! <id>/profiles.parquet     one row per profile and sample type, sorted by series, time, ID
 //! <id>/symbols.binpb.zst    strings, functions, mappings, locations, stack prefix tree
+//! <id>/downsampled.parquet  (compacted blocks) per series and time bucket, its profiles merged
 //! ```
 //!
 //! A block is written into `<id>.tmp`, every file fsync'd, `meta.json`
@@ -30,7 +31,7 @@ use foldhash::{HashMap, HashMapExt};
 use prost::Message;
 use ulid::Ulid;
 
-pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, FORMAT_VERSION};
+pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, Downsample, FORMAT_VERSION};
 
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
@@ -41,8 +42,13 @@ pub(crate) use remote::RemoteFile;
 pub const META_FILE: &str = "meta.json";
 const SERIES_FILE: &str = "series.binpb.zst";
 const SYMBOLS_FILE: &str = "symbols.binpb.zst";
-/// Every file a block has besides `meta.json`.
-const BLOCK_FILES: [&str; 3] = [profiles::FILE, SERIES_FILE, SYMBOLS_FILE];
+/// The profiles table's format, one row per series and time bucket: the
+/// bucket's start, its profiles' samples merged (stack order), their
+/// totals summed, and in the ID column their IDs summed (128-bit,
+/// wrapping); no span IDs.
+const DOWNSAMPLED_FILE: &str = "downsampled.parquet";
+/// Every file a block may have besides `meta.json`.
+const BLOCK_FILES: [&str; 4] = [profiles::FILE, SERIES_FILE, SYMBOLS_FILE, DOWNSAMPLED_FILE];
 /// A compressed file may expand this many times, and to at least
 /// `MIN_DECOMPRESSED_LIMIT`: a damaged file cannot take all memory.
 const MAX_EXPANSION: u64 = 64;
@@ -107,15 +113,17 @@ pub fn write_block(
             level: 1,
             sources: vec![id],
         },
+        downsample: None,
     };
     write_with_origin(parent, id, contents, sidecars, origin)
 }
 
-/// Who wrote a block (its meta's `source`), and of which level-1 blocks it
-/// holds the data.
+/// Who wrote a block (its meta's `source`), of which level-1 blocks it
+/// holds the data, and whether it is downsampled.
 pub(crate) struct Origin {
     pub writer: &'static str,
     pub compaction: Compaction,
+    pub downsample: Option<Downsample>,
 }
 
 /// [`write_block`], for any writer.
@@ -167,20 +175,8 @@ pub(crate) fn write_with_origin(
             .iter()
             .map(|&row| (block_id_of[rows[row].series as usize], &rows[row])),
     )
-    .map_err(|err| match err {
-        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
-            Ok(io) => BlockError::io("write", &profiles_path)(*io),
-            Err(other) => BlockError::corrupt(&profiles_path, other.to_string()),
-        },
-        other => BlockError::corrupt(&profiles_path, other.to_string()),
-    })?;
-    table.file.sync_all().map_err(BlockError::io("sync", &profiles_path))?;
-    files.push(BlockFile {
-        rel_path: profiles::FILE.to_owned(),
-        size_bytes: table.len,
-        crc32: table.hasher.finalize(),
-        uncompressed_bytes: 0,
-    });
+    .map_err(|err| parquet_error(err, &profiles_path))?;
+    files.push(finish_table(table, &profiles_path)?);
 
     // Per block series: rows, and the summary of its profiles.
     let mut summaries = vec![SeriesSummary::default(); series_order.len()];
@@ -201,6 +197,34 @@ pub(crate) fn write_with_origin(
             summary.total,
         ));
         next_row += count;
+    }
+    if let Some(downsample) = origin.downsample {
+        let resolution_ms = downsample.resolution_ms.max(1);
+        let bucket = |row: usize| {
+            let row = &rows[row];
+            (
+                block_id_of[row.series as usize],
+                row.time_ms().div_euclid(resolution_ms),
+            )
+        };
+        let buckets: Vec<&[usize]> = order.chunk_by(|&a, &b| bucket(a) == bucket(b)).collect();
+        let mut next_bucket = 0u32;
+        for (series, entry) in entries.iter_mut().enumerate() {
+            entry.downsampled_first_row = next_bucket;
+            while let Some(rows_of) = buckets.get(next_bucket as usize)
+                && bucket(rows_of[0]).0 == series as u32
+            {
+                entry.bucket_rows.push(rows_of.len() as u32);
+                next_bucket += 1;
+            }
+        }
+        let path = temp.join(DOWNSAMPLED_FILE);
+        let merged = buckets.iter().map(|rows_of| {
+            let (series, index) = bucket(rows_of[0]);
+            (series, merge_bucket(rows, rows_of, index * resolution_ms))
+        });
+        let table = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
+        files.push(finish_table(table, &path)?);
     }
     let series_bytes = format::SeriesFile { series: entries }.encode_to_vec();
     files.push(write_compressed(&temp, SERIES_FILE, &series_bytes)?);
@@ -226,6 +250,7 @@ pub(crate) fn write_with_origin(
         files,
         source: origin.writer.to_owned(),
         compaction: origin.compaction,
+        downsample: origin.downsample,
     };
     for (name, bytes) in sidecars {
         write_synced(&temp.join(name), bytes)?;
@@ -239,6 +264,58 @@ pub(crate) fn write_with_origin(
     fs::rename(&temp, &target).map_err(BlockError::io("rename into place", &temp))?;
     sync_dir(parent)?;
     Ok(meta)
+}
+
+/// One row of the downsampled table: the rows `bucket` of `rows` (one
+/// series, one time bucket starting at `start_ms`) merged.
+fn merge_bucket(rows: &[ProfileRow], bucket: &[usize], start_ms: i64) -> ProfileRow {
+    let mut by_stack: HashMap<u32, i64> = HashMap::new();
+    let mut id_sum = 0u128;
+    let mut total = 0i64;
+    for &row in bucket {
+        let row = &rows[row];
+        id_sum = id_sum.wrapping_add(u128::from_be_bytes(row.id.0));
+        total = total.wrapping_add(row.total);
+        for (&stack, &value) in row.stacks.iter().zip(row.values.iter()) {
+            let sum = by_stack.entry(stack).or_insert(0);
+            *sum = sum.wrapping_add(value);
+        }
+    }
+    let mut merged: Vec<(u32, i64)> = by_stack.into_iter().collect();
+    merged.sort_unstable();
+    ProfileRow {
+        id: ProfileId(id_sum.to_be_bytes()),
+        series: rows[bucket[0]].series,
+        time_nanos: start_ms.saturating_mul(1_000_000),
+        total,
+        stacks: merged.iter().map(|(stack, _)| *stack).collect(),
+        values: merged.iter().map(|(_, value)| *value).collect(),
+        span_ids: None,
+    }
+}
+
+/// The entry of a written Parquet table, synced.
+fn finish_table(table: profiles::Checksummed, path: &Path) -> Result<BlockFile, BlockError> {
+    table.file.sync_all().map_err(BlockError::io("sync", path))?;
+    Ok(BlockFile {
+        rel_path: path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size_bytes: table.len,
+        crc32: table.hasher.finalize(),
+        uncompressed_bytes: 0,
+    })
+}
+
+fn parquet_error(err: parquet::errors::ParquetError, path: &Path) -> BlockError {
+    match err {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
+            Ok(io) => BlockError::io("write", path)(*io),
+            Err(other) => BlockError::corrupt(path, other.to_string()),
+        },
+        other => BlockError::corrupt(path, other.to_string()),
+    }
 }
 
 /// Creates `dir` and any missing parents, syncing the directory each new
@@ -331,6 +408,17 @@ pub struct Block {
     /// Set when the profiles table stays in object storage (read by
     /// ranges) and only the other files are in `dir`.
     remote_profiles: Option<RemoteFile>,
+    /// Its downsampled table, when it has one.
+    downsampled: Option<Downsampled>,
+}
+
+/// Where a downsampled block's buckets are.
+#[derive(Debug)]
+struct Downsampled {
+    resolution_ms: i64,
+    /// Per series (by block id): its first row in the downsampled table,
+    /// and per bucket (a row from there on) how many profile rows it holds.
+    buckets: Vec<(u32, Vec<u32>)>,
 }
 
 impl Block {
@@ -364,8 +452,13 @@ impl Block {
         let mut series = SeriesIndex::new();
         let mut rows = Vec::with_capacity(series_file.series.len());
         let mut summaries = Vec::with_capacity(series_file.series.len());
+        let mut downsampled = meta.downsample.map(|downsample| Downsampled {
+            resolution_ms: downsample.resolution_ms.max(1),
+            buckets: Vec::with_capacity(series_file.series.len()),
+        });
         let mut next_row = 0u64;
-        for entry in &series_file.series {
+        let mut next_bucket = 0u64;
+        for entry in series_file.series {
             if u64::from(entry.first_row) != next_row {
                 return Err(BlockError::corrupt(&series_path, "series rows are not consecutive"));
             }
@@ -373,6 +466,19 @@ impl Block {
             rows.push(entry.first_row..entry.first_row.saturating_add(entry.row_count));
             summaries.push(entry.summary());
             series.push(entry.series());
+            if let Some(downsampled) = &mut downsampled {
+                let bucket_rows: u64 = entry.bucket_rows.iter().map(|&rows| u64::from(rows)).sum();
+                if u64::from(entry.downsampled_first_row) != next_bucket || bucket_rows != u64::from(entry.row_count) {
+                    return Err(BlockError::corrupt(
+                        &series_path,
+                        "downsampled buckets are not consecutive or do not hold the series' rows",
+                    ));
+                }
+                next_bucket += entry.bucket_rows.len() as u64;
+                downsampled
+                    .buckets
+                    .push((entry.downsampled_first_row, entry.bucket_rows));
+            }
         }
         if next_row != meta.stats.num_profiles {
             return Err(BlockError::corrupt(
@@ -390,6 +496,7 @@ impl Block {
             rows,
             summaries,
             remote_profiles,
+            downsampled,
         })
     }
 
@@ -557,9 +664,12 @@ impl Block {
         spans: Option<&HashSet<u64>>,
         tree: &mut Tree,
     ) -> Result<(), BlockError> {
-        let (_, ranges) = self.ranges(query);
+        let (selected, ranges) = self.ranges(query);
         if ranges.is_empty() {
             return Ok(());
+        }
+        if let (Some(downsampled), None, None) = (&self.downsampled, only, spans) {
+            return self.merge_downsampled(query, downsampled, &selected, tree);
         }
         let want = match spans {
             Some(_) => profiles::Want::SamplesAndSpans,
@@ -573,6 +683,83 @@ impl Block {
                 return;
             }
             add_samples(&mut by_stack, row.stacks, row.values, row.span_ids, spans);
+        })?;
+        self.symbols()?.add_to_tree(by_stack, tree)?;
+        Ok(())
+    }
+}
+
+impl Block {
+    /// [`Block::merge_into`] of every profile of `selected` (the series of
+    /// `query`): whole buckets in the range from the downsampled table, the
+    /// rest of the range from the profiles table.
+    fn merge_downsampled(
+        &self,
+        query: &ProfileQuery,
+        downsampled: &Downsampled,
+        selected: &[u32],
+        tree: &mut Tree,
+    ) -> Result<(), BlockError> {
+        let range = query.range;
+        let resolution = downsampled.resolution_ms;
+        // Each downsampled row read, in order: its series and bucket.
+        let mut expected: Vec<(u32, usize)> = Vec::new();
+        let mut bucket_ranges: Vec<Range<usize>> = Vec::new();
+        for &series in selected {
+            let Some((first, buckets)) = downsampled.buckets.get(series as usize) else {
+                continue;
+            };
+            if !buckets.is_empty() {
+                let first = *first as usize;
+                bucket_ranges.push(first..first + buckets.len());
+                expected.extend((0..buckets.len()).map(|bucket| (series, bucket)));
+            }
+        }
+        let mut by_stack: HashMap<u32, i64> = HashMap::new();
+        // The profile rows of the buckets the range holds in part.
+        let mut partial: Vec<Range<usize>> = Vec::new();
+        let mut read = 0usize;
+        let mut mismatch = false;
+        let mut cursor: Option<(u32, usize)> = None;
+        let path = self.dir.join(DOWNSAMPLED_FILE);
+        let file = File::open(&path).map_err(BlockError::io("open", &path))?;
+        profiles::read(file, bucket_ranges, profiles::Want::Samples, |row| {
+            let Some(&(series, bucket)) = expected.get(read) else {
+                mismatch = true;
+                return;
+            };
+            read += 1;
+            if row.series != series {
+                mismatch = true;
+                return;
+            }
+            let (_, bucket_rows) = &downsampled.buckets[series as usize];
+            // The bucket's profile rows follow those of the one before.
+            let start = match cursor {
+                Some((last, end)) if last == series => end,
+                _ => self.rows[series as usize].start as usize,
+            };
+            let end = start + bucket_rows[bucket] as usize;
+            cursor = Some((series, end));
+            let start_ms = row.time_nanos.div_euclid(1_000_000);
+            let end_ms = start_ms.saturating_add(resolution - 1);
+            if range.contains(start_ms) && range.contains(end_ms) {
+                add_samples(&mut by_stack, row.stacks, row.values, None, None);
+            } else if range.overlaps(start_ms, end_ms) {
+                match partial.last_mut() {
+                    Some(last) if last.end == start => last.end = end,
+                    _ => partial.push(start..end),
+                }
+            }
+        })
+        .map_err(|reason| BlockError::corrupt(&path, reason))?;
+        if mismatch || read != expected.len() {
+            return Err(BlockError::corrupt(&path, "rows differ from the series' buckets"));
+        }
+        self.read_rows(partial, profiles::Want::Samples, |row| {
+            if range.contains(row.time_nanos.div_euclid(1_000_000)) {
+                add_samples(&mut by_stack, row.stacks, row.values, None, None);
+            }
         })?;
         self.symbols()?.add_to_tree(by_stack, tree)?;
         Ok(())

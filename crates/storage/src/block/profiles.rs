@@ -13,6 +13,7 @@
 //! | `values` | list of int64, one per stack |
 //! | `span_ids` | list of uint64, one per stack, 0 for none; null when no sample had one |
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
@@ -144,9 +145,9 @@ impl std::io::Write for Checksummed {
 
 /// Writes `rows` (block series id, row), already in table order, to `path`;
 /// returns the file with the checksum of its bytes.
-pub(crate) fn write<'a>(
+pub(crate) fn write<R: Borrow<ProfileRow>>(
     path: &Path,
-    rows: impl Iterator<Item = (u32, &'a ProfileRow)>,
+    rows: impl Iterator<Item = (u32, R)>,
 ) -> Result<Checksummed, parquet::errors::ParquetError> {
     let file = Checksummed {
         file: File::create(path)?,
@@ -160,7 +161,7 @@ pub(crate) fn write<'a>(
     let mut writer = ArrowWriter::try_new(file, schema(), Some(properties))?;
     let mut columns = Columns::new();
     for (series, row) in rows {
-        columns.push(series, row)?;
+        columns.push(series, row.borrow())?;
         if columns.rows == BATCH_ROWS {
             writer.write(&columns.finish()?)?;
         }
