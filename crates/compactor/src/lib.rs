@@ -65,8 +65,9 @@ pub struct CompactorConfig {
     /// it (`0`: no limit).
     pub max_memory_bytes: u64,
     /// The time buckets a compacted block also keeps each series'
-    /// profiles merged by (`ZERO`: none).
-    pub downsampling_resolution: Duration,
+    /// profiles merged by, finest first, each a multiple of the one before
+    /// (none: not downsampled).
+    pub downsampling_resolutions: Vec<Duration>,
 }
 
 /// Why a round, a tenant or a compaction failed.
@@ -406,8 +407,9 @@ impl Compactor {
         // rewrites it rather than adding another.
         let id = output_id(metas, group);
         let output_parent = work.to_owned();
-        let downsample = (!self.config.downsampling_resolution.is_zero()).then(|| Downsample {
-            resolution_ms: millis(self.config.downsampling_resolution),
+        let resolutions = &self.config.downsampling_resolutions;
+        let downsample = (!resolutions.is_empty()).then(|| Downsample {
+            resolutions_ms: resolutions.iter().copied().map(millis).collect(),
         });
         let compacted = tokio::task::spawn_blocking(move || {
             let blocks = inputs

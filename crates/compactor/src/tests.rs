@@ -123,7 +123,7 @@ fn config(dir: &Path) -> CompactorConfig {
         block_ranges: vec![Duration::from_secs(3600), Duration::from_secs(2 * 3600)],
         deletion_delay: Duration::from_secs(12 * 3600),
         max_memory_bytes: 0,
-        downsampling_resolution: Duration::from_secs(600),
+        downsampling_resolutions: vec![Duration::from_secs(600), Duration::from_secs(3600)],
     }
 }
 
@@ -174,7 +174,12 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     assert_eq!(compacted.len(), 1);
     assert_eq!(compacted[0].compaction.sources, sources);
     assert_eq!(compacted[0].stats.num_profiles, 3);
-    assert_eq!(compacted[0].downsample, Some(Downsample { resolution_ms: 600_000 }));
+    assert_eq!(
+        compacted[0].downsample,
+        Some(Downsample {
+            resolutions_ms: vec![600_000, 3_600_000]
+        })
+    );
 
     // Marked sources stay until the delay is over, then go.
     let marked: Vec<Ulid> = bucket

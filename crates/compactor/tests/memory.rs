@@ -85,8 +85,10 @@ fn check(shape: &Shape, copies: usize) {
             .iter()
             .map(|meta| Block::open(&dir.path().join(meta.id.to_string())).unwrap())
             .collect();
-        // Downsampled at its worst: a bucket per profile.
-        let downsample = Some(Downsample { resolution_ms: 1 });
+        // Downsampled at its worst: a bucket per profile, and coarser.
+        let downsample = Some(Downsample {
+            resolutions_ms: vec![1, 10],
+        });
         compact(&blocks, &out, Ulid::generate(), downsample).unwrap();
     });
     println!(

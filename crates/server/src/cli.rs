@@ -215,10 +215,10 @@ pub const FLAGS: &[Flag] = &[
         "Most memory one compaction may take, estimated from its blocks before they are read (0: no limit).",
     ),
     flag(
-        "compactor.downsampling-resolution",
-        "compactor.downsampling_resolution",
-        FlagKind::Duration,
-        "Time buckets compacted blocks also keep each series' profiles merged by, for fast long-range queries (0s: off).",
+        "compactor.downsampling-resolutions",
+        "compactor.downsampling_resolutions",
+        FlagKind::List,
+        "Time buckets compacted blocks also keep each series' profiles merged by, finest first, for fast long-range queries (empty: off).",
     ),
     flag(
         "compactor.blocks-retention-period",

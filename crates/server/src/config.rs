@@ -62,9 +62,9 @@ pub struct CompactorSettings {
     /// metas (`0`: no limit).
     pub max_memory_bytes: u64,
     /// The time buckets compacted blocks merge each series' profiles by,
-    /// so queries read whole buckets pre-merged (`0s`: not downsampled).
-    #[serde(with = "humantime_serde")]
-    pub downsampling_resolution: Duration,
+    /// finest first, so queries read whole buckets pre-merged (empty: not
+    /// downsampled).
+    pub downsampling_resolutions: Vec<humantime_serde::Serde<Duration>>,
 }
 
 impl Default for CompactorSettings {
@@ -76,7 +76,9 @@ impl Default for CompactorSettings {
             deletion_delay: Duration::from_secs(12 * 3600),
             block_ranges: [1, 2, 8].map(|hours| Duration::from_secs(hours * 3600).into()).to_vec(),
             max_memory_bytes: 1 << 30,
-            downsampling_resolution: Duration::from_secs(15 * 60),
+            downsampling_resolutions: [15 * 60, 8 * 3600]
+                .map(|seconds| Duration::from_secs(seconds).into())
+                .to_vec(),
         }
     }
 }
@@ -462,11 +464,18 @@ impl Config {
                 ));
             }
         }
-        let resolution = self.compactor.downsampling_resolution;
-        if !resolution.is_zero() && resolution < Duration::from_secs(1) {
+        let resolutions = &self.compactor.downsampling_resolutions;
+        if resolutions
+            .iter()
+            .any(|resolution| **resolution < Duration::from_secs(1))
+            || resolutions.windows(2).any(|pair| {
+                let (finer, coarser) = (pair[0].as_millis(), pair[1].as_millis());
+                coarser <= finer || coarser % finer != 0
+            })
+        {
             return Err(invalid(
-                "compactor.downsampling_resolution",
-                "must be 0s (off) or at least 1s".to_owned(),
+                "compactor.downsampling_resolutions",
+                "each must be at least 1s, and a multiple of the one before it, and longer".to_owned(),
             ));
         }
         if lifecycler.ring.replication_factor == Some(0) {
@@ -582,6 +591,26 @@ mod tests {
         let config = parse("compactor:\n  block_ranges: [30m, 1h, 4h]\n").unwrap();
         let ranges: Vec<Duration> = config.compactor.block_ranges.iter().map(|range| **range).collect();
         assert_eq!(ranges, [1800, 3600, 14_400].map(Duration::from_secs));
+    }
+
+    #[test]
+    fn test_downsampling_resolutions_nest() {
+        for bad in ["[1h, 90m]", "[15m, 40m]", "[500ms]"] {
+            let err = parse(&format!("compactor:\n  downsampling_resolutions: {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("compactor.downsampling_resolutions"),
+                "{bad}: {err}"
+            );
+        }
+        let config = parse("compactor:\n  downsampling_resolutions: []\n").unwrap();
+        assert!(config.compactor.downsampling_resolutions.is_empty());
+        let defaults: Vec<Duration> = Config::default()
+            .compactor
+            .downsampling_resolutions
+            .iter()
+            .map(|resolution| **resolution)
+            .collect();
+        assert_eq!(defaults, [900, 28_800].map(Duration::from_secs));
     }
 
     #[test]

@@ -175,7 +175,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 block_ranges: settings.block_ranges.iter().map(|range| **range).collect(),
                 deletion_delay: settings.deletion_delay,
                 max_memory_bytes: settings.max_memory_bytes,
-                downsampling_resolution: settings.downsampling_resolution,
+                downsampling_resolutions: settings
+                    .downsampling_resolutions
+                    .iter()
+                    .map(|resolution| **resolution)
+                    .collect(),
             },
             {
                 let limits = overrides.tenant_limits();

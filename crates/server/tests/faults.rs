@@ -302,7 +302,7 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
         "-compactor.compaction-interval=200ms".to_owned(),
         "-compactor.first-level-compaction-wait-period=0s".to_owned(),
         "-compactor.block-ranges=5s,10s,20s".to_owned(),
-        "-compactor.downsampling-resolution=1s".to_owned(),
+        "-compactor.downsampling-resolutions=1s,4s".to_owned(),
         "-compactor.deletion-delay=2s".to_owned(),
     ]);
     let start_compactor = || start_ready(BINARY, "compactor", &compactor_flags, &[]);

@@ -37,14 +37,24 @@ pub(crate) struct SeriesEntry {
     /// Its profiles' totals summed (wrapping).
     #[prost(int64, tag = "8")]
     pub total: i64,
-    /// In a downsampled block: its first row in the downsampled table,
-    /// which holds one row per time bucket with profiles, in time order.
-    #[prost(uint32, tag = "9")]
-    pub downsampled_first_row: u32,
-    /// In a downsampled block: per row of it in the downsampled table, how
-    /// many of its rows in the profiles table the bucket holds (they sum
-    /// to `row_count`).
-    #[prost(uint32, repeated, tag = "10")]
+    /// In a downsampled block: its buckets at each resolution of the
+    /// meta, in that order.
+    #[prost(message, repeated, tag = "9")]
+    pub downsampled: Vec<DownsampledRun>,
+}
+
+/// A series' buckets at one resolution: rows `first_row..` of the
+/// downsampled table, one per bucket with profiles, in time order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct DownsampledRun {
+    #[prost(uint32, tag = "1")]
+    pub first_row: u32,
+    /// Each bucket's start divided by the resolution.
+    #[prost(int64, repeated, tag = "2")]
+    pub buckets: Vec<i64>,
+    /// How many of the series' profile rows each bucket merges (they sum
+    /// to its `row_count`).
+    #[prost(uint32, repeated, tag = "3")]
     pub bucket_rows: Vec<u32>,
 }
 
@@ -74,8 +84,7 @@ impl SeriesEntry {
             row_count,
             id_sum: id_sum.to_be_bytes().to_vec(),
             total,
-            downsampled_first_row: 0,
-            bucket_rows: Vec::new(),
+            downsampled: Vec::new(),
         }
     }
 

@@ -29,11 +29,12 @@ pub struct BlockMeta {
 }
 
 /// How a block's profiles are pre-merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Downsample {
-    /// The buckets' length (ms); each starts at a multiple of it.
-    pub resolution_ms: i64,
+    /// The buckets' lengths (ms), finest first, each a multiple of the one
+    /// before; a bucket starts at a multiple of its length.
+    pub resolutions_ms: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! <id>/series.binpb.zst     series (labels, fingerprint, time span, run of rows), label order
 //! <id>/profiles.parquet     one row per profile and sample type, sorted by series, time, ID
 //! <id>/symbols.binpb.zst    strings, functions, mappings, locations, stack prefix tree
-//! <id>/downsampled.parquet  (compacted blocks) per series and time bucket, its profiles merged
+//! <id>/downsampled.parquet  (compacted blocks) per resolution, series and time bucket, its profiles merged
 //! ```
 //!
 //! A block is written into `<id>.tmp`, every file fsync'd, `meta.json`
@@ -14,6 +14,7 @@
 //! complete or absent. Readers check the format version and file sizes on
 //! open, and the checksum of every file they read whole.
 
+mod downsampled;
 pub(crate) mod format;
 mod meta;
 mod profiles;
@@ -31,6 +32,7 @@ use foldhash::{HashMap, HashMapExt};
 use prost::Message;
 use ulid::Ulid;
 
+use downsampled::Downsampled;
 pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, Downsample, FORMAT_VERSION};
 
 use crate::series::SeriesIndex;
@@ -42,13 +44,8 @@ pub(crate) use remote::RemoteFile;
 pub const META_FILE: &str = "meta.json";
 const SERIES_FILE: &str = "series.binpb.zst";
 const SYMBOLS_FILE: &str = "symbols.binpb.zst";
-/// The profiles table's format, one row per series and time bucket: the
-/// bucket's start, its profiles' samples merged (stack order), their
-/// totals summed, and in the ID column their IDs summed (128-bit,
-/// wrapping); no span IDs.
-const DOWNSAMPLED_FILE: &str = "downsampled.parquet";
 /// Every file a block may have besides `meta.json`.
-const BLOCK_FILES: [&str; 4] = [profiles::FILE, SERIES_FILE, SYMBOLS_FILE, DOWNSAMPLED_FILE];
+const BLOCK_FILES: [&str; 4] = [profiles::FILE, SERIES_FILE, SYMBOLS_FILE, downsampled::FILE];
 /// A compressed file may expand this many times, and to at least
 /// `MIN_DECOMPRESSED_LIMIT`: a damaged file cannot take all memory.
 const MAX_EXPANSION: u64 = 64;
@@ -198,31 +195,13 @@ pub(crate) fn write_with_origin(
         ));
         next_row += count;
     }
-    if let Some(downsample) = origin.downsample {
-        let resolution_ms = downsample.resolution_ms.max(1);
-        let bucket = |row: usize| {
-            let row = &rows[row];
-            (
-                block_id_of[row.series as usize],
-                row.time_ms().div_euclid(resolution_ms),
-            )
-        };
-        let buckets: Vec<&[usize]> = order.chunk_by(|&a, &b| bucket(a) == bucket(b)).collect();
-        let mut next_bucket = 0u32;
-        for (series, entry) in entries.iter_mut().enumerate() {
-            entry.downsampled_first_row = next_bucket;
-            while let Some(rows_of) = buckets.get(next_bucket as usize)
-                && bucket(rows_of[0]).0 == series as u32
-            {
-                entry.bucket_rows.push(rows_of.len() as u32);
-                next_bucket += 1;
-            }
-        }
-        let path = temp.join(DOWNSAMPLED_FILE);
-        let merged = buckets.iter().map(|rows_of| {
-            let (series, index) = bucket(rows_of[0]);
-            (series, merge_bucket(rows, rows_of, index * resolution_ms))
-        });
+    if let Some(downsample) = &origin.downsample {
+        let table: Vec<(u32, &ProfileRow)> = order
+            .iter()
+            .map(|&row| (block_id_of[rows[row].series as usize], &rows[row]))
+            .collect();
+        let path = temp.join(downsampled::FILE);
+        let merged = downsampled::rows(&downsample.resolutions_ms, &table, &mut entries);
         let table = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
         files.push(finish_table(table, &path)?);
     }
@@ -264,34 +243,6 @@ pub(crate) fn write_with_origin(
     fs::rename(&temp, &target).map_err(BlockError::io("rename into place", &temp))?;
     sync_dir(parent)?;
     Ok(meta)
-}
-
-/// One row of the downsampled table: the rows `bucket` of `rows` (one
-/// series, one time bucket starting at `start_ms`) merged.
-fn merge_bucket(rows: &[ProfileRow], bucket: &[usize], start_ms: i64) -> ProfileRow {
-    let mut by_stack: HashMap<u32, i64> = HashMap::new();
-    let mut id_sum = 0u128;
-    let mut total = 0i64;
-    for &row in bucket {
-        let row = &rows[row];
-        id_sum = id_sum.wrapping_add(u128::from_be_bytes(row.id.0));
-        total = total.wrapping_add(row.total);
-        for (&stack, &value) in row.stacks.iter().zip(row.values.iter()) {
-            let sum = by_stack.entry(stack).or_insert(0);
-            *sum = sum.wrapping_add(value);
-        }
-    }
-    let mut merged: Vec<(u32, i64)> = by_stack.into_iter().collect();
-    merged.sort_unstable();
-    ProfileRow {
-        id: ProfileId(id_sum.to_be_bytes()),
-        series: rows[bucket[0]].series,
-        time_nanos: start_ms.saturating_mul(1_000_000),
-        total,
-        stacks: merged.iter().map(|(stack, _)| *stack).collect(),
-        values: merged.iter().map(|(_, value)| *value).collect(),
-        span_ids: None,
-    }
 }
 
 /// The entry of a written Parquet table, synced.
@@ -412,15 +363,6 @@ pub struct Block {
     downsampled: Option<Downsampled>,
 }
 
-/// Where a downsampled block's buckets are.
-#[derive(Debug)]
-struct Downsampled {
-    resolution_ms: i64,
-    /// Per series (by block id): its first row in the downsampled table,
-    /// and per bucket (a row from there on) how many profile rows it holds.
-    buckets: Vec<(u32, Vec<u32>)>,
-}
-
 impl Block {
     /// Opens the block in `dir`: checks the meta and that every file is
     /// there with its size, and loads the series index.
@@ -447,18 +389,13 @@ impl Block {
             }
         }
         let series_path = dir.join(SERIES_FILE);
-        let series_file = format::SeriesFile::decode(read_checked(dir, &meta, SERIES_FILE)?.as_slice())
+        let mut series_file = format::SeriesFile::decode(read_checked(dir, &meta, SERIES_FILE)?.as_slice())
             .map_err(|err| BlockError::corrupt(&series_path, err.to_string()))?;
         let mut series = SeriesIndex::new();
         let mut rows = Vec::with_capacity(series_file.series.len());
         let mut summaries = Vec::with_capacity(series_file.series.len());
-        let mut downsampled = meta.downsample.map(|downsample| Downsampled {
-            resolution_ms: downsample.resolution_ms.max(1),
-            buckets: Vec::with_capacity(series_file.series.len()),
-        });
         let mut next_row = 0u64;
-        let mut next_bucket = 0u64;
-        for entry in series_file.series {
+        for entry in &series_file.series {
             if u64::from(entry.first_row) != next_row {
                 return Err(BlockError::corrupt(&series_path, "series rows are not consecutive"));
             }
@@ -466,20 +403,14 @@ impl Block {
             rows.push(entry.first_row..entry.first_row.saturating_add(entry.row_count));
             summaries.push(entry.summary());
             series.push(entry.series());
-            if let Some(downsampled) = &mut downsampled {
-                let bucket_rows: u64 = entry.bucket_rows.iter().map(|&rows| u64::from(rows)).sum();
-                if u64::from(entry.downsampled_first_row) != next_bucket || bucket_rows != u64::from(entry.row_count) {
-                    return Err(BlockError::corrupt(
-                        &series_path,
-                        "downsampled buckets are not consecutive or do not hold the series' rows",
-                    ));
-                }
-                next_bucket += entry.bucket_rows.len() as u64;
-                downsampled
-                    .buckets
-                    .push((entry.downsampled_first_row, entry.bucket_rows));
-            }
         }
+        let downsampled = match &meta.downsample {
+            Some(downsample) => Some(
+                Downsampled::new(&downsample.resolutions_ms, &mut series_file.series, &rows)
+                    .map_err(|reason| BlockError::corrupt(&series_path, reason))?,
+            ),
+            None => None,
+        };
         if next_row != meta.stats.num_profiles {
             return Err(BlockError::corrupt(
                 &series_path,
@@ -691,8 +622,8 @@ impl Block {
 
 impl Block {
     /// [`Block::merge_into`] of every profile of `selected` (the series of
-    /// `query`): whole buckets in the range from the downsampled table, the
-    /// rest of the range from the profiles table.
+    /// `query`): whole buckets in the range from the downsampled
+    /// table, the rest of the range from the profiles table.
     fn merge_downsampled(
         &self,
         query: &ProfileQuery,
@@ -701,62 +632,33 @@ impl Block {
         tree: &mut Tree,
     ) -> Result<(), BlockError> {
         let range = query.range;
-        let resolution = downsampled.resolution_ms;
-        // Each downsampled row read, in order: its series and bucket.
-        let mut expected: Vec<(u32, usize)> = Vec::new();
-        let mut bucket_ranges: Vec<Range<usize>> = Vec::new();
-        for &series in selected {
-            let Some((first, buckets)) = downsampled.buckets.get(series as usize) else {
-                continue;
-            };
-            if !buckets.is_empty() {
-                let first = *first as usize;
-                bucket_ranges.push(first..first + buckets.len());
-                expected.extend((0..buckets.len()).map(|bucket| (series, bucket)));
-            }
-        }
+        let plan = downsampled.plan(range, selected, &self.rows);
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
-        // The profile rows of the buckets the range holds in part.
-        let mut partial: Vec<Range<usize>> = Vec::new();
-        let mut read = 0usize;
-        let mut mismatch = false;
-        let mut cursor: Option<(u32, usize)> = None;
-        let path = self.dir.join(DOWNSAMPLED_FILE);
-        let file = File::open(&path).map_err(BlockError::io("open", &path))?;
-        profiles::read(file, bucket_ranges, profiles::Want::Samples, |row| {
-            let Some(&(series, bucket)) = expected.get(read) else {
-                mismatch = true;
-                return;
-            };
-            read += 1;
-            if row.series != series {
-                mismatch = true;
-                return;
-            }
-            let (_, bucket_rows) = &downsampled.buckets[series as usize];
-            // The bucket's profile rows follow those of the one before.
-            let start = match cursor {
-                Some((last, end)) if last == series => end,
-                _ => self.rows[series as usize].start as usize,
-            };
-            let end = start + bucket_rows[bucket] as usize;
-            cursor = Some((series, end));
-            let start_ms = row.time_nanos.div_euclid(1_000_000);
-            let end_ms = start_ms.saturating_add(resolution - 1);
-            if range.contains(start_ms) && range.contains(end_ms) {
-                add_samples(&mut by_stack, row.stacks, row.values, None, None);
-            } else if range.overlaps(start_ms, end_ms) {
-                match partial.last_mut() {
-                    Some(last) if last.end == start => last.end = end,
-                    _ => partial.push(start..end),
+        if !plan.buckets.is_empty() {
+            let path = self.dir.join(downsampled::FILE);
+            let file = File::open(&path).map_err(BlockError::io("open", &path))?;
+            let mut ranges: Vec<Range<usize>> = Vec::new();
+            for &(row, _) in &plan.buckets {
+                match ranges.last_mut() {
+                    Some(last) if last.end == row => last.end = row + 1,
+                    _ => ranges.push(row..row + 1),
                 }
             }
-        })
-        .map_err(|reason| BlockError::corrupt(&path, reason))?;
-        if mismatch || read != expected.len() {
-            return Err(BlockError::corrupt(&path, "rows differ from the series' buckets"));
+            let mut expected = plan.buckets.iter().map(|&(_, series)| series);
+            let mut mismatch = false;
+            profiles::read(file, ranges, profiles::Want::Samples, |row| {
+                if expected.next() == Some(row.series) {
+                    add_samples(&mut by_stack, row.stacks, row.values, None, None);
+                } else {
+                    mismatch = true;
+                }
+            })
+            .map_err(|reason| BlockError::corrupt(&path, reason))?;
+            if mismatch || expected.next().is_some() {
+                return Err(BlockError::corrupt(&path, "rows differ from the series' buckets"));
+            }
         }
-        self.read_rows(partial, profiles::Want::Samples, |row| {
+        self.read_rows(plan.profiles, profiles::Want::Samples, |row| {
             if range.contains(row.time_nanos.div_euclid(1_000_000)) {
                 add_samples(&mut by_stack, row.stacks, row.values, None, None);
             }

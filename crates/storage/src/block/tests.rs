@@ -152,15 +152,17 @@ fn block_answer(block: &Block, query: &ProfileQuery, only: Option<&HashSet<Profi
 }
 
 /// Writes `contents` as a compacted block downsampled to buckets of
-/// `resolution_ms`.
-fn write_downsampled(parent: &Path, id: Ulid, contents: BlockContents<'_>, resolution_ms: i64) -> BlockMeta {
+/// `resolutions_ms`.
+fn write_downsampled(parent: &Path, id: Ulid, contents: BlockContents<'_>, resolutions_ms: &[i64]) -> BlockMeta {
     let origin = Origin {
         writer: "compactor",
         compaction: Compaction {
             level: 2,
             sources: vec![id],
         },
-        downsample: Some(Downsample { resolution_ms }),
+        downsample: Some(Downsample {
+            resolutions_ms: resolutions_ms.to_vec(),
+        }),
     };
     write_with_origin(parent, id, contents, &[], origin).unwrap()
 }
@@ -413,7 +415,8 @@ proptest! {
     #[test]
     fn prop_downsampled_block_answers_what_its_source_answered(
         rows in prop::collection::vec((0usize..4, 0i64..10_000, prop::collection::vec(0i64..50, 5)), 1..60),
-        resolution in 1i64..4_000,
+        resolution in 1i64..2_000,
+        coarser in 1i64..6,
         start in -100i64..10_000,
         width in 0i64..10_000,
         service in 0usize..5,
@@ -421,8 +424,8 @@ proptest! {
         let source = Source::new(&rows);
         let dir = tempfile::tempdir().unwrap();
         let id = Ulid::generate();
-        let meta = write_downsampled(dir.path(), id, source.contents(), resolution);
-        prop_assert!(meta.files.iter().any(|file| file.rel_path == DOWNSAMPLED_FILE));
+        let meta = write_downsampled(dir.path(), id, source.contents(), &[resolution, resolution * coarser * 2]);
+        prop_assert!(meta.files.iter().any(|file| file.rel_path == downsampled::FILE));
         let block = Block::open(&dir.path().join(id.to_string())).unwrap();
         block.verify().unwrap();
         let range = TimeRange { start_ms: start, end_ms: start + width };
@@ -504,7 +507,7 @@ async fn test_a_block_read_in_place_answers_as_a_downloaded_one() {
     // Downsampled, so a range holding buckets in part reads profile rows
     // by ranges too.
     let id = Ulid::generate();
-    let meta = write_downsampled(local.path(), id, source.contents(), 1_500);
+    let meta = write_downsampled(local.path(), id, source.contents(), &[500, 1_500]);
     bucket
         .upload_block("t", &local.path().join(id.to_string()), &meta)
         .await
@@ -514,7 +517,7 @@ async fn test_a_block_read_in_place_answers_as_a_downloaded_one() {
     // Only the small files are local; the profiles table stays remote.
     assert!(!cache.path().join(id.to_string()).join(PROFILES_FILE).exists());
     assert!(cache.path().join(id.to_string()).join("meta.json").exists());
-    assert!(cache.path().join(id.to_string()).join(DOWNSAMPLED_FILE).exists());
+    assert!(cache.path().join(id.to_string()).join(downsampled::FILE).exists());
     let queries = [
         query("{}", TimeRange::ALL),
         query(r#"{service_name="svc-1"}"#, TimeRange::ALL),
