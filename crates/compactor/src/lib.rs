@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flamedb_storage::block::Downsample;
+use flamedb_storage::block::{Downsample, check_resolutions};
 use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, Ulid, compact};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -97,6 +97,8 @@ pub enum CompactorError {
     },
     #[error("a compaction task failed: {0}")]
     Task(String),
+    #[error("compactor configuration: {0}")]
+    Config(String),
 }
 
 /// What a round did.
@@ -207,6 +209,10 @@ impl Compactor {
         retention: TenantRetention,
         registry: &mut Registry,
     ) -> Result<Self, CompactorError> {
+        if !config.downsampling_resolutions.is_empty() {
+            let resolutions: Vec<i64> = config.downsampling_resolutions.iter().copied().map(millis).collect();
+            check_resolutions(&resolutions).map_err(CompactorError::Config)?;
+        }
         let dir = &config.data_dir;
         let local = |source| CompactorError::Local {
             path: dir.display().to_string(),
@@ -340,7 +346,7 @@ impl Compactor {
                     tenant,
                     blocks = group.len(),
                     max_memory_bytes = self.config.max_memory_bytes,
-                    "no two blocks of a window fit -compactor.max-memory-bytes; they stay uncompacted"
+                    "the blocks of a window do not fit -compactor.max-memory-bytes together; they stay uncompacted"
                 );
                 self.metrics.groups_over_memory.inc();
                 report.groups_over_memory += 1;
@@ -452,6 +458,9 @@ impl Compactor {
     }
 }
 
+/// Any constant whose low 80 bits (a ULID's random part) are not all zero.
+const OUTPUT_ID_SEED: u128 = 0x666c_616d_6564_622d_636f_6d70_6163_7421;
+
 /// The ID of the block compacted from `group`: its time part the group's
 /// first profile, its random part a digest of the level-1 blocks the group
 /// holds, so the same data always gets the same ID.
@@ -463,9 +472,10 @@ fn output_id(metas: &[BlockMeta], group: &[Ulid]) -> Ulid {
         .collect();
     sources.sort_unstable();
     sources.dedup();
-    let digest = sources
-        .iter()
-        .fold(0u128, |digest, source| digest.rotate_left(29) ^ u128::from(*source));
+    // Seeded, so a block compacted alone never gets its source's ID.
+    let digest = sources.iter().fold(OUTPUT_ID_SEED, |digest, source| {
+        digest.rotate_left(29) ^ u128::from(*source)
+    });
     let min_time = members.iter().map(|meta| meta.min_time).min().unwrap_or(0);
     Ulid::from_parts(u64::try_from(min_time).unwrap_or(0), digest)
 }
@@ -489,10 +499,14 @@ pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -
                 windows.entry(start).or_default().push(meta.id);
             }
         }
-        let level_one = |id: &Ulid| metas.iter().any(|meta| meta.id == *id && meta.compaction.level <= 1);
+        let level_one: HashSet<Ulid> = metas
+            .iter()
+            .filter(|meta| meta.compaction.level <= 1)
+            .map(|meta| meta.id)
+            .collect();
         for group in windows
             .into_values()
-            .filter(|group| group.len() > 1 || group.iter().any(level_one))
+            .filter(|group| group.len() > 1 || group.iter().any(|id| level_one.contains(id)))
         {
             grouped.extend(group.iter().copied());
             groups.push(group);
@@ -525,10 +539,14 @@ pub fn memory_estimate(meta: &BlockMeta) -> u64 {
     let files: u64 = meta
         .files
         .iter()
-        .filter(|file| file.rel_path != flamedb_storage::block::PROFILES_FILE)
-        .map(|file| match file.uncompressed_bytes {
-            0 => file.size_bytes.saturating_mul(PER_PACKED_BYTE_UNRECORDED),
-            unpacked => unpacked.saturating_mul(PER_UNPACKED_BYTE),
+        .map(|file| match (file.rel_path.as_str(), file.uncompressed_bytes) {
+            // Read in row groups, counted per row and sample.
+            (flamedb_storage::block::PROFILES_FILE, _) => 0,
+            // Only checked (read whole once), never decoded: it is made
+            // again from the rows.
+            (flamedb_storage::block::DOWNSAMPLED_FILE, _) => file.size_bytes,
+            (_, 0) => file.size_bytes.saturating_mul(PER_PACKED_BYTE_UNRECORDED),
+            (_, unpacked) => unpacked.saturating_mul(PER_UNPACKED_BYTE),
         })
         .fold(0, u64::saturating_add);
     meta.stats

@@ -31,6 +31,10 @@ pub struct BenchConfig {
     /// Runs of each query.
     pub query_runs: usize,
     pub clients: usize,
+    /// Series, and days at the query data's cadence, of the long-range
+    /// queries over compacted blocks.
+    pub long_series: usize,
+    pub long_days: usize,
 }
 
 impl BenchConfig {
@@ -45,6 +49,8 @@ impl BenchConfig {
             query_profiles_per_series: 144,
             query_runs: 5,
             clients: 8,
+            long_series: 10,
+            long_days: 30,
         }
     }
 
@@ -57,10 +63,23 @@ impl BenchConfig {
             query_profiles_per_series: 12,
             query_runs: 1,
             clients: 4,
+            long_series: 2,
+            long_days: 3,
             ..Self::full(binary, profiles)
         }
     }
 }
+
+/// Flags of the query phases: blocks are uploaded, compacted at once and
+/// read from the bucket a minute after their upload; ranges of any length.
+const COMPACTING: [&str; 6] = [
+    "-querier.query-store-after=1m",
+    "-compactor.compaction-interval=2s",
+    "-compactor.first-level-compaction-wait-period=0s",
+    "-compactor.deletion-delay=0s",
+    "-querier.max-query-length=0s",
+    "-querier.max-query-lookback=0s",
+];
 
 /// The flags every process gets: no rate limits, room for large heads,
 /// profiles of the whole last day accepted.
@@ -148,7 +167,7 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
     drop(single);
 
     let rf3_dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
-    let cluster = Cluster::start(&binary, rf3_dir.path());
+    let cluster = Cluster::start(&binary, rf3_dir.path(), &[]);
     let pids = cluster.pids();
     let (peak_rf3, rf3_cpu) = push_phase(config, &cluster.front.http, &pids, &requests, None)?;
     let half_rate = peak_rf3.profiles_per_second() / 2.0;
@@ -240,6 +259,7 @@ fn single_flags(dir: &Path) -> Vec<String> {
         format!("-pyroscopedb.data-path={}", dir.join("data").display()),
         format!("-storage.filesystem.dir={}", dir.join("bucket").display()),
         format!("-querier.block-cache-dir={}", dir.join("cache").display()),
+        format!("-compactor.data-dir={}", dir.join("compactor").display()),
     ]);
     flags
 }
@@ -258,20 +278,22 @@ impl Cluster {
             .collect()
     }
 
-    fn start(binary: &str, dir: &Path) -> Self {
+    fn start(binary: &str, dir: &Path, extra: &[String]) -> Self {
         let mut flags: Vec<String> = COMMON.iter().map(ToString::to_string).collect();
         flags.extend([
             "-ingester.heartbeat-period=500ms".to_owned(),
             format!("-memberlist.cluster-label=bench-{}", std::process::id()),
             format!("-storage.filesystem.dir={}", dir.join("bucket").display()),
         ]);
+        flags.extend(extra.iter().cloned());
         let front = start_ready(
             binary,
             "front",
             &flags,
             &[
-                "-target=distributor,querier".to_owned(),
+                "-target=distributor,querier,compactor".to_owned(),
                 format!("-querier.block-cache-dir={}", dir.join("cache").display()),
+                format!("-compactor.data-dir={}", dir.join("compactor").display()),
             ],
         );
         let ingesters = start_ingesters(binary, &front, 3, &flags, &[]);
@@ -370,8 +392,10 @@ fn log_field(log: &str, marker: &str, field: &str) -> Option<f64> {
     line[at..].split(|c: char| c.is_whitespace()).next()?.parse().ok()
 }
 
-/// Fills 24 hours in the single binary and in the RF=3 cluster, then
-/// times flame graphs and pprof merges over the last hour and the day.
+/// Fills 24 hours in the single binary and in the RF=3 cluster, times
+/// flame graphs and pprof merges over the last hour and the day from the
+/// ingesters' heads, then again once every block is uploaded and compacted
+/// and the ingesters dropped their copies (and the bucket's bytes).
 fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result<String, String> {
     let now_ms = flamedb_model::now_nanos() / 1_000_000;
     let day_ms = 24 * 3600 * 1000;
@@ -394,26 +418,14 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
         ),
     ];
     let ranges = [("1 h", 3600 * 1000), ("24 h", day_ms)];
-    let mut results: Vec<Vec<f64>> = Vec::new();
-    for rf3 in [false, true] {
-        let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
-        // The processes live until the end of this round.
-        let (target, _cluster, _single) = if rf3 {
-            let cluster = Cluster::start(binary, dir.path());
-            (cluster.front.http.clone(), Some(cluster), None)
-        } else {
-            let node = start_ready(binary, "single", &single_flags(dir.path()), &[]);
-            (node.http.clone(), None, Some(node))
-        };
-        push::fill(&target, &requests, config.clients)?;
-        let day = Scope {
-            start_ms: now_ms + 1000 - day_ms,
-            end_ms: now_ms + 1000,
-            selector: "{}".to_owned(),
-        };
-        let filled: i64 = requests.iter().map(|request| request.cpu_total).sum();
-        check_total(&target, &day, filled, "after the fill")?;
-        let client = QueryClient::new(&target);
+    let filled: i64 = requests.iter().map(|request| request.cpu_total).sum();
+    let day = Scope {
+        start_ms: now_ms + 1000 - day_ms,
+        end_ms: now_ms + 1000,
+        selector: "{}".to_owned(),
+    };
+    let timed = |target: &str| -> Result<Vec<f64>, String> {
+        let client = QueryClient::new(target);
         let mut medians = Vec::new();
         for (kind, selector, _) in kinds {
             for (_, range_ms) in ranges {
@@ -426,12 +438,43 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
                 medians.push(latencies.percentile_ms(0.5));
             }
         }
-        results.push(medians);
+        Ok(medians)
+    };
+    // Per configuration: medians from heads, medians from compacted
+    // blocks, the bucket's bytes.
+    let mut results: Vec<(Vec<f64>, Vec<f64>, u64)> = Vec::new();
+    for rf3 in [false, true] {
+        let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
+        let compacting: Vec<String> = COMPACTING.iter().map(ToString::to_string).collect();
+        // The processes live until the end of this round.
+        let (target, cluster, single) = if rf3 {
+            let cluster = Cluster::start(binary, dir.path(), &compacting);
+            (cluster.front.http.clone(), Some(cluster), None)
+        } else {
+            let mut flags = single_flags(dir.path());
+            flags.extend(compacting);
+            let node = start_ready(binary, "single", &flags, &[]);
+            (node.http.clone(), None, Some(node))
+        };
+        push::fill(&target, &requests, config.clients)?;
+        check_total(&target, &day, filled, "after the fill")?;
+        let from_heads = timed(&target)?;
+        let (compactor, ingesters): (&Flamedb, Vec<&Flamedb>) = match (&cluster, &single) {
+            (Some(cluster), _) => (&cluster.front, cluster.ingesters.iter().collect()),
+            (_, Some(node)) => (node, vec![node]),
+            _ => return Err("no process to query".to_owned()),
+        };
+        wait_compacted(compactor, &ingesters)?;
+        check_total(&target, &day, filled, "from compacted blocks")?;
+        let from_blocks = timed(&target)?;
+        results.push((from_heads, from_blocks, dir_size(&dir.path().join("bucket"))));
     }
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Queries over {} series with a CPU profile every {:.0} min for 24 h ({} profiles), median of {} runs:\n",
+        "Queries over {} series with a CPU profile every {:.0} min for 24 h ({} profiles), median of {} runs; \
+         first from the ingesters' heads, then once every block is uploaded and compacted and the ingesters \
+         dropped their copies (the last hour stays uncompacted):\n",
         config.query_series,
         span_ms as f64 / 60_000.0,
         requests.len(),
@@ -439,16 +482,144 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
     );
     let _ = writeln!(
         out,
-        "| query | range | single binary (RF=1) ms | RF=3 cluster ms | RF=3 / RF=1 |"
+        "| query | range | RF=1 heads ms | RF=1 compacted ms | RF=3 heads ms | RF=3 compacted ms | RF=3 / RF=1 (heads) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     let mut column = 0;
     for (_, _, name) in kinds {
         for (range, _) in ranges {
-            let (rf1, rf3) = (results[0][column], results[1][column]);
-            let _ = writeln!(out, "| {name} | {range} | {rf1:.1} | {rf3:.1} | {:.2} |", rf3 / rf1);
+            let (rf1, rf3) = (&results[0], &results[1]);
+            let _ = writeln!(
+                out,
+                "| {name} | {range} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                rf1.0[column],
+                rf1.1[column],
+                rf3.0[column],
+                rf3.1[column],
+                rf3.0[column] / rf1.0[column]
+            );
             column += 1;
         }
     }
+    let _ = writeln!(
+        out,
+        "\nBucket after compaction: RF=1 {:.2} MB, RF=3 {:.2} MB ({:.3}× the RF=1 bytes).\n",
+        results[0].2 as f64 / 1e6,
+        results[1].2 as f64 / 1e6,
+        results[1].2 as f64 / results[0].2.max(1) as f64
+    );
+    out.push_str(&long_range_phase(config, binary, sources, span_ms)?);
     Ok(out)
+}
+
+/// Fills `long_days` days of `long_series` series (one profile per
+/// `span_ms`) into a single binary, waits until they are compacted, and
+/// times flame graphs over a day, a week and the whole span.
+fn long_range_phase(config: &BenchConfig, binary: &str, sources: &[Source], span_ms: i64) -> Result<String, String> {
+    let now_ms = flamedb_model::now_nanos() / 1_000_000;
+    let day_ms: i64 = 24 * 3600 * 1000;
+    let days = config.long_days.max(1);
+    let per_series = (days as i64 * day_ms / span_ms.max(1)) as usize;
+    let requests = Arc::new(workload::requests(
+        sources,
+        config.long_series,
+        per_series,
+        now_ms,
+        span_ms,
+    ));
+    let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
+    let mut flags = single_flags(dir.path());
+    flags.extend(COMPACTING.iter().map(ToString::to_string));
+    let node = start_ready(binary, "single-long", &flags, &[]);
+    let filled_at = Instant::now();
+    push::fill(&node.http, &requests, config.clients)?;
+    let fill_seconds = filled_at.elapsed().as_secs_f64();
+    let compacted_at = Instant::now();
+    wait_compacted(&node, &[&node])?;
+    let compact_seconds = compacted_at.elapsed().as_secs_f64();
+    let whole = Scope {
+        start_ms: now_ms + 1000 - days as i64 * day_ms,
+        end_ms: now_ms + 1000,
+        selector: "{}".to_owned(),
+    };
+    let filled: i64 = requests.iter().map(|request| request.cpu_total).sum();
+    check_total(&node.http, &whole, filled, "over the long range")?;
+    let client = QueryClient::new(&node.http);
+    let mut spans: Vec<(String, i64)> = vec![("1 d".to_owned(), 1)];
+    if days > 7 {
+        spans.push(("7 d".to_owned(), 7));
+    }
+    if days > 1 {
+        spans.push((format!("{days} d"), days as i64));
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Long ranges from compacted blocks (single binary): {} series, a CPU profile every {:.0} min for {days} days \
+         ({} profiles, filled in {fill_seconds:.0} s, compacted {compact_seconds:.0} s later), median of {} runs:\n",
+        config.long_series,
+        span_ms as f64 / 60_000.0,
+        requests.len(),
+        config.query_runs
+    );
+    let _ = writeln!(out, "| flame graph, all series | ms | ÷ 1 d |");
+    let _ = writeln!(out, "|---|---|---|");
+    let mut one_day = None;
+    for (name, span_days) in spans {
+        let scope = Scope {
+            start_ms: now_ms + 1000 - span_days * day_ms,
+            ..whole.clone()
+        };
+        let mut latencies = client.repeat(QueryKind::FlameGraph, &scope, config.query_runs)?;
+        let median = latencies.percentile_ms(0.5);
+        let base = *one_day.get_or_insert(median);
+        let _ = writeln!(out, "| {name} | {median:.1} | {:.2} |", median / base);
+    }
+    let _ = writeln!(out);
+    Ok(out)
+}
+
+/// Flushes `ingesters`, then waits until every block is uploaded and
+/// deleted locally and `compactor` has run two rounds without compacting
+/// anything (so every window that can be compacted is, and marked blocks
+/// are gone).
+fn wait_compacted(compactor: &Flamedb, ingesters: &[&Flamedb]) -> Result<(), String> {
+    for ingester in ingesters {
+        // Every window's head becomes a block, written and uploaded fsync'd.
+        let (status, body) = flamedb_testkit::post_within(
+            &ingester.http,
+            "/ingester/flush",
+            &[],
+            Vec::new(),
+            Duration::from_secs(600),
+        )?;
+        if status != 200 {
+            return Err(format!("flush answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+    }
+    let metric = |node: &Flamedb, name: &str| node.metric(name).unwrap_or(0.0);
+    let mut steady: Option<(f64, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let local: f64 = ingesters
+            .iter()
+            .map(|node| metric(node, "flamedb_ingester_local_blocks"))
+            .sum();
+        let compactions = metric(compactor, "flamedb_compactor_compactions_total");
+        let runs = metric(compactor, "flamedb_compactor_runs_total");
+        match steady {
+            Some((before, runs_then)) if before == compactions => {
+                if local == 0.0 && runs >= runs_then + 2.0 {
+                    return Ok(());
+                }
+            }
+            _ => steady = Some((compactions, runs)),
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "blocks were not compacted within 20 minutes ({local} local blocks left, {compactions} compactions)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

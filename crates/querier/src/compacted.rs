@@ -16,7 +16,8 @@ use std::sync::Arc;
 use flamedb_storage::{Block, BlockMeta, Ulid};
 
 /// `blocks` without those another of them supersedes: one whose sources
-/// include all of theirs (and more, or the same with a smaller ID).
+/// include all of theirs and more, or the same at a higher level (or the
+/// same level and a smaller ID).
 pub(crate) fn drop_superseded(blocks: Vec<Arc<Block>>) -> Vec<Arc<Block>> {
     let metas: Vec<&BlockMeta> = blocks.iter().map(|block| block.meta()).collect();
     let superseded = superseded(&metas);
@@ -48,7 +49,8 @@ fn superseded(metas: &[&BlockMeta]) -> HashSet<usize> {
         let mine = &sources[index];
         let covered = holding.get(first).into_iter().flatten().any(|&other| {
             let theirs = &sources[other];
-            other != index && mine.is_subset(theirs) && (theirs.len() > mine.len() || metas[other].id < meta.id)
+            let rank = |meta: &BlockMeta| (std::cmp::Reverse(meta.compaction.level), meta.id);
+            other != index && mine.is_subset(theirs) && (theirs.len() > mine.len() || rank(metas[other]) < rank(meta))
         });
         if covered {
             superseded.insert(index);
@@ -128,11 +130,14 @@ mod tests {
             // Two blocks of the same sources: the smaller ID stays.
             meta(31, 2, &[5, 6], 30, 40),
             meta(30, 2, &[5, 6], 30, 40),
+            // A block compacted alone supersedes its source, whatever IDs.
+            meta(40, 1, &[40], 50, 60),
+            meta(39, 2, &[40], 50, 60),
         ];
         let refs: Vec<&BlockMeta> = metas.iter().collect();
         let mut gone: Vec<usize> = superseded(&refs).into_iter().collect();
         gone.sort_unstable();
-        assert_eq!(gone, [0, 1, 2, 5]);
+        assert_eq!(gone, [0, 1, 2, 5, 7]);
     }
 
     #[test]

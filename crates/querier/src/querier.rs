@@ -26,7 +26,7 @@ use flamedb_model::{
     CompactTree, Labels, PROFILE_TYPE, ProfileId, ProfileType, Selector, Tree, TreeDecodeError, parse_selector,
 };
 use flamedb_ring::{InstanceDesc, Operation, RingClient, now_ms};
-use flamedb_storage::{Block, SeriesIndex, TimeRange};
+use flamedb_storage::{Block, ProfileQuery, SeriesIndex, TimeRange};
 use futures_util::future::try_join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tonic::transport::Channel;
@@ -76,8 +76,8 @@ struct Listing {
 /// A selection cut where compacted blocks stop holding its profiles alone.
 struct Split {
     /// The compacted blocks that alone hold the start of the range, and
-    /// that part of it.
-    compacted: Option<(Vec<Arc<Block>>, TimeRange)>,
+    /// the query of that part of it.
+    compacted: Option<(Vec<Arc<Block>>, ProfileQuery)>,
     /// The rest of the selection and its stored blocks, if any is left.
     rest: Option<(ingester::ProfileSelection, Vec<Arc<Block>>)>,
 }
@@ -409,12 +409,19 @@ impl Querier {
             start_ms: selection.start,
             end_ms: selection.end.min(until - 1),
         };
+        let query = block_query(
+            &selection.profile_type_id,
+            &selection.label_selector,
+            alone.start_ms,
+            alone.end_ms,
+        )?;
         let compacted = blocks
             .iter()
             .filter(|block| is_compacted(block.meta()) && alone.overlaps(block.meta().min_time, block.meta().max_time))
             .cloned()
             .collect();
-        let rest = (until <= selection.end).then(|| {
+        // Nothing else holds profiles after `until == i64::MAX`.
+        let rest = (until <= selection.end && until < i64::MAX).then(|| {
             let blocks = blocks
                 .into_iter()
                 .filter(|block| block.meta().max_time >= until)
@@ -426,7 +433,7 @@ impl Querier {
             (selection, blocks)
         });
         Ok(Split {
-            compacted: Some((compacted, alone)),
+            compacted: Some((compacted, query)),
             rest,
         })
     }
@@ -498,16 +505,10 @@ impl Querier {
         let split = self.split(tenant, selection, blocks).await?;
         // The compacted blocks hold each profile once, and alone.
         let compacted = async {
-            let Some((blocks, range)) = split.compacted else {
-                return Ok(Vec::new());
-            };
-            let query = block_query(
-                &selection.profile_type_id,
-                &selection.label_selector,
-                range.start_ms,
-                range.end_ms,
-            )?;
-            try_join_all(blocks.into_iter().map(|block| list_block(block, query.clone()))).await
+            match &split.compacted {
+                Some((blocks, query)) => list_whole(blocks, query).await,
+                None => Ok(Vec::new()),
+            }
         };
         let rest = async {
             let Some((selection, blocks)) = split.rest else {
@@ -518,7 +519,6 @@ impl Querier {
         let (compacted, rest) = futures_util::try_join!(compacted, rest)?;
         Ok(compacted
             .into_iter()
-            .flatten()
             .chain(rest.into_iter().map(|(profile, _)| profile))
             .collect())
     }
@@ -540,21 +540,10 @@ impl Querier {
         let split = self.split(tenant, selection, blocks).await?;
         let spans = spans.map(Arc::new);
         let compacted = async {
-            let Some((blocks, range)) = split.compacted else {
-                return Ok(Vec::new());
-            };
-            let query = block_query(
-                &selection.profile_type_id,
-                &selection.label_selector,
-                range.start_ms,
-                range.end_ms,
-            )?;
-            try_join_all(
-                blocks
-                    .into_iter()
-                    .map(|block| merge_block(block, query.clone(), None, spans.clone(), Arc::clone(budget))),
-            )
-            .await
+            match &split.compacted {
+                Some((blocks, query)) => merge_whole(blocks, query, spans.clone(), budget).await,
+                None => Ok(Vec::new()),
+            }
         };
         let rest = async {
             match split.rest {
@@ -660,9 +649,27 @@ impl Querier {
         budget: &Arc<RequestBudget>,
     ) -> Result<(Tree, Vec<ListedProfile>), RpcError> {
         let blocks = self.stored_blocks(tenant, selection).await?;
-        let listing = self.list(tenant, selection, blocks).await?;
-        let tree = self.merge_listing(tenant, selection, &listing, None, budget).await?;
-        Ok((tree, listing.profiles.into_iter().map(|(profile, _)| profile).collect()))
+        let split = self.split(tenant, selection, blocks).await?;
+        let compacted = async {
+            match &split.compacted {
+                Some((blocks, query)) => {
+                    futures_util::try_join!(merge_whole(blocks, query, None, budget), list_whole(blocks, query))
+                }
+                None => Ok((Vec::new(), Vec::new())),
+            }
+        };
+        let rest = async {
+            let Some((selection, blocks)) = &split.rest else {
+                return Ok((None, Vec::new()));
+            };
+            let listing = self.list(tenant, selection, blocks.clone()).await?;
+            let tree = self.merge_listing(tenant, selection, &listing, None, budget).await?;
+            Ok((Some(tree), listing.profiles))
+        };
+        let ((mut trees, mut listed), (tree, rest)) = futures_util::try_join!(compacted, rest)?;
+        trees.extend(tree);
+        listed.extend(rest.into_iter().map(|(profile, _)| profile));
+        Ok((merge_trees(trees, budget).await?, listed))
     }
 
     /// Merges each listed profile on its holder: all samples, or only those
@@ -812,6 +819,29 @@ impl Querier {
         })
         .await
     }
+}
+
+/// The trees of `blocks` (compacted blocks that alone hold `query`'s
+/// range), each merged whole.
+async fn merge_whole(
+    blocks: &[Arc<Block>],
+    query: &ProfileQuery,
+    spans: Option<Arc<HashSet<u64>>>,
+    budget: &Arc<RequestBudget>,
+) -> Result<Vec<Tree>, RpcError> {
+    try_join_all(
+        blocks
+            .iter()
+            .map(|block| merge_block(block.clone(), query.clone(), None, spans.clone(), Arc::clone(budget))),
+    )
+    .await
+}
+
+/// The profiles of `blocks` (compacted blocks that alone hold `query`'s
+/// range): each once, unlisted elsewhere.
+async fn list_whole(blocks: &[Arc<Block>], query: &ProfileQuery) -> Result<Vec<ListedProfile>, RpcError> {
+    let listed = try_join_all(blocks.iter().map(|block| list_block(block.clone(), query.clone()))).await?;
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// Which series each answering ingester merges, when every ingester that

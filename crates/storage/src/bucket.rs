@@ -96,9 +96,13 @@ impl Bucket {
             BucketConfig::Filesystem { dir } => {
                 std::fs::create_dir_all(dir)
                     .map_err(|err| BucketError::Config(format!("cannot create {}: {err}", dir.display())))?;
+                // Uploads are durable before the local copy goes, and a
+                // deleted block leaves no empty directory to list.
                 Arc::new(
                     LocalFileSystem::new_with_prefix(dir)
-                        .map_err(|err| BucketError::Config(format!("{}: {err}", dir.display())))?,
+                        .map_err(|err| BucketError::Config(format!("{}: {err}", dir.display())))?
+                        .with_fsync(true)
+                        .with_automatic_cleanup(true),
                 )
             }
             BucketConfig::S3(s3) => {

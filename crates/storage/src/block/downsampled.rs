@@ -21,16 +21,16 @@ use foldhash::{HashMap, HashMapExt};
 use super::format::{DownsampledRun, SeriesEntry};
 use crate::{ProfileRow, TimeRange};
 
-pub(crate) const FILE: &str = "downsampled.parquet";
+pub const FILE: &str = "downsampled.parquet";
 
 /// Where a downsampled block's buckets are, per resolution.
 #[derive(Debug)]
 pub(crate) struct Downsampled {
-    levels: Vec<Level>,
+    levels: Vec<Resolution>,
 }
 
 #[derive(Debug)]
-struct Level {
+struct Resolution {
     resolution_ms: i64,
     /// Per series (by block id).
     runs: Vec<DownsampledRun>,
@@ -39,10 +39,33 @@ struct Level {
 /// What a merge over a range reads.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ReadPlan {
-    /// Rows of the downsampled table, ascending, each with its series.
-    pub buckets: Vec<(usize, u32)>,
+    /// Rows of the downsampled table, ascending.
+    pub buckets: Vec<BucketRow>,
     /// Row ranges of the profiles table, ascending and disjoint.
     pub profiles: Vec<Range<usize>>,
+}
+
+/// A row of the downsampled table and what it must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct BucketRow {
+    pub row: usize,
+    pub series: u32,
+    pub start_ms: i64,
+}
+
+/// Downsampling resolutions (ms) a block can have: at least one, each at
+/// least 1 ms and a multiple of the one before, and longer.
+pub fn check_resolutions(resolutions_ms: &[i64]) -> Result<(), String> {
+    if resolutions_ms.first().is_none_or(|&finest| finest < 1)
+        || resolutions_ms
+            .windows(2)
+            .any(|pair| pair[1] <= pair[0] || pair[1] % pair[0] != 0)
+    {
+        return Err(format!(
+            "downsampling resolutions {resolutions_ms:?} (ms) are not each a multiple of the one before"
+        ));
+    }
+    Ok(())
 }
 
 impl Downsampled {
@@ -54,19 +77,10 @@ impl Downsampled {
         entries: &mut [SeriesEntry],
         rows: &[Range<u32>],
     ) -> Result<Self, String> {
-        if resolutions_ms.is_empty()
-            || resolutions_ms[0] < 1
-            || resolutions_ms
-                .windows(2)
-                .any(|pair| pair[1] <= pair[0] || pair[1] % pair[0] != 0)
-        {
-            return Err(format!(
-                "downsampling resolutions {resolutions_ms:?} are not each a multiple of the one before"
-            ));
-        }
-        let mut levels: Vec<Level> = resolutions_ms
+        check_resolutions(resolutions_ms)?;
+        let mut levels: Vec<Resolution> = resolutions_ms
             .iter()
-            .map(|&resolution_ms| Level {
+            .map(|&resolution_ms| Resolution {
                 resolution_ms,
                 runs: Vec::with_capacity(entries.len()),
             })
@@ -77,9 +91,9 @@ impl Downsampled {
                 let Some(run) = entry.downsampled.get_mut(index) else {
                     return Err("a series lacks downsampled buckets".to_owned());
                 };
-                let merged: u64 = run.bucket_rows.iter().map(|&rows| u64::from(rows)).sum();
+                let merged: u64 = run.profile_rows.iter().map(|&rows| u64::from(rows)).sum();
                 if u64::from(run.first_row) != next_row
-                    || run.bucket_rows.len() != run.buckets.len()
+                    || run.profile_rows.len() != run.buckets.len()
                     || merged != u64::from(rows.end - rows.start)
                     || run.buckets.windows(2).any(|pair| pair[1] <= pair[0])
                 {
@@ -114,7 +128,11 @@ impl Downsampled {
                     let whole = from <= start && start + i128::from(level.resolution_ms) <= to;
                     let in_coarser = coarser.is_some_and(|(from, to)| from <= start && start < to);
                     if whole && !in_coarser {
-                        plan.buckets.push((run.first_row as usize + position, series));
+                        plan.buckets.push(BucketRow {
+                            row: run.first_row as usize + position,
+                            series,
+                            start_ms: bucket.saturating_mul(level.resolution_ms),
+                        });
                     }
                 }
             }
@@ -127,17 +145,17 @@ impl Downsampled {
             };
             let resolution = i128::from(finest.resolution_ms);
             let mut next = rows.start as usize;
-            for (&bucket, &count) in run.buckets.iter().zip(&run.bucket_rows) {
-                let bucket_rows = next..next + count as usize;
-                next = bucket_rows.end;
+            for (&bucket, &count) in run.buckets.iter().zip(&run.profile_rows) {
+                let profile_rows = next..next + count as usize;
+                next = profile_rows.end;
                 let start = i128::from(bucket) * resolution;
                 let end = start + resolution - 1;
                 let overlaps = start <= i128::from(range.end_ms) && i128::from(range.start_ms) <= end;
                 let whole = i128::from(range.start_ms) <= start && end <= i128::from(range.end_ms);
                 if overlaps && !whole {
                     match plan.profiles.last_mut() {
-                        Some(last) if last.end == bucket_rows.start => last.end = bucket_rows.end,
-                        _ => plan.profiles.push(bucket_rows),
+                        Some(last) if last.end == profile_rows.start => last.end = profile_rows.end,
+                        _ => plan.profiles.push(profile_rows),
                     }
                 }
             }
@@ -165,7 +183,7 @@ fn whole_span(range: TimeRange, resolution_ms: i64) -> (i128, i128) {
 /// The downsampled rows of `rows` (a block's, each with its block series,
 /// in table order) at each of `resolutions_ms`, in table order; fills in
 /// each series entry's runs.
-pub(crate) fn rows<'a>(
+pub(crate) fn merged_rows<'a>(
     resolutions_ms: &'a [i64],
     rows: &'a [(u32, &'a ProfileRow)],
     entries: &mut [SeriesEntry],
@@ -184,7 +202,7 @@ pub(crate) fn rows<'a>(
             };
             while let Some(bucket) = buckets_of.next_if(|bucket| bucket[0].0 == series as u32) {
                 run.buckets.push(key(&bucket[0]).1);
-                run.bucket_rows.push(bucket.len() as u32);
+                run.profile_rows.push(bucket.len() as u32);
                 next_row += 1;
             }
             entry.downsampled.push(run);
@@ -249,12 +267,12 @@ mod tests {
         let fine = DownsampledRun {
             first_row: 0,
             buckets: (0..12).collect(),
-            bucket_rows: vec![1; 12],
+            profile_rows: vec![1; 12],
         };
         let coarse = DownsampledRun {
             first_row: 12,
             buckets: vec![0, 1, 2],
-            bucket_rows: vec![4, 4, 4],
+            profile_rows: vec![4, 4, 4],
         };
         let mut entries = vec![SeriesEntry {
             downsampled: vec![fine, coarse],
@@ -275,7 +293,13 @@ mod tests {
         assert_eq!(
             plan,
             ReadPlan {
-                buckets: vec![(1, 0), (2, 0), (3, 0), (8, 0), (13, 0)],
+                buckets: [(1, 10), (2, 20), (3, 30), (8, 80), (13, 40)]
+                    .map(|(row, start_ms)| BucketRow {
+                        row,
+                        series: 0,
+                        start_ms
+                    })
+                    .to_vec(),
                 profiles: vec![0..1, 9..10],
             }
         );

@@ -55,7 +55,7 @@ pub(crate) struct DownsampledRun {
     /// How many of the series' profile rows each bucket merges (they sum
     /// to its `row_count`).
     #[prost(uint32, repeated, tag = "3")]
-    pub bucket_rows: Vec<u32>,
+    pub profile_rows: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -38,6 +38,7 @@ pub use meta::{BlockFile, BlockMeta, BlockStats, Compaction, Downsample, FORMAT_
 use crate::series::SeriesIndex;
 use crate::symbols::Symbols;
 use crate::{ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSummary, add_samples, summary_of};
+pub use downsampled::{FILE as DOWNSAMPLED_FILE, check_resolutions};
 pub use profiles::FILE as PROFILES_FILE;
 pub(crate) use remote::RemoteFile;
 
@@ -201,7 +202,9 @@ pub(crate) fn write_with_origin(
             .map(|&row| (block_id_of[rows[row].series as usize], &rows[row]))
             .collect();
         let path = temp.join(downsampled::FILE);
-        let merged = downsampled::rows(&downsample.resolutions_ms, &table, &mut entries);
+        downsampled::check_resolutions(&downsample.resolutions_ms)
+            .map_err(|reason| BlockError::corrupt(&temp, reason))?;
+        let merged = downsampled::merged_rows(&downsample.resolutions_ms, &table, &mut entries);
         let table = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
         files.push(finish_table(table, &path)?);
     }
@@ -403,6 +406,13 @@ impl Block {
             rows.push(entry.first_row..entry.first_row.saturating_add(entry.row_count));
             summaries.push(entry.summary());
             series.push(entry.series());
+        }
+        let has_table = meta.files.iter().any(|file| file.rel_path == downsampled::FILE);
+        if has_table != meta.downsample.is_some() {
+            return Err(BlockError::corrupt(
+                dir,
+                "meta.json lists a downsampled table without resolutions, or resolutions without the table",
+            ));
         }
         let downsampled = match &meta.downsample {
             Some(downsample) => Some(
@@ -618,9 +628,7 @@ impl Block {
         self.symbols()?.add_to_tree(by_stack, tree)?;
         Ok(())
     }
-}
 
-impl Block {
     /// [`Block::merge_into`] of every profile of `selected` (the series of
     /// `query`): whole buckets in the range from the downsampled
     /// table, the rest of the range from the profiles table.
@@ -638,16 +646,18 @@ impl Block {
             let path = self.dir.join(downsampled::FILE);
             let file = File::open(&path).map_err(BlockError::io("open", &path))?;
             let mut ranges: Vec<Range<usize>> = Vec::new();
-            for &(row, _) in &plan.buckets {
+            for bucket in &plan.buckets {
                 match ranges.last_mut() {
-                    Some(last) if last.end == row => last.end = row + 1,
-                    _ => ranges.push(row..row + 1),
+                    Some(last) if last.end == bucket.row => last.end = bucket.row + 1,
+                    _ => ranges.push(bucket.row..bucket.row + 1),
                 }
             }
-            let mut expected = plan.buckets.iter().map(|&(_, series)| series);
+            let mut expected = plan.buckets.iter();
             let mut mismatch = false;
             profiles::read(file, ranges, profiles::Want::Samples, |row| {
-                if expected.next() == Some(row.series) {
+                if expected.next().is_some_and(|bucket| {
+                    bucket.series == row.series && bucket.start_ms.checked_mul(1_000_000) == Some(row.time_nanos)
+                }) {
                     add_samples(&mut by_stack, row.stacks, row.values, None, None);
                 } else {
                     mismatch = true;

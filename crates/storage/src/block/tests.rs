@@ -414,17 +414,18 @@ proptest! {
     /// and the rest from its profiles: the same answer as its source's.
     #[test]
     fn prop_downsampled_block_answers_what_its_source_answered(
-        rows in prop::collection::vec((0usize..4, 0i64..10_000, prop::collection::vec(0i64..50, 5)), 1..60),
+        rows in prop::collection::vec((0usize..4, -5_000i64..10_000, prop::collection::vec(0i64..50, 5)), 1..60),
         resolution in 1i64..2_000,
         coarser in 1i64..6,
-        start in -100i64..10_000,
+        coarsest in 2i64..4,
+        start in -6_000i64..10_000,
         width in 0i64..10_000,
         service in 0usize..5,
     ) {
         let source = Source::new(&rows);
         let dir = tempfile::tempdir().unwrap();
         let id = Ulid::generate();
-        let meta = write_downsampled(dir.path(), id, source.contents(), &[resolution, resolution * coarser * 2]);
+        let meta = write_downsampled(dir.path(), id, source.contents(), &[resolution, resolution * coarser * 2, resolution * coarser * 2 * coarsest]);
         prop_assert!(meta.files.iter().any(|file| file.rel_path == downsampled::FILE));
         let block = Block::open(&dir.path().join(id.to_string())).unwrap();
         block.verify().unwrap();
