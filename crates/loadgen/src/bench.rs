@@ -38,7 +38,7 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// The full run (a few minutes).
+    /// The full run (about 15 minutes on 2 cores).
     pub fn full(binary: PathBuf, profiles: PathBuf) -> Self {
         Self {
             binary,

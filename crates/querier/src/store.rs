@@ -1,6 +1,7 @@
 //! Blocks in object storage, for ranges older than the ingesters keep.
 //! A query lists the tenant's blocks; of those overlapping its range, the
-//! meta, series index and symbols are downloaded into a local cache
+//! meta, series index, symbols and downsampled table are downloaded into a
+//! local cache
 //! (bounded: least recently used blocks go first), while the profiles
 //! table is read in place by byte ranges, only the row groups and pages a
 //! query needs. A block another one supersedes is not read; of the others,

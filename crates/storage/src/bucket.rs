@@ -340,8 +340,8 @@ impl Bucket {
         Ok(target)
     }
 
-    /// Opens a block for reading in place: its meta, series and symbols
-    /// files are downloaded into `parent/<id>` (and checked), its profiles
+    /// Opens a block for reading in place: its meta, series, symbols and
+    /// downsampled files are downloaded into `parent/<id>` (and checked), its profiles
     /// table stays in the bucket and is read by byte ranges. Reads of the
     /// returned block block on this async runtime: run them where blocking
     /// is fine.
