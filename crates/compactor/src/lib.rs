@@ -99,6 +99,14 @@ pub enum CompactorError {
     Task(String),
     #[error("compactor configuration: {0}")]
     Config(String),
+    /// A block of the group cannot be read: it gets a no-compact mark.
+    #[error("tenant {tenant}: block {block} cannot be read: {source}")]
+    CorruptInput {
+        tenant: String,
+        block: Ulid,
+        #[source]
+        source: Box<BlockError>,
+    },
 }
 
 /// What a round did.
@@ -120,6 +128,8 @@ pub struct RoundReport {
     pub failures: usize,
     /// Marked blocks deleted.
     pub blocks_deleted: usize,
+    /// Blocks that could not be read, marked not to be compacted again.
+    pub blocks_marked_no_compact: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -131,6 +141,7 @@ struct CompactorMetrics {
     blocks_expired: Counter,
     blocks_deleted: Counter,
     groups_over_memory: Counter,
+    blocks_marked_no_compact: Counter,
 }
 
 impl CompactorMetrics {
@@ -167,6 +178,11 @@ impl CompactorMetrics {
                 "flamedb_compactor_groups_over_memory",
                 "Groups of blocks left uncompacted: not even two of them fit -compactor.max-memory-bytes",
                 &metrics.groups_over_memory,
+            ),
+            (
+                "flamedb_compactor_blocks_marked_no_compact",
+                "Blocks that could not be read (corrupt), marked not to be compacted again",
+                &metrics.blocks_marked_no_compact,
             ),
         ];
         for (name, help, counter) in counters {
@@ -265,6 +281,7 @@ impl Compactor {
                             blocks_expired = report.blocks_expired,
                             blocks_deleted = report.blocks_deleted,
                             groups_over_memory = report.groups_over_memory,
+                            blocks_marked_no_compact = report.blocks_marked_no_compact,
                             incomplete_deleted = report.incomplete_deleted,
                             failures = report.failures,
                             "compaction round done"
@@ -338,6 +355,10 @@ impl Compactor {
                 report.incomplete_deleted += 1;
             }
         }
+        // A block that could not be read stays as it is (queries still
+        // read what they can of it; retention still deletes it).
+        let no_compact = self.bucket.marked_no_compact(tenant).await.map_err(bucket_error)?;
+        metas.retain(|meta| !no_compact.contains(&meta.id));
         let ranges: Vec<i64> = self.config.block_ranges.iter().copied().map(millis).collect();
         let wait_ms = millis(self.config.first_level_wait);
         for group in plan(&metas, &ranges, now_ms, wait_ms) {
@@ -356,6 +377,17 @@ impl Compactor {
                 Ok(replaced) => {
                     report.blocks_written += 1;
                     report.blocks_compacted += replaced;
+                }
+                Err(CompactorError::CorruptInput { block, source, .. }) => {
+                    error!(tenant, %block, error = %source, "a block cannot be read; it is marked not to be compacted, and its window is compacted without it next round");
+                    self.failed(report);
+                    let reason = source.to_string();
+                    self.bucket
+                        .mark_no_compact(tenant, block, &reason)
+                        .await
+                        .map_err(bucket_error)?;
+                    self.metrics.blocks_marked_no_compact.inc();
+                    report.blocks_marked_no_compact += 1;
                 }
                 Err(err) => {
                     error!(tenant, blocks = ?group, error = %err, "a compaction failed; the next round retries");
@@ -399,14 +431,19 @@ impl Compactor {
                 path: inputs_dir.display().to_string(),
                 source,
             })?;
-        let mut inputs = Vec::with_capacity(group.len());
+        let corrupt = |block: Ulid, source: BlockError| CompactorError::CorruptInput {
+            tenant: tenant.to_owned(),
+            block,
+            source: Box::new(source),
+        };
+        let mut inputs: Vec<(Ulid, PathBuf)> = Vec::with_capacity(group.len());
         for &id in group {
-            inputs.push(
-                self.bucket
-                    .download_block(tenant, id, &inputs_dir)
-                    .await
-                    .map_err(bucket_error)?,
-            );
+            let dir = match self.bucket.download_block(tenant, id, &inputs_dir).await {
+                Ok(dir) => dir,
+                Err(BucketError::Block(source @ BlockError::Corrupt { .. })) => return Err(corrupt(id, source)),
+                Err(err) => return Err(bucket_error(err)),
+            };
+            inputs.push((id, dir));
         }
         // The same data always makes the same block: compactors that race
         // write one block, and a round that redoes a compaction cut short
@@ -417,18 +454,32 @@ impl Compactor {
         let downsample = (!resolutions.is_empty()).then(|| Downsample {
             resolutions_ms: resolutions.iter().copied().map(millis).collect(),
         });
+        let dirs = inputs.clone();
         let compacted = tokio::task::spawn_blocking(move || {
-            let blocks = inputs
+            let blocks = dirs
                 .iter()
-                .map(|dir| Block::open(dir))
+                .map(|(_, dir)| Block::open(dir))
                 .collect::<Result<Vec<_>, _>>()?;
             compact(&blocks, &output_parent, id, downsample)
         })
         .await
         .map_err(|err| CompactorError::Task(err.to_string()))?
-        .map_err(|source| CompactorError::Block {
-            tenant: tenant.to_owned(),
-            source: Box::new(source),
+        .map_err(|source| {
+            // Damage is reported under the path of the input holding it.
+            let damaged = match &source {
+                BlockError::Corrupt { path, .. } => inputs
+                    .iter()
+                    .find(|(_, dir)| Path::new(path).starts_with(dir))
+                    .map(|(block, _)| *block),
+                _ => None,
+            };
+            match damaged {
+                Some(block) => corrupt(block, source),
+                None => CompactorError::Block {
+                    tenant: tenant.to_owned(),
+                    source: Box::new(source),
+                },
+            }
         })?;
         self.bucket
             .upload_block(tenant, &work.join(id.to_string()), &compacted)

@@ -213,6 +213,44 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
 }
 
 #[tokio::test]
+async fn test_a_block_that_cannot_be_read_is_marked_no_compact_and_its_window_goes_on_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(dir.path());
+    let local = dir.path().join("blocks");
+    let replica = [(1, 1_000, 5), (2, 2_000, 7)];
+    let good = upload(&bucket, &local, &replica).await;
+    let damaged = upload(&bucket, &local, &replica).await;
+    let table = dir.path().join(format!(
+        "bucket/t/blocks/{damaged}/{}",
+        flamedb_storage::block::PROFILES_FILE
+    ));
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&table, bytes).unwrap();
+
+    let compactor = compactor(&bucket, dir.path());
+    let now = 2 * HOUR;
+    let report = compactor.run_once(now).await.unwrap();
+    assert_eq!((report.failures, report.blocks_marked_no_compact), (1, 1));
+    assert_eq!(
+        bucket.marked_no_compact("t").await.unwrap(),
+        std::collections::HashSet::from([damaged])
+    );
+    // The next round compacts the window without it, and leaves it be.
+    let report = compactor.run_once(now).await.unwrap();
+    assert_eq!(
+        (report.failures, report.blocks_written, report.blocks_compacted),
+        (0, 1, 1)
+    );
+    let metas = bucket.list_blocks("t").await.unwrap();
+    assert!(metas.iter().any(|meta| meta.id == damaged));
+    let compacted: Vec<&BlockMeta> = metas.iter().filter(|meta| meta.compaction.level == 2).collect();
+    assert_eq!(compacted.len(), 1);
+    assert_eq!(compacted[0].compaction.sources, [good]);
+    assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+}
+
+#[tokio::test]
 async fn test_blocks_past_the_tenant_retention_are_marked_for_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = filesystem_bucket(dir.path());

@@ -27,6 +27,7 @@ use crate::block::{BlockMeta, META_FILE, TEMP_SUFFIX, parse_meta};
 /// blocks, so readers list both cheaply).
 const MARKERS_DIR: &str = "markers";
 const DELETION_MARK_SUFFIX: &str = "-deletion-mark.json";
+const NO_COMPACT_MARK_SUFFIX: &str = "-no-compact-mark.json";
 
 /// Where blocks are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,12 +219,29 @@ impl Bucket {
     /// The tenant's deletion marks: `<tenant>/markers/<id>-deletion-mark.json`,
     /// by block, with when each was written (ms since the epoch).
     pub async fn marked_for_deletion(&self, tenant: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
+        self.marks(tenant, DELETION_MARK_SUFFIX).await
+    }
+
+    /// The tenant's blocks marked not to be compacted (their data could
+    /// not be read): `<tenant>/markers/<id>-no-compact-mark.json`.
+    pub async fn marked_no_compact(&self, tenant: &str) -> Result<HashSet<Ulid>, BucketError> {
+        Ok(self
+            .marks(tenant, NO_COMPACT_MARK_SUFFIX)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The tenant's marks of one kind, by block, with when each was
+    /// written (ms since the epoch).
+    async fn marks(&self, tenant: &str, suffix: &str) -> Result<Vec<(Ulid, i64)>, BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/{MARKERS_DIR}"));
         let objects = self.list_objects(&prefix).await?;
         Ok(objects
             .iter()
             .filter_map(|object| {
-                let id = object.location.filename()?.strip_suffix(DELETION_MARK_SUFFIX)?;
+                let id = object.location.filename()?.strip_suffix(suffix)?;
                 Some((Ulid::from_string(id).ok()?, object.last_modified.timestamp_millis()))
             })
             .collect())
@@ -308,8 +326,24 @@ impl Bucket {
         Ok(())
     }
 
+    /// Marks a block not to be compacted, saying why; queries still read
+    /// it, retention still deletes it.
+    pub async fn mark_no_compact(&self, tenant: &str, id: Ulid, reason: &str) -> Result<(), BucketError> {
+        let path = Self::no_compact_mark_path(tenant, id);
+        let mark = serde_json::json!({ "id": id.to_string(), "version": 1, "details": reason }).to_string();
+        self.store
+            .put(&path, bytes::Bytes::from(mark).into())
+            .await
+            .map_err(store_error("write", &path))?;
+        Ok(())
+    }
+
+    fn no_compact_mark_path(tenant: &str, id: Ulid) -> ObjectPath {
+        ObjectPath::from(format!("{tenant}/{MARKERS_DIR}/{id}{NO_COMPACT_MARK_SUFFIX}"))
+    }
+
     /// Deletes a block: `meta.json` first (it is then incomplete, and
-    /// ignored), then its other files, its deletion mark last.
+    /// ignored), then its other files, its marks last.
     pub async fn delete_block(&self, tenant: &str, id: Ulid) -> Result<(), BucketError> {
         let prefix = ObjectPath::from(format!("{tenant}/blocks/{id}"));
         let mut objects: Vec<ObjectPath> = self
@@ -319,6 +353,7 @@ impl Bucket {
             .map(|object| object.location)
             .collect();
         objects.sort_by_key(|path| path.filename() != Some(META_FILE));
+        objects.push(Self::no_compact_mark_path(tenant, id));
         objects.push(Self::deletion_mark_path(tenant, id));
         for path in objects {
             match self.store.delete(&path).await {
