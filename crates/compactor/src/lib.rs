@@ -348,9 +348,11 @@ impl Compactor {
             }
         }
         // Uploads cut short by a crash of whoever uploaded are never
-        // finished under that ID: deleted once the delay has passed.
+        // finished under that ID: deleted once the delay has passed, and
+        // never while an upload may still be going on.
+        let incomplete_ms = delay_ms.max(millis(UPLOAD_GRACE));
         for (id, modified_ms) in self.bucket.incomplete_blocks(tenant).await.map_err(bucket_error)? {
-            if modified_ms.saturating_add(delay_ms) <= now_ms {
+            if modified_ms.saturating_add(incomplete_ms) <= now_ms {
                 self.bucket.delete_block(tenant, id).await.map_err(bucket_error)?;
                 report.incomplete_deleted += 1;
             }
@@ -508,6 +510,10 @@ impl Compactor {
         Ok(replaced.len())
     }
 }
+
+/// A block without `meta.json` whose last object is younger than this may
+/// still be uploading (its meta comes last): it is never deleted.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
 /// Any constant whose low 80 bits (a ULID's random part) are not all zero.
 const OUTPUT_ID_SEED: u128 = 0x666c_616d_6564_622d_636f_6d70_6163_7421;

@@ -251,6 +251,27 @@ async fn test_a_block_that_cannot_be_read_is_marked_no_compact_and_its_window_go
 }
 
 #[tokio::test]
+async fn test_an_upload_in_progress_is_never_deleted_as_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(dir.path());
+    let id = upload(&bucket, &dir.path().join("blocks"), &[(1, 1_000, 5)]).await;
+    // Its files are there, its meta (written last) not yet.
+    let meta = dir.path().join(format!("bucket/t/blocks/{id}/meta.json"));
+    std::fs::remove_file(&meta).unwrap();
+    let config = CompactorConfig {
+        deletion_delay: Duration::ZERO,
+        ..config(dir.path())
+    };
+    let compactor = Compactor::new(bucket.clone(), config, keep_forever(), &mut Registry::default()).unwrap();
+    let now = now_ms();
+    assert_eq!(compactor.run_once(now).await.unwrap().incomplete_deleted, 0);
+    assert_eq!(bucket.incomplete_blocks("t").await.unwrap().len(), 1);
+    let later = now + millis(UPLOAD_GRACE);
+    assert_eq!(compactor.run_once(later).await.unwrap().incomplete_deleted, 1);
+    assert!(bucket.incomplete_blocks("t").await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn test_blocks_past_the_tenant_retention_are_marked_for_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = filesystem_bucket(dir.path());
