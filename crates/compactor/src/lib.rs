@@ -31,7 +31,9 @@
 //! follows from its data, so the round that redoes a compaction cut short
 //! rewrites the same block (and never marks it), and compactors that race
 //! on one bucket write one block: they repeat work, never data. A tenant
-//! or a compaction that fails is logged and counted; the others go on.
+//! or a compaction that fails is logged and counted; the others go on. A
+//! block that cannot be read gets a no-compact mark, and its window is
+//! compacted without it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
