@@ -465,13 +465,14 @@ impl Config {
             }
         }
         let resolutions = &self.compactor.downsampling_resolutions;
+        let resolutions_ms: Vec<i64> = resolutions
+            .iter()
+            .map(|resolution| i64::try_from(resolution.as_millis()).unwrap_or(i64::MAX))
+            .collect();
         if resolutions
             .iter()
             .any(|resolution| **resolution < Duration::from_secs(1))
-            || resolutions.windows(2).any(|pair| {
-                let (finer, coarser) = (pair[0].as_millis(), pair[1].as_millis());
-                coarser <= finer || coarser % finer != 0
-            })
+            || (!resolutions_ms.is_empty() && flamedb_storage::block::check_resolutions(&resolutions_ms).is_err())
         {
             return Err(invalid(
                 "compactor.downsampling_resolutions",

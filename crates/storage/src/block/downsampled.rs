@@ -13,13 +13,16 @@
 //! buckets the range holds in part: a long range reads about one row per
 //! series and coarse bucket.
 
+use std::fs::File;
 use std::ops::Range;
+use std::path::Path;
 
 use flamedb_model::ProfileId;
 use foldhash::{HashMap, HashMapExt};
 
 use super::format::{DownsampledRun, SeriesEntry};
-use crate::{ProfileRow, TimeRange};
+use super::{BlockError, profiles};
+use crate::{ProfileRow, TimeRange, add_samples};
 
 pub const FILE: &str = "downsampled.parquet";
 
@@ -164,6 +167,45 @@ impl Downsampled {
         plan.profiles.sort_unstable_by_key(|rows| rows.start);
         plan
     }
+}
+
+/// Adds the samples of `buckets` (rows of the downsampled table in block
+/// directory `dir`, ascending) to `by_stack`; each row read must be of the
+/// series and bucket the plan expects.
+pub(crate) fn add_buckets(
+    dir: &Path,
+    buckets: &[BucketRow],
+    by_stack: &mut HashMap<u32, i64>,
+) -> Result<(), BlockError> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(FILE);
+    let file = File::open(&path).map_err(BlockError::io("open", &path))?;
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for bucket in buckets {
+        match ranges.last_mut() {
+            Some(last) if last.end == bucket.row => last.end = bucket.row + 1,
+            _ => ranges.push(bucket.row..bucket.row + 1),
+        }
+    }
+    let mut expected = buckets.iter();
+    let mut mismatch = false;
+    profiles::read(file, ranges, profiles::Want::Samples, |row| {
+        let matches = expected.next().is_some_and(|bucket| {
+            bucket.series == row.series && bucket.start_ms.checked_mul(1_000_000) == Some(row.time_nanos)
+        });
+        if matches {
+            add_samples(by_stack, row.stacks, row.values, None, None);
+        } else {
+            mismatch = true;
+        }
+    })
+    .map_err(|reason| BlockError::corrupt(&path, reason))?;
+    if mismatch || expected.next().is_some() {
+        return Err(BlockError::corrupt(&path, "rows differ from the series' buckets"));
+    }
+    Ok(())
 }
 
 /// The span (ms, end excluded) of the buckets of `resolution_ms` that

@@ -165,16 +165,16 @@ pub(crate) fn write_with_origin(
         (block_id_of[row.series as usize], row.time_nanos, row.id)
     });
 
+    // The rows in table order, with their block series.
+    let table: Vec<(u32, &ProfileRow)> = order
+        .iter()
+        .map(|&row| (block_id_of[rows[row].series as usize], &rows[row]))
+        .collect();
     let mut files = Vec::new();
     let profiles_path = temp.join(profiles::FILE);
-    let table = profiles::write(
-        &profiles_path,
-        order
-            .iter()
-            .map(|&row| (block_id_of[rows[row].series as usize], &rows[row])),
-    )
-    .map_err(|err| parquet_error(err, &profiles_path))?;
-    files.push(finish_table(table, &profiles_path)?);
+    let written =
+        profiles::write(&profiles_path, table.iter().copied()).map_err(|err| parquet_error(err, &profiles_path))?;
+    files.push(finish_table(written, &profiles_path)?);
 
     // Per block series: rows, and the summary of its profiles.
     let mut summaries = vec![SeriesSummary::default(); series_order.len()];
@@ -197,16 +197,12 @@ pub(crate) fn write_with_origin(
         next_row += count;
     }
     if let Some(downsample) = &origin.downsample {
-        let table: Vec<(u32, &ProfileRow)> = order
-            .iter()
-            .map(|&row| (block_id_of[rows[row].series as usize], &rows[row]))
-            .collect();
         let path = temp.join(downsampled::FILE);
         downsampled::check_resolutions(&downsample.resolutions_ms)
             .map_err(|reason| BlockError::corrupt(&temp, reason))?;
         let merged = downsampled::merged_rows(&downsample.resolutions_ms, &table, &mut entries);
-        let table = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
-        files.push(finish_table(table, &path)?);
+        let written = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
+        files.push(finish_table(written, &path)?);
     }
     let series_bytes = format::SeriesFile { series: entries }.encode_to_vec();
     files.push(write_compressed(&temp, SERIES_FILE, &series_bytes)?);
@@ -642,32 +638,7 @@ impl Block {
         let range = query.range;
         let plan = downsampled.plan(range, selected, &self.rows);
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
-        if !plan.buckets.is_empty() {
-            let path = self.dir.join(downsampled::FILE);
-            let file = File::open(&path).map_err(BlockError::io("open", &path))?;
-            let mut ranges: Vec<Range<usize>> = Vec::new();
-            for bucket in &plan.buckets {
-                match ranges.last_mut() {
-                    Some(last) if last.end == bucket.row => last.end = bucket.row + 1,
-                    _ => ranges.push(bucket.row..bucket.row + 1),
-                }
-            }
-            let mut expected = plan.buckets.iter();
-            let mut mismatch = false;
-            profiles::read(file, ranges, profiles::Want::Samples, |row| {
-                if expected.next().is_some_and(|bucket| {
-                    bucket.series == row.series && bucket.start_ms.checked_mul(1_000_000) == Some(row.time_nanos)
-                }) {
-                    add_samples(&mut by_stack, row.stacks, row.values, None, None);
-                } else {
-                    mismatch = true;
-                }
-            })
-            .map_err(|reason| BlockError::corrupt(&path, reason))?;
-            if mismatch || expected.next().is_some() {
-                return Err(BlockError::corrupt(&path, "rows differ from the series' buckets"));
-            }
-        }
+        downsampled::add_buckets(&self.dir, &plan.buckets, &mut by_stack)?;
         self.read_rows(plan.profiles, profiles::Want::Samples, |row| {
             if range.contains(row.time_nanos.div_euclid(1_000_000)) {
                 add_samples(&mut by_stack, row.stacks, row.values, None, None);
