@@ -34,6 +34,9 @@
 //! or a compaction that fails is logged and counted; the others go on. A
 //! block that cannot be read gets a no-compact mark, and its window is
 //! compacted without it.
+//!
+//! Each round ends a tenant with a new listing of its blocks written as
+//! its bucket index, which queriers read instead of listing the bucket.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flamedb_storage::block::{Downsample, check_resolutions};
-use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, Ulid, compact};
+use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, BucketIndex, INDEX_VERSION, Ulid, compact};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -132,6 +135,19 @@ pub struct RoundReport {
     pub blocks_deleted: usize,
     /// Blocks that could not be read, marked not to be compacted again.
     pub blocks_marked_no_compact: usize,
+    /// Tenants whose bucket index was written.
+    pub indexes_written: usize,
+}
+
+impl RoundReport {
+    /// Whether the round changed anything besides the indexes.
+    fn did_something(&self) -> bool {
+        *self
+            != RoundReport {
+                indexes_written: self.indexes_written,
+                ..RoundReport::default()
+            }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -277,7 +293,7 @@ impl Compactor {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     result = self.run_once(now_ms()) => match result {
-                        Ok(report) if report != RoundReport::default() => info!(
+                        Ok(report) if report.did_something() => info!(
                             blocks_written = report.blocks_written,
                             blocks_compacted = report.blocks_compacted,
                             blocks_expired = report.blocks_expired,
@@ -311,8 +327,34 @@ impl Compactor {
                 error!(tenant, error = %err, "compacting the tenant failed; the next round retries");
                 self.failed(&mut report);
             }
+            // Whatever the round did, the index is made from a new listing.
+            match self.write_index(&tenant).await {
+                Ok(()) => report.indexes_written += 1,
+                Err(err) => {
+                    error!(tenant, error = %err, "cannot write the bucket index; queriers list the bucket until a round writes it");
+                    self.failed(&mut report);
+                }
+            }
         }
         Ok(report)
+    }
+
+    /// Lists the tenant's blocks and writes them as its bucket index.
+    async fn write_index(&self, tenant: &str) -> Result<(), CompactorError> {
+        let bucket_error = |source| CompactorError::Bucket {
+            tenant: tenant.to_owned(),
+            source: Box::new(source),
+        };
+        // Taken before the listing: blocks uploaded since may be missing.
+        let updated_at_ms = now_ms();
+        let blocks = self.bucket.list_blocks(tenant).await.map_err(bucket_error)?;
+        let index = BucketIndex {
+            version: INDEX_VERSION,
+            updated_at_ms,
+            deletion_delay_ms: millis(self.config.deletion_delay),
+            blocks,
+        };
+        self.bucket.write_index(tenant, &index).await.map_err(bucket_error)
     }
 
     fn failed(&self, report: &mut RoundReport) {

@@ -3,7 +3,7 @@
 use flamedb_model::pprof::StackProfileBuilder;
 use flamedb_model::{Labels, ProfileId, Tree, parse_selector};
 use flamedb_storage::{
-    BlockContents, BucketConfig, ProfileQuery, ProfileRow, SeriesIndex, Symbols, TimeRange, write_block,
+    BlockContents, BucketConfig, IndexRead, ProfileQuery, ProfileRow, SeriesIndex, Symbols, TimeRange, write_block,
 };
 
 use super::*;
@@ -111,6 +111,14 @@ fn compactor(bucket: &Bucket, dir: &Path) -> Compactor {
     Compactor::new(bucket.clone(), config(dir), keep_forever(), &mut Registry::default()).unwrap()
 }
 
+/// What a round that had nothing to do reports: it only wrote the index.
+fn idle() -> RoundReport {
+    RoundReport {
+        indexes_written: 1,
+        ..RoundReport::default()
+    }
+}
+
 fn keep_forever() -> TenantRetention {
     Arc::new(|_| Duration::ZERO)
 }
@@ -149,7 +157,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     let compactor = compactor(&bucket, dir.path());
     // The first window has not waited long enough yet.
     let too_early = HOUR + 24 * 60 * 1000;
-    assert_eq!(compactor.run_once(too_early).await.unwrap(), RoundReport::default());
+    assert_eq!(compactor.run_once(too_early).await.unwrap(), idle());
 
     let now = 2 * HOUR + 30 * 60 * 1000;
     let report = compactor.run_once(now).await.unwrap();
@@ -159,9 +167,17 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
         RoundReport {
             blocks_written: 2,
             blocks_compacted: 4,
+            indexes_written: 1,
             ..RoundReport::default()
         }
     );
+    // The round's last listing is the tenant's index.
+    let IndexRead::Read { index, .. } = bucket.read_index("t", None).await.unwrap() else {
+        panic!("no bucket index written");
+    };
+    assert_eq!(index.blocks, bucket.list_blocks("t").await.unwrap());
+    assert_eq!(index.deletion_delay_ms, 12 * HOUR);
+    assert_eq!(index.blocks.len(), 2);
     assert_eq!(read_back(&bucket).await, (2, 4, 5 + 7 + 11 + 13));
     let compacted: Vec<BlockMeta> = bucket
         .list_blocks("t")
@@ -204,7 +220,7 @@ async fn test_replicas_of_a_window_become_one_block_and_are_deleted_after_the_de
     let mut tree = Tree::new();
     block.merge_into(&everything(), None, None, &mut tree).unwrap();
     assert_eq!(tree.total(), 5 + 7 + 11 + 13);
-    assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+    assert_eq!(compactor.run_once(now).await.unwrap(), idle());
 
     let later = now_ms() + 12 * HOUR;
     assert_eq!(compactor.run_once(later).await.unwrap().blocks_deleted, 6);
@@ -247,7 +263,7 @@ async fn test_a_block_that_cannot_be_read_is_marked_no_compact_and_its_window_go
     let compacted: Vec<&BlockMeta> = metas.iter().filter(|meta| meta.compaction.level == 2).collect();
     assert_eq!(compacted.len(), 1);
     assert_eq!(compacted[0].compaction.sources, [good]);
-    assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+    assert_eq!(compactor.run_once(now).await.unwrap(), idle());
 }
 
 #[tokio::test]

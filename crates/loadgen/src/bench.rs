@@ -544,7 +544,6 @@ fn long_range_phase(config: &BenchConfig, binary: &str, sources: &[Source], span
     };
     let filled: i64 = requests.iter().map(|request| request.cpu_total).sum();
     check_total(&node.http, &whole, filled, "over the long range")?;
-    let client = QueryClient::new(&node.http);
     let mut spans: Vec<(String, i64)> = vec![("1 d".to_owned(), 1)];
     if days > 7 {
         spans.push(("7 d".to_owned(), 7));
@@ -552,28 +551,73 @@ fn long_range_phase(config: &BenchConfig, binary: &str, sources: &[Source], span
     if days > 1 {
         spans.push((format!("{days} d"), days as i64));
     }
+    let time_spans = |node: &Flamedb| -> Result<Vec<f64>, String> {
+        let client = QueryClient::new(&node.http);
+        spans
+            .iter()
+            .map(|(_, span_days)| {
+                let scope = Scope {
+                    start_ms: now_ms + 1000 - span_days * day_ms,
+                    ..whole.clone()
+                };
+                let mut latencies = client.repeat(QueryKind::FlameGraph, &scope, config.query_runs)?;
+                Ok(latencies.percentile_ms(0.5))
+            })
+            .collect()
+    };
+    // Without a deletion delay the compactor's index is never trusted:
+    // these queries list the bucket.
+    let listed = time_spans(&node)?;
+    drop(node);
+    // The same bucket again, read through the index its compactor writes.
+    flags.push("-compactor.deletion-delay=1h".to_owned());
+    let node = start_ready(binary, "single-long-indexed", &flags, &[]);
+    let runs = || node.metric("flamedb_compactor_runs_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // A second round has begun once the first wrote the index.
+    while runs() < 2.0 {
+        if Instant::now() > deadline {
+            return Err("the compactor wrote no bucket index within 2 minutes".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_total(&node.http, &whole, filled, "over the long range, from the bucket index")?;
+    let indexed = time_spans(&node)?;
+    let listings = |source: &str| {
+        node.metric(&format!("flamedb_querier_block_listings_total{{source=\"{source}\"}}"))
+            .unwrap_or(0.0)
+    };
+    if listings("bucket") > 0.0 || listings("index") == 0.0 {
+        return Err(format!(
+            "queries listed the bucket {} times and read the index {} times: the index was not used",
+            listings("bucket"),
+            listings("index")
+        ));
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
         "Long ranges from compacted blocks (single binary): {} series, a CPU profile every {:.0} min for {days} days \
-         ({} profiles, filled in {fill_seconds:.0} s, compacted {compact_seconds:.0} s later), median of {} runs:\n",
+         ({} profiles, filled in {fill_seconds:.0} s, compacted {compact_seconds:.0} s later), median of {} runs; \
+         blocks learnt from a listing of the bucket, then from the bucket index:\n",
         config.long_series,
         span_ms as f64 / 60_000.0,
         requests.len(),
         config.query_runs
     );
-    let _ = writeln!(out, "| flame graph, all series | ms | ÷ 1 d |");
-    let _ = writeln!(out, "|---|---|---|");
-    let mut one_day = None;
-    for (name, span_days) in spans {
-        let scope = Scope {
-            start_ms: now_ms + 1000 - span_days * day_ms,
-            ..whole.clone()
-        };
-        let mut latencies = client.repeat(QueryKind::FlameGraph, &scope, config.query_runs)?;
-        let median = latencies.percentile_ms(0.5);
-        let base = *one_day.get_or_insert(median);
-        let _ = writeln!(out, "| {name} | {median:.1} | {:.2} |", median / base);
+    let _ = writeln!(
+        out,
+        "| flame graph, all series | listing ms | index ms | index ÷ listing | index ÷ 1 d |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let one_day = indexed.first().copied().unwrap_or(f64::NAN);
+    for (((name, _), from_listing), from_index) in spans.iter().zip(&listed).zip(&indexed) {
+        let _ = writeln!(
+            out,
+            "| {name} | {from_listing:.1} | {from_index:.1} | {:.2} | {:.2} |",
+            from_index / from_listing,
+            from_index / one_day
+        );
     }
     let _ = writeln!(out);
     Ok(out)

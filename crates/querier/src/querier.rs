@@ -114,8 +114,11 @@ impl Querier {
     }
 
     /// Also reads the blocks of `store` for the part of a range older than
-    /// `query_store_after` ago.
-    pub fn with_store(mut self, store: Store, query_store_after: Duration) -> Self {
+    /// `query_store_after` ago (trusting a bucket index at most half that
+    /// old: what ingesters uploaded since is on them only that long, and
+    /// a query needs the other half to read it there).
+    pub fn with_store(mut self, mut store: Store, query_store_after: Duration) -> Self {
+        store.cap_index_staleness(query_store_after / 2);
         self.store = Some(Arc::new(store));
         self.query_store_after = query_store_after;
         self

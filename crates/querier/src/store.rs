@@ -6,6 +6,12 @@
 //! table is read in place by byte ranges, only the row groups and pages a
 //! query needs. A block another one supersedes is not read; of the others,
 //! the querier counts each profile ID once.
+//!
+//! The tenant's blocks are learnt from its bucket index, written by the
+//! compactor, while the index is young enough to trust
+//! ([`BucketIndex::usable_at`]; at most half `query_store_after` old, as
+//! the ingesters keep what they uploaded that long); otherwise, and when
+//! an index names a block that is gone, from a listing of the bucket.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,9 +21,15 @@ use std::time::{Duration, Instant};
 use flamedb_api::{ErrorCode, RpcError};
 use flamedb_model::budget::RequestBudget;
 use flamedb_model::{ProfileId, Tree, parse_selector};
+use flamedb_ring::now_ms;
 use flamedb_storage::block::{PROFILES_FILE, TEMP_SUFFIX};
-use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, ProfileQuery, TimeRange, Ulid};
+use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketIndex, IndexRead, ProfileQuery, TimeRange, Ulid};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::Mutex as AsyncMutex;
+use tracing::{debug, warn};
 
 use crate::querier::ListedProfile;
 
@@ -36,6 +48,26 @@ struct Cached {
     used: Instant,
 }
 
+/// A tenant's bucket index as last read.
+struct CachedIndex {
+    etag: Option<String>,
+    index: Arc<BucketIndex>,
+    /// It named a block that is gone: not trusted until it is rewritten.
+    distrusted: bool,
+}
+
+/// Where a listing of a tenant's blocks came from: `index` or `bucket`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListingSource {
+    source: &'static str,
+}
+
+/// A tenant's blocks, and whether its bucket index named them.
+struct Listing {
+    metas: Vec<BlockMeta>,
+    from_index: bool,
+}
+
 /// Object storage seen by the querier.
 pub struct Store {
     bucket: Bucket,
@@ -44,6 +76,11 @@ pub struct Store {
     cached: Mutex<HashMap<(String, Ulid), Cached>>,
     /// One download at a time, so a block is fetched once.
     downloading: AsyncMutex<()>,
+    /// How old a bucket index may be and still stand for a listing (zero:
+    /// always list the bucket).
+    index_max_stale: Duration,
+    indexes: Mutex<HashMap<String, CachedIndex>>,
+    listings: Family<ListingSource, Counter>,
 }
 
 impl std::fmt::Debug for Store {
@@ -96,16 +133,118 @@ impl Store {
             max_bytes,
             cached: Mutex::new(HashMap::new()),
             downloading: AsyncMutex::new(()),
+            index_max_stale: Duration::ZERO,
+            indexes: Mutex::new(HashMap::new()),
+            listings: Family::default(),
         })
+    }
+
+    /// Reads tenants' bucket indexes instead of listing the bucket while
+    /// they are at most `max_stale` old (see [`BucketIndex::usable_at`]);
+    /// counts listings by where they came from.
+    pub fn with_bucket_index(mut self, max_stale: Duration, registry: &mut Registry) -> Self {
+        self.index_max_stale = max_stale;
+        registry.register(
+            "flamedb_querier_block_listings",
+            "Listings of a tenant's blocks in object storage, by source: its bucket index, or the bucket (no index fit to use)",
+            self.listings.clone(),
+        );
+        self
+    }
+
+    /// Trusts a bucket index at most `bound` old.
+    pub(crate) fn cap_index_staleness(&mut self, bound: Duration) {
+        self.index_max_stale = self.index_max_stale.min(bound);
     }
 
     /// The first and last profile time (ms) of each of the tenant's blocks.
     pub(crate) async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
-        let metas = self.list(tenant).await?;
-        Ok(metas.iter().map(|meta| (meta.min_time, meta.max_time)).collect())
+        let listing = self.list(tenant).await?;
+        Ok(listing
+            .metas
+            .iter()
+            .map(|meta| (meta.min_time, meta.max_time))
+            .collect())
     }
 
-    async fn list(&self, tenant: &str) -> Result<Vec<BlockMeta>, RpcError> {
+    /// The tenant's blocks: from its bucket index when it has one fit to
+    /// use, else from a listing of the bucket.
+    async fn list(&self, tenant: &str) -> Result<Listing, RpcError> {
+        if let Some(metas) = self.indexed(tenant).await {
+            self.counted("index");
+            return Ok(Listing {
+                metas,
+                from_index: true,
+            });
+        }
+        Ok(Listing {
+            metas: self.list_bucket(tenant).await?,
+            from_index: false,
+        })
+    }
+
+    fn counted(&self, source: &'static str) {
+        self.listings.get_or_create(&ListingSource { source }).inc();
+    }
+
+    /// The blocks the tenant's bucket index names, when it has an index
+    /// young enough to trust (read again only when it changed).
+    async fn indexed(&self, tenant: &str) -> Option<Vec<BlockMeta>> {
+        if self.index_max_stale.is_zero() {
+            return None;
+        }
+        let known = self.lock_indexes().get(tenant).and_then(|cached| cached.etag.clone());
+        let read = tokio::time::timeout(LIST_TIMEOUT, self.bucket.read_index(tenant, known.as_deref())).await;
+        let index = match read {
+            Ok(Ok(IndexRead::Unchanged)) => {
+                let indexes = self.lock_indexes();
+                let cached = indexes.get(tenant)?;
+                if cached.distrusted {
+                    return None;
+                }
+                cached.index.clone()
+            }
+            Ok(Ok(IndexRead::Read { index, etag })) => {
+                let index = Arc::new(index);
+                let cached = CachedIndex {
+                    etag,
+                    index: index.clone(),
+                    distrusted: false,
+                };
+                self.lock_indexes().insert(tenant.to_owned(), cached);
+                index
+            }
+            Ok(Ok(IndexRead::Missing)) => {
+                self.lock_indexes().remove(tenant);
+                return None;
+            }
+            Ok(Err(err)) => {
+                warn!(tenant, error = %err, "cannot read the bucket index; listing the bucket instead");
+                return None;
+            }
+            Err(_) => {
+                warn!(tenant, timeout = ?LIST_TIMEOUT, "reading the bucket index timed out; listing the bucket instead");
+                return None;
+            }
+        };
+        let max_stale_ms = i64::try_from(self.index_max_stale.as_millis()).unwrap_or(i64::MAX);
+        if !index.usable_at(now_ms(), max_stale_ms) {
+            debug!(
+                tenant,
+                updated_at_ms = index.updated_at_ms,
+                "the bucket index is too old to trust; listing the bucket"
+            );
+            return None;
+        }
+        Some(index.blocks.clone())
+    }
+
+    fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedIndex>> {
+        self.indexes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn list_bucket(&self, tenant: &str) -> Result<Vec<BlockMeta>, RpcError> {
+        self.counted("bucket");
         tokio::time::timeout(LIST_TIMEOUT, self.bucket.list_blocks(tenant))
             .await
             .map_err(|_| {
@@ -118,13 +257,33 @@ impl Store {
 
     /// The tenant's blocks that overlap `range`, opened.
     pub(crate) async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
-        let metas = self.list(tenant).await?;
+        let listing = self.list(tenant).await?;
+        match self.open_overlapping(tenant, &listing.metas, range).await {
+            Err((id, _)) if listing.from_index && matches!(self.bucket.has_block(tenant, id).await, Ok(false)) => {
+                warn!(tenant, block = %id, "the bucket index names a block that is gone; listing the bucket instead");
+                if let Some(cached) = self.lock_indexes().get_mut(tenant) {
+                    cached.distrusted = true;
+                }
+                let metas = self.list_bucket(tenant).await?;
+                self.open_overlapping(tenant, &metas, range)
+                    .await
+                    .map_err(|(_, err)| err)
+            }
+            opened => opened.map_err(|(_, err)| err),
+        }
+    }
+
+    /// Opens the blocks of `metas` that overlap `range`; on failure, which
+    /// block failed and why.
+    async fn open_overlapping(
+        &self,
+        tenant: &str,
+        metas: &[BlockMeta],
+        range: TimeRange,
+    ) -> Result<Vec<Arc<Block>>, (Ulid, RpcError)> {
         let mut blocks = Vec::new();
-        for meta in metas
-            .into_iter()
-            .filter(|meta| range.overlaps(meta.min_time, meta.max_time))
-        {
-            blocks.push(self.block(tenant, &meta).await?);
+        for meta in metas.iter().filter(|meta| range.overlaps(meta.min_time, meta.max_time)) {
+            blocks.push(self.block(tenant, meta).await.map_err(|err| (meta.id, err))?);
         }
         Ok(blocks)
     }
@@ -265,4 +424,137 @@ pub(crate) async fn merge_block(
     })
     .await
     .map_err(|err| RpcError::internal(err.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use flamedb_model::Labels;
+    use flamedb_model::pprof::StackProfileBuilder;
+    use flamedb_storage::{BlockContents, BucketConfig, INDEX_VERSION, ProfileRow, SeriesIndex, Symbols, write_block};
+
+    use super::*;
+
+    /// Uploads a block of one profile at `time_ms` for tenant `t`; its meta.
+    async fn upload(bucket: &Bucket, local: &std::path::Path, time_ms: i64) -> BlockMeta {
+        let labels = Labels::from_pairs([("service_name", "api".to_owned())]);
+        let mut series = SeriesIndex::new();
+        let mut symbols = Symbols::new();
+        let mut builder = StackProfileBuilder::new("cpu", "nanoseconds");
+        builder.add(["main"], 1);
+        let stacks = symbols.add_profile(&builder.build());
+        let rows = [ProfileRow {
+            id: ProfileId([7; 16]),
+            series: series.get_or_insert(&labels, labels.fingerprint(), time_ms),
+            time_nanos: time_ms * 1_000_000,
+            total: 1,
+            stacks: stacks.into(),
+            values: vec![1].into(),
+            span_ids: None,
+        }];
+        let contents = BlockContents {
+            series: &series,
+            symbols: &symbols,
+            rows: &rows,
+        };
+        let id = Ulid::generate();
+        let meta = write_block(local, id, contents, &[]).unwrap();
+        bucket
+            .upload_block("t", &local.join(id.to_string()), &meta)
+            .await
+            .unwrap();
+        meta
+    }
+
+    fn index(updated_at_ms: i64, blocks: Vec<BlockMeta>) -> BucketIndex {
+        BucketIndex {
+            version: INDEX_VERSION,
+            updated_at_ms,
+            deletion_delay_ms: 12 * 3_600_000,
+            blocks,
+        }
+    }
+
+    /// The IDs of the blocks a query over all time opens.
+    async fn opened(store: &Store) -> Vec<Ulid> {
+        let blocks = store.blocks("t", TimeRange::ALL).await.unwrap();
+        let mut ids: Vec<Ulid> = blocks.iter().map(|block| block.meta().id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn listings(store: &Store, source: &'static str) -> u64 {
+        store.listings.get_or_create(&ListingSource { source }).get()
+    }
+
+    #[tokio::test]
+    async fn test_a_young_index_stands_for_a_listing_and_an_old_or_wrong_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::new(&BucketConfig::Filesystem {
+            dir: dir.path().join("bucket"),
+        })
+        .unwrap();
+        let local = dir.path().join("local");
+        let indexed = upload(&bucket, &local, 1_000).await;
+        let later = upload(&bucket, &local, 2_000).await;
+        let store = Store::new(bucket.clone(), dir.path().join("cache"), u64::MAX)
+            .unwrap()
+            .with_bucket_index(Duration::from_secs(3600), &mut Registry::default());
+
+        // No index: the bucket is listed.
+        assert_eq!(opened(&store).await, sorted([indexed.id, later.id]));
+        assert_eq!((listings(&store, "index"), listings(&store, "bucket")), (0, 1));
+
+        // A young index is taken as it is: the block uploaded after it
+        // was written is not seen (its ingester still has it).
+        bucket
+            .write_index("t", &index(now_ms(), vec![indexed.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(opened(&store).await, [indexed.id]);
+        assert_eq!(opened(&store).await, [indexed.id]);
+        assert_eq!((listings(&store, "index"), listings(&store, "bucket")), (2, 1));
+
+        // An index older than the bound: listed again.
+        bucket
+            .write_index("t", &index(now_ms() - 3_600_000, vec![indexed.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(opened(&store).await, sorted([indexed.id, later.id]));
+        assert_eq!(listings(&store, "bucket"), 2);
+
+        // A querier whose ingesters keep uploads a shorter time trusts an
+        // index for no longer than that.
+        let new_store = |cache: &str| {
+            Store::new(bucket.clone(), dir.path().join(cache), u64::MAX)
+                .unwrap()
+                .with_bucket_index(Duration::from_secs(3600), &mut Registry::default())
+        };
+        let mut capped = new_store("capped");
+        capped.cap_index_staleness(Duration::from_secs(60));
+        bucket
+            .write_index("t", &index(now_ms() - 120_000, vec![indexed.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(opened(&capped).await, sorted([indexed.id, later.id]));
+        assert_eq!((listings(&capped, "index"), listings(&capped, "bucket")), (0, 1));
+
+        // An index naming a block that is gone: the query lists the bucket
+        // and succeeds, and that index is not trusted again.
+        let fresh = new_store("fresh");
+        bucket
+            .write_index("t", &index(now_ms(), vec![indexed.clone(), later.clone()]))
+            .await
+            .unwrap();
+        bucket.delete_block("t", indexed.id).await.unwrap();
+        assert_eq!(opened(&fresh).await, [later.id]);
+        assert_eq!(opened(&fresh).await, [later.id]);
+        assert_eq!((listings(&fresh, "index"), listings(&fresh, "bucket")), (1, 2));
+    }
+
+    fn sorted<const N: usize>(mut ids: [Ulid; N]) -> [Ulid; N] {
+        ids.sort_unstable();
+        ids
+    }
 }

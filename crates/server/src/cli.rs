@@ -185,6 +185,12 @@ pub const FLAGS: &[Flag] = &[
         "Most bytes of cached blocks; least recently used ones are removed first.",
     ),
     flag(
+        "querier.bucket-index-max-stale-period",
+        "querier.bucket_index_max_stale_period",
+        FlagKind::Duration,
+        "How old a tenant's bucket index may be and still be read instead of listing the bucket (also at most half -querier.query-store-after and half the compactor's deletion delay); 0 always lists.",
+    ),
+    flag(
         "compactor.data-dir",
         "compactor.data_dir",
         FlagKind::String,

@@ -95,6 +95,12 @@ pub struct QuerierSettings {
     pub block_cache_dir: String,
     /// Most bytes of cached blocks; least recently used ones go first.
     pub block_cache_max_bytes: u64,
+    /// How old a tenant's bucket index (written by the compactor) may be
+    /// and still be read instead of listing the bucket; also at most half
+    /// `query_store_after` and half the compactor's deletion delay. 0:
+    /// always list.
+    #[serde(with = "humantime_serde")]
+    pub bucket_index_max_stale_period: Duration,
 }
 
 impl Default for QuerierSettings {
@@ -103,6 +109,7 @@ impl Default for QuerierSettings {
             query_store_after: Duration::from_secs(4 * 3600),
             block_cache_dir: "./data/querier-cache".to_owned(),
             block_cache_max_bytes: 10 << 30,
+            bucket_index_max_stale_period: Duration::from_secs(3600),
         }
     }
 }

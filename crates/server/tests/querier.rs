@@ -881,7 +881,33 @@ fn test_blocks_of_one_window_are_compacted_into_one_that_answers_the_same() {
     );
     assert!(reader.metric("flamedb_compactor_compactions_total").unwrap_or(0.0) >= 1.0);
     check_answers(&reader, &pushed, base - 1_000, base + hour);
+    // With no deletion delay the compactor's index is never trusted.
+    assert_eq!(reader.metric(INDEX_LISTINGS), None);
+    drop(reader);
+
+    // With one, a reader learns the blocks from the index its compactor
+    // writes each round, and lists the bucket no more.
+    let reader = start(
+        "indexed-reader",
+        &[
+            &bucket,
+            "-querier.query-store-after=10m",
+            "-compactor.compaction-interval=1s",
+            "-compactor.deletion-delay=1h",
+        ],
+    );
+    // A second round has begun once the first wrote its index.
+    wait_until(Duration::from_secs(60), "a bucket index written", || {
+        (reader.metric("flamedb_compactor_runs_total").unwrap_or(0.0) >= 2.0).then_some(())
+    });
+    let listed = reader.metric(BUCKET_LISTINGS).unwrap_or(0.0);
+    check_answers(&reader, &pushed, base - 1_000, base + hour);
+    assert!(reader.metric(INDEX_LISTINGS).unwrap_or(0.0) >= 1.0);
+    assert_eq!(reader.metric(BUCKET_LISTINGS).unwrap_or(0.0), listed);
 }
+
+const INDEX_LISTINGS: &str = "flamedb_querier_block_listings_total{source=\"index\"}";
+const BUCKET_LISTINGS: &str = "flamedb_querier_block_listings_total{source=\"bucket\"}";
 
 #[test]
 fn test_rf3_copies_in_object_storage_count_once() {

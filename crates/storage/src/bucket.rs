@@ -4,7 +4,9 @@
 //! compactor replaced gets a deletion mark,
 //! `<tenant>/markers/<block id>-deletion-mark.json`: readers ignore it at
 //! once, and it is deleted (`meta.json` first) after a delay, so queries
-//! that listed it before can still read it.
+//! that listed it before can still read it. The compactor also keeps an
+//! index of each tenant's blocks, `<tenant>/bucket-index.json.gz` (see
+//! [`BucketIndex`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,9 @@ use tokio::io::AsyncWriteExt;
 use ulid::Ulid;
 
 use crate::block::{BlockMeta, META_FILE, TEMP_SUFFIX, parse_meta};
+
+mod index;
+pub use index::{BucketIndex, INDEX_VERSION, IndexRead};
 
 /// Where a tenant's deletion marks are, one per block:
 /// `<tenant>/markers/<block id>-deletion-mark.json` (listed apart from the
@@ -83,6 +88,8 @@ pub enum BucketError {
     Block(#[from] crate::BlockError),
     #[error("object storage configuration: {0}")]
     Config(String),
+    #[error("bucket index {path}: {reason}")]
+    Index { path: String, reason: String },
 }
 
 /// A bucket of blocks; cheap to clone.

@@ -15,7 +15,7 @@ mod series;
 mod symbols;
 
 pub use block::{Block, BlockContents, BlockError, BlockMeta, write_block};
-pub use bucket::{Bucket, BucketConfig, BucketError, S3Config};
+pub use bucket::{Bucket, BucketConfig, BucketError, BucketIndex, INDEX_VERSION, IndexRead, S3Config};
 pub use compact::compact;
 pub use query::{
     ProfileKey, ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSummary, TimeRange, add_samples,

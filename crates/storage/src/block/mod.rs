@@ -322,6 +322,13 @@ pub fn read_meta(dir: &Path) -> Result<BlockMeta, BlockError> {
 /// Parses `meta.json` bytes (`path` names them in errors).
 pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<BlockMeta, BlockError> {
     let meta: BlockMeta = serde_json::from_slice(bytes).map_err(|err| BlockError::corrupt(path, err.to_string()))?;
+    check_meta(path, &meta)?;
+    Ok(meta)
+}
+
+/// Checks a meta read from `path`: a format this build reads, and only
+/// the files a block has.
+pub(crate) fn check_meta(path: &Path, meta: &BlockMeta) -> Result<(), BlockError> {
     if meta.version != FORMAT_VERSION {
         return Err(BlockError::corrupt(
             path,
@@ -340,7 +347,7 @@ pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<BlockMeta, BlockError> {
             format!("lists {:?}, which is not a file of a block", file.rel_path),
         ));
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// An open block on local disk: its meta and series index in memory; the
