@@ -2,7 +2,8 @@
 //! A query lists the tenant's blocks; of those overlapping its range, the
 //! meta, series index, symbols and downsampled table are downloaded into a
 //! local cache
-//! (bounded: least recently used blocks go first), while the profiles
+//! (bounded: least recently used blocks go first; their decoded symbols
+//! stay in memory within a bound of their own), while the profiles
 //! table is read in place by byte ranges, only the row groups and pages a
 //! query needs. A block another one supersedes is not read; of the others,
 //! the querier counts each profile ID once.
@@ -23,7 +24,9 @@ use flamedb_model::budget::RequestBudget;
 use flamedb_model::{ProfileId, Tree, parse_selector};
 use flamedb_ring::now_ms;
 use flamedb_storage::block::{PROFILES_FILE, TEMP_SUFFIX};
-use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketIndex, IndexRead, ProfileQuery, TimeRange, Ulid};
+use flamedb_storage::{
+    Block, BlockError, BlockMeta, Bucket, BucketIndex, IndexRead, ProfileQuery, SymbolCache, TimeRange, Ulid,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -81,6 +84,8 @@ pub struct Store {
     index_max_stale: Duration,
     indexes: Mutex<HashMap<String, CachedIndex>>,
     listings: Family<ListingSource, Counter>,
+    /// The decoded symbols of cached blocks, within a memory bound.
+    symbols: Arc<SymbolCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -136,7 +141,15 @@ impl Store {
             index_max_stale: Duration::ZERO,
             indexes: Mutex::new(HashMap::new()),
             listings: Family::default(),
+            symbols: Arc::new(SymbolCache::new(0)),
         })
+    }
+
+    /// Keeps up to `max_bytes` of cached blocks' decoded symbols in memory
+    /// between queries.
+    pub fn with_symbol_cache(mut self, max_bytes: usize) -> Self {
+        self.symbols = Arc::new(SymbolCache::new(max_bytes));
+        self
     }
 
     /// Reads tenants' bucket indexes instead of listing the bucket while
@@ -305,7 +318,7 @@ impl Store {
             .await
             .map_err(|_| store_error(format!("opening block {} took over {DOWNLOAD_TIMEOUT:?}", meta.id)))?
             .map_err(|err| store_error(format!("cannot open block {} of tenant {tenant}: {err}", meta.id)))?;
-        let block = Arc::new(block);
+        let block = Arc::new(block.with_symbol_cache(self.symbols.clone()));
         // What is on local disk: everything but the profiles table.
         let bytes = meta
             .files
@@ -326,6 +339,7 @@ impl Store {
             evict(&mut cached, self.max_bytes)
         };
         for dir in evicted {
+            self.symbols.remove(&dir);
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         Ok(block)
@@ -551,6 +565,62 @@ mod tests {
         assert_eq!(opened(&fresh).await, [later.id]);
         assert_eq!(opened(&fresh).await, [later.id]);
         assert_eq!((listings(&fresh, "index"), listings(&fresh, "bucket")), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn test_decoded_symbols_are_kept_for_the_next_query_and_go_with_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::new(&BucketConfig::Filesystem {
+            dir: dir.path().join("bucket"),
+        })
+        .unwrap();
+        let local = dir.path().join("local");
+        upload(&bucket, &local, 1_000).await;
+        let second = upload(&bucket, &local, 2_000).await;
+        // Room in the block cache for one block at a time.
+        let one_block = second
+            .files
+            .iter()
+            .filter(|file| file.rel_path != PROFILES_FILE)
+            .map(|file| file.size_bytes)
+            .sum();
+        let store = Store::new(bucket, dir.path().join("cache"), one_block)
+            .unwrap()
+            .with_symbol_cache(1 << 20);
+        let query = || block_query("", "{}", 0, 3_000).unwrap();
+        let merge = |block| merge_block(block, query(), None, None, Arc::new(RequestBudget::unlimited()));
+        let first = store
+            .blocks(
+                "t",
+                TimeRange {
+                    start_ms: 0,
+                    end_ms: 1_500,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.symbols.bytes(), 0);
+        assert_eq!(merge(first[0].clone()).await.unwrap().total(), 1);
+        let kept = store.symbols.bytes();
+        assert!(kept > 0);
+        // The next merge keeps no second copy.
+        merge(first[0].clone()).await.unwrap();
+        assert_eq!(store.symbols.bytes(), kept);
+        drop(first);
+        // Opening the second block evicts the first, and its symbols.
+        let later = store
+            .blocks(
+                "t",
+                TimeRange {
+                    start_ms: 1_500,
+                    end_ms: 3_000,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.symbols.bytes(), 0);
+        merge(later[0].clone()).await.unwrap();
+        assert_eq!(store.symbols.bytes(), kept);
     }
 
     fn sorted<const N: usize>(mut ids: [Ulid; N]) -> [Ulid; N] {

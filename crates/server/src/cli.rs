@@ -185,6 +185,12 @@ pub const FLAGS: &[Flag] = &[
         "Most bytes of cached blocks; least recently used ones are removed first.",
     ),
     flag(
+        "querier.symbol-cache-max-bytes",
+        "querier.symbol_cache_max_bytes",
+        FlagKind::Int,
+        "Most bytes of cached blocks' decoded symbols kept in memory between queries; 0 decodes them per query.",
+    ),
+    flag(
         "querier.bucket-index-max-stale-period",
         "querier.bucket_index_max_stale_period",
         FlagKind::Duration,

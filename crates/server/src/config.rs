@@ -95,6 +95,9 @@ pub struct QuerierSettings {
     pub block_cache_dir: String,
     /// Most bytes of cached blocks; least recently used ones go first.
     pub block_cache_max_bytes: u64,
+    /// Most bytes of cached blocks' decoded symbols kept in memory between
+    /// queries; least recently used ones go first. 0: decoded per query.
+    pub symbol_cache_max_bytes: u64,
     /// How old a tenant's bucket index (written by the compactor) may be
     /// and still be read instead of listing the bucket; also at most half
     /// `query_store_after` and half the compactor's deletion delay. 0:
@@ -109,6 +112,7 @@ impl Default for QuerierSettings {
             query_store_after: Duration::from_secs(4 * 3600),
             block_cache_dir: "./data/querier-cache".to_owned(),
             block_cache_max_bytes: 10 << 30,
+            symbol_cache_max_bytes: 512 << 20,
             bucket_index_max_stale_period: Duration::from_secs(3600),
         }
     }

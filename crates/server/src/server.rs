@@ -146,7 +146,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             settings.block_cache_max_bytes,
         )
         .with_context(|| format!("cannot prepare the block cache {}", settings.block_cache_dir))?
-        .with_bucket_index(settings.bucket_index_max_stale_period, &mut registry);
+        .with_bucket_index(settings.bucket_index_max_stale_period, &mut registry)
+        .with_symbol_cache(usize::try_from(settings.symbol_cache_max_bytes).unwrap_or(usize::MAX));
         let querier = Querier::new(membership.ingester_ring.clone(), INGESTER_CALL_TIMEOUT)
             .with_store(store, settings.query_store_after);
         Some(flamedb_querier::routes(

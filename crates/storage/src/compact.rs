@@ -39,7 +39,7 @@ pub fn compact(
     // (profile type, ID) → the input whose rows of it are kept.
     let mut holders: HashMap<(String, ProfileId), usize> = HashMap::new();
     for (input, block) in inputs.iter().enumerate() {
-        let stacks = symbols.import(&block.symbols()?);
+        let stacks = symbols.import(block.symbols()?.as_ref());
         let block_series = block.series();
         let mut bad_reference = None;
         block.visit_rows(|row| {

@@ -14,7 +14,7 @@ mod query;
 mod series;
 mod symbols;
 
-pub use block::{Block, BlockContents, BlockError, BlockMeta, write_block};
+pub use block::{Block, BlockContents, BlockError, BlockMeta, SymbolCache, write_block};
 pub use bucket::{Bucket, BucketConfig, BucketError, BucketIndex, INDEX_VERSION, IndexRead, S3Config};
 pub use compact::compact;
 pub use query::{

@@ -19,12 +19,14 @@ pub(crate) mod format;
 mod meta;
 mod profiles;
 mod remote;
+mod symbol_cache;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flamedb_model::budget::BudgetError;
 use flamedb_model::{ProfileId, Tree};
@@ -41,6 +43,7 @@ use crate::{ProfileQuery, ProfileRow, SelectedProfile, SeriesSummaries, SeriesSu
 pub use downsampled::{FILE as DOWNSAMPLED_FILE, check_resolutions};
 pub use profiles::FILE as PROFILES_FILE;
 pub(crate) use remote::RemoteFile;
+pub use symbol_cache::SymbolCache;
 
 pub const META_FILE: &str = "meta.json";
 const SERIES_FILE: &str = "series.binpb.zst";
@@ -367,6 +370,8 @@ pub struct Block {
     remote_profiles: Option<RemoteFile>,
     /// Its downsampled table, when it has one.
     downsampled: Option<Downsampled>,
+    /// Where its decoded symbols are kept between merges, when anywhere.
+    symbol_cache: Option<Arc<SymbolCache>>,
 }
 
 impl Block {
@@ -441,7 +446,14 @@ impl Block {
             summaries,
             remote_profiles,
             downsampled,
+            symbol_cache: None,
         })
+    }
+
+    /// Keeps its decoded symbols in `cache` between merges.
+    pub fn with_symbol_cache(mut self, cache: Arc<SymbolCache>) -> Self {
+        self.symbol_cache = Some(cache);
+        self
     }
 
     pub fn meta(&self) -> &BlockMeta {
@@ -471,8 +483,16 @@ impl Block {
         Ok(())
     }
 
-    /// The symbol tables (read and checked on each call).
-    pub fn symbols(&self) -> Result<Symbols, BlockError> {
+    /// The symbol tables: from its symbol cache, or read, checked and
+    /// decoded.
+    pub fn symbols(&self) -> Result<Arc<Symbols>, BlockError> {
+        match &self.symbol_cache {
+            Some(cache) => cache.get_or_load(&self.dir, || self.read_symbols()),
+            None => self.read_symbols().map(Arc::new),
+        }
+    }
+
+    fn read_symbols(&self) -> Result<Symbols, BlockError> {
         let path = self.dir.join(SYMBOLS_FILE);
         let file = format::SymbolsFile::decode(read_checked(&self.dir, &self.meta, SYMBOLS_FILE)?.as_slice())
             .map_err(|err| BlockError::corrupt(&path, err.to_string()))?;
