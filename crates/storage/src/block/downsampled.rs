@@ -4,7 +4,9 @@
 //! the profiles table's format: the bucket's start as its time, the
 //! samples merged in stack order, the totals summed, the profile IDs summed
 //! (128-bit, wrapping) in the ID column, no span IDs. Rows go by
-//! resolution, then series, then time; the series file records, per series
+//! resolution (each in row groups of its own, so a read of coarse buckets
+//! decodes nothing of the fine ones), then series, then time; the series
+//! file records, per series
 //! and resolution, where its rows start, each bucket's index and how many
 //! profile rows it merges.
 //!
@@ -223,16 +225,18 @@ fn whole_span(range: TimeRange, resolution_ms: i64) -> (i128, i128) {
 }
 
 /// The downsampled rows of `rows` (a block's, each with its block series,
-/// in table order) at each of `resolutions_ms`, in table order; fills in
-/// each series entry's runs.
+/// in table order) at each of `resolutions_ms`, in table order, and the
+/// row each resolution starts at; fills in each series entry's runs.
 pub(crate) fn merged_rows<'a>(
     resolutions_ms: &'a [i64],
     rows: &'a [(u32, &'a ProfileRow)],
     entries: &mut [SeriesEntry],
-) -> impl Iterator<Item = (u32, ProfileRow)> + 'a {
+) -> (Vec<usize>, impl Iterator<Item = (u32, ProfileRow)> + 'a) {
     let mut levels = Vec::with_capacity(resolutions_ms.len());
+    let mut level_starts = Vec::with_capacity(resolutions_ms.len());
     let mut next_row = 0u32;
     for &resolution_ms in resolutions_ms {
+        level_starts.push(next_row as usize);
         let resolution_ms = resolution_ms.max(1);
         let key = move |row: &(u32, &ProfileRow)| (row.0, row.1.time_ms().div_euclid(resolution_ms));
         let buckets: Vec<&[(u32, &ProfileRow)]> = rows.chunk_by(|a, b| key(a) == key(b)).collect();
@@ -251,12 +255,13 @@ pub(crate) fn merged_rows<'a>(
         }
         levels.push((resolution_ms, buckets));
     }
-    levels.into_iter().flat_map(|(resolution_ms, buckets)| {
+    let merged = levels.into_iter().flat_map(|(resolution_ms, buckets)| {
         buckets.into_iter().map(move |bucket| {
             let start_ms = bucket[0].1.time_ms().div_euclid(resolution_ms) * resolution_ms;
             (bucket[0].0, merge(bucket, start_ms))
         })
-    })
+    });
+    (level_starts, merged)
 }
 
 /// One row of the downsampled table: the profile rows of one series and

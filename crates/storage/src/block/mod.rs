@@ -175,8 +175,8 @@ pub(crate) fn write_with_origin(
         .collect();
     let mut files = Vec::new();
     let profiles_path = temp.join(profiles::FILE);
-    let written =
-        profiles::write(&profiles_path, table.iter().copied()).map_err(|err| parquet_error(err, &profiles_path))?;
+    let written = profiles::write(&profiles_path, table.iter().copied(), &[])
+        .map_err(|err| parquet_error(err, &profiles_path))?;
     files.push(finish_table(written, &profiles_path)?);
 
     // Per block series: rows, and the summary of its profiles.
@@ -203,8 +203,8 @@ pub(crate) fn write_with_origin(
         let path = temp.join(downsampled::FILE);
         downsampled::check_resolutions(&downsample.resolutions_ms)
             .map_err(|reason| BlockError::corrupt(&temp, reason))?;
-        let merged = downsampled::merged_rows(&downsample.resolutions_ms, &table, &mut entries);
-        let written = profiles::write(&path, merged).map_err(|err| parquet_error(err, &path))?;
+        let (level_starts, merged) = downsampled::merged_rows(&downsample.resolutions_ms, &table, &mut entries);
+        let written = profiles::write(&path, merged, &level_starts).map_err(|err| parquet_error(err, &path))?;
         files.push(finish_table(written, &path)?);
     }
     let series_bytes = format::SeriesFile { series: entries }.encode_to_vec();

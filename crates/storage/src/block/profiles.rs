@@ -1,7 +1,10 @@
 //! The profiles table of a block, in Parquet: one row per profile and
 //! sample type, sorted by series (in label order), time and profile ID, so
-//! each series is one run of rows. Row groups hold up to 100,000 rows;
-//! columns are zstd-compressed.
+//! each series is one run of rows. Row groups hold up to 100,000 rows
+//! (the downsampled table starts one per resolution too); columns are
+//! zstd-compressed, in pages of about 64 KiB. A read decodes only the row
+//! groups its rows are in, and of those only the pages that hold them
+//! (found by the offset index).
 //!
 //! | column | type |
 //! |---|---|
@@ -27,8 +30,9 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use flamedb_model::ProfileId;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
@@ -36,6 +40,10 @@ use crate::ProfileRow;
 
 pub const FILE: &str = "profiles.parquet";
 const ROW_GROUP_ROWS: usize = 100_000;
+/// Pages this size (before compression) or a little more: a read of a few
+/// rows decompresses the pages that hold them, found by the offset index,
+/// not the whole column.
+const PAGE_BYTES: usize = 64 << 10;
 const BATCH_ROWS: usize = 8192;
 
 const ID: usize = 0;
@@ -143,11 +151,14 @@ impl std::io::Write for Checksummed {
     }
 }
 
-/// Writes `rows` (block series id, row), already in table order, to `path`;
-/// returns the file with the checksum of its bytes.
+/// Writes `rows` (block series id, row), already in table order, to `path`,
+/// starting a row group at each of `group_starts` (row numbers, ascending)
+/// besides every `ROW_GROUP_ROWS`; returns the file with the checksum of
+/// its bytes.
 pub(crate) fn write<R: Borrow<ProfileRow>>(
     path: &Path,
     rows: impl Iterator<Item = (u32, R)>,
+    group_starts: &[usize],
 ) -> Result<Checksummed, parquet::errors::ParquetError> {
     let file = Checksummed {
         file: File::create(path)?,
@@ -157,10 +168,18 @@ pub(crate) fn write<R: Borrow<ProfileRow>>(
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_size_limit(PAGE_BYTES)
         .build();
     let mut writer = ArrowWriter::try_new(file, schema(), Some(properties))?;
     let mut columns = Columns::new();
-    for (series, row) in rows {
+    let mut group_starts = group_starts.iter().copied().peekable();
+    for (number, (series, row)) in rows.enumerate() {
+        if group_starts.next_if(|&start| start <= number).is_some() && number > 0 {
+            if columns.rows > 0 {
+                writer.write(&columns.finish()?)?;
+            }
+            writer.flush()?;
+        }
         columns.push(series, row.borrow())?;
         if columns.rows == BATCH_ROWS {
             writer.write(&columns.finish()?)?;
@@ -207,7 +226,9 @@ pub(crate) fn read<R: ChunkReader + 'static>(
     if ranges.is_empty() {
         return Ok(());
     }
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|err| err.to_string())?;
+    let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(|err| err.to_string())?;
     let expected = schema();
     let found = builder.schema();
     if found.fields().len() != expected.fields().len()
@@ -232,9 +253,19 @@ pub(crate) fn read<R: ChunkReader + 'static>(
         Want::SamplesAndSpans => &[STACKS, VALUES, SPAN_IDS],
     });
     let projection = ProjectionMask::roots(builder.parquet_schema(), columns);
+    // Only the row groups the ranges touch are read at all; the selection
+    // counts rows within them.
+    let group_rows: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|group| usize::try_from(group.num_rows()).unwrap_or(0))
+        .collect();
+    let (groups, ranges, selected_rows) = within_groups(&group_rows, &ranges);
     let reader = builder
         .with_projection(projection)
-        .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), total_rows))
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), selected_rows))
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(|err| err.to_string())?;
@@ -243,6 +274,54 @@ pub(crate) fn read<R: ChunkReader + 'static>(
         read_batch(&batch, want, &mut each).ok_or_else(|| "a column has an unexpected type".to_owned())?;
     }
     Ok(())
+}
+
+/// The row groups (of `group_rows` rows each) that `ranges` (sorted,
+/// disjoint rows of the table) touch, the ranges counted within those
+/// groups alone, and how many rows those groups hold.
+fn within_groups(group_rows: &[usize], ranges: &[Range<usize>]) -> (Vec<usize>, Vec<Range<usize>>, usize) {
+    let mut groups = Vec::new();
+    let mut rebased = Vec::with_capacity(ranges.len());
+    // Rows of the groups skipped so far, and kept so far.
+    let mut skipped = 0;
+    let mut kept = 0;
+    let mut group_start = 0;
+    let mut ranges = ranges.iter().peekable();
+    for (group, &rows) in group_rows.iter().enumerate() {
+        if rows == 0 {
+            continue;
+        }
+        let group_end = group_start + rows;
+        let mut touched = false;
+        while let Some(range) = ranges.peek() {
+            if range.start >= group_end {
+                break;
+            }
+            touched = true;
+            let end = range.end.min(group_end);
+            rebased.push(range.start.max(group_start) - skipped..end - skipped);
+            if range.end > group_end {
+                break;
+            }
+            ranges.next();
+        }
+        if touched {
+            groups.push(group);
+            kept += rows;
+        } else {
+            skipped += rows;
+        }
+        group_start = group_end;
+    }
+    // Ranges split at a group boundary whose groups are both kept join up.
+    let mut joined: Vec<Range<usize>> = Vec::with_capacity(rebased.len());
+    for range in rebased {
+        match joined.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => joined.push(range),
+        }
+    }
+    (groups, joined, kept)
 }
 
 fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>)) -> Option<()> {
@@ -314,4 +393,47 @@ fn read_batch(batch: &RecordBatch, want: Want, each: &mut impl FnMut(RowView<'_>
         });
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Reading the kept groups with the rebased ranges selects exactly
+        /// the rows the ranges name, and no group without one of them.
+        #[test]
+        fn prop_ranges_within_groups_select_the_same_rows(
+            group_rows in proptest::collection::vec(0usize..20, 1..8),
+            marks in proptest::collection::vec(any::<bool>(), 0..160),
+        ) {
+            let total: usize = group_rows.iter().sum();
+            let wanted: Vec<usize> = (0..total).filter(|&row| marks.get(row).copied().unwrap_or(false)).collect();
+            let mut ranges: Vec<Range<usize>> = Vec::new();
+            for &row in &wanted {
+                match ranges.last_mut() {
+                    Some(last) if last.end == row => last.end = row + 1,
+                    _ => ranges.push(row..row + 1),
+                }
+            }
+            let (groups, rebased, kept) = within_groups(&group_rows, &ranges);
+            // The rows of the kept groups, in order, as the reader sees them.
+            let mut starts = Vec::new();
+            let mut start = 0;
+            for &rows in &group_rows {
+                starts.push(start);
+                start += rows;
+            }
+            let concatenated: Vec<usize> = groups.iter().flat_map(|&group| starts[group]..starts[group] + group_rows[group]).collect();
+            prop_assert_eq!(concatenated.len(), kept);
+            let selected: Vec<usize> = rebased.iter().flat_map(|range| range.clone()).map(|row| concatenated[row]).collect();
+            prop_assert_eq!(&selected, &wanted);
+            for &group in &groups {
+                prop_assert!(wanted.iter().any(|&row| (starts[group]..starts[group] + group_rows[group]).contains(&row)));
+            }
+            prop_assert!(rebased.windows(2).all(|pair| pair[0].end < pair[1].start));
+        }
+    }
 }

@@ -427,6 +427,10 @@ proptest! {
         let id = Ulid::generate();
         let meta = write_downsampled(dir.path(), id, source.contents(), &[resolution, resolution * coarser * 2, resolution * coarser * 2 * coarsest]);
         prop_assert!(meta.files.iter().any(|file| file.rel_path == downsampled::FILE));
+        // Each resolution in row groups of its own.
+        let table = std::fs::File::open(dir.path().join(id.to_string()).join(downsampled::FILE)).unwrap();
+        let groups = parquet::file::reader::FileReader::metadata(&parquet::file::reader::SerializedFileReader::new(table).unwrap()).num_row_groups();
+        prop_assert_eq!(groups, 3);
         let block = Block::open(&dir.path().join(id.to_string())).unwrap();
         block.verify().unwrap();
         let range = TimeRange { start_ms: start, end_ms: start + width };
