@@ -7,7 +7,7 @@
 //! ```text
 //!  every interval, per tenant:
 //!   blocks past the tenant's retention ──▶ marked
-//!   per block range (1h, 2h, 8h): two or more blocks wholly inside one
+//!   per block range (1h, 2h, 8h, 1d, 7d): two or more blocks wholly inside one
 //!   window of it, the window ended `first_level_wait` ago
 //!   ──download──▶ compact (each profile once) ──upload the new block──▶
 //!   mark the sources ──after deletion_delay──▶ delete
@@ -409,12 +409,24 @@ impl Compactor {
         let wait_ms = millis(self.config.first_level_wait);
         for group in plan(&metas, &ranges, now_ms, wait_ms) {
             let Some(group) = within_memory(&metas, &group, self.config.max_memory_bytes) else {
-                error!(
-                    tenant,
-                    blocks = group.len(),
-                    max_memory_bytes = self.config.max_memory_bytes,
-                    "the blocks of a window do not fit -compactor.max-memory-bytes together; they stay uncompacted"
-                );
+                let replicas = group
+                    .iter()
+                    .any(|id| metas.iter().any(|meta| meta.id == *id && meta.compaction.level <= 1));
+                if replicas {
+                    error!(
+                        tenant,
+                        blocks = group.len(),
+                        max_memory_bytes = self.config.max_memory_bytes,
+                        "the replicas' blocks of a window do not fit -compactor.max-memory-bytes together; they stay uncompacted, each profile stored RF times"
+                    );
+                } else {
+                    info!(
+                        tenant,
+                        blocks = group.len(),
+                        max_memory_bytes = self.config.max_memory_bytes,
+                        "compacted blocks of a longer window do not fit -compactor.max-memory-bytes together; they stay as they are (queries over them open more blocks)"
+                    );
+                }
                 self.metrics.groups_over_memory.inc();
                 report.groups_over_memory += 1;
                 continue;

@@ -74,7 +74,9 @@ impl Default for CompactorSettings {
             compaction_interval: Duration::from_secs(30 * 60),
             first_level_compaction_wait_period: Duration::from_secs(25 * 60),
             deletion_delay: Duration::from_secs(12 * 3600),
-            block_ranges: [1, 2, 8].map(|hours| Duration::from_secs(hours * 3600).into()).to_vec(),
+            block_ranges: [1, 2, 8, 24, 168]
+                .map(|hours| Duration::from_secs(hours * 3600).into())
+                .to_vec(),
             max_memory_bytes: 1 << 30,
             downsampling_resolutions: [15 * 60, 8 * 3600]
                 .map(|seconds| Duration::from_secs(seconds).into())
