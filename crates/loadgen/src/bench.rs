@@ -385,6 +385,32 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes of the complete blocks in a filesystem bucket: those the
+/// compactor wrote, and those as uploaded (level 1).
+fn bucket_block_bytes(bucket: &Path) -> (u64, u64) {
+    let mut compacted = 0;
+    let mut uploaded = 0;
+    let tenants = std::fs::read_dir(bucket).into_iter().flatten().filter_map(Result::ok);
+    for tenant in tenants {
+        let blocks = std::fs::read_dir(tenant.path().join("blocks"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok);
+        for block in blocks {
+            let Ok(meta) = flamedb_storage::block::read_meta(&block.path()) else {
+                continue;
+            };
+            let bytes = dir_size(&block.path());
+            if meta.compaction.level >= 2 {
+                compacted += bytes;
+            } else {
+                uploaded += bytes;
+            }
+        }
+    }
+    (compacted, uploaded)
+}
+
 /// The number after `field=` on the last log line containing `marker`.
 fn log_field(log: &str, marker: &str, field: &str) -> Option<f64> {
     let line = log.lines().rev().find(|line| line.contains(marker))?;
@@ -442,7 +468,7 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
     };
     // Per configuration: medians from heads, medians from compacted
     // blocks, the bucket's bytes.
-    let mut results: Vec<(Vec<f64>, Vec<f64>, u64)> = Vec::new();
+    let mut results: Vec<(Vec<f64>, Vec<f64>, (u64, u64))> = Vec::new();
     for rf3 in [false, true] {
         let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
         let compacting: Vec<String> = COMPACTING.iter().map(ToString::to_string).collect();
@@ -467,7 +493,7 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
         wait_compacted(compactor, &ingesters)?;
         check_total(&target, &day, filled, "from compacted blocks")?;
         let from_blocks = timed(&target)?;
-        results.push((from_heads, from_blocks, dir_size(&dir.path().join("bucket"))));
+        results.push((from_heads, from_blocks, bucket_block_bytes(&dir.path().join("bucket"))));
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -501,12 +527,18 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
             column += 1;
         }
     }
+    let ((rf1_compacted, rf1_uploaded), (rf3_compacted, rf3_uploaded)) = (results[0].2, results[1].2);
     let _ = writeln!(
         out,
-        "\nBucket after compaction: RF=1 {:.2} MB, RF=3 {:.2} MB ({:.3}× the RF=1 bytes).\n",
-        results[0].2 as f64 / 1e6,
-        results[1].2 as f64 / 1e6,
-        results[1].2 as f64 / results[0].2.max(1) as f64
+        "\nBucket after compaction: compacted blocks RF=1 {:.2} MB, RF=3 {:.2} MB ({:.3}× the RF=1 bytes); \
+         the current hour's blocks as uploaded (its window has not ended), RF=1 {:.2} MB, RF=3 {:.2} MB; \
+         in all {:.3}× the RF=1 bytes.\n",
+        rf1_compacted as f64 / 1e6,
+        rf3_compacted as f64 / 1e6,
+        rf3_compacted as f64 / rf1_compacted.max(1) as f64,
+        rf1_uploaded as f64 / 1e6,
+        rf3_uploaded as f64 / 1e6,
+        (rf3_compacted + rf3_uploaded) as f64 / (rf1_compacted + rf1_uploaded).max(1) as f64
     );
     out.push_str(&long_range_phase(config, binary, sources, span_ms)?);
     Ok(out)
