@@ -100,8 +100,11 @@ impl Default for Limits {
             disable_label_sanitization: true,
             max_local_series_per_tenant: 0,
             max_global_series_per_tenant: 5000,
-            max_query_length: Duration::from_secs(24 * 3600),
-            max_query_lookback: Duration::from_secs(7 * 24 * 3600),
+            // Pyroscope's are 24h and 7d; compacted, downsampled blocks make
+            // a month cost about twice a day, and what is kept is the
+            // retention period's to say (ADR 016).
+            max_query_length: Duration::from_secs(30 * 24 * 3600),
+            max_query_lookback: Duration::ZERO,
             max_flamegraph_nodes_default: 8192,
             max_flamegraph_nodes_max: 1_048_576,
             max_query_memory_bytes: 512 << 20,

@@ -585,9 +585,19 @@ mod tests {
             time_range(NOW - HOUR, NOW, &limits, NOW).unwrap(),
             Some((NOW - HOUR, NOW))
         );
-        let err = time_range(NOW - 25 * HOUR, NOW, &limits, NOW).unwrap_err();
+        const DAY: i64 = 24 * HOUR;
+        assert!(time_range(NOW - 30 * DAY, NOW, &limits, NOW).is_ok());
+        let err = time_range(NOW - 31 * DAY, NOW, &limits, NOW).unwrap_err();
         assert!(err.message.contains("max_query_length"), "{}", err.message);
-        // Older than the 7-day lookback: cut, or empty.
+        // Any age by default; older than a lookback limit: cut, or empty.
+        assert_eq!(
+            time_range(NOW - 400 * DAY, NOW - 399 * DAY, &limits, NOW).unwrap(),
+            Some((NOW - 400 * DAY, NOW - 399 * DAY))
+        );
+        let limits = Limits {
+            max_query_lookback: Duration::from_secs(7 * 24 * 3600),
+            ..limits
+        };
         assert_eq!(
             time_range(NOW - 200 * HOUR, NOW - 190 * HOUR, &limits, NOW).unwrap(),
             None

@@ -286,7 +286,7 @@ fn test_single_binary_answers_every_method_from_what_was_pushed() {
     );
     bad(
         querier::SelectMergeStacktracesRequest {
-            start: end - 25 * 3_600_000,
+            start: end - 31 * 24 * 3_600_000,
             ..good.clone()
         },
         "max_query_length",
