@@ -2,9 +2,10 @@
 //! `<tenant>/blocks/<block id>/<file>`, `meta.json` last (a block without
 //! it is an unfinished upload and is ignored by readers). A block the
 //! compactor replaced gets a deletion mark,
-//! `<tenant>/markers/<block id>-deletion-mark.json`: readers ignore it at
-//! once, and it is deleted (`meta.json` first) after a delay, so queries
-//! that listed it before can still read it. The compactor also keeps an
+//! `<tenant>/markers/<block id>-deletion-mark.json`: listings ignore it at
+//! once (readers on a bucket index once the index is rewritten), and it
+//! is deleted (`meta.json` first) after a delay, so queries that listed
+//! it before can still read it. The compactor also keeps an
 //! index of each tenant's blocks, `<tenant>/bucket-index.json.gz` (see
 //! [`BucketIndex`]).
 
@@ -255,20 +256,23 @@ impl Bucket {
     }
 
     /// The metas of the tenant's complete blocks not marked for deletion,
-    /// by block id.
+    /// by block id. Marks are listed before blocks: a block marked while
+    /// this lists is kept, and so is the block that replaced it (uploaded
+    /// before the mark), which supersedes it; the other way round both
+    /// could be missed.
     pub async fn list_blocks(&self, tenant: &str) -> Result<Vec<BlockMeta>, BucketError> {
-        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(store_error("list", &prefix))?;
         let marked: HashSet<Ulid> = self
             .marked_for_deletion(tenant)
             .await?
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        let prefix = ObjectPath::from(format!("{tenant}/blocks"));
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(store_error("list", &prefix))?;
         let mut metas = Vec::new();
         for dir in listing.common_prefixes {
             let Some(id) = dir.filename().and_then(|name| Ulid::from_string(name).ok()) else {
