@@ -174,7 +174,11 @@ pub(crate) fn write<R: Borrow<ProfileRow>>(
     let mut columns = Columns::new();
     let mut group_starts = group_starts.iter().copied().peekable();
     for (number, (series, row)) in rows.enumerate() {
-        if group_starts.next_if(|&start| start <= number).is_some() && number > 0 {
+        let mut starts_group = false;
+        while group_starts.next_if(|&start| start <= number).is_some() {
+            starts_group = number > 0;
+        }
+        if starts_group {
             if columns.rows > 0 {
                 writer.write(&columns.finish()?)?;
             }
@@ -261,6 +265,12 @@ pub(crate) fn read<R: ChunkReader + 'static>(
         .iter()
         .map(|group| usize::try_from(group.num_rows()).unwrap_or(0))
         .collect();
+    if group_rows.iter().sum::<usize>() != total_rows {
+        return Err(format!(
+            "its row groups hold {} rows, its footer says {total_rows}",
+            group_rows.iter().sum::<usize>()
+        ));
+    }
     let (groups, ranges, selected_rows) = within_groups(&group_rows, &ranges);
     let reader = builder
         .with_projection(projection)
