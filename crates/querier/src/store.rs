@@ -65,10 +65,11 @@ struct ListingSource {
     source: &'static str,
 }
 
-/// A tenant's blocks, and whether its bucket index named them.
-struct Listing {
+/// A tenant's blocks, and the bucket index that named them (its entity
+/// tag), if one did.
+struct BlockListing {
     metas: Vec<BlockMeta>,
-    from_index: bool,
+    index_etag: Option<Option<String>>,
 }
 
 /// Object storage seen by the querier.
@@ -182,50 +183,51 @@ impl Store {
 
     /// The tenant's blocks: from its bucket index when it has one fit to
     /// use, else from a listing of the bucket.
-    async fn list(&self, tenant: &str) -> Result<Listing, RpcError> {
-        if let Some(metas) = self.indexed(tenant).await {
-            self.counted("index");
-            return Ok(Listing {
+    async fn list(&self, tenant: &str) -> Result<BlockListing, RpcError> {
+        if let Some((metas, etag)) = self.indexed(tenant).await {
+            self.count_listing("index");
+            return Ok(BlockListing {
                 metas,
-                from_index: true,
+                index_etag: Some(etag),
             });
         }
-        Ok(Listing {
+        Ok(BlockListing {
             metas: self.list_bucket(tenant).await?,
-            from_index: false,
+            index_etag: None,
         })
     }
 
-    fn counted(&self, source: &'static str) {
+    fn count_listing(&self, source: &'static str) {
         self.listings.get_or_create(&ListingSource { source }).inc();
     }
 
-    /// The blocks the tenant's bucket index names, when it has an index
-    /// young enough to trust (read again only when it changed).
-    async fn indexed(&self, tenant: &str) -> Option<Vec<BlockMeta>> {
+    /// The blocks the tenant's bucket index names and the index's entity
+    /// tag, when it has an index young enough to trust (read again only
+    /// when it changed).
+    async fn indexed(&self, tenant: &str) -> Option<(Vec<BlockMeta>, Option<String>)> {
         if self.index_max_stale.is_zero() {
             return None;
         }
         let known = self.lock_indexes().get(tenant).and_then(|cached| cached.etag.clone());
         let read = tokio::time::timeout(LIST_TIMEOUT, self.bucket.read_index(tenant, known.as_deref())).await;
-        let index = match read {
+        let (index, etag) = match read {
             Ok(Ok(IndexRead::Unchanged)) => {
                 let indexes = self.lock_indexes();
                 let cached = indexes.get(tenant)?;
                 if cached.distrusted {
                     return None;
                 }
-                cached.index.clone()
+                (cached.index.clone(), cached.etag.clone())
             }
             Ok(Ok(IndexRead::Read { index, etag })) => {
                 let index = Arc::new(index);
                 let cached = CachedIndex {
-                    etag,
+                    etag: etag.clone(),
                     index: index.clone(),
                     distrusted: false,
                 };
                 self.lock_indexes().insert(tenant.to_owned(), cached);
-                index
+                (index, etag)
             }
             Ok(Ok(IndexRead::Missing)) => {
                 self.lock_indexes().remove(tenant);
@@ -249,7 +251,7 @@ impl Store {
             );
             return None;
         }
-        Some(index.blocks.clone())
+        Some((index.blocks.clone(), etag))
     }
 
     fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedIndex>> {
@@ -257,7 +259,7 @@ impl Store {
     }
 
     async fn list_bucket(&self, tenant: &str) -> Result<Vec<BlockMeta>, RpcError> {
-        self.counted("bucket");
+        self.count_listing("bucket");
         tokio::time::timeout(LIST_TIMEOUT, self.bucket.list_blocks(tenant))
             .await
             .map_err(|_| {
@@ -271,10 +273,16 @@ impl Store {
     /// The tenant's blocks that overlap `range`, opened.
     pub(crate) async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
         let listing = self.list(tenant).await?;
-        match self.open_overlapping(tenant, &listing.metas, range).await {
-            Err((id, _)) if listing.from_index && matches!(self.bucket.has_block(tenant, id).await, Ok(false)) => {
+        match (
+            self.open_overlapping(tenant, &listing.metas, range).await,
+            listing.index_etag,
+        ) {
+            (Err((id, _)), Some(etag)) if matches!(self.bucket.has_block(tenant, id).await, Ok(false)) => {
                 warn!(tenant, block = %id, "the bucket index names a block that is gone; listing the bucket instead");
-                if let Some(cached) = self.lock_indexes().get_mut(tenant) {
+                // That index, not one read since.
+                if let Some(cached) = self.lock_indexes().get_mut(tenant)
+                    && cached.etag == etag
+                {
                     cached.distrusted = true;
                 }
                 let metas = self.list_bucket(tenant).await?;
@@ -282,7 +290,7 @@ impl Store {
                     .await
                     .map_err(|(_, err)| err)
             }
-            opened => opened.map_err(|(_, err)| err),
+            (opened, _) => opened.map_err(|(_, err)| err),
         }
     }
 
