@@ -123,8 +123,8 @@ pub struct RoundReport {
     pub blocks_compacted: usize,
     /// Blocks marked for deletion past their tenant's retention.
     pub blocks_expired: usize,
-    /// Groups left as they are: not even two of their blocks fit
-    /// `max_memory_bytes`.
+    /// Groups of replicas' blocks left as they are: not even two of them
+    /// fit `max_memory_bytes`.
     pub groups_over_memory: usize,
     /// Unfinished uploads (no `meta.json`) older than the deletion delay,
     /// deleted.
@@ -194,7 +194,7 @@ impl CompactorMetrics {
             ),
             (
                 "flamedb_compactor_groups_over_memory",
-                "Groups of blocks left uncompacted: not even two of them fit -compactor.max-memory-bytes",
+                "Groups of replicas' blocks left uncompacted: not even two of them fit -compactor.max-memory-bytes",
                 &metrics.groups_over_memory,
             ),
             (
@@ -419,6 +419,8 @@ impl Compactor {
                         max_memory_bytes = self.config.max_memory_bytes,
                         "the replicas' blocks of a window do not fit -compactor.max-memory-bytes together; they stay uncompacted, each profile stored RF times"
                     );
+                    self.metrics.groups_over_memory.inc();
+                    report.groups_over_memory += 1;
                 } else {
                     info!(
                         tenant,
@@ -427,8 +429,6 @@ impl Compactor {
                         "compacted blocks of a longer window do not fit -compactor.max-memory-bytes together; they stay as they are (queries over them open more blocks)"
                     );
                 }
-                self.metrics.groups_over_memory.inc();
-                report.groups_over_memory += 1;
                 continue;
             };
             match self.compact_group(tenant, &metas, &group).await {
