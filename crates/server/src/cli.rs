@@ -242,7 +242,7 @@ pub const FLAGS: &[Flag] = &[
         "compactor.deletion-delay",
         "compactor.deletion_delay",
         FlagKind::Duration,
-        "How long compacted blocks stay, marked and no longer read, before they are deleted.",
+        "How long compacted blocks stay, marked for deletion, before they are deleted.",
     ),
     flag(
         "querier.max-query-length",
