@@ -397,8 +397,11 @@ fn test_blocks_wait_while_s3_is_down_and_upload_when_it_is_back() {
     assert_eq!(status, 200);
     let (status, body) = node.post_proto("/ingester/flush", Vec::new()).unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Uploaded, and recorded as such by the ingester (it records it just
+    // after the upload ends).
     wait_until(Duration::from_secs(60), "the first block uploaded", || {
-        (s3.blocks("anonymous").len() == 1).then_some(())
+        (s3.blocks("anonymous").len() == 1 && node.metric("flamedb_ingester_blocks_not_uploaded") == Some(0.0))
+            .then_some(())
     });
 
     // Storage down: pushes and flushes still work, the block waits.
