@@ -65,11 +65,20 @@ struct ListingSource {
     source: &'static str,
 }
 
-/// A tenant's blocks, and the bucket index that named them (its entity
-/// tag), if one did.
-struct BlockListing {
-    metas: Vec<BlockMeta>,
-    index_etag: Option<Option<String>>,
+/// A tenant's blocks: as its bucket index names them (with the index's
+/// entity tag), or as a listing of the bucket found them.
+enum BlockListing {
+    Indexed(Arc<BucketIndex>, Option<String>),
+    Listed(Vec<BlockMeta>),
+}
+
+impl BlockListing {
+    fn metas(&self) -> &[BlockMeta] {
+        match self {
+            Self::Indexed(index, _) => &index.blocks,
+            Self::Listed(metas) => metas,
+        }
+    }
 }
 
 /// Object storage seen by the querier.
@@ -175,7 +184,7 @@ impl Store {
     pub(crate) async fn time_spans(&self, tenant: &str) -> Result<Vec<(i64, i64)>, RpcError> {
         let listing = self.list(tenant).await?;
         Ok(listing
-            .metas
+            .metas()
             .iter()
             .map(|meta| (meta.min_time, meta.max_time))
             .collect())
@@ -184,17 +193,11 @@ impl Store {
     /// The tenant's blocks: from its bucket index when it has one fit to
     /// use, else from a listing of the bucket.
     async fn list(&self, tenant: &str) -> Result<BlockListing, RpcError> {
-        if let Some((metas, etag)) = self.indexed(tenant).await {
+        if let Some((index, etag)) = self.indexed(tenant).await {
             self.count_listing("index");
-            return Ok(BlockListing {
-                metas,
-                index_etag: Some(etag),
-            });
+            return Ok(BlockListing::Indexed(index, etag));
         }
-        Ok(BlockListing {
-            metas: self.list_bucket(tenant).await?,
-            index_etag: None,
-        })
+        Ok(BlockListing::Listed(self.list_bucket(tenant).await?))
     }
 
     fn count_listing(&self, source: &'static str) {
@@ -204,7 +207,7 @@ impl Store {
     /// The blocks the tenant's bucket index names and the index's entity
     /// tag, when it has an index young enough to trust (read again only
     /// when it changed).
-    async fn indexed(&self, tenant: &str) -> Option<(Vec<BlockMeta>, Option<String>)> {
+    async fn indexed(&self, tenant: &str) -> Option<(Arc<BucketIndex>, Option<String>)> {
         if self.index_max_stale.is_zero() {
             return None;
         }
@@ -251,7 +254,7 @@ impl Store {
             );
             return None;
         }
-        Some((index.blocks.clone(), etag))
+        Some((index, etag))
     }
 
     fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedIndex>> {
@@ -273,15 +276,14 @@ impl Store {
     /// The tenant's blocks that overlap `range`, opened.
     pub(crate) async fn blocks(&self, tenant: &str, range: TimeRange) -> Result<Vec<Arc<Block>>, RpcError> {
         let listing = self.list(tenant).await?;
-        match (
-            self.open_overlapping(tenant, &listing.metas, range).await,
-            listing.index_etag,
-        ) {
-            (Err((id, _)), Some(etag)) if matches!(self.bucket.has_block(tenant, id).await, Ok(false)) => {
+        match (self.open_overlapping(tenant, listing.metas(), range).await, &listing) {
+            (Err((id, _)), BlockListing::Indexed(_, etag))
+                if matches!(self.bucket.has_block(tenant, id).await, Ok(false)) =>
+            {
                 warn!(tenant, block = %id, "the bucket index names a block that is gone; listing the bucket instead");
                 // That index, not one read since.
                 if let Some(cached) = self.lock_indexes().get_mut(tenant)
-                    && cached.etag == etag
+                    && cached.etag == *etag
                 {
                     cached.distrusted = true;
                 }
@@ -327,13 +329,7 @@ impl Store {
             .map_err(|_| store_error(format!("opening block {} took over {DOWNLOAD_TIMEOUT:?}", meta.id)))?
             .map_err(|err| store_error(format!("cannot open block {} of tenant {tenant}: {err}", meta.id)))?;
         let block = Arc::new(block.with_symbol_cache(self.symbols.clone()));
-        // What is on local disk: everything but the profiles table.
-        let bytes = meta
-            .files
-            .iter()
-            .filter(|file| file.rel_path != PROFILES_FILE)
-            .map(|file| file.size_bytes)
-            .sum();
+        let bytes = cached_bytes(meta);
         let evicted = {
             let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
             cached.insert(
@@ -360,6 +356,16 @@ impl Store {
             entry.block.clone()
         })
     }
+}
+
+/// What a block takes in the cache on local disk: every file but the
+/// profiles table, which is read in place.
+fn cached_bytes(meta: &BlockMeta) -> u64 {
+    meta.files
+        .iter()
+        .filter(|file| file.rel_path != PROFILES_FILE)
+        .map(|file| file.size_bytes)
+        .sum()
 }
 
 /// Drops least recently used blocks that no query holds until the cache
@@ -506,17 +512,23 @@ mod tests {
         ids
     }
 
+    /// A bucket in a new temporary directory (its `bucket` folder).
+    fn filesystem_bucket() -> (tempfile::TempDir, Bucket) {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::new(&BucketConfig::Filesystem {
+            dir: dir.path().join("bucket"),
+        })
+        .unwrap();
+        (dir, bucket)
+    }
+
     fn listings(store: &Store, source: &'static str) -> u64 {
         store.listings.get_or_create(&ListingSource { source }).get()
     }
 
     #[tokio::test]
     async fn test_a_young_index_stands_for_a_listing_and_an_old_or_wrong_one_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = Bucket::new(&BucketConfig::Filesystem {
-            dir: dir.path().join("bucket"),
-        })
-        .unwrap();
+        let (dir, bucket) = filesystem_bucket();
         let local = dir.path().join("local");
         let indexed = upload(&bucket, &local, 1_000).await;
         let later = upload(&bucket, &local, 2_000).await;
@@ -577,36 +589,18 @@ mod tests {
 
     #[tokio::test]
     async fn test_decoded_symbols_are_kept_for_the_next_query_and_go_with_the_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = Bucket::new(&BucketConfig::Filesystem {
-            dir: dir.path().join("bucket"),
-        })
-        .unwrap();
+        let (dir, bucket) = filesystem_bucket();
         let local = dir.path().join("local");
         upload(&bucket, &local, 1_000).await;
         let second = upload(&bucket, &local, 2_000).await;
         // Room in the block cache for one block at a time.
-        let one_block = second
-            .files
-            .iter()
-            .filter(|file| file.rel_path != PROFILES_FILE)
-            .map(|file| file.size_bytes)
-            .sum();
+        let one_block = cached_bytes(&second);
         let store = Store::new(bucket, dir.path().join("cache"), one_block)
             .unwrap()
             .with_symbol_cache(1 << 20);
         let query = || block_query("", "{}", 0, 3_000).unwrap();
         let merge = |block| merge_block(block, query(), None, None, Arc::new(RequestBudget::unlimited()));
-        let first = store
-            .blocks(
-                "t",
-                TimeRange {
-                    start_ms: 0,
-                    end_ms: 1_500,
-                },
-            )
-            .await
-            .unwrap();
+        let first = opened_within(&store, 0, 1_500).await;
         assert_eq!(store.symbols.bytes(), 0);
         assert_eq!(merge(first[0].clone()).await.unwrap().total(), 1);
         let kept = store.symbols.bytes();
@@ -616,19 +610,15 @@ mod tests {
         assert_eq!(store.symbols.bytes(), kept);
         drop(first);
         // Opening the second block evicts the first, and its symbols.
-        let later = store
-            .blocks(
-                "t",
-                TimeRange {
-                    start_ms: 1_500,
-                    end_ms: 3_000,
-                },
-            )
-            .await
-            .unwrap();
+        let later = opened_within(&store, 1_500, 3_000).await;
         assert_eq!(store.symbols.bytes(), 0);
         merge(later[0].clone()).await.unwrap();
         assert_eq!(store.symbols.bytes(), kept);
+    }
+
+    /// The blocks of tenant `t` a query over `start_ms..=end_ms` opens.
+    async fn opened_within(store: &Store, start_ms: i64, end_ms: i64) -> Vec<Arc<Block>> {
+        store.blocks("t", TimeRange { start_ms, end_ms }).await.unwrap()
     }
 
     fn sorted<const N: usize>(mut ids: [Ulid; N]) -> [Ulid; N] {
