@@ -37,15 +37,25 @@
 //!
 //! Each round ends a tenant with a new listing of its blocks written as
 //! its bucket index, which queriers read instead of listing the bucket.
+//!
+//! Several compactors split the tenants of a bucket
+//! ([`Compactor::with_ownership`]; the binary gives each tenant to the
+//! first healthy compactor of the compactor ring from the tenant's token).
+//! While the ring changes, two may take one tenant for a round: by the
+//! above they repeat work, never data.
 
-use std::collections::{BTreeMap, HashSet};
+mod metrics;
+mod plan;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flamedb_storage::block::{Downsample, check_resolutions};
 use flamedb_storage::{Block, BlockError, BlockMeta, Bucket, BucketError, BucketIndex, INDEX_VERSION, Ulid, compact};
-use prometheus_client::metrics::counter::Counter;
+use metrics::CompactorMetrics;
+use plan::output_id;
+pub use plan::{memory_estimate, plan, within_memory};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -150,77 +160,22 @@ impl RoundReport {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct CompactorMetrics {
-    runs: Counter,
-    failures: Counter,
-    compactions: Counter,
-    blocks_compacted: Counter,
-    blocks_expired: Counter,
-    blocks_deleted: Counter,
-    groups_over_memory: Counter,
-    blocks_marked_no_compact: Counter,
-}
-
-impl CompactorMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        let counters = [
-            ("flamedb_compactor_runs", "Compaction rounds run", &metrics.runs),
-            (
-                "flamedb_compactor_failures",
-                "Tenants or compactions of a round that failed (the next round retries)",
-                &metrics.failures,
-            ),
-            (
-                "flamedb_compactor_compactions",
-                "Blocks written by compaction",
-                &metrics.compactions,
-            ),
-            (
-                "flamedb_compactor_blocks_compacted",
-                "Blocks replaced by compaction (marked for deletion)",
-                &metrics.blocks_compacted,
-            ),
-            (
-                "flamedb_compactor_blocks_expired",
-                "Blocks marked for deletion past their tenant's retention period",
-                &metrics.blocks_expired,
-            ),
-            (
-                "flamedb_compactor_blocks_deleted",
-                "Marked blocks deleted after the deletion delay",
-                &metrics.blocks_deleted,
-            ),
-            (
-                "flamedb_compactor_groups_over_memory",
-                "Groups of replicas' blocks left uncompacted: not even two of them fit -compactor.max-memory-bytes",
-                &metrics.groups_over_memory,
-            ),
-            (
-                "flamedb_compactor_blocks_marked_no_compact",
-                "Blocks that could not be read (corrupt), marked not to be compacted again",
-                &metrics.blocks_marked_no_compact,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
-        metrics
-    }
-}
-
 /// Marks a directory as the compactor's work directory.
 const DIR_MARKER: &str = ".flamedb-compactor";
 
 /// How long a tenant's blocks are kept (`0`: forever).
 pub type TenantRetention = Arc<dyn Fn(&str) -> Duration + Send + Sync>;
 
+/// Whether this compactor compacts a tenant now (several compactors split
+/// the tenants of one bucket).
+pub type TenantOwnership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Compacts the blocks of a bucket.
 pub struct Compactor {
     bucket: Bucket,
     config: CompactorConfig,
     retention: TenantRetention,
+    owns: TenantOwnership,
     metrics: CompactorMetrics,
 }
 
@@ -277,8 +232,18 @@ impl Compactor {
             bucket,
             config,
             retention,
+            owns: Arc::new(|_: &str| true),
             metrics: CompactorMetrics::register(registry),
         })
+    }
+
+    /// Compacts only the tenants `owns` says (every tenant without it).
+    /// Whoever decides must give each tenant to one compactor at a time,
+    /// mostly: two that both take a tenant for a while repeat work, never
+    /// data (see the module documentation).
+    pub fn with_ownership(mut self, owns: TenantOwnership) -> Self {
+        self.owns = owns;
+        self
     }
 
     /// Runs a round every interval until `stop`.
@@ -312,35 +277,52 @@ impl Compactor {
         })
     }
 
-    /// One round over every tenant, as of `now_ms`. Fails only when the
-    /// tenants cannot be listed: a tenant or a compaction that fails is
-    /// logged and counted, and the others go on.
+    /// One round over every tenant this compactor owns, as of `now_ms`.
+    /// Fails only when the tenants cannot be listed: a tenant or a
+    /// compaction that fails is logged and counted, and the others go on.
     pub async fn run_once(&self, now_ms: i64) -> Result<RoundReport, CompactorError> {
+        let started = Instant::now();
         self.metrics.runs.inc();
         let tenants = self.bucket.list_tenants().await.map_err(|source| {
             self.metrics.failures.inc();
             CompactorError::ListTenants(Box::new(source))
         })?;
+        self.metrics.tenants_discovered.set(gauge_value(tenants.len()));
+        let owned: Vec<String> = tenants.into_iter().filter(|tenant| (self.owns)(tenant)).collect();
+        self.metrics.tenants_owned.set(gauge_value(owned.len()));
         let mut report = RoundReport::default();
-        for tenant in tenants {
-            if let Err(err) = self.tenant_round(&tenant, now_ms, &mut report).await {
+        let mut listings: Vec<(&str, Option<Vec<BlockMeta>>)> = Vec::with_capacity(owned.len());
+        for tenant in &owned {
+            if let Err(err) = self.tenant_round(tenant, now_ms, &mut report).await {
                 error!(tenant, error = %err, "compacting the tenant failed; the next round retries");
                 self.failed(&mut report);
             }
             // Whatever the round did, the index is made from a new listing.
-            match self.write_index(&tenant).await {
-                Ok(()) => report.indexes_written += 1,
+            let listing = match self.write_index(tenant).await {
+                Ok(blocks) => {
+                    report.indexes_written += 1;
+                    Some(blocks)
+                }
                 Err(err) => {
                     error!(tenant, error = %err, "cannot write the bucket index; queriers list the bucket until a round writes it");
                     self.failed(&mut report);
+                    None
                 }
-            }
+            };
+            listings.push((tenant, listing));
+        }
+        self.metrics
+            .set_blocks(listings.iter().map(|(tenant, blocks)| (*tenant, blocks.as_deref())));
+        self.metrics.round_seconds.observe(started.elapsed().as_secs_f64());
+        if report.failures == 0 {
+            self.metrics.last_success.set(flamedb_model::now_nanos() as f64 / 1e9);
         }
         Ok(report)
     }
 
-    /// Lists the tenant's blocks and writes them as its bucket index.
-    async fn write_index(&self, tenant: &str) -> Result<(), CompactorError> {
+    /// Lists the tenant's blocks and writes them as its bucket index; the
+    /// blocks listed.
+    async fn write_index(&self, tenant: &str) -> Result<Vec<BlockMeta>, CompactorError> {
         let bucket_error = |source| CompactorError::Bucket {
             tenant: tenant.to_owned(),
             source: Box::new(source),
@@ -354,7 +336,8 @@ impl Compactor {
             deletion_delay_ms: millis(self.config.deletion_delay),
             blocks,
         };
-        self.bucket.write_index(tenant, &index).await.map_err(bucket_error)
+        self.bucket.write_index(tenant, &index).await.map_err(bucket_error)?;
+        Ok(index.blocks)
     }
 
     fn failed(&self, report: &mut RoundReport) {
@@ -563,6 +546,9 @@ impl Compactor {
         );
         self.metrics.compactions.inc();
         self.metrics.blocks_compacted.inc_by(replaced.len() as u64);
+        let inputs = metas.iter().filter(|meta| group.contains(&meta.id));
+        self.metrics.input_bytes.inc_by(inputs.map(stored_bytes).sum());
+        self.metrics.output_bytes.inc_by(stored_bytes(&compacted));
         Ok(replaced.len())
     }
 }
@@ -571,126 +557,13 @@ impl Compactor {
 /// still be uploading (its meta comes last): it is never deleted.
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
-/// Any constant whose low 80 bits (a ULID's random part) are not all zero.
-const OUTPUT_ID_SEED: u128 = 0x666c_616d_6564_622d_636f_6d70_6163_7421;
-
-/// The ID of the block compacted from `group`: its time part the group's
-/// first profile, its random part a digest of the level-1 blocks the group
-/// holds, so the same data always gets the same ID.
-fn output_id(metas: &[BlockMeta], group: &[Ulid]) -> Ulid {
-    let members: Vec<&BlockMeta> = metas.iter().filter(|meta| group.contains(&meta.id)).collect();
-    let mut sources: Vec<Ulid> = members
-        .iter()
-        .flat_map(|meta| meta.compaction.sources.iter().copied())
-        .collect();
-    sources.sort_unstable();
-    sources.dedup();
-    // Seeded, so a block compacted alone never gets its source's ID.
-    let digest = sources.iter().fold(OUTPUT_ID_SEED, |digest, source| {
-        digest.rotate_left(29) ^ u128::from(*source)
-    });
-    let min_time = members.iter().map(|meta| meta.min_time).min().unwrap_or(0);
-    Ulid::from_parts(u64::try_from(min_time).unwrap_or(0), digest)
+/// The bytes of a block's files in the bucket.
+fn stored_bytes(meta: &BlockMeta) -> u64 {
+    meta.files.iter().map(|file| file.size_bytes).sum()
 }
 
-/// The groups of blocks to compact this round: for each of `ranges_ms`
-/// (shortest first) and each window of it (aligned to the epoch) that
-/// ended at least `wait_ms` before `now_ms`, the blocks wholly inside it
-/// not grouped at a shorter range already, when there are two or more, or
-/// one an ingester wrote (so every block becomes a compacted one, which
-/// queries read without listing its profiles).
-pub fn plan(metas: &[BlockMeta], ranges_ms: &[i64], now_ms: i64, wait_ms: i64) -> Vec<Vec<Ulid>> {
-    let mut groups = Vec::new();
-    let mut grouped: HashSet<Ulid> = HashSet::new();
-    for &range_ms in ranges_ms {
-        let range_ms = range_ms.max(1);
-        let mut windows: BTreeMap<i64, Vec<Ulid>> = BTreeMap::new();
-        for meta in metas.iter().filter(|meta| !grouped.contains(&meta.id)) {
-            let start = meta.min_time.div_euclid(range_ms) * range_ms;
-            let end = start.saturating_add(range_ms);
-            if meta.max_time < end && end.saturating_add(wait_ms) <= now_ms {
-                windows.entry(start).or_default().push(meta.id);
-            }
-        }
-        let level_one: HashSet<Ulid> = metas
-            .iter()
-            .filter(|meta| meta.compaction.level <= 1)
-            .map(|meta| meta.id)
-            .collect();
-        for group in windows
-            .into_values()
-            .filter(|group| group.len() > 1 || group.iter().any(|id| level_one.contains(id)))
-        {
-            grouped.extend(group.iter().copied());
-            groups.push(group);
-        }
-    }
-    groups
-}
-
-/// What compacting a block takes in memory at most, from its meta: each
-/// row as the compaction holds it (with its entry in the set of profiles
-/// seen, and the table reader's and writer's share), each sample's stack,
-/// value and span ID in the input view and in the output, and the series
-/// and symbol files unpacked, read into tables with their indexes and
-/// written again. `tests/memory.rs` measures it against real compactions.
-pub fn memory_estimate(meta: &BlockMeta) -> u64 {
-    /// A row, its dedup entry, its boxed slices' headers, its share of
-    /// the table's buffers.
-    const ROW_BYTES: u64 = 384;
-    /// Stack id, value and span ID, twice.
-    const SAMPLE_BYTES: u64 = 2 * (4 + 8 + 8);
-    /// Per unpacked byte of the series and symbol files: the bytes, the
-    /// tables and indexes made of them, the output's tables and bytes.
-    const PER_UNPACKED_BYTE: u64 = 4;
-    /// Per block: its table reader's state and its share of the writer's
-    /// buffers, whatever the rows.
-    const BLOCK_BYTES: u64 = 256 << 10;
-    /// Blocks written before unpacked sizes were recorded: zstd packs
-    /// these files 4× to 16×, count the worst.
-    const PER_PACKED_BYTE_UNRECORDED: u64 = 16 * PER_UNPACKED_BYTE;
-    let files: u64 = meta
-        .files
-        .iter()
-        .map(|file| match (file.rel_path.as_str(), file.uncompressed_bytes) {
-            // Read in row groups, counted per row and sample.
-            (flamedb_storage::block::PROFILES_FILE, _) => 0,
-            // Only checked (read whole once), never decoded: it is made
-            // again from the rows.
-            (flamedb_storage::block::DOWNSAMPLED_FILE, _) => file.size_bytes,
-            (_, 0) => file.size_bytes.saturating_mul(PER_PACKED_BYTE_UNRECORDED),
-            (_, unpacked) => unpacked.saturating_mul(PER_UNPACKED_BYTE),
-        })
-        .fold(0, u64::saturating_add);
-    meta.stats
-        .num_profiles
-        .saturating_mul(ROW_BYTES)
-        .saturating_add(meta.stats.num_samples.saturating_mul(SAMPLE_BYTES))
-        .saturating_add(files)
-        .saturating_add(BLOCK_BYTES)
-}
-
-/// The blocks of `group` that fit `max_memory_bytes` together (`0`: all),
-/// taken oldest first and skipping those that do not fit, or `None` when
-/// fewer than two do (unless the group is one block an ingester wrote,
-/// which fits).
-pub fn within_memory(metas: &[BlockMeta], group: &[Ulid], max_memory_bytes: u64) -> Option<Vec<Ulid>> {
-    let mut blocks: Vec<&BlockMeta> = group
-        .iter()
-        .filter_map(|id| metas.iter().find(|meta| meta.id == *id))
-        .collect();
-    blocks.sort_by_key(|meta| (meta.min_time, meta.id));
-    let mut used = 0u64;
-    let alone = matches!(blocks.as_slice(), [meta] if meta.compaction.level <= 1);
-    let mut fitting = Vec::new();
-    for meta in blocks {
-        let with = used.saturating_add(memory_estimate(meta));
-        if max_memory_bytes == 0 || with <= max_memory_bytes {
-            used = with;
-            fitting.push(meta.id);
-        }
-    }
-    (fitting.len() >= 2 || (alone && fitting.len() == 1)).then_some(fitting)
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -488,3 +488,62 @@ fn meta_with_nothing_set() -> BlockMeta {
         downsample: None,
     }
 }
+
+/// The registry's text exposition.
+fn exposition(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn test_a_compactor_leaves_tenants_it_does_not_own_alone_and_reports_what_it_owns() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = filesystem_bucket(dir.path());
+    let local = dir.path().join("blocks");
+    for _ in 0..2 {
+        upload(&bucket, &local, &[(1, 1_000, 5)]).await;
+    }
+    let owned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut registry = Registry::default();
+    let compactor = Compactor::new(bucket.clone(), config(dir.path()), keep_forever(), &mut registry)
+        .unwrap()
+        .with_ownership({
+            let owned = Arc::clone(&owned);
+            Arc::new(move |tenant: &str| tenant == "t" && owned.load(std::sync::atomic::Ordering::Relaxed))
+        });
+    let now = 2 * HOUR;
+    // Not owned: neither compacted nor indexed, and counted as seen only.
+    assert_eq!(compactor.run_once(now).await.unwrap(), RoundReport::default());
+    assert_eq!(bucket.list_blocks("t").await.unwrap().len(), 2);
+    assert!(matches!(
+        bucket.read_index("t", None).await.unwrap(),
+        IndexRead::Missing
+    ));
+    let text = exposition(&registry);
+    assert!(text.contains("flamedb_compactor_tenants_discovered 1\n"), "{text}");
+    assert!(text.contains("flamedb_compactor_tenants_owned 0\n"), "{text}");
+    assert!(!text.contains("flamedb_compactor_blocks{"), "{text}");
+
+    owned.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = compactor.run_once(now).await.unwrap();
+    assert_eq!((report.blocks_written, report.indexes_written), (1, 1));
+    let text = exposition(&registry);
+    assert!(text.contains("flamedb_compactor_tenants_owned 1\n"), "{text}");
+    assert!(
+        text.contains("flamedb_compactor_blocks{tenant=\"t\",level=\"2\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("level=\"1\""), "{text}");
+    assert!(!text.contains("flamedb_compactor_input_bytes_total 0\n"), "{text}");
+    assert!(
+        !text.contains("flamedb_compactor_last_successful_run_timestamp_seconds 0"),
+        "{text}"
+    );
+
+    // Passed to another compactor: its block counts go.
+    owned.store(false, std::sync::atomic::Ordering::Relaxed);
+    compactor.run_once(now).await.unwrap();
+    let text = exposition(&registry);
+    assert!(!text.contains("flamedb_compactor_blocks{"), "{text}");
+}

@@ -175,6 +175,15 @@ impl FromIterator<Label> for Labels {
     }
 }
 
+/// The ring token of a tenant as a whole (the compactor ring shards by
+/// it): xxhash64 of the tenant ID folded to 32 bits. Not FNV-1, whose last
+/// byte only moves the low 8 bits: `tenant-1` and `tenant-2` would land
+/// next to each other on the ring, on one compactor.
+pub fn tenant_token(tenant: &str) -> u32 {
+    let hash = xxhash_rust::xxh64::xxh64(tenant.as_bytes(), 0);
+    (hash ^ (hash >> 32)) as u32
+}
+
 /// Returns whether `name` is a label name under the legacy Prometheus rules
 /// (`[a-zA-Z_][a-zA-Z0-9_]*`); other names need the UTF-8 capability.
 pub fn is_legacy_label_name(name: &str) -> bool {
@@ -292,6 +301,21 @@ mod tests {
         assert_eq!(fnv1_32(FNV1_32_OFFSET, b""), 0x811c9dc5);
         assert_eq!(fnv1_32(FNV1_32_OFFSET, b"a"), 0x050c5d7e);
         assert_eq!(fnv1_32(FNV1_32_OFFSET, b"foobar"), 0x31f0b262);
+    }
+
+    #[test]
+    fn test_tenant_tokens_of_similar_names_spread_over_the_ring() {
+        // A quarter of the ring each should get about a quarter of them.
+        let mut quarters = [0usize; 4];
+        for n in 0..400 {
+            quarters[(tenant_token(&format!("tenant-{n}")) >> 30) as usize] += 1;
+        }
+        assert!(
+            quarters.iter().all(|&count| (70..=130).contains(&count)),
+            "{quarters:?}"
+        );
+        assert_eq!(tenant_token("a"), tenant_token("a"));
+        assert_ne!(tenant_token("a"), tenant_token("b"));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub use ingest_name::{IngestName, IngestNameError, parse_ingest_name};
 pub use labels::{
     DELTA, Label, Labels, METRIC_NAME, ORDER, OTEL, PERIOD_TYPE, PERIOD_UNIT, PRIVATE_SERVICE_NAME, PROFILE_ID,
     PROFILE_TYPE, SAMPLE_TYPE, SAMPLE_UNIT, SERVICE_NAME, SESSION_ID, SPAN_ID, TRACE_ID, UNKNOWN_SERVICE,
-    is_legacy_label_name,
+    is_legacy_label_name, tenant_token,
 };
 pub use limits::{Limits, TenantLimits};
 pub use normalize::normalize;

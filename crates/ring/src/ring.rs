@@ -193,6 +193,20 @@ impl Ring {
             .map(|token| &self.instances[token.instance])
     }
 
+    /// The first instance in ring order from `key` that is healthy for
+    /// `op` (its state and a fresh heartbeat): who does the work of `key`
+    /// when exactly one instance should, and a dead one's keys pass on to
+    /// the next instance without waiting for it to be forgotten.
+    pub fn first_healthy(&self, key: u32, op: Operation, now_ms: i64) -> Option<&InstanceDesc> {
+        if self.tokens.is_empty() {
+            return None;
+        }
+        let start = self.search(key);
+        (0..self.tokens.len())
+            .map(|step| &self.instances[self.tokens[(start + step) % self.tokens.len()].instance])
+            .find(|desc| self.is_healthy(desc, op, now_ms))
+    }
+
     /// The ID of the instance that holds `token` after conflict resolution.
     pub fn token_holder(&self, token: u32) -> Option<&str> {
         self.tokens

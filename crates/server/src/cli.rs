@@ -245,6 +245,30 @@ pub const FLAGS: &[Flag] = &[
         "How long compacted blocks stay, marked for deletion, before they are deleted.",
     ),
     flag(
+        "compactor.ring.instance-id",
+        "compactor.sharding_ring.instance_id",
+        FlagKind::String,
+        "Instance ID of the compactor in the compactor ring; empty: the hostname.",
+    ),
+    flag(
+        "compactor.ring.instance-addr",
+        "compactor.sharding_ring.instance_addr",
+        FlagKind::String,
+        "Address advertised in the compactor ring; empty: as for ingesters.",
+    ),
+    flag(
+        "compactor.ring.heartbeat-period",
+        "compactor.sharding_ring.heartbeat_period",
+        FlagKind::Duration,
+        "How often a compactor heartbeats in the compactor ring.",
+    ),
+    flag(
+        "compactor.ring.heartbeat-timeout",
+        "compactor.sharding_ring.heartbeat_timeout",
+        FlagKind::Duration,
+        "A compactor whose last heartbeat is older is UNHEALTHY: its tenants pass to the next compactor (forgotten after 10 x this).",
+    ),
+    flag(
         "querier.max-query-length",
         "limits.max_query_length",
         FlagKind::Duration,

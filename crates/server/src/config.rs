@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use flamedb_model::Limits;
-pub use membership::{DistributorSettings, IngesterSettings, MemberlistSettings, StoreKind};
+pub use membership::{DistributorSettings, IngesterSettings, InstanceRingSettings, MemberlistSettings, StoreKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
 pub use storage::{PyroscopeDbSettings, StorageBackend, StorageSettings};
@@ -65,6 +65,9 @@ pub struct CompactorSettings {
     /// finest first, so queries read whole buckets pre-merged (empty: not
     /// downsampled).
     pub downsampling_resolutions: Vec<humantime_serde::Serde<Duration>>,
+    /// The ring compactors split tenants over: each tenant is compacted by
+    /// the first healthy compactor from its token.
+    pub sharding_ring: InstanceRingSettings,
 }
 
 impl Default for CompactorSettings {
@@ -81,6 +84,7 @@ impl Default for CompactorSettings {
             downsampling_resolutions: [15 * 60, 8 * 3600]
                 .map(|seconds| Duration::from_secs(seconds).into())
                 .to_vec(),
+            sharding_ring: InstanceRingSettings::default(),
         }
     }
 }
@@ -446,6 +450,14 @@ impl Config {
             (
                 "distributor.ring.heartbeat_timeout",
                 self.distributor.ring.heartbeat_timeout,
+            ),
+            (
+                "compactor.sharding_ring.heartbeat_period",
+                self.compactor.sharding_ring.heartbeat_period,
+            ),
+            (
+                "compactor.sharding_ring.heartbeat_timeout",
+                self.compactor.sharding_ring.heartbeat_timeout,
             ),
             ("memberlist.gossip_interval", self.memberlist.gossip_interval),
             ("distributor.pushtimeout", self.distributor.pushtimeout),

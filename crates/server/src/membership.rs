@@ -19,18 +19,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, StoreKind, Target};
+use crate::config::{Config, InstanceRingSettings, StoreKind, Target};
 
 /// The ring of ingesters.
 pub const INGESTER_RING: &str = "ingester";
 /// The ring distributors count each other in.
 pub const DISTRIBUTOR_RING: &str = "distributor";
+/// The ring compactors split tenants over.
+pub const COMPACTOR_RING: &str = "compactor";
 /// Distributors hold one token; they are counted, not sharded to.
 const DISTRIBUTOR_TOKENS: usize = 1;
+/// Compactors hold enough tokens for tenants to split evenly.
+const COMPACTOR_TOKENS: usize = 128;
 /// The gossip port of members listed without one.
 const DEFAULT_GOSSIP_PORT: u16 = 7946;
-/// Forgetting a distributor: after this many heartbeat timeouts.
-const DISTRIBUTOR_FORGET_TIMEOUTS: u32 = 10;
+/// Forgetting a distributor or a compactor: after this many heartbeat
+/// timeouts.
+const INSTANCE_FORGET_TIMEOUTS: u32 = 10;
 
 /// A check `/ready` runs, with what it waits for.
 pub type ReadinessCheck = (std::borrow::Cow<'static, str>, Box<dyn Fn() -> bool + Send + Sync>);
@@ -43,8 +48,11 @@ pub struct Membership {
     pub ingester_ring: RingClient,
     /// Set when the process runs a distributor.
     pub distributor_ring: Option<RingClient>,
+    /// Set when the process runs a compactor.
+    pub compactor_ring: Option<RingClient>,
     ingester: Option<LifecyclerHandle>,
     distributor: Option<LifecyclerHandle>,
+    compactor: Option<LifecyclerHandle>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -105,23 +113,27 @@ impl Membership {
                 Lifecycler::start(INGESTER_RING, lifecycler_config, store.clone())
             });
 
-        let (distributor_ring, distributor) = if modules.contains(&Target::Distributor) {
-            let ring = &config.distributor.ring;
-            let distributor_ring_config = RingConfig {
-                heartbeat_timeout: ring.heartbeat_timeout,
+        let mut instance_ring = |ring: &'static str, settings: &InstanceRingSettings, num_tokens: usize| {
+            let ring_config = RingConfig {
+                heartbeat_timeout: settings.heartbeat_timeout,
                 replication_factor: 1,
                 zone_awareness_enabled: false,
             };
-            let (client, task) = RingClient::start(
-                DISTRIBUTOR_RING,
-                &store,
-                distributor_ring_config,
-                ring_metrics,
-                cancel.clone(),
-            );
+            let (client, task) = RingClient::start(ring, &store, ring_config, ring_metrics.clone(), cancel.clone());
             tasks.push(task);
-            let lifecycler_config = distributor_lifecycler_config(config, http_port);
-            let handle = Lifecycler::start(DISTRIBUTOR_RING, lifecycler_config, store.clone());
+            let lifecycler_config = instance_lifecycler_config(config, settings, http_port, num_tokens);
+            info!(instance = %lifecycler_config.instance_id, addr = %lifecycler_config.addr, "joining the {ring} ring");
+            let handle = Lifecycler::start(ring, lifecycler_config, store.clone());
+            (client, handle)
+        };
+        let (distributor_ring, distributor) = if modules.contains(&Target::Distributor) {
+            let (client, handle) = instance_ring(DISTRIBUTOR_RING, &config.distributor.ring, DISTRIBUTOR_TOKENS);
+            (Some(client), Some(handle))
+        } else {
+            (None, None)
+        };
+        let (compactor_ring, compactor) = if modules.contains(&Target::Compactor) {
+            let (client, handle) = instance_ring(COMPACTOR_RING, &config.compactor.sharding_ring, COMPACTOR_TOKENS);
             (Some(client), Some(handle))
         } else {
             (None, None)
@@ -132,8 +144,10 @@ impl Membership {
             gossip,
             ingester_ring,
             distributor_ring,
+            compactor_ring,
             ingester,
             distributor,
+            compactor,
             cancel,
             tasks,
         })
@@ -151,11 +165,16 @@ impl Membership {
                 }
             }
         }
-        let (ingester, distributor) = (watch(self.ingester.as_ref()), watch(self.distributor.as_ref()));
+        let (ingester, distributor, compactor) = (
+            watch(self.ingester.as_ref()),
+            watch(self.distributor.as_ref()),
+            watch(self.compactor.as_ref()),
+        );
         async move {
             tokio::select! {
                 message = ingester => message,
                 message = distributor => message,
+                message = compactor => message,
             }
         }
     }
@@ -163,6 +182,24 @@ impl Membership {
     /// The ring ID of this process's ingester, if it runs one.
     pub fn ingester_instance_id(&self) -> Option<&str> {
         self.ingester.as_ref().map(LifecyclerHandle::instance_id)
+    }
+
+    /// Whether this process's compactor compacts a tenant: it is the first
+    /// ACTIVE compactor with a fresh heartbeat from the tenant's token, so
+    /// a compactor that dies hands its tenants on within the heartbeat
+    /// timeout. Nothing is owned until this compactor is in the ring.
+    pub fn compactor_ownership(&self) -> Option<impl Fn(&str) -> bool + Send + Sync + 'static> {
+        let ring = self.compactor_ring.clone()?;
+        let id = self.compactor.as_ref()?.instance_id().to_owned();
+        Some(move |tenant: &str| {
+            ring.ring()
+                .first_healthy(
+                    flamedb_model::tenant_token(tenant),
+                    flamedb_ring::Operation::Write,
+                    flamedb_ring::now_ms(),
+                )
+                .is_some_and(|owner| owner.id == id)
+        })
     }
 
     /// How many distributors are ACTIVE with a fresh heartbeat (at least
@@ -199,6 +236,12 @@ impl Membership {
                 Box::new(distributor.readiness_probe()),
             ));
         }
+        if let Some(compactor) = &self.compactor {
+            checks.push((
+                "the compactor is not ACTIVE in the compactor ring yet".into(),
+                Box::new(compactor.readiness_probe()),
+            ));
+        }
         checks
     }
 
@@ -212,13 +255,15 @@ impl Membership {
         }
     }
 
-    /// Leaves the distributor ring, stops gossip and the ring views.
+    /// Leaves the distributor and compactor rings, stops gossip and the
+    /// ring views.
     pub async fn shutdown(mut self) {
         self.stop_ingester(async {}).await;
-        if let Some(distributor) = self.distributor.take()
-            && let Err(err) = distributor.stop(async {}).await
-        {
-            warn!(error = %err, "the distributor did not leave its ring cleanly");
+        for handle in [self.distributor.take(), self.compactor.take()].into_iter().flatten() {
+            let ring = handle.ring();
+            if let Err(err) = handle.stop(async {}).await {
+                warn!(error = %err, "the {ring} did not leave its ring cleanly");
+            }
         }
         if let Some(gossip) = &self.gossip {
             gossip.shutdown().await;
@@ -309,8 +354,13 @@ fn ingester_lifecycler_config(config: &Config, internal: SocketAddr) -> Lifecycl
     }
 }
 
-fn distributor_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerConfig {
-    let ring = &config.distributor.ring;
+/// A distributor's or compactor's ring entry: called at the HTTP port.
+fn instance_lifecycler_config(
+    config: &Config,
+    ring: &InstanceRingSettings,
+    http_port: u16,
+    num_tokens: usize,
+) -> LifecyclerConfig {
     LifecyclerConfig {
         instance_id: if ring.instance_id.is_empty() {
             hostname()
@@ -319,10 +369,10 @@ fn distributor_lifecycler_config(config: &Config, http_port: u16) -> LifecyclerC
         },
         addr: with_port(&advertise_host(&ring.instance_addr, config), http_port),
         zone: String::new(),
-        num_tokens: DISTRIBUTOR_TOKENS,
+        num_tokens,
         heartbeat_period: ring.heartbeat_period,
         heartbeat_timeout: ring.heartbeat_timeout,
-        auto_forget_unhealthy_period: ring.heartbeat_timeout * DISTRIBUTOR_FORGET_TIMEOUTS,
+        auto_forget_unhealthy_period: ring.heartbeat_timeout * INSTANCE_FORGET_TIMEOUTS,
         join_after: Duration::ZERO,
         observe_period: Duration::ZERO,
         final_sleep: Duration::ZERO,
@@ -369,7 +419,8 @@ fn memberlist_config(config: &Config) -> anyhow::Result<MemberlistConfig> {
         .ring
         .auto_forget_unhealthy_period
         .unwrap_or(Duration::from_secs(600))
-        .max(config.distributor.ring.heartbeat_timeout * DISTRIBUTOR_FORGET_TIMEOUTS);
+        .max(config.distributor.ring.heartbeat_timeout * INSTANCE_FORGET_TIMEOUTS)
+        .max(config.compactor.sharding_ring.heartbeat_timeout * INSTANCE_FORGET_TIMEOUTS);
     Ok(MemberlistConfig {
         node_name,
         cluster_label: settings.cluster_label.clone(),

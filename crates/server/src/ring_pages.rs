@@ -1,5 +1,5 @@
 //! Operator pages for the rings and gossip: `/ring` (ingesters),
-//! `/distributor/ring` and `/memberlist`. HTML for people, JSON with
+//! `/distributor/ring`, `/compactor/ring` and `/memberlist`. HTML for people, JSON with
 //! `Accept: application/json`. `POST` with `forget=<instance>` removes an
 //! unhealthy instance from a ring (`force=true` a healthy one too), from
 //! the page itself or a tool, never from another site's page.
@@ -36,14 +36,20 @@ pub fn routes(membership: &Membership) -> Router {
         store: membership.store.clone(),
     };
     let mut router = Router::new().route("/ring", get(show_ring).post(forget).with_state(ingesters));
-    if let Some(distributors) = &membership.distributor_ring {
-        let page = RingPage {
-            path: "/distributor/ring",
-            title: "Distributor ring",
-            client: distributors.clone(),
-            store: membership.store.clone(),
-        };
-        router = router.route("/distributor/ring", get(show_ring).post(forget).with_state(page));
+    let instance_rings = [
+        (&membership.distributor_ring, "/distributor/ring", "Distributor ring"),
+        (&membership.compactor_ring, "/compactor/ring", "Compactor ring"),
+    ];
+    for (client, path, title) in instance_rings {
+        if let Some(client) = client {
+            let page = RingPage {
+                path,
+                title,
+                client: client.clone(),
+                store: membership.store.clone(),
+            };
+            router = router.route(path, get(show_ring).post(forget).with_state(page));
+        }
     }
     router.route(
         "/memberlist",

@@ -190,7 +190,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             &mut registry,
         )
         .with_context(|| format!("cannot prepare the compactor directory {}", settings.data_dir))?;
-        Some(Arc::new(compactor).spawn(stop_compacting.clone()))
+        let ownership = membership
+            .compactor_ownership()
+            .context("the compactor runs without the compactor ring")?;
+        Some(Arc::new(compactor.with_ownership(Arc::new(ownership))).spawn(stop_compacting.clone()))
     } else {
         None
     };

@@ -354,6 +354,186 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
     );
 }
 
+/// The tenants named `tenant-<n>` the compactor ring `ring` (its page,
+/// with tokens) gives to each of its instances, `per_instance` each: the
+/// owner of a tenant is the instance of the first token past the tenant's.
+fn tenants_split_by(ring: &serde_json::Value, per_instance: usize) -> Vec<(String, Vec<String>)> {
+    let mut tokens: Vec<(u64, String)> = Vec::new();
+    for shard in ring["shards"].as_array().unwrap() {
+        let id = shard["id"].as_str().unwrap().to_owned();
+        tokens.extend(
+            shard["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|token| (token.as_u64().unwrap(), id.clone())),
+        );
+    }
+    tokens.sort();
+    let mut split: Vec<(String, Vec<String>)> = Vec::new();
+    for n in 0.. {
+        let tenant = format!("tenant-{n}");
+        let key = u64::from(flamedb_model::tenant_token(&tenant));
+        let owner = &tokens.iter().find(|(token, _)| *token > key).unwrap_or(&tokens[0]).1;
+        let index = match split.iter().position(|(id, _)| id == owner) {
+            Some(index) => index,
+            None => {
+                split.push((owner.clone(), Vec::new()));
+                split.len() - 1
+            }
+        };
+        if split[index].1.len() < per_instance {
+            split[index].1.push(tenant);
+        }
+        if split.len() == ring["shards"].as_array().unwrap().len()
+            && split.iter().all(|(_, tenants)| tenants.len() == per_instance)
+        {
+            return split;
+        }
+    }
+    unreachable!()
+}
+
+/// Two compactors on the S3 bucket of an RF=3 cluster split four tenants
+/// over the compactor ring (two each, as their tokens say), under load;
+/// one is SIGKILLed and the other takes its tenants over within the
+/// heartbeat timeout. Every tenant's blocks get compacted, and every
+/// acknowledged profile of every tenant is read back once, from the
+/// bucket, also when the tenant's bucket index lists its blocks.
+#[test]
+fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() {
+    let dir = shared_dir();
+    let Some(s3) = S3Server::start_if_installed(&dir.path().join("s3")) else {
+        return;
+    };
+    let mut extra = s3.flags();
+    extra.extend([
+        "-auth.multitenancy-enabled=true".to_owned(),
+        // The bucket index is trusted up to half of this and half the
+        // deletion delay: 1.5 s, several rounds.
+        "-querier.query-store-after=3s".to_owned(),
+        "-pyroscopedb.max-block-duration=5s".to_owned(),
+    ]);
+    let (front, members) = cluster(dir.path(), "faults-compactors", &extra);
+    let mut compactor_flags = cluster_flags(&format!("faults-compactors-{}", std::process::id()));
+    compactor_flags.extend(extra.iter().cloned());
+    compactor_flags.extend([
+        "-target=compactor".to_owned(),
+        format!("-memberlist.join={}", front.gossip.clone().unwrap()),
+        "-compactor.ring.heartbeat-timeout=3s".to_owned(),
+        "-compactor.compaction-interval=200ms".to_owned(),
+        "-compactor.first-level-compaction-wait-period=0s".to_owned(),
+        "-compactor.block-ranges=5s,10s".to_owned(),
+        "-compactor.deletion-delay=4s".to_owned(),
+    ]);
+    let start_compactor = |n: usize| {
+        let own = [
+            format!("-compactor.ring.instance-id=compactor-{n}"),
+            format!("-compactor.data-dir={}", path_in(dir.path(), &format!("compactor-{n}"))),
+        ];
+        start_ready(BINARY, &format!("compactor-{n}"), &compactor_flags, &own)
+    };
+    let survivor = start_compactor(1);
+    let mut doomed = start_compactor(2);
+    for compactor in [&survivor, &doomed] {
+        flamedb_testkit::wait_until(Duration::from_secs(30), "both compactors ACTIVE in the ring", || {
+            let ring = compactor.get_json("/compactor/ring");
+            let active = ring["shards"]
+                .as_array()?
+                .iter()
+                .filter(|shard| shard["state"] == "ACTIVE");
+            (active.count() == 2).then_some(())
+        });
+    }
+    let split = tenants_split_by(&survivor.get_json("/compactor/ring?tokens=true"), 2);
+    println!("tenants by compactor: {split:?}");
+    let tenants: Vec<&String> = split.iter().flat_map(|(_, tenants)| tenants).collect();
+    let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
+    let flush_all = || {
+        for node in &ingesters {
+            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        }
+    };
+    let mut checkers: Vec<Checker> = tenants
+        .iter()
+        .map(|tenant| {
+            Checker::new(CheckerConfig {
+                push_to: front.http.clone(),
+                query_from: front.http.clone(),
+                tenant: Some((*tenant).to_owned()),
+                series: 25,
+                rate: 25,
+                writers: 1,
+                run: format!("compactors-{tenant}"),
+            })
+        })
+        .collect();
+    let write_all = |checkers: Vec<Checker>, duration: Duration, during: &mut dyn FnMut()| -> Vec<Checker> {
+        thread::scope(|scope| {
+            let writers: Vec<_> = checkers
+                .into_iter()
+                .map(|mut checker| {
+                    scope.spawn(move || {
+                        checker.write_for(duration);
+                        checker
+                    })
+                })
+                .collect();
+            during();
+            writers.into_iter().map(|writer| writer.join().unwrap()).collect()
+        })
+    };
+    let owned = |compactor: &Flamedb| compactor.metric("flamedb_compactor_tenants_owned");
+    let discovered = |compactor: &Flamedb| compactor.metric("flamedb_compactor_tenants_discovered");
+    checkers = write_all(checkers, Duration::from_secs(2), &mut || flush_all());
+    // Both see every tenant, and each owns its two.
+    flamedb_testkit::wait_until(
+        Duration::from_secs(60),
+        "the tenants split between the compactors",
+        || {
+            [&survivor, &doomed]
+                .iter()
+                .all(|compactor| discovered(compactor) == Some(4.0) && owned(compactor) == Some(2.0))
+                .then_some(())
+        },
+    );
+    checkers = write_all(checkers, Duration::from_secs(3), &mut || {
+        flush_all();
+        thread::sleep(Duration::from_millis(500));
+        doomed.kill();
+    });
+    flamedb_testkit::wait_until(Duration::from_secs(60), "the survivor owns every tenant", || {
+        (owned(&survivor) == Some(4.0)).then_some(())
+    });
+    flush_all();
+    for tenant in &tenants {
+        flamedb_testkit::wait_until(Duration::from_secs(60), "a compacted block of every tenant", || {
+            s3.blocks(tenant)
+                .iter()
+                .filter_map(|block| std::fs::read(block.join("meta.json")).ok())
+                .filter_map(|meta| serde_json::from_slice::<serde_json::Value>(&meta).ok())
+                .any(|meta| meta["compaction"]["level"].as_u64() >= Some(2))
+                .then_some(())
+        });
+    }
+    for node in &ingesters {
+        flamedb_testkit::wait_until(
+            Duration::from_secs(120),
+            "the ingester's blocks uploaded and dropped",
+            || (node.metric("flamedb_ingester_local_blocks") == Some(0.0)).then_some(()),
+        );
+    }
+    // Reads of what only the bucket holds now, until some of them listed
+    // a tenant's blocks from its bucket index.
+    flamedb_testkit::wait_until(Duration::from_secs(60), "a query through the bucket index", || {
+        for checker in &checkers {
+            assert_clean_and_every_push_acknowledged(checker, "");
+        }
+        (front.metric("flamedb_querier_block_listings_total{source=\"index\"}") > Some(0.0)).then_some(())
+    });
+}
+
 #[test]
 fn test_rf3_two_ingesters_down_fails_writes_and_recovers() {
     let dir = shared_dir();

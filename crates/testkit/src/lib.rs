@@ -371,6 +371,7 @@ pub fn cluster_flags(label: &str) -> Vec<String> {
         "-memberlist.gossip-interval=100ms",
         "-ingester.heartbeat-period=200ms",
         "-distributor.ring.heartbeat-period=200ms",
+        "-compactor.ring.heartbeat-period=200ms",
         "-ring.heartbeat-timeout=5s",
         "-distributor.push.timeout=10s",
     ]

@@ -120,6 +120,32 @@ fn test_stale_heartbeats_count_but_are_not_sent_to() {
 }
 
 #[test]
+fn test_first_healthy_skips_dead_and_joining_instances() {
+    let first = |ring: &Ring, key| {
+        ring.first_healthy(key, Operation::Write, NOW)
+            .map(|desc| desc.id.clone())
+    };
+    let mut instances = four([
+        InstanceState::Active,
+        InstanceState::Joining,
+        InstanceState::Active,
+        InstanceState::Active,
+    ]);
+    instances[2].heartbeat_ms = NOW - 61_000;
+    let ring = Ring::new(instances.clone(), config(1));
+    assert_eq!(first(&ring, 9).as_deref(), Some("a"));
+    // b is JOINING and c's heartbeat is stale: d does b's and c's keys.
+    assert_eq!(first(&ring, 10).as_deref(), Some("d"));
+    assert_eq!(first(&ring, 11).as_deref(), Some("d"));
+    assert_eq!(first(&ring, 43).as_deref(), Some("a"));
+    for desc in &mut instances {
+        desc.heartbeat_ms = NOW - 61_000;
+    }
+    assert_eq!(first(&Ring::new(instances, config(1)), 10), None);
+    assert_eq!(first(&Ring::new(Vec::new(), config(1)), 10), None);
+}
+
+#[test]
 fn test_empty_ring() {
     let ring = Ring::new(Vec::new(), config(3));
     assert_eq!(ring.replication_set(1, Operation::Write, NOW), Err(RingError::Empty));

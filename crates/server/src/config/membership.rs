@@ -186,7 +186,7 @@ pub struct DistributorSettings {
     /// How long a push to one ingester may take (Pyroscope's key).
     #[serde(with = "humantime_serde")]
     pub pushtimeout: Duration,
-    pub ring: DistributorRingSettings,
+    pub ring: InstanceRingSettings,
     /// Most memory one request may make a process allocate: its body,
     /// decompressed and decoded, and every copy made of it until it is
     /// stored (pushes on distributors and ingesters, queries' request
@@ -200,17 +200,19 @@ impl Default for DistributorSettings {
     fn default() -> Self {
         Self {
             pushtimeout: Duration::from_secs(5),
-            ring: DistributorRingSettings::default(),
+            ring: InstanceRingSettings::default(),
             max_request_memory_bytes: 256 << 20,
             instance_limits: InstanceLimits::default(),
         }
     }
 }
 
-/// `distributor.ring`: distributors count each other (for global limits).
+/// A ring of instances that heartbeat in it: `distributor.ring`
+/// (distributors count each other, for global limits) and
+/// `compactor.sharding_ring` (compactors split tenants).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DistributorRingSettings {
+pub struct InstanceRingSettings {
     /// Instance ID; empty: the hostname.
     pub instance_id: String,
     /// Advertised address; empty: as for ingesters.
@@ -221,7 +223,7 @@ pub struct DistributorRingSettings {
     pub heartbeat_timeout: Duration,
 }
 
-impl Default for DistributorRingSettings {
+impl Default for InstanceRingSettings {
     fn default() -> Self {
         Self {
             instance_id: String::new(),
