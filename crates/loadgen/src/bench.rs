@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flamedb_testkit::{Flamedb, start_ingesters, start_ready};
 
+use crate::measure::{bucket_block_bytes, cpu_seconds, dir_size, peak_rss_bytes, rss_bytes};
 use crate::push::{self, PushConfig, PushStats};
 use crate::query::{QueryClient, QueryKind, Scope};
 use crate::workload::{self, Request, Source};
@@ -167,7 +168,7 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
     drop(single);
 
     let rf3_dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
-    let cluster = Cluster::start(&binary, rf3_dir.path(), &[]);
+    let cluster = Cluster::start(&binary, rf3_dir.path(), &[], false);
     let pids = cluster.pids();
     let (peak_rf3, rf3_cpu) = push_phase(config, &cluster.front.http, &pids, &requests, None)?;
     let half_rate = peak_rf3.profiles_per_second() / 2.0;
@@ -264,21 +265,26 @@ fn single_flags(dir: &Path) -> Vec<String> {
     flags
 }
 
-/// One distributor and querier, three ingesters, RF=3.
+/// One distributor and querier, three ingesters, RF=3, and a compactor
+/// of its own (for the query phases).
 struct Cluster {
     front: Flamedb,
     /// Held so they run as long as the cluster.
     ingesters: Vec<Flamedb>,
+    compactor: Option<Flamedb>,
 }
 
 impl Cluster {
+    /// The distributor's and ingesters' processes.
     fn pids(&self) -> Vec<u32> {
         std::iter::once(self.front.pid())
             .chain(self.ingesters.iter().map(Flamedb::pid))
             .collect()
     }
 
-    fn start(binary: &str, dir: &Path, extra: &[String]) -> Self {
+    /// A cluster with `extra` flags for every process; with a compactor
+    /// process when `compacting`.
+    fn start(binary: &str, dir: &Path, extra: &[String], compacting: bool) -> Self {
         let mut flags: Vec<String> = COMMON.iter().map(ToString::to_string).collect();
         flags.extend([
             "-ingester.heartbeat-period=500ms".to_owned(),
@@ -291,13 +297,29 @@ impl Cluster {
             "front",
             &flags,
             &[
-                "-target=distributor,querier,compactor".to_owned(),
+                "-target=distributor,querier".to_owned(),
                 format!("-querier.block-cache-dir={}", dir.join("cache").display()),
-                format!("-compactor.data-dir={}", dir.join("compactor").display()),
             ],
         );
         let ingesters = start_ingesters(binary, &front, 3, &flags, &[]);
-        Self { front, ingesters }
+        let compactor = compacting.then(|| {
+            let gossip = front.gossip.clone().unwrap_or_default();
+            start_ready(
+                binary,
+                "compactor",
+                &flags,
+                &[
+                    "-target=compactor".to_owned(),
+                    format!("-memberlist.join={gossip}"),
+                    format!("-compactor.data-dir={}", dir.join("compactor").display()),
+                ],
+            )
+        });
+        Self {
+            front,
+            ingesters,
+            compactor,
+        }
     }
 }
 
@@ -346,69 +368,6 @@ fn memory_figures(node: &Flamedb, pushed: &PushStats) -> String {
         rss / 1e6 / megabytes,
         head / 1e6 / megabytes,
     )
-}
-
-/// CPU seconds (user + system, all threads) the processes used so far.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // USER_HZ: the unit of /proc/<pid>/stat times, 100 on Linux.
-    const TICKS_PER_SECOND: f64 = 100.0;
-    pids.iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name (which may hold spaces).
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / TICKS_PER_SECOND)
-        })
-        .sum()
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
-            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// Bytes of the complete blocks in a filesystem bucket: those the
-/// compactor wrote, and those as uploaded (level 1).
-fn bucket_block_bytes(bucket: &Path) -> (u64, u64) {
-    let mut compacted = 0;
-    let mut uploaded = 0;
-    let tenants = std::fs::read_dir(bucket).into_iter().flatten().filter_map(Result::ok);
-    for tenant in tenants {
-        let blocks = std::fs::read_dir(tenant.path().join("blocks"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok);
-        for block in blocks {
-            let Ok(meta) = flamedb_storage::block::read_meta(&block.path()) else {
-                continue;
-            };
-            let bytes = dir_size(&block.path());
-            if meta.compaction.level >= 2 {
-                compacted += bytes;
-            } else {
-                uploaded += bytes;
-            }
-        }
-    }
-    (compacted, uploaded)
 }
 
 /// The number after `field=` on the last log line containing `marker`.
@@ -469,12 +428,13 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
     // Per configuration: medians from heads, medians from compacted
     // blocks, the bucket's bytes.
     let mut results: Vec<(Vec<f64>, Vec<f64>, (u64, u64))> = Vec::new();
+    let mut compaction = String::new();
     for rf3 in [false, true] {
         let dir = tempfile::tempdir().map_err(|err| format!("cannot make a temporary directory: {err}"))?;
         let compacting: Vec<String> = COMPACTING.iter().map(ToString::to_string).collect();
         // The processes live until the end of this round.
         let (target, cluster, single) = if rf3 {
-            let cluster = Cluster::start(binary, dir.path(), &compacting);
+            let cluster = Cluster::start(binary, dir.path(), &compacting, true);
             (cluster.front.http.clone(), Some(cluster), None)
         } else {
             let mut flags = single_flags(dir.path());
@@ -486,11 +446,21 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
         check_total(&target, &day, filled, "after the fill")?;
         let from_heads = timed(&target)?;
         let (compactor, ingesters): (&Flamedb, Vec<&Flamedb>) = match (&cluster, &single) {
-            (Some(cluster), _) => (&cluster.front, cluster.ingesters.iter().collect()),
+            (
+                Some(Cluster {
+                    compactor: Some(compactor),
+                    ingesters,
+                    ..
+                }),
+                _,
+            ) => (compactor, ingesters.iter().collect()),
             (_, Some(node)) => (node, vec![node]),
-            _ => return Err("no process to query".to_owned()),
+            _ => return Err("no process to query or compact".to_owned()),
         };
         wait_compacted(compactor, &ingesters)?;
+        if rf3 {
+            compaction = compaction_figures(compactor, requests.len());
+        }
         check_total(&target, &day, filled, "from compacted blocks")?;
         let from_blocks = timed(&target)?;
         results.push((from_heads, from_blocks, bucket_block_bytes(&dir.path().join("bucket"))));
@@ -540,8 +510,36 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
         rf3_uploaded as f64 / 1e6,
         (rf3_compacted + rf3_uploaded) as f64 / (rf1_compacted + rf1_uploaded).max(1) as f64
     );
+    out.push_str(&compaction);
     out.push_str(&long_range_phase(config, binary, sources, span_ms)?);
     Ok(out)
+}
+
+/// What the RF=3 cluster's compactor process (which does nothing else)
+/// read, wrote and used, once it compacted the fill of `profiles`
+/// profiles: throughput per CPU second (one compaction runs at a time, on
+/// one core) and its peak memory against its bound.
+fn compaction_figures(compactor: &Flamedb, profiles: usize) -> String {
+    /// `-compactor.max-memory-bytes`: the benchmark keeps the default.
+    const MAX_MEMORY_BYTES: f64 = (1u64 << 30) as f64;
+    let metric = |name: &str| compactor.metric(name).unwrap_or(0.0);
+    let read = metric("flamedb_compactor_input_bytes_total");
+    let written = metric("flamedb_compactor_output_bytes_total");
+    let compactions = metric("flamedb_compactor_compactions_total");
+    let cpu = cpu_seconds(&[compactor.pid()]).max(1e-9);
+    let peak = peak_rss_bytes(compactor.pid()).unwrap_or(0) as f64;
+    format!(
+        "Compaction in the RF=3 cluster (a compactor process of its own): {compactions:.0} compactions read {:.2} MB \
+         of blocks and wrote {:.2} MB in {cpu:.1} CPU s: {:.1} MB read and {:.0} replicas' profile copies made one \
+         (3 × {profiles} profiles) per CPU second; peak RSS {:.0} MB, {:.2}× -compactor.max-memory-bytes (1 GiB, \
+         the default).\n\n",
+        read / 1e6,
+        written / 1e6,
+        read / 1e6 / cpu,
+        (3 * profiles) as f64 / cpu,
+        peak / 1e6,
+        peak / MAX_MEMORY_BYTES,
+    )
 }
 
 /// Fills `long_days` days of `long_series` series (one profile per

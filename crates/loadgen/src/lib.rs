@@ -9,6 +9,7 @@
 //! ```
 
 pub mod bench;
+pub mod measure;
 pub mod push;
 pub mod query;
 pub mod stats;
