@@ -102,7 +102,7 @@ pub use body::{BodyReadTimeout, with_body_read_timeout};
 pub use client::{IngesterClients, tenant_request};
 pub use convert::{labels_from_pairs, labels_to_pairs, profile_type_to_proto};
 pub use error::{ErrorCode, RpcError};
-pub use rpc::{BodyError, RequestContext, RpcOptions, RpcRouter, read_body};
+pub use rpc::{BodyError, ProcedureHooks, RequestContext, RpcOptions, RpcRouter, read_body};
 
 /// The in-memory shapes of every wire message, from the compiled-in
 /// descriptors: what request bytes decode into is counted with them before

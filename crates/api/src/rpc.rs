@@ -112,8 +112,20 @@ const DECODED: &str = "the decoded request message";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What a procedure adds to the router's handling of its requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcedureHooks {
+    /// Runs on the headers before the body is read; an error is the answer.
+    pub check_headers: Option<fn(&HeaderMap) -> Result<(), RpcError>>,
+    /// Given why a request message could not be decoded, a better message
+    /// when the procedure can tell what the sender got wrong.
+    pub explain_decode_error: Option<fn(&str) -> Option<String>>,
+}
+
 /// A procedure with its message types erased.
 trait Procedure: Send + Sync + 'static {
+    fn hooks(&self) -> ProcedureHooks;
+
     fn call(
         &self,
         ctx: RequestContext,
@@ -125,6 +137,7 @@ trait Procedure: Send + Sync + 'static {
 
 struct Unary<Req, Resp, H> {
     handler: H,
+    hooks: ProcedureHooks,
     messages: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -135,6 +148,10 @@ where
     H: Fn(RequestContext, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
 {
+    fn hooks(&self) -> ProcedureHooks {
+        self.hooks
+    }
+
     fn call(
         &self,
         ctx: RequestContext,
@@ -143,12 +160,18 @@ where
         admission: Arc<Admission>,
     ) -> BoxFuture<Result<Bytes, RpcError>> {
         let handler = self.handler.clone();
+        let explain = self.hooks.explain_decode_error;
         Box::pin(async move {
             let budget = Arc::clone(&ctx.budget);
             let inline = message.len() <= INLINE_DECODE_BYTES;
             let decode = move || -> Result<Req, RpcError> {
                 budget.charge(codec.decoded_size::<Req>(&message), DECODED)?;
-                codec.decode(&message)
+                codec.decode(&message).map_err(|mut err| {
+                    if let Some(message) = explain.and_then(|explain| explain(&err.message)) {
+                        err.message = message;
+                    }
+                    err
+                })
             };
             let request = if !inline {
                 admission.decode(decode).await??
@@ -185,7 +208,18 @@ impl RpcRouter {
     }
 
     /// Serves `handler` at `path` (`/<package.Service>/<Method>`).
-    pub fn unary<Req, Resp, H, Fut>(mut self, path: &str, handler: H) -> Self
+    pub fn unary<Req, Resp, H, Fut>(self, path: &str, handler: H) -> Self
+    where
+        Req: prost::Message + prost::Name + Default + DeserializeOwned + Send + 'static,
+        Resp: prost::Message + Serialize + Send + 'static,
+        H: Fn(RequestContext, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.unary_with(path, ProcedureHooks::default(), handler)
+    }
+
+    /// [`RpcRouter::unary`], with `hooks` into how its requests are read.
+    pub fn unary_with<Req, Resp, H, Fut>(mut self, path: &str, hooks: ProcedureHooks, handler: H) -> Self
     where
         Req: prost::Message + prost::Name + Default + DeserializeOwned + Send + 'static,
         Resp: prost::Message + Serialize + Send + 'static,
@@ -194,6 +228,7 @@ impl RpcRouter {
     {
         let procedure: Arc<dyn Procedure> = Arc::new(Unary {
             handler,
+            hooks,
             messages: PhantomData,
         });
         let options = self.options.clone();
@@ -245,6 +280,9 @@ async fn call(
     body: Body,
 ) -> Result<Bytes, RpcError> {
     let tenants = options.tenancy.tenants(&headers)?;
+    if let Some(check) = procedure.hooks().check_headers {
+        check(&headers)?;
+    }
     let request = Received {
         protocol,
         headers,

@@ -8,7 +8,7 @@ use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::{
     ExportProfilesServiceRequest, ExportProfilesServiceResponse,
 };
 use flamedb_api::pb::push::v1::{PushRequest, PushResponse};
-use flamedb_api::{RequestContext, RpcError, RpcOptions, RpcRouter, Tenancy, labels_from_pairs};
+use flamedb_api::{ProcedureHooks, RequestContext, RpcError, RpcOptions, RpcRouter, Tenancy, labels_from_pairs};
 
 use crate::distributor::Distributor;
 use crate::{ingest, otlp};
@@ -28,16 +28,20 @@ pub fn routes(distributor: Distributor, tenancy: Tenancy, max_message_bytes: usi
         max_message_bytes,
         admission: Arc::clone(distributor.admission()),
     };
+    let otlp_hooks = ProcedureHooks {
+        check_headers: Some(otlp::check_version),
+        explain_decode_error: Some(otlp::explain_decode_error),
+    };
     RpcRouter::new(options)
         .unary("/push.v1.PusherService/Push", {
             let distributor = distributor.clone();
             move |ctx, request| push(distributor.clone(), ctx, request)
         })
-        .unary(OTLP_EXPORT_PATH, {
+        .unary_with(OTLP_EXPORT_PATH, otlp_hooks, {
             let distributor = distributor.clone();
             move |ctx, request| export(distributor.clone(), ctx, request)
         })
-        .unary(OTLP_HTTP_PATH, {
+        .unary_with(OTLP_HTTP_PATH, otlp_hooks, {
             let distributor = distributor.clone();
             move |ctx, request| export(distributor.clone(), ctx, request)
         })

@@ -15,6 +15,7 @@ use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::p
 use flamedb_api::pb::opentelemetry::proto::collector::profiles::v1development::{
     ExportProfilesServiceRequest, ExportProfilesServiceResponse,
 };
+use flamedb_api::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
 use flamedb_api::pb::push::v1::{PushRequest, RawProfileSeries, RawSample};
 use flamedb_api::pb::types::v1::LabelPair;
 use flamedb_model::gzip::gzip;
@@ -794,6 +795,39 @@ fn test_testdata_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() 
     });
     assert_eq!(merged(&node, CPU, unknown).total(), 3 * expected_cpu.total());
     assert_eq!(merged(&node, off_cpu, unknown).total(), 3 * expected_off_cpu.total());
+    // Every sample has an integer thread ID, a label of its own.
+    let threads = r#"{service_name="unknown_service","thread.id"=~"[0-9]+"}"#;
+    assert_eq!(merged(&node, CPU, threads).total(), 3 * expected_cpu.total());
+
+    // The same export with its service named by string-table reference,
+    // as the Collector writes resource attributes.
+    let mut by_reference = request.clone();
+    let dictionary = by_reference.dictionary.as_mut().unwrap();
+    let strindex = |strings: &mut Vec<String>, text: &str| {
+        strings.push(text.to_owned());
+        i32::try_from(strings.len() - 1).unwrap()
+    };
+    let key_strindex = strindex(&mut dictionary.string_table, "service.name");
+    let value_strindex = strindex(&mut dictionary.string_table, "ebpf-by-reference");
+    for resource in &mut by_reference.resource_profiles {
+        resource.resource.as_mut().unwrap().attributes.push(KeyValue {
+            key: String::new(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValueStrindex(value_strindex)),
+            }),
+            key_strindex,
+        });
+    }
+    let (status, body) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/x-protobuf")],
+            by_reference.encode_to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let by_reference = r#"{service_name="ebpf-by-reference"}"#;
+    assert_eq!(merged(&node, CPU, by_reference).stacks(), expected_cpu.stacks());
 
     // Bad requests: 400 without a dictionary, 415 for other media types.
     let empty = ExportProfilesServiceRequest::default().encode_to_vec();

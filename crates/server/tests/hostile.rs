@@ -144,6 +144,7 @@ fn otlp_request(dictionary: otlp::ProfilesDictionary, service: &str, samples: Ve
                     value: Some(AnyValue {
                         value: Some(any_value::Value::StringValue(service.into())),
                     }),
+                    key_strindex: 0,
                 }],
             }),
             scope_profiles: vec![otlp::ScopeProfiles {
