@@ -185,9 +185,10 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
                     bytes: 0,
                 });
             };
-            let strings = &converter.dictionary.string_table;
-            let series = match SeriesLabels::new(resource_attributes.iter().chain(scope_attributes), strings) {
+            let attributes = resource_attributes.iter().chain(scope_attributes);
+            let series = match SeriesLabels::new(attributes, max_labels, &mut converter) {
                 Ok(series) => series,
+                Err(ConvertError::OverBudget(err)) => return Err(err.into()),
                 Err(err) => {
                     for p in 0..scope_profiles.profiles.len() {
                         reject(
@@ -204,8 +205,7 @@ pub(crate) fn add_export(batch: &mut PushBatch, request: &ExportProfilesServiceR
                 // Every series would have more labels than allowed.
                 for p in 0..scope_profiles.profiles.len() {
                     let why = format!(
-                        "its resource and scope have {} attributes, more than max_label_names_per_series ({max_labels})",
-                        series.attributes.len()
+                        "its resource and scope have more attributes than max_label_names_per_series ({max_labels})"
                     );
                     reject(batch, p, &series.service, why);
                 }
@@ -250,15 +250,27 @@ struct SeriesLabels {
 }
 
 impl SeriesLabels {
-    fn new<'a>(attributes: impl Iterator<Item = &'a KeyValue>, strings: &'a [String]) -> Result<Self, ConvertError> {
+    /// The labels of `attributes`, each copy charged to the converter's
+    /// budget; past `max_labels` (0: no limit) names, one more is taken
+    /// and the rest are not read: the scope is refused.
+    fn new<'a>(
+        attributes: impl Iterator<Item = &'a KeyValue>,
+        max_labels: usize,
+        converter: &mut Converter<'a>,
+    ) -> Result<Self, ConvertError> {
+        let strings = &converter.dictionary.string_table;
         let mut labels: Vec<(String, String)> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
         for attribute in attributes {
+            if max_labels > 0 && labels.len() > max_labels {
+                break;
+            }
             let Some(value) = attributes::label_value(attribute.value.as_ref(), strings)? else {
                 continue;
             };
             let key = attributes::key(attribute, strings)?;
             if !key.is_empty() && seen.insert(key) {
+                converter.budget.take(key.len() + value.len() + cost::LABEL)?;
                 labels.push((key.to_owned(), value.into_owned()));
             }
         }
@@ -503,7 +515,10 @@ impl<'a> PprofBuilder<'a> {
         if let Some(&index) = self.strings.get(value.as_ref()) {
             return Ok(index);
         }
-        budget.take(value.len() + cost::STRING)?;
+        // A string made here (a number, an ID in hex) is kept twice: in
+        // the table and as the key.
+        let copies = if matches!(value, Cow::Owned(_)) { 2 } else { 1 };
+        budget.take(copies * value.len() + cost::STRING)?;
         let index = i64::try_from(self.profile.string_table.len()).unwrap_or(i64::MAX);
         self.profile.string_table.push(value.as_ref().to_owned());
         self.strings.insert(value, index);

@@ -71,10 +71,12 @@ impl BenchConfig {
     }
 }
 
-/// Flags of the query phases: blocks are uploaded, compacted at once and
-/// read from the bucket a minute after their upload; ranges of any length.
-const COMPACTING: [&str; 6] = [
+/// Flags of the query phases: blocks are uploaded, compacted at once
+/// (within 1 GiB, the default memory bound) and read from the bucket a minute
+/// after their upload; ranges of any length.
+const COMPACTING: [&str; 7] = [
     "-querier.query-store-after=1m",
+    "-compactor.max-memory-bytes=1073741824",
     "-compactor.compaction-interval=2s",
     "-compactor.first-level-compaction-wait-period=0s",
     "-compactor.deletion-delay=0s",
@@ -520,8 +522,8 @@ fn query_phase(config: &BenchConfig, binary: &str, sources: &[Source]) -> Result
 /// profiles: throughput per CPU second (one compaction runs at a time, on
 /// one core) and its peak memory against its bound.
 fn compaction_figures(compactor: &Flamedb, profiles: usize) -> String {
-    /// `-compactor.max-memory-bytes`: the benchmark keeps the default.
-    const MAX_MEMORY_BYTES: f64 = (1u64 << 30) as f64;
+    /// `-compactor.max-memory-bytes` of `COMPACTING`.
+    const MAX_MEMORY_BYTES: f64 = 1_073_741_824.0;
     let metric = |name: &str| compactor.metric(name).unwrap_or(0.0);
     let read = metric("flamedb_compactor_input_bytes_total");
     let written = metric("flamedb_compactor_output_bytes_total");

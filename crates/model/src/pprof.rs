@@ -122,7 +122,8 @@ fn find_invalid_utf8_string(mut bytes: &[u8]) -> Option<&[u8]> {
     None
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+/// `bytes` in lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

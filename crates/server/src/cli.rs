@@ -206,7 +206,7 @@ pub const FLAGS: &[Flag] = &[
         "compactor.compaction-interval",
         "compactor.compaction_interval",
         FlagKind::Duration,
-        "How often the compactor runs a round over every tenant.",
+        "How often the compactor runs a round over the tenants it owns.",
     ),
     flag(
         "compactor.first-level-compaction-wait-period",

@@ -1,13 +1,15 @@
 //! Starting and stopping a `flamedb` process, top to bottom: metrics, the
 //! HTTP listener, the per-tenant limits, the ingester (WAL replay, before
 //! anything is served or the instance joins the ring), ring membership
-//! (store, lifecyclers, ring views), the distributor, the querier (with its
-//! block cache), the compactor, the routes; then, on
+//! (store, lifecyclers, ring views: ingester, distributor and compactor
+//! rings), the distributor, the querier (with its block cache), the
+//! compactor (compacting the tenants it owns in the compactor ring), the
+//! routes; then, on
 //! the shutdown signal, refuse traffic (`/ready` fails), take the ingester
 //! out of the write path (LEAVING), flush and upload its heads, leave the
 //! ring, let in-flight requests finish within the grace period, wait for
-//! pushes to replicas still running, leave the distributor ring, stop
-//! gossip.
+//! pushes to replicas still running, leave the distributor and compactor
+//! rings, stop gossip.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

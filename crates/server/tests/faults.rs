@@ -420,7 +420,7 @@ fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() 
     compactor_flags.extend([
         "-target=compactor".to_owned(),
         format!("-memberlist.join={}", front.gossip.clone().unwrap()),
-        "-compactor.ring.heartbeat-timeout=3s".to_owned(),
+        "-compactor.ring.heartbeat-timeout=5s".to_owned(),
         "-compactor.compaction-interval=200ms".to_owned(),
         "-compactor.first-level-compaction-wait-period=0s".to_owned(),
         "-compactor.block-ranges=5s,10s".to_owned(),
@@ -486,7 +486,8 @@ fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() 
     };
     let owned = |compactor: &Flamedb| compactor.metric("flamedb_compactor_tenants_owned");
     let discovered = |compactor: &Flamedb| compactor.metric("flamedb_compactor_tenants_discovered");
-    checkers = write_all(checkers, Duration::from_secs(2), &mut || flush_all());
+    checkers = write_all(checkers, Duration::from_secs(2), &mut || {});
+    flush_all();
     // Both see every tenant, and each owns its two.
     flamedb_testkit::wait_until(
         Duration::from_secs(60),
@@ -498,14 +499,30 @@ fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() 
                 .then_some(())
         },
     );
+    let mut killed_at = std::time::SystemTime::now();
     checkers = write_all(checkers, Duration::from_secs(3), &mut || {
-        flush_all();
         thread::sleep(Duration::from_millis(500));
+        flush_all();
         doomed.kill();
+        killed_at = std::time::SystemTime::now();
     });
     flamedb_testkit::wait_until(Duration::from_secs(60), "the survivor owns every tenant", || {
         (owned(&survivor) == Some(4.0)).then_some(())
     });
+    // The survivor rounds over the dead compactor's tenants: their bucket
+    // indexes are written again after the kill.
+    let doomed_tenants = &split.iter().find(|(id, _)| id == "compactor-2").unwrap().1;
+    for tenant in doomed_tenants {
+        flamedb_testkit::wait_until(
+            Duration::from_secs(60),
+            "the survivor indexing a taken-over tenant",
+            || {
+                let index = s3.tenant_dir(tenant).join("bucket-index.json.gz");
+                let written = std::fs::metadata(index).and_then(|meta| meta.modified()).ok()?;
+                (written > killed_at).then_some(())
+            },
+        );
+    }
     flush_all();
     for tenant in &tenants {
         flamedb_testkit::wait_until(Duration::from_secs(60), "a compacted block of every tenant", || {

@@ -249,6 +249,24 @@ fn test_otlp_attributes_by_reference_integers_and_links_over_http_json_and_grpc(
         body.contains("only 1 (the layout of opentelemetry-proto v1.10"),
         "{body}"
     );
+    // Checked before the body is read: what follows is not even protobuf.
+    let (status, body) = post(
+        &node,
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("otlp-profiles-development-version", "99"),
+        ],
+        b"\xff\xff not protobuf".to_vec(),
+    );
+    assert_eq!(status, 400, "{body}");
+    let message = serde_json::from_str::<serde_json::Value>(&body).unwrap()["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .starts_with("OTLP profiles development version \"99\" is not supported"),
+        "{body}"
+    );
     check(3);
 }
 

@@ -93,9 +93,14 @@ impl S3Server {
         }
     }
 
+    /// Where the objects of `tenant` are kept on disk.
+    pub fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.root.join(BUCKET).join(tenant)
+    }
+
     /// The block directories of `tenant` in the bucket.
     pub fn blocks(&self, tenant: &str) -> Vec<PathBuf> {
-        std::fs::read_dir(self.root.join(BUCKET).join(tenant).join("blocks"))
+        std::fs::read_dir(self.tenant_dir(tenant).join("blocks"))
             .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
             .unwrap_or_default()
     }

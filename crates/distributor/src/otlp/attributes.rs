@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use flamedb_api::pb::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
 use flamedb_api::pb::opentelemetry::proto::profiles::v1development as otlp;
+use flamedb_model::pprof::to_hex;
 use flamedb_model::{SPAN_ID, TRACE_ID};
 
 use super::{ConvertError, entry};
@@ -54,7 +55,8 @@ pub(super) fn label_value<'a>(
     Ok((!text.is_empty()).then_some(text))
 }
 
-/// The `span_id` and `trace_id` sample labels of link `index` (0: none).
+/// The `span_id` and `trace_id` sample labels of link `index` (0: none):
+/// an 8-byte span ID and a 16-byte trace ID (others are dropped).
 pub(super) fn link_labels(
     links: &[otlp::Link],
     index: i32,
@@ -65,12 +67,12 @@ pub(super) fn link_labels(
     let link = entry(links, "link", index)?;
     let mut labels = Vec::with_capacity(2);
     let span = id_bytes(&link.span_id, SPAN_ID_BYTES);
-    if !span.is_empty() {
-        labels.push((SPAN_ID, Cow::Owned(hex(&span))));
+    if span.len() == SPAN_ID_BYTES {
+        labels.push((SPAN_ID, Cow::Owned(to_hex(&span))));
     }
     let trace = id_bytes(&link.trace_id, TRACE_ID_BYTES);
     if trace.len() == TRACE_ID_BYTES {
-        labels.push((TRACE_ID, Cow::Owned(hex(&trace))));
+        labels.push((TRACE_ID, Cow::Owned(to_hex(&trace))));
     }
     Ok(labels)
 }
@@ -89,17 +91,8 @@ fn id_bytes(bytes: &[u8], width: usize) -> Cow<'_, [u8]> {
     Cow::Borrowed(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -186,13 +179,20 @@ mod tests {
             },
             // OTLP/JSON's hex, as the JSON decoder reads it (base64).
             otlp::Link {
-                trace_id: base64::engine::general_purpose::STANDARD.decode(hex(&trace)).unwrap(),
-                span_id: base64::engine::general_purpose::STANDARD.decode(hex(&span)).unwrap(),
+                trace_id: base64::engine::general_purpose::STANDARD
+                    .decode(to_hex(&trace))
+                    .unwrap(),
+                span_id: base64::engine::general_purpose::STANDARD.decode(to_hex(&span)).unwrap(),
             },
             // No trace ID of the right width: the span alone.
             otlp::Link {
                 trace_id: vec![1, 2],
                 span_id: span,
+            },
+            // Neither of the right width: nothing.
+            otlp::Link {
+                trace_id: vec![7; 40],
+                span_id: vec![7; 1 << 10],
             },
         ];
         let labels = |index| {
@@ -210,6 +210,7 @@ mod tests {
         assert_eq!(labels(1), both);
         assert_eq!(labels(2), both);
         assert_eq!(labels(3), [(SPAN_ID, "a1a2a3a4a5a6a7a8".to_owned())]);
-        assert!(link_labels(&links, 4).unwrap_err().to_string().contains("link index 4"));
+        assert_eq!(labels(4), []);
+        assert!(link_labels(&links, 5).unwrap_err().to_string().contains("link index 5"));
     }
 }

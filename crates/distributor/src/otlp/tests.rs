@@ -382,7 +382,7 @@ fn test_resources_with_more_attributes_than_labels_allowed_are_refused() {
     assert!(
         batch.rejections[0]
             .message
-            .contains("more than max_label_names_per_series"),
+            .contains("more attributes than max_label_names_per_series"),
         "{:?}",
         batch.rejections
     );

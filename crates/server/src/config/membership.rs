@@ -1,6 +1,8 @@
 //! The YAML of ring membership: the ingester's lifecycler and ring
-//! (`ingester.lifecycler`), the distributors' ring (`distributor.ring`) and
-//! gossip (`memberlist`), with Pyroscope's key names and defaults.
+//! (`ingester.lifecycler`), the distributors' ring (`distributor.ring`),
+//! the shape of the compactors' ring (`compactor.sharding_ring`, which
+//! lives under `compactor:`) and gossip (`memberlist`), with Pyroscope's
+//! key names and defaults.
 
 use std::time::Duration;
 
