@@ -829,6 +829,52 @@ fn test_testdata_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() 
     let by_reference = r#"{service_name="ebpf-by-reference"}"#;
     assert_eq!(merged(&node, CPU, by_reference).stacks(), expected_cpu.stacks());
 
+    // Over OTLP/JSON: the service by reference again, and every sample
+    // linked to one span (IDs in hex, as OTLP/JSON writes them).
+    let mut linked = json.clone();
+    let strings = linked["dictionary"]["stringTable"].as_array_mut().unwrap();
+    strings.push("service.name".into());
+    strings.push("ebpf-linked".into());
+    let (key, value) = (strings.len() - 2, strings.len() - 1);
+    for resource in linked["resourceProfiles"].as_array_mut().unwrap() {
+        let attribute = serde_json::json!({"keyStrindex": key, "value": {"stringValueStrindex": value}});
+        resource["resource"]["attributes"]
+            .as_array_mut()
+            .unwrap()
+            .push(attribute);
+        for scope in resource["scopeProfiles"].as_array_mut().unwrap() {
+            for profile in scope["profiles"].as_array_mut().unwrap() {
+                for sample in profile["samples"].as_array_mut().unwrap() {
+                    sample["linkIndex"] = 1.into();
+                }
+            }
+        }
+    }
+    let links = linked["dictionary"]["linkTable"].as_array_mut().unwrap();
+    links.truncate(1);
+    links.push(serde_json::json!({"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "a1a2a3a4a5a6a7a8"}));
+    let (status, body) = node
+        .post(
+            "/v1development/profiles",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&linked).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let linked = r#"{service_name="ebpf-linked"}"#;
+    assert_eq!(merged(&node, CPU, linked).stacks(), expected_cpu.stacks());
+    let span = ingester::MergeProfilesRequest {
+        selection: selection(CPU, linked),
+        span_ids: vec![0xa1a2_a3a4_a5a6_a7a8],
+        ..Default::default()
+    };
+    let (status, body) = node
+        .post_internal_proto("/ingester.v1.IngesterService/MergeProfiles", span.encode_to_vec())
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let span_tree = Tree::decode(&ingester::MergeProfilesResponse::decode(body.as_slice()).unwrap().tree).unwrap();
+    assert_eq!(span_tree.stacks(), expected_cpu.stacks());
+
     // Bad requests: 400 without a dictionary, 415 for other media types.
     let empty = ExportProfilesServiceRequest::default().encode_to_vec();
     let (status, body) = node
