@@ -826,8 +826,23 @@ fn test_testdata_otlp_profiles_from_the_ebpf_profiler_over_http_json_and_grpc() 
         )
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let by_reference = r#"{service_name="ebpf-by-reference"}"#;
-    assert_eq!(merged(&node, CPU, by_reference).stacks(), expected_cpu.stacks());
+    let by_reference_service = r#"{service_name="ebpf-by-reference"}"#;
+    assert_eq!(merged(&node, CPU, by_reference_service).stacks(), expected_cpu.stacks());
+    // And over gRPC, with the development version the Collector sends.
+    runtime.block_on(async {
+        let mut client = ProfilesServiceClient::connect(format!("http://{}", node.http))
+            .await
+            .unwrap();
+        let mut export = tonic::Request::new(by_reference);
+        export
+            .metadata_mut()
+            .insert("otlp-profiles-development-version", "1".parse().unwrap());
+        client.export(export).await.unwrap();
+    });
+    assert_eq!(
+        merged(&node, CPU, by_reference_service).total(),
+        2 * expected_cpu.total()
+    );
 
     // Over OTLP/JSON: the service by reference again, and every sample
     // linked to one span (IDs in hex, as OTLP/JSON writes them).
