@@ -41,8 +41,9 @@
 //! Several compactors split the tenants of a bucket
 //! ([`Compactor::with_ownership`]; the binary gives each tenant to the
 //! first healthy compactor of the compactor ring from the tenant's token).
-//! While the ring changes, two may take one tenant for a round: by the
-//! above they repeat work, never data.
+//! A round checks ownership again before each tenant; while the ring
+//! changes, two may still work on one tenant at once: by the above they
+//! repeat work, never data.
 
 mod metrics;
 mod plan;
