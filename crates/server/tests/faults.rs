@@ -198,6 +198,29 @@ fn cluster_with(
     (front, members)
 }
 
+/// Flushes every ingester's heads into blocks (uploaded in the
+/// background).
+fn flush(ingesters: &[&Flamedb]) {
+    for node in ingesters {
+        let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+/// Flags of a compactor of the cluster labelled `label` (see `cluster`)
+/// with its `extra` flags: a round every 200 ms, replicas' windows
+/// compacted as soon as they end.
+fn compactor_flags(label: &str, extra: &[String]) -> Vec<String> {
+    let mut flags = cluster_flags(&format!("{label}-{}", std::process::id()));
+    flags.extend(extra.iter().cloned());
+    flags.extend([
+        "-target=compactor".to_owned(),
+        "-compactor.compaction-interval=200ms".to_owned(),
+        "-compactor.first-level-compaction-wait-period=0s".to_owned(),
+    ]);
+    flags
+}
+
 /// Writes with `checker` in the background for `duration`, running
 /// `during` meanwhile; returns the checker.
 fn while_writing(mut checker: Checker, duration: Duration, during: impl FnOnce()) -> Checker {
@@ -294,13 +317,9 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
         "-pyroscopedb.max-block-duration=5s".to_owned(),
     ];
     let (front, members) = cluster(dir.path(), "faults-compactor", &extra);
-    let mut compactor_flags = cluster_flags(&format!("faults-compactor-{}", std::process::id()));
-    compactor_flags.extend(extra.iter().cloned());
+    let mut compactor_flags = compactor_flags("faults-compactor", &extra);
     compactor_flags.extend([
-        "-target=compactor".to_owned(),
         format!("-compactor.data-dir={}", path_in(dir.path(), "compactor")),
-        "-compactor.compaction-interval=200ms".to_owned(),
-        "-compactor.first-level-compaction-wait-period=0s".to_owned(),
         "-compactor.block-ranges=5s,10s,20s".to_owned(),
         "-compactor.downsampling-resolutions=1s,4s".to_owned(),
         "-compactor.deletion-delay=2s".to_owned(),
@@ -308,12 +327,7 @@ fn test_rf3_compactor_sigkilled_mid_compaction_loses_and_doubles_nothing() {
     let start_compactor = || start_ready(BINARY, "compactor", &compactor_flags, &[]);
     let mut compactor = start_compactor();
     let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
-    let flush_all = || {
-        for node in &ingesters {
-            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        }
-    };
+    let flush_all = || flush(&ingesters);
     let kills = if long() { 10 } else { 4 };
     let mut times = KillTimes::new("compactor");
     let mut checker = checker(&front.http, "compactor");
@@ -415,14 +429,10 @@ fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() 
         "-pyroscopedb.max-block-duration=5s".to_owned(),
     ]);
     let (front, members) = cluster(dir.path(), "faults-compactors", &extra);
-    let mut compactor_flags = cluster_flags(&format!("faults-compactors-{}", std::process::id()));
-    compactor_flags.extend(extra.iter().cloned());
+    let mut compactor_flags = compactor_flags("faults-compactors", &extra);
     compactor_flags.extend([
-        "-target=compactor".to_owned(),
         format!("-memberlist.join={}", front.gossip.clone().unwrap()),
         "-compactor.ring.heartbeat-timeout=5s".to_owned(),
-        "-compactor.compaction-interval=200ms".to_owned(),
-        "-compactor.first-level-compaction-wait-period=0s".to_owned(),
         "-compactor.block-ranges=5s,10s".to_owned(),
         "-compactor.deletion-delay=4s".to_owned(),
     ]);
@@ -449,12 +459,7 @@ fn test_rf3_s3_two_compactors_split_tenants_and_one_takes_over_from_the_other() 
     println!("tenants by compactor: {split:?}");
     let tenants: Vec<&String> = split.iter().flat_map(|(_, tenants)| tenants).collect();
     let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
-    let flush_all = || {
-        for node in &ingesters {
-            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        }
-    };
+    let flush_all = || flush(&ingesters);
     let mut checkers: Vec<Checker> = tenants
         .iter()
         .map(|tenant| {
@@ -662,12 +667,7 @@ fn test_rf3_s3_down_during_flushes_loses_nothing_and_uploads_resume() {
     checker.write_for(Duration::from_secs(1));
     s3.stop();
     let ingesters: Vec<&Flamedb> = members.iter().filter_map(|member| member.process.as_ref()).collect();
-    checker = while_writing(checker, Duration::from_secs(2), || {
-        for node in &ingesters {
-            let (status, body) = node.post("/ingester/flush", &[], Vec::new()).unwrap();
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        }
-    });
+    checker = while_writing(checker, Duration::from_secs(2), || flush(&ingesters));
     for node in &ingesters {
         flamedb_testkit::wait_until(Duration::from_secs(60), "a failed upload", || {
             (node.metric("flamedb_ingester_ship_failures_total").unwrap_or(0.0) >= 1.0).then_some(())
